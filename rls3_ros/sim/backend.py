@@ -1,0 +1,88 @@
+"""The backend-neutral simulator interface (pure Python, no ROS).
+
+A backend owns one scene at a time. Moves that produce an invalid sample are undone:
+the scene after ``apply`` is either the new valid one or exactly the previous one.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+import numpy as np
+
+from rls3_ros.scene import SceneState, Vec3
+
+SWAP = "swap"
+TELEPORT = "teleport"
+PLACE = "place"
+ACTION_TYPES = (SWAP, TELEPORT, PLACE)
+
+# Reasons a sample is invalid (MoveResult.reason, Sample.invalid_reason).
+OVERLAP = "overlap"
+FLOATING = "floating"
+OUT_OF_VIEW = "out_of_view"
+OCCLUDED = "occluded"
+UNSTABLE = "unstable"
+BAD_REQUEST = "bad_request"
+
+
+@dataclass
+class Render:
+    """One camera frame: RGB, instance segmentation, depth and 2D boxes."""
+
+    rgb: np.ndarray  # (H, W, 3) uint8
+    segmentation: np.ndarray  # (H, W) int32, index into scene.objects, -1 = background/furniture
+    depth: np.ndarray  # (H, W) float32, metres along the optical axis
+    boxes: dict = field(default_factory=dict)  # object id -> (x_min, y_min, x_max, y_max)
+
+
+@dataclass
+class MoveAction:
+    """One agent action: move ``object_id`` by swapping, teleporting or placing it."""
+
+    action_type: str
+    object_id: str
+    container_object_id: str = ""  # swap: "" = the backend picks one (seeded)
+    position: Optional[Vec3] = None  # teleport/place target in the world frame [m]
+    yaw: float = 0.0  # rad about world z
+    receptacle_id: str = ""  # place: "" = any support surface
+
+
+@dataclass
+class MoveResult:
+    valid: bool
+    reason: str
+    scene: SceneState
+    render: Render
+
+
+class SimulatorBackend(abc.ABC):
+    """A simulator that builds seeded indoor scenes, moves objects and renders them."""
+
+    name: str = "abstract"
+
+    @property
+    @abc.abstractmethod
+    def scene_types(self) -> Sequence[str]:
+        """Scene types this backend can build."""
+
+    @abc.abstractmethod
+    def reset(self, seed: int, scene_type: Optional[str] = None) -> SceneState:
+        """Build the scene for ``seed`` (deterministic) and return its state."""
+
+    @abc.abstractmethod
+    def state(self) -> SceneState:
+        """The current scene state (boxes and visibility from the last render)."""
+
+    @abc.abstractmethod
+    def render(self) -> Render:
+        """Render the current scene from its camera."""
+
+    @abc.abstractmethod
+    def apply(self, action: MoveAction) -> MoveResult:
+        """Apply ``action``; if the result is invalid, restore the previous scene."""
+
+    def close(self) -> None:
+        """Free the renderer and simulator."""

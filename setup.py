@@ -1,0 +1,36 @@
+"""rls3_ros: RL-based synthetic sample selection for spatial VLMs, as a ROS 2 package."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "rls3_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+    ],
+    package_data={PACKAGE: ["assets/*", "assets/**/*"]},
+    include_package_data=True,
+    install_requires=["setuptools"],
+    zip_safe=False,
+    maintainer="rls3_ros developers",
+    maintainer_email="rls3@example.com",
+    description="RLS3: RL-selected synthetic samples to fine-tune spatial VLMs, for ROS 2.",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "rls3 = rls3_ros.cli:main",
+            "sim_bridge = rls3_ros.nodes.sim_bridge:main",
+            "caption_oracle = rls3_ros.nodes.caption_oracle:main",
+            "rl_sampler = rls3_ros.nodes.rl_sampler:main",
+            "vlm_trainer = rls3_ros.nodes.vlm_trainer:main",
+            "spatial_query = rls3_ros.nodes.spatial_query:main",
+        ],
+    },
+)

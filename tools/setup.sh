@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# One idempotent setup for rls3_ros on a bare Debian/Python machine (no ROS distro):
+#   system packages -> .venv with pinned wheels -> repaired ROS cmake paths
+#   -> rls3_msgs built into the venv -> rls3_ros installed (editable).
+# Each stage records a stamp (hash of its inputs) in .venv/.rls3-stamps and is
+# skipped when nothing changed, so a second run takes seconds and changes nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+VENV=${RLS3_VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+STAMPS=$VENV/.rls3-stamps
+say() { printf '[setup] %s\n' "$*"; }
+hash_of() { cat "$@" 2>/dev/null | sha256sum | cut -d' ' -f1; }
+fresh() { [ -f "$STAMPS/$1" ] && [ "$(cat "$STAMPS/$1")" = "$2" ]; }
+mark() { mkdir -p "$STAMPS"; printf '%s' "$2" >"$STAMPS/$1"; }
+
+# 1. Debian packages: EGL + OSMesa for offscreen MuJoCo, cmake/g++ for rls3_msgs.
+APT_PKGS="libegl1 libegl-mesa0 libgl1-mesa-dri libosmesa6 libglib2.0-0 cmake g++ make"
+missing=""
+for p in $APT_PKGS; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  say "installing Debian packages:$missing"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+fi
+
+# 2. The venv with pinned wheels (torch first: the CPU build on local disk).
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating $VENV"
+  "$PY" -m venv "$VENV"
+fi
+REQ_HASH=$(hash_of requirements.txt)
+if ! fresh requirements "$REQ_HASH"; then
+  say "installing pinned Python packages (first run: ~2 min)"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check torch==2.13.0 2>&1 | grep -v "^WARNING: Location" || true
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
+  # robosuite only for its MIT object models and textures: none of its dependencies.
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps robosuite==1.5.1 2>&1 | grep -v "^WARNING: Location" || true
+  "$VENV/bin/python" -c "import torch, rclpy, transformers, peft, stable_baselines3, mujoco, rosbags, cv2" \
+    || { say "ERROR: packages did not install"; exit 1; }
+  mark requirements "$REQ_HASH"
+fi
+
+# 3. The ROS wheels' cmake exports carry the wheel builder's include paths
+#    (/opt/python/cp311-cp311/...): point them at this interpreter's.
+PYINC=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_paths()['include'])")
+NPINC=$("$VENV/bin/python" -c "import numpy; print(numpy.get_include())")
+FIX_KEY="$PYINC|$NPINC|$REQ_HASH"
+if ! fresh cmake-paths "$FIX_KEY"; then
+  say "repairing include paths in ROS cmake exports"
+  for f in $(grep -rl "/opt/python/cp311-cp311" "$VENV"/share/*/cmake/ 2>/dev/null || true); do
+    sed -i -e "s#/opt/python/cp311-cp311/lib/python3.11/site-packages/numpy/_core/include#$NPINC#g" \
+           -e "s#/opt/python/cp311-cp311/include/python3.11#$PYINC#g" "$f"
+  done
+  mark cmake-paths "$FIX_KEY"
+fi
+
+# 4. rls3_msgs, built with CMake against the venv and installed into it.
+MSG_HASH=$(cd rls3_msgs && find . -type f | sort | xargs cat | sha256sum | cut -d' ' -f1)
+MSG_KEY="$MSG_HASH|$FIX_KEY"
+if ! fresh rls3_msgs "$MSG_KEY" || ! "$VENV/bin/python" -c "import rls3_msgs.msg, rls3_msgs.srv, rls3_msgs.action" 2>/dev/null; then
+  say "building rls3_msgs"
+  BUILD=$VENV/.rls3-build/rls3_msgs
+  rm -rf "$BUILD"; mkdir -p "$BUILD"
+  (
+    export PATH="$VENV/bin:$PATH"
+    export AMENT_PREFIX_PATH="$VENV" CMAKE_PREFIX_PATH="$VENV"
+    cmake -S rls3_msgs -B "$BUILD" -DCMAKE_BUILD_TYPE=Release -DBUILD_TESTING=OFF \
+      -DCMAKE_INSTALL_PREFIX="$VENV" -DCMAKE_PREFIX_PATH="$VENV" \
+      -DPython3_EXECUTABLE="$VENV/bin/python" -DPython3_FIND_VIRTUALENV=ONLY >"$BUILD.log" 2>&1 \
+    && cmake --build "$BUILD" -j "$(nproc)" >>"$BUILD.log" 2>&1 \
+    && cmake --install "$BUILD" >>"$BUILD.log" 2>&1
+  ) || { say "ERROR: rls3_msgs build failed, see $BUILD.log"; tail -30 "$BUILD.log"; exit 1; }
+  "$VENV/bin/python" -c "import rls3_msgs.msg, rls3_msgs.srv, rls3_msgs.action" \
+    || { say "ERROR: rls3_msgs built but does not import"; exit 1; }
+  mark rls3_msgs "$MSG_KEY"
+fi
+
+# 5. rls3_ros itself (editable: the checkout is the code that runs).
+PKG_HASH=$(hash_of setup.py setup.cfg package.xml)
+if ! fresh rls3_ros "$PKG_HASH" || ! "$VENV/bin/python" -c "import rls3_ros" 2>/dev/null; then
+  say "installing rls3_ros (editable)"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e . 2>&1 | grep -v "^WARNING: Location" || true
+  "$VENV/bin/python" -c "import rls3_ros" || { say "ERROR: rls3_ros does not import"; exit 1; }
+  mark rls3_ros "$PKG_HASH"
+fi
+say "ready: $VENV (run: .venv/bin/rls3 --help)"
