@@ -1,0 +1,125 @@
+"""The spatial-VLM interface every model family implements (pure Python, no ROS).
+
+The RL reward (J2) comes from ``score``; the scheduler calls ``fine_tune`` and
+``evaluate``; the query node calls ``where`` / ``check`` / ``what``.
+Relation terms are the caption oracle's vocabulary (``rls3_ros.captions.terms``).
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from rls3_ros.scene import Sample, SpatialRelation
+
+
+@dataclass
+class RelationScore:
+    """How the model did on one captioned relation of one sample."""
+
+    sample_id: str
+    caption: str
+    terms: List[str]
+    predicted: str  # the caption / term set the model chose or generated
+    loss: float  # per-relation loss [nats]
+    correct: bool
+    confidence: float  # probability given to the ground truth [0..1]
+
+
+@dataclass
+class Evaluation:
+    accuracy: float  # fraction of relations answered correctly
+    per_term: Dict[str, float]  # term -> accuracy on relations containing that term
+    counts: Dict[str, int]  # term -> number of relations containing it
+    mean_loss: float
+    n: int
+
+
+@dataclass
+class FineTuneResult:
+    steps: int
+    samples_used: int
+    final_loss: float
+    losses: List[float] = field(default_factory=list)
+    cancelled: bool = False
+
+
+# progress(step, total_steps, loss) -> None
+ProgressCallback = Callable[[int, int, float], None]
+
+
+class SpatialVLM(abc.ABC):
+    """A vision-language model that can be scored, fine-tuned (LoRA) and queried."""
+
+    family: str = "abstract"  # "contrastive" | "generative"
+
+    @abc.abstractmethod
+    def score(self, samples: Sequence[Sample]) -> List[RelationScore]:
+        """Score every relation of every sample (in order)."""
+
+    def evaluate(self, samples: Sequence[Sample]) -> Evaluation:
+        """Accuracy overall and per term over all relations of ``samples``."""
+        scores = self.score(samples)
+        per_hits: Dict[str, int] = {}
+        per_n: Dict[str, int] = {}
+        for s in scores:
+            for t in s.terms:
+                per_n[t] = per_n.get(t, 0) + 1
+                per_hits[t] = per_hits.get(t, 0) + int(s.correct)
+        n = len(scores)
+        return Evaluation(
+            accuracy=float(np.mean([s.correct for s in scores])) if n else float("nan"),
+            per_term={t: per_hits[t] / per_n[t] for t in per_n},
+            counts=per_n,
+            mean_loss=float(np.mean([s.loss for s in scores])) if n else float("nan"),
+            n=n,
+        )
+
+    @abc.abstractmethod
+    def fine_tune(
+        self,
+        samples: Sequence[Sample],
+        steps: int,
+        progress: Optional[ProgressCallback] = None,
+        cancel: Optional[threading.Event] = None,
+    ) -> FineTuneResult:
+        """LoRA fine-tuning on the relations of ``samples`` (adds an adapter if none is active)."""
+
+    @abc.abstractmethod
+    def where(self, image: np.ndarray, subject: str, reference: str) -> Dict[str, float]:
+        """Probability of each relation term for 'subject relative to reference' in ``image``."""
+
+    @abc.abstractmethod
+    def check(self, image: np.ndarray, subject: str, relation: str, reference: str) -> Tuple[bool, float]:
+        """Does 'subject is <relation> reference' hold in ``image``? -> (holds, probability)."""
+
+    @abc.abstractmethod
+    def what(
+        self, image: np.ndarray, relation: str, reference: str, candidates: Sequence[str]
+    ) -> List[Tuple[str, float]]:
+        """Rank ``candidates`` for 'what is <relation> reference?', best first, with scores in [0, 1]."""
+
+    @abc.abstractmethod
+    def save_adapter(self, directory: str) -> str:
+        """Save the active LoRA adapter in standard peft format (atomically); return the directory."""
+
+    @abc.abstractmethod
+    def load_adapter(self, directory: str) -> None:
+        """Activate the adapter saved in ``directory`` (raises ValueError with a reason if unusable)."""
+
+    @abc.abstractmethod
+    def reset_adapter(self) -> None:
+        """Back to the base model (drop the active adapter)."""
+
+    @property
+    def adapter(self) -> str:
+        """Directory of the active adapter ("" = base model)."""
+        return getattr(self, "_adapter_path", "")
+
+
+def relation_terms(rel: SpatialRelation) -> List[str]:
+    return list(rel.terms)
