@@ -1,0 +1,144 @@
+"""Helpers for tests that run real rclpy nodes in real processes over loopback DDS."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+PYTHON = sys.executable
+
+
+def poll_until(predicate: Callable[[], object], timeout: float, what: str = "condition", interval: float = 0.02):
+    """Poll ``predicate`` until it returns a truthy value (returned) or fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(interval)
+
+
+class NodeProcess:
+    """A real process (node or program) with its output in a log file.
+
+    ``args`` is the command after the interpreter, e.g. ``["-m", "rls3_ros.nodes.sim_bridge",
+    "--ros-args", "-p", "image_size:=64"]``; a first element that is a path to a .py file runs
+    that script. On exit the process gets SIGINT, then SIGTERM, then SIGKILL.
+    """
+
+    def __init__(self, args: List[str], env: Dict[str, str], name: str, log_dir: Optional[Path] = None):
+        self.args = [PYTHON, *args]
+        self.env = env
+        self.name = name
+        root = Path(log_dir or env.get("ROS_HOME", "/tmp"))
+        root.mkdir(parents=True, exist_ok=True)
+        self.log_path = root / f"{name}.{os.getpid()}.{id(self)}.log"
+        self.proc: Optional[subprocess.Popen] = None
+
+    def __enter__(self) -> "NodeProcess":
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def output(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for_output(self, pattern: str, timeout: float = 30.0) -> re.Match:
+        rx = re.compile(pattern)
+
+        def found():
+            m = rx.search(self.output())
+            if m is None and not self.alive():
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}) before printing {pattern!r}:\n{self.output()[-3000:]}")
+            return m
+
+        try:
+            return poll_until(found, timeout, f"{self.name} to print {pattern!r}", interval=0.05)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}\n--- {self.name} output ---\n{self.output()[-3000:]}") from None
+
+    def wait(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise TimeoutError(f"{self.name} still running after {timeout}s:\n{self.output()[-3000:]}") from None
+
+    def stop(self, timeout: float = 10.0) -> Optional[int]:
+        if self.proc is None:
+            return None
+        for sig, wait in ((signal.SIGINT, timeout), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+            if self.proc.poll() is not None:
+                break
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+        self._log.close()
+        return self.proc.returncode
+
+
+class BackgroundSpinner:
+    """An in-process rclpy node with its own Context, spun by an executor thread."""
+
+    def __init__(self, name: str):
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = MultiThreadedExecutor(num_threads=2, context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self):
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - shutdown races end the spin
+            pass
+
+    def close(self):
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        self.context.try_shutdown()
+        self._thread.join(timeout=5.0)
+
+
+def spin_until_future(future, timeout: float, what: str = "future"):
+    """Wait (the executor spins in the background) until ``future`` is done; return its result."""
+    poll_until(future.done, timeout, what, interval=0.01)
+    return future.result()
+
+
+def call_service(node, srv_type, name: str, request, timeout: float = 30.0):
+    """Wait for service ``name`` and call it from the background-spun ``node``."""
+    client = node.create_client(srv_type, name)
+    try:
+        if not client.wait_for_service(timeout_sec=timeout):
+            raise TimeoutError(f"service {name} not available after {timeout}s")
+        return spin_until_future(client.call_async(request), timeout, f"answer of {name}")
+    finally:
+        node.destroy_client(client)
