@@ -1,0 +1,389 @@
+"""``rls3 record``: record ROS 2 topics to a rosbag2 bag (MCAP or sqlite3) via rosbags.
+
+    rls3 record --topics /camera/image_raw /scene_state --out run1 [--storage mcap|sqlite3]
+                [--duration S] [--max-messages N] [--qos-depth 100] [--queue-mb 256]
+    rls3 record --all --out run2
+
+How it works
+- A node ``rls3_recorder`` looks up each requested topic's type on the graph
+  (``get_topic_names_and_types``, polled until it appears), imports the Python message class
+  by name and subscribes with ``raw=True``: the callback gets the serialized CDR bytes, which
+  go to the bag unchanged. Bag time = the message's receive time (system clock, ns).
+- QoS: the subscription matches every publisher seen at subscription time (reliable only if
+  all are reliable, transient-local only if all are); the choice is logged per topic, and the
+  publishers' own profiles are stored as ``offered_qos_profiles`` in metadata.yaml.
+- Memory is bounded: callbacks only append to a byte-bounded queue; a writer thread drains it
+  into rosbags' ``Writer``. A full queue drops the message and counts it (reported at the end
+  and as ``dropped=`` in the summary line).
+- Message definitions are embedded (from the project typestore: standard types + rls3_msgs,
+  other installed packages from their .msg files), so other rosbag2 tools read the bag.
+- SIGINT/SIGTERM, ``--duration`` or ``--max-messages`` stop it cleanly: the queue is drained,
+  the bag finished (index + metadata.yaml) in ``OUT.partial/`` and only then renamed to
+  ``OUT``. A failed run removes ``OUT.partial``; a killed (-9) one leaves only ``OUT.partial``.
+
+Exit code 0 on a complete bag, 2 on bad arguments / unusable output, 1 on a writer failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Deque, Dict, List, Optional, Tuple
+
+from rls3_ros.bags.bagio import STORAGES, AtomicBagWriter, BagError
+
+DEFAULT_EXCLUDE = ("/rosout", "/parameter_events")
+
+
+class ByteBoundedQueue:
+    """FIFO bounded by total payload bytes (and item count); ``put`` never blocks."""
+
+    def __init__(self, max_bytes: int, max_items: int = 100_000):
+        self.max_bytes = int(max_bytes)
+        self.max_items = int(max_items)
+        self._items: Deque[Tuple[object, int]] = collections.deque()
+        self._bytes = 0
+        self._cv = threading.Condition()
+        self._closed = False
+        self.high_water_bytes = 0
+        self.high_water_items = 0
+
+    def put(self, item: object, nbytes: int, force: bool = False) -> bool:
+        with self._cv:
+            if not force and (self._bytes + nbytes > self.max_bytes or len(self._items) >= self.max_items):
+                return False
+            self._items.append((item, nbytes))
+            self._bytes += nbytes
+            self.high_water_bytes = max(self.high_water_bytes, self._bytes)
+            self.high_water_items = max(self.high_water_items, len(self._items))
+            self._cv.notify()
+            return True
+
+    def get(self, timeout: float = 0.1):
+        """Next item, or None on timeout; raises EOFError once closed and empty."""
+        with self._cv:
+            if not self._items:
+                if self._closed:
+                    raise EOFError
+                self._cv.wait(timeout)
+                if not self._items:
+                    if self._closed:
+                        raise EOFError
+                    return None
+            item, n = self._items.popleft()
+            self._bytes -= n
+            return item
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class BagWriterThread(threading.Thread):
+    """Drains a queue of ("topic", name, type, qos) / ("msg", name, t_ns, bytes) into a bag."""
+
+    def __init__(self, writer: AtomicBagWriter, queue: ByteBoundedQueue):
+        super().__init__(name="bag_writer", daemon=True)
+        self.writer = writer
+        self.queue = queue
+        self.error: Optional[BaseException] = None
+        self.written = 0
+
+    def run(self) -> None:
+        try:
+            while True:
+                try:
+                    item = self.queue.get(0.1)
+                except EOFError:
+                    return
+                if item is None:
+                    continue
+                kind = item[0]
+                if kind == "msg":
+                    _, topic, t, data = item
+                    self.writer.write(topic, t, data)
+                    self.written += 1
+                else:
+                    _, topic, msgtype, qos = item
+                    self.writer.add_topic(topic, msgtype, qos)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            self.error = exc
+
+
+@dataclass
+class RecordOptions:
+    out: Path
+    topics: List[str] = field(default_factory=list)
+    record_all: bool = False
+    storage: str = "mcap"
+    duration: Optional[float] = None
+    max_messages: Optional[int] = None
+    qos_depth: int = 100
+    queue_bytes: int = 256 * 1024 * 1024
+    exclude: Tuple[str, ...] = DEFAULT_EXCLUDE
+    discovery_period: float = 0.1
+
+
+@dataclass
+class RecordResult:
+    path: Optional[Path]
+    counts: Dict[str, int]
+    received: int
+    dropped: int
+    elapsed_s: float
+    queue_high_water_bytes: int
+    complete: bool
+    error: str = ""
+
+
+def _make_node(opts: RecordOptions, queue: ByteBoundedQueue, store, stop, ros_context=None):
+    from rclpy.node import Node
+
+    from rls3_ros.bags import rosutil
+    from rls3_ros.bags.typestore import ensure_type
+
+    class RecorderNode(Node):
+        """Subscribes (raw CDR) to the chosen topics as they appear and feeds the writer queue.
+
+        Parameters: none (the CLI options configure it; see the module docstring).
+        """
+
+        def __init__(self) -> None:
+            super().__init__("rls3_recorder", context=ros_context)
+            self.subscribed: Dict[str, str] = {}
+            self.skipped: Dict[str, str] = {}
+            self.counts: Dict[str, int] = {}
+            self.received = 0
+            self.dropped = 0
+            self._lock = threading.Lock()
+            self._warned_wait = False
+            self._t0 = time.monotonic()
+            self.discover()
+            self.timer = self.create_timer(opts.discovery_period, self.discover)
+
+        def wanted(self, topic: str) -> bool:
+            if opts.record_all:
+                return topic not in opts.exclude or topic in opts.topics
+            return topic in opts.topics
+
+        def discover(self) -> None:
+            for topic, types in self.get_topic_names_and_types():
+                if topic in self.subscribed or topic in self.skipped or not self.wanted(topic):
+                    continue
+                if len(types) > 1:
+                    self.get_logger().warning(f"{topic} has several types {types}; recording {types[0]}")
+                self.subscribe(topic, types[0])
+            missing = [t for t in opts.topics if t not in self.subscribed and t not in self.skipped]
+            if missing and not self._warned_wait and time.monotonic() - self._t0 > 5.0:
+                self._warned_wait = True
+                self.get_logger().warning(f"still waiting for publishers on {' '.join(missing)}")
+
+        def subscribe(self, topic: str, msgtype: str) -> None:
+            try:
+                cls = rosutil.import_msg_class(msgtype)
+                ensure_type(store, msgtype)
+            except (ImportError, KeyError) as exc:
+                self.skipped[topic] = str(exc)
+                self.get_logger().error(f"cannot record {topic} [{msgtype}]: {exc}")
+                return
+            infos = self.get_publishers_info_by_topic(topic)
+            profiles = [i.qos_profile for i in infos]
+            qos = rosutil.subscription_qos_for(profiles, opts.qos_depth)
+            pub_desc = ", ".join(sorted({rosutil.describe(p).rsplit(" history", 1)[0] for p in profiles})) or "none seen"
+            mixed = len({(int(p.reliability), int(p.durability)) for p in profiles}) > 1
+            offered = [rosutil.profile_to_rosbags(p) for p in profiles]
+            queue.put(("topic", topic, msgtype, offered), 0, force=True)
+            self.counts[topic] = 0
+
+            _topic = topic
+
+            def callback(data: bytes, info) -> None:  # two required args: rclpy passes MessageInfo
+                t = int(info.get("received_timestamp", 0)) if info else 0
+                if t <= 0:
+                    t = time.time_ns()
+                with self._lock:
+                    if stop.is_set():
+                        return
+                    if opts.max_messages is not None and self.received >= opts.max_messages:
+                        stop.set()
+                        return
+                    self.received += 1
+                    if queue.put(("msg", _topic, t, data), len(data)):
+                        self.counts[_topic] += 1
+                    else:
+                        self.dropped += 1
+                        if self.dropped == 1 or self.dropped % 100 == 0:
+                            self.get_logger().warning(f"writer queue full: dropped {self.dropped} message(s) so far")
+                    if opts.max_messages is not None and self.received >= opts.max_messages:
+                        stop.set()
+
+            self.create_subscription(cls, topic, callback, qos, raw=True)
+            self.subscribed[topic] = msgtype
+            level = self.get_logger().warning if mixed else self.get_logger().info
+            level(
+                f"recording {topic} [{msgtype}] with QoS {rosutil.describe(qos)} "
+                f"(publishers: {len(profiles)}, offered {pub_desc}{'; MIXED QoS' if mixed else ''})"
+            )
+
+    return RecorderNode()
+
+
+def record(opts: RecordOptions, ros_args: Optional[List[str]] = None, stop=None, ready: Optional[threading.Event] = None) -> RecordResult:
+    """Record until ``stop`` (a StopFlag; SIGINT/SIGTERM by default), duration or max messages."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.signals import SignalHandlerOptions
+
+    from rls3_ros.bags import rosutil
+
+    if opts.storage not in STORAGES:
+        raise BagError(f"unknown storage {opts.storage!r} (use {' or '.join(STORAGES)})")
+    if not opts.topics and not opts.record_all:
+        raise BagError("nothing to record: give --topics or --all")
+    bad = [t for t in opts.topics if not re.fullmatch(r"/?[A-Za-z~_{][A-Za-z0-9_/{}~]*", t)]
+    if bad:
+        raise BagError(f"invalid topic name(s): {' '.join(bad)}")
+    opts.topics = [t if t.startswith("/") else "/" + t for t in opts.topics]
+
+    writer = AtomicBagWriter(opts.out, storage=opts.storage)  # raises BagError if OUT exists
+    own_stop = stop is None
+    stop = stop if stop is not None else rosutil.StopFlag().install()
+    context = rclpy.Context()
+    rclpy.init(args=ros_args, context=context, signal_handler_options=SignalHandlerOptions.NO)
+    queue = ByteBoundedQueue(opts.queue_bytes)
+    node = None
+    thread = None
+    t_start = time.monotonic()
+    try:
+        writer.open()
+        thread = BagWriterThread(writer, queue)
+        thread.start()
+        node = _make_node(opts, queue, writer.typestore, stop, context)
+        log = node.get_logger()
+        log.info(
+            f"recording to {opts.out} ({opts.storage}): "
+            + ("all topics" if opts.record_all else " ".join(opts.topics))
+            + (f", for {opts.duration:g} s" if opts.duration else "")
+            + (f", up to {opts.max_messages} messages" if opts.max_messages else "")
+        )
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        if ready is not None:
+            ready.set()
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.05)
+            if opts.duration is not None and time.monotonic() - t_start >= opts.duration:
+                break
+            if thread.error is not None:
+                break
+        elapsed = time.monotonic() - t_start
+        for sub in list(node.subscriptions):
+            node.destroy_subscription(sub)
+        executor.shutdown(timeout_sec=1.0)
+        queue.close()
+        thread.join()
+        if thread.error is not None:
+            raise BagError(f"writing {opts.out} failed: {thread.error}")
+        path = writer.close()
+        result = RecordResult(
+            path=path,
+            counts=dict(node.counts),
+            received=node.received,
+            dropped=node.dropped,
+            elapsed_s=elapsed,
+            queue_high_water_bytes=queue.high_water_bytes,
+            complete=True,
+        )
+        per_topic = ", ".join(f"{t}: {n}" for t, n in sorted(result.counts.items())) or "no topics"
+        log.info(
+            f"bag complete: {path} — {sum(result.counts.values())} messages in {elapsed:.1f} s ({per_topic}); "
+            f"dropped={result.dropped}; queue high water {queue.high_water_bytes / 1e6:.1f} MB"
+        )
+        if node.skipped:
+            log.warning("not recorded: " + "; ".join(f"{t}: {r}" for t, r in node.skipped.items()))
+        return result
+    except BaseException:
+        queue.close()
+        if thread is not None:
+            thread.join(timeout=10.0)
+        writer.abort()
+        raise
+    finally:
+        if node is not None:
+            node.destroy_node()
+        context.try_shutdown()
+        if own_stop:
+            stop.restore()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="rls3 record", description="Record ROS 2 topics to a rosbag2 bag (MCAP by default).")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--topics", nargs="+", metavar="TOPIC", help="topics to record (waits until they appear)")
+    what.add_argument("-a", "--all", action="store_true", help="record every topic (except /rosout, /parameter_events)")
+    p.add_argument("-o", "--out", required=True, help="output bag directory (must not exist)")
+    p.add_argument("-s", "--storage", choices=sorted(STORAGES), default="mcap", help="storage plugin (default mcap)")
+    p.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    p.add_argument("--max-messages", type=int, default=None, help="stop after N messages (all topics)")
+    p.add_argument("--qos-depth", type=int, default=100, help="subscription keep-last depth (default 100)")
+    p.add_argument("--queue-mb", type=float, default=256.0, help="writer queue budget in MB (default 256)")
+    return p
+
+
+def cli_record(argv: Optional[List[str]] = None) -> int:
+    """Entry point of ``rls3 record``; returns the exit code (never raises, never a traceback)."""
+    from rls3_ros.bags.rosutil import cli_boundary
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ros_args: List[str] = []
+    if "--ros-args" in argv:
+        i = argv.index("--ros-args")
+        argv, ros_args = argv[:i], argv[i:]
+    try:
+        a = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+
+    def body() -> int:
+        if a.duration is not None and a.duration <= 0:
+            raise BagError("--duration must be > 0")
+        if a.max_messages is not None and a.max_messages <= 0:
+            raise BagError("--max-messages must be > 0")
+        if a.qos_depth <= 0 or a.queue_mb <= 0:
+            raise BagError("--qos-depth and --queue-mb must be > 0")
+        opts = RecordOptions(
+            out=Path(a.out),
+            topics=list(a.topics or []),
+            record_all=bool(a.all),
+            storage=a.storage,
+            duration=a.duration,
+            max_messages=a.max_messages,
+            qos_depth=a.qos_depth,
+            queue_bytes=int(a.queue_mb * 1024 * 1024),
+        )
+        res = record(opts, ros_args=["--ros-args", *ros_args[1:]] if ros_args else None)
+        print(
+            f"recorded {sum(res.counts.values())} messages to {res.path} dropped={res.dropped}",
+            flush=True,
+        )
+        return 0
+
+    return cli_boundary("record", body)
+
+
+def main() -> None:
+    sys.exit(cli_record())
+
+
+if __name__ == "__main__":
+    main()

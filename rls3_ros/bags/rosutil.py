@@ -1,0 +1,151 @@
+"""Small rclpy helpers shared by the recorder and the replayer (imports rclpy)."""
+
+from __future__ import annotations
+
+import importlib
+import signal
+import sys
+import threading
+from typing import Callable, Dict, List, Optional
+
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    LivelinessPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+)
+from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
+
+_INFINITE = QosTime(2147483647, 4294967295)  # RMW_DURATION_INFINITE as rosbag2 writes it
+
+
+def import_msg_class(msgtype: str):
+    """Python class of ``pkg/msg/Name`` (or ``pkg/Name``); ImportError with a clear reason."""
+    parts = msgtype.split("/")
+    if len(parts) == 2:
+        parts = [parts[0], "msg", parts[1]]
+    if len(parts) != 3:
+        raise ImportError(f"not a message type name: {msgtype!r}")
+    pkg, kind, name = parts
+    try:
+        mod = importlib.import_module(f"{pkg}.{kind}")
+    except Exception as exc:
+        raise ImportError(f"message package {pkg!r} is not importable in this Python ({exc})") from None
+    cls = getattr(mod, name, None)
+    if cls is None:
+        raise ImportError(f"{pkg}.{kind} has no {name}")
+    return cls
+
+
+def _time(d) -> QosTime:
+    ns = int(getattr(d, "nanoseconds", 0))
+    if ns <= 0:
+        return QosTime(0, 0)
+    if ns >= (1 << 62):
+        return _INFINITE
+    return QosTime(ns // 1_000_000_000, ns % 1_000_000_000)
+
+
+def profile_to_rosbags(p: QoSProfile) -> Qos:
+    """rclpy QoSProfile -> rosbags Qos (stored in the bag's metadata as offered_qos_profiles)."""
+    return Qos(
+        history=QosHistory[HistoryPolicy(p.history).name],
+        depth=int(p.depth),
+        reliability=QosReliability[ReliabilityPolicy(p.reliability).name],
+        durability=QosDurability[DurabilityPolicy(p.durability).name],
+        deadline=_time(p.deadline),
+        lifespan=_time(p.lifespan),
+        liveliness=QosLiveliness[LivelinessPolicy(p.liveliness).name],
+        liveliness_lease_duration=_time(p.liveliness_lease_duration),
+        avoid_ros_namespace_conventions=bool(p.avoid_ros_namespace_conventions),
+    )
+
+
+def describe(p: QoSProfile) -> str:
+    return (
+        f"reliability={ReliabilityPolicy(p.reliability).name.lower()} "
+        f"durability={DurabilityPolicy(p.durability).name.lower()} "
+        f"history={HistoryPolicy(p.history).name.lower()} depth={p.depth}"
+    )
+
+
+def subscription_qos_for(publisher_profiles: List[QoSProfile], depth: int) -> QoSProfile:
+    """A subscription QoS that matches every given publisher.
+
+    reliable only if every publisher is reliable (a reliable subscription does not match a
+    best-effort publisher), transient-local only if every publisher is (to get latched data
+    without mismatching volatile ones), keep-last ``depth``.
+    """
+    rel = [ReliabilityPolicy(p.reliability) for p in publisher_profiles]
+    dur = [DurabilityPolicy(p.durability) for p in publisher_profiles]
+    reliable = bool(rel) and all(r == ReliabilityPolicy.RELIABLE for r in rel)
+    transient = bool(dur) and all(d == DurabilityPolicy.TRANSIENT_LOCAL for d in dur)
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=int(depth),
+        reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL if transient else DurabilityPolicy.VOLATILE,
+    )
+
+
+def publisher_qos_for(recorded: List[Qos], depth: int = 10) -> QoSProfile:
+    """A publisher QoS for replaying a topic recorded with ``recorded`` offered profiles.
+
+    Reliable (serves reliable and best-effort subscribers alike), transient-local when every
+    recorded publisher was (latched topics stay latched), keep-last max(depth, recorded depth).
+    """
+    transient = bool(recorded) and all(q.durability == QosDurability.TRANSIENT_LOCAL for q in recorded)
+    rec_depth = max([int(q.depth) for q in recorded] + [0])
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=max(int(depth), rec_depth),
+        reliability=ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL if transient else DurabilityPolicy.VOLATILE,
+    )
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set an event instead of raising in the middle of a write."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.signal: Optional[int] = None
+        self._old: Dict[int, object] = {}
+
+    def install(self) -> "StopFlag":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, _frame) -> None:
+        self.signal = signum
+        self.event.set()
+
+    def restore(self) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)  # type: ignore[arg-type]
+        self._old.clear()
+
+    def is_set(self) -> bool:
+        return self.event.is_set()
+
+    def set(self) -> None:
+        self.event.set()
+
+
+def cli_boundary(name: str, body: Callable[[], int]) -> int:
+    """Run a CLI body: BagError / bad input -> one line on stderr and exit 2, never a traceback."""
+    from rls3_ros.bags.bagio import BagError
+
+    try:
+        return body()
+    except BagError as exc:
+        print(f"rls3 {name}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI boundary: never a traceback
+        print(f"rls3 {name}: error: {exc.__class__.__name__}: {exc}", file=sys.stderr, flush=True)
+        return 1
