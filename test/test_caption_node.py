@@ -1,0 +1,115 @@
+"""caption_oracle in a real process: captions (image, scene) pairs published from another
+process (this test's rclpy node) matched by stamp, and answers its service."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+from rls3_msgs.msg import Sample as SampleMsg
+from rls3_msgs.msg import SceneState as SceneStateMsg
+from rls3_msgs.srv import CaptionScene
+from sensor_msgs.msg import Image
+
+from ros_harness import NodeProcess, call_service, poll_until
+from rls3_ros.captions import CaptionOracle
+from rls3_ros.nodes.conversions import header_from_ns, msg_to_relation, scene_to_msg, stamp_to_ns
+from rls3_ros.nodes.image_conversion import image_msg_to_rgb, numpy_to_image_msg
+from rls3_ros.scene import CameraModel, ObjectState, SceneState
+
+NODE = ["-m", "rls3_ros.nodes.caption_oracle", "--ros-args", "-r", "__ns:=/cap"]
+
+
+def make_scene(stamp_ns: int) -> SceneState:
+    cam = CameraModel.look_at((-2.0, 0.2, 1.5), (0.0, 0.0, 0.6), 64, 48, 60.0)
+    objs = [
+        ObjectState("mug", "mug", "red mug", (0.0, 0.3, 0.6), active=True),
+        ObjectState("lamp", "lamp", "lamp", (0.4, -0.3, 0.7), active=True),
+        ObjectState("cup", "cup", "green cup", (0.0, 0.3, 0.72), supported_by="mug"),
+        ObjectState("vase", "vase", "vase", (-0.3, 0.0, 0.6), active=True),
+    ]
+    return SceneState("kitchen-3", "kitchen", 3, cam, objs, stamp_ns=stamp_ns)
+
+
+def test_node_captions_matched_pairs_and_serves(ros_env, rclpy_node):
+    node = rclpy_node
+    got = []
+    lock = threading.Lock()
+
+    def on_sample(m):
+        with lock:
+            got.append(m)
+
+    node.create_subscription(SampleMsg, "/cap/samples", on_sample, 10)
+    img_pub = node.create_publisher(Image, "/cap/image_raw", 10)
+    scene_pub = node.create_publisher(SceneStateMsg, "/cap/scene_state", 10)
+    rng = np.random.default_rng(1)
+    oracle = CaptionOracle()
+    with NodeProcess(NODE, ros_env, "caption_oracle") as proc:
+        proc.wait_for_output("caption_oracle ready", timeout=60)
+        poll_until(lambda: img_pub.get_subscription_count() and scene_pub.get_subscription_count()
+                   and node.count_publishers("/cap/samples"), 30, "caption_oracle to connect")
+        stamps = [1_700_000_000_000_000_001, 1_700_000_000_500_000_002]
+        images = {}
+        for k, st in enumerate(stamps):
+            scene = make_scene(st)
+            rgb = rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)
+            images[st] = rgb
+            im = numpy_to_image_msg(rgb, "rgb8", header_from_ns(st, "camera_optical"))
+            sm = scene_to_msg(scene, header_from_ns(st, "world"))
+            if k == 0:  # scene first, then image; the other order for the second pair
+                scene_pub.publish(sm)
+                img_pub.publish(im)
+            else:
+                img_pub.publish(im)
+                scene_pub.publish(sm)
+        # an image without a scene never yields a sample
+        img_pub.publish(numpy_to_image_msg(images[stamps[0]], "rgb8", header_from_ns(42, "camera_optical")))
+        poll_until(lambda: len(got) >= 2, 30, "two captioned samples")
+
+        for m in got:
+            st = stamp_to_ns(m.header.stamp)
+            assert st in stamps and m.header.frame_id == "world"  # header copied from the input
+            assert stamp_to_ns(m.image.header.stamp) == st
+            np.testing.assert_array_equal(image_msg_to_rgb(m.image), images[st])
+            expected = oracle.caption_scene(make_scene(st))
+            assert [msg_to_relation(r).caption for r in m.relations] == [r.caption for r in expected]
+            assert [list(r.negatives) for r in m.relations] == [r.negatives for r in expected]
+            assert m.valid and m.sample_id == f"kitchen-3-{st}"
+            caps = {r.caption for r in m.relations}
+            assert "The red mug is under the green cup." in caps
+            assert "The red mug is in front and to the left of the lamp." in caps
+
+        # the service: a good scene, a NaN pose, duplicate ids
+        req = CaptionScene.Request(scene=scene_to_msg(make_scene(5)), max_pairs=2)
+        ans = call_service(node, CaptionScene, "/cap/caption_oracle/caption_scene", req)
+        assert ans.success, ans.message
+        assert len(ans.relations) == 2
+        assert ans.relations[0].caption == oracle.caption_scene(make_scene(5))[0].caption
+
+        bad = make_scene(6)
+        bad.objects[1].position = (0.4, math.nan, 0.9)
+        ans = call_service(node, CaptionScene, "/cap/caption_oracle/caption_scene",
+                           CaptionScene.Request(scene=scene_to_msg(bad)))
+        assert not ans.success and "NaN" in ans.message and not ans.relations
+
+        dup = make_scene(7)
+        dup.objects[2].id = "mug"
+        ans = call_service(node, CaptionScene, "/cap/caption_oracle/caption_scene",
+                           CaptionScene.Request(scene=scene_to_msg(dup)))
+        assert not ans.success and "duplicate object ids: mug" in ans.message
+
+        empty = make_scene(8)
+        empty.objects = []
+        ans = call_service(node, CaptionScene, "/cap/caption_oracle/caption_scene",
+                           CaptionScene.Request(scene=scene_to_msg(empty)))
+        assert ans.success and not ans.relations
+        assert proc.alive()
+    assert len(got) == 2  # the unmatched image produced nothing
+
+
+def test_node_refuses_bad_parameters(ros_env):
+    with NodeProcess(NODE + ["-p", "horizontal_half_width_deg:=60.0"], ros_env, "caption_oracle_bad") as proc:
+        assert proc.wait(timeout=60) == 2
+        assert "horizontal_half_width_deg must be in (0, 45)" in proc.output()
