@@ -1,0 +1,708 @@
+"""Embedded MuJoCo simulator backend (pure Python, no ROS).
+
+Scenes are procedural indoor rooms (``rls3_ros.sim.rooms``) with three active movable
+objects and an object container (objects parked outside the room, swapped in as in the
+paper). Moves are checked with real physics and rendering:
+
+- ``overlap``: after the move, a contact of the moved object penetrates deeper than
+  ``penetration_tol``;
+- ``floating``: during a short settle (``settle_steps`` physics steps) the object drops
+  more than ``drop_tol`` or ends with no contact (it was not resting on anything);
+- ``unstable``: it tips (> ``tilt_tol_deg``), slides (> ``slide_tol``) or keeps moving, or
+  another active object is disturbed;
+- ``out_of_view``: less than ``min_in_view_fraction`` of its projected 3D box is inside the
+  image, or no pixel of it is;
+- ``occluded``: its visible pixels / its pixels rendered alone < ``min_visible_fraction``.
+
+An invalid move restores the previous state exactly (qpos/qvel snapshot). MuJoCo's
+renderer is bound to the thread that created its GL context, so the backend owns one
+worker thread and runs every MuJoCo call on it; public methods are thread-safe.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import threading
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import numpy as np  # noqa: E402
+
+from rls3_ros.scene import CameraModel, ObjectState, SceneState  # noqa: E402
+from rls3_ros.sim.backend import (  # noqa: E402
+    ACTION_TYPES,
+    BAD_REQUEST,
+    FLOATING,
+    OCCLUDED,
+    OUT_OF_VIEW,
+    OVERLAP,
+    PLACE,
+    SWAP,
+    TELEPORT,
+    UNSTABLE,
+    MoveAction,
+    MoveResult,
+    Render,
+    SimulatorBackend,
+)
+from rls3_ros.sim.objects import CATEGORIES, ObjectSpec  # noqa: E402
+from rls3_ros.sim.rooms import SCENE_TYPES, Receptacle, RoomSpec, build_room  # noqa: E402
+
+_SOLO_GROUP = 5
+
+
+def _yaw_quat_wxyz(yaw: float) -> np.ndarray:
+    return np.array([np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])
+
+
+def _quat_wxyz_to_mat(q: np.ndarray) -> np.ndarray:
+    w, x, y, z = q / np.linalg.norm(q)
+    return np.array([
+        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+    ])
+
+
+def _yaw_of(q: np.ndarray) -> float:
+    w, x, y, z = q
+    return float(np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z)))
+
+
+@dataclass
+class _Obj:
+    spec: ObjectSpec
+    body: int
+    qadr: int  # qpos address of the free joint
+    dadr: int  # qvel address
+    geoms: np.ndarray  # geom ids
+    points: np.ndarray  # (N, 3) body-frame sample points of its geoms (for world boxes)
+    parking: Tuple[float, float]
+
+
+def _geom_points(model, g: int) -> np.ndarray:
+    """Sample points (geom frame) on geom ``g`` for tight world-box computation."""
+    import mujoco
+
+    t = model.geom_type[g]
+    s = model.geom_size[g]
+    if t == mujoco.mjtGeom.mjGEOM_MESH:
+        mid = model.geom_dataid[g]
+        adr, num = model.mesh_vertadr[mid], model.mesh_vertnum[mid]
+        v = np.asarray(model.mesh_vert[adr:adr + num], dtype=float)
+        if len(v) > 400:
+            v = v[:: int(np.ceil(len(v) / 400))]
+        return v
+    ang = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    circ = np.stack([np.cos(ang), np.sin(ang)], 1)
+    if t == mujoco.mjtGeom.mjGEOM_BOX:
+        return np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]) * s[:3]
+    if t == mujoco.mjtGeom.mjGEOM_SPHERE or t == mujoco.mjtGeom.mjGEOM_ELLIPSOID:
+        r = s[:3] if t == mujoco.mjtGeom.mjGEOM_ELLIPSOID else np.array([s[0]] * 3)
+        pts = [np.c_[circ * np.cos(el), np.full(16, np.sin(el))] for el in np.radians([-90, -60, -30, 0, 30, 60, 90])]
+        return np.concatenate(pts) * r
+    if t == mujoco.mjtGeom.mjGEOM_CYLINDER:
+        return np.concatenate([np.c_[circ * s[0], np.full(16, z)] for z in (-s[1], s[1])])
+    if t == mujoco.mjtGeom.mjGEOM_CAPSULE:
+        return np.concatenate([np.c_[circ * s[0], np.full(16, z)] for z in (-s[1], s[1])]
+                              + [np.array([[0, 0, -s[1] - s[0]], [0, 0, s[1] + s[0]]])])
+    c, h = model.geom_aabb[g][:3], model.geom_aabb[g][3:]
+    return np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]) * h + c
+
+
+class MuJoCoBackend(SimulatorBackend):
+    """Procedural indoor scenes in MuJoCo with physics-checked moves (see module docstring).
+
+    Parameters (all keyword, with defaults):
+      image_size=224: square image width/height in pixels (16..2048).
+      seed=0: seed of the first scene (built lazily by ``reset``) and of container choices.
+      scene_types=all four (kitchen, living_room, bedroom, dining_room): types ``reset`` draws from.
+      min_visible_fraction=0.3: occlusion threshold (visible / unoccluded pixels).
+      min_in_view_fraction=0.8: fraction of the projected 3D box that must be inside the image.
+      n_container=5: objects in the object container.
+      settle_steps=150, timestep=0.002: physics settle after a move.
+      penetration_tol=0.005 m, drop_tol=0.025 m, slide_tol=0.04 m, tilt_tol_deg=25.
+      render_depth=True: also render depth in ``render``/``apply`` (one more GL pass).
+      camera_distance=(1.9, 2.2), camera_height=(1.45, 1.75), fovy=(56, 62): camera ranges.
+    """
+
+    name = "mujoco"
+
+    def __init__(self, image_size: int = 224, seed: int = 0, scene_types: Optional[Sequence[str]] = None,
+                 min_visible_fraction: float = 0.3, min_in_view_fraction: float = 0.8, n_container: int = 5,
+                 settle_steps: int = 150, timestep: float = 0.002, penetration_tol: float = 0.005,
+                 drop_tol: float = 0.025, slide_tol: float = 0.04, tilt_tol_deg: float = 25.0,
+                 render_depth: bool = True, camera_distance: Sequence[float] = (1.9, 2.2),
+                 camera_height: Sequence[float] = (1.45, 1.75), fovy: Sequence[float] = (56.0, 62.0)):
+        if not isinstance(image_size, (int, np.integer)) or not 16 <= int(image_size) <= 2048:
+            raise ValueError(f"image_size must be an int in [16, 2048], got {image_size!r}")
+        types = tuple(scene_types) if scene_types else SCENE_TYPES
+        bad = [t for t in types if t not in SCENE_TYPES]
+        if bad or not types:
+            raise ValueError(f"unknown scene types {bad}; known: {', '.join(SCENE_TYPES)}")
+        for nm, v in (("min_visible_fraction", min_visible_fraction), ("min_in_view_fraction", min_in_view_fraction)):
+            if not 0.0 <= float(v) <= 1.0:
+                raise ValueError(f"{nm} must be in [0, 1], got {v!r}")
+        if int(n_container) < 1:
+            raise ValueError(f"n_container must be >= 1, got {n_container!r}")
+        if int(settle_steps) < 1 or float(timestep) <= 0:
+            raise ValueError("settle_steps must be >= 1 and timestep > 0")
+        for nm, rng_ in (("camera_distance", camera_distance), ("camera_height", camera_height), ("fovy", fovy)):
+            if len(rng_) != 2 or float(rng_[0]) > float(rng_[1]) or float(rng_[0]) <= 0:
+                raise ValueError(f"{nm} must be a (low, high) pair with 0 < low <= high, got {rng_!r}")
+        if not 10.0 <= float(fovy[0]) and float(fovy[1]) <= 120.0:
+            raise ValueError(f"fovy must lie in [10, 120] degrees, got {fovy!r}")
+        self.image_size = int(image_size)
+        self.seed = int(seed)
+        self._types = types
+        self.min_visible_fraction = float(min_visible_fraction)
+        self.min_in_view_fraction = float(min_in_view_fraction)
+        self.n_container = int(n_container)
+        self.settle_steps = int(settle_steps)
+        self.timestep = float(timestep)
+        self.penetration_tol = float(penetration_tol)
+        self.drop_tol = float(drop_tol)
+        self.slide_tol = float(slide_tol)
+        self.tilt_tol = np.radians(float(tilt_tol_deg))
+        self.render_depth = bool(render_depth)
+        self._cam_ranges = dict(camera_distance=tuple(map(float, camera_distance)),
+                                camera_height=tuple(map(float, camera_height)), fovy=tuple(map(float, fovy)))
+        self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mujoco-sim")
+        self._thread: Optional[threading.Thread] = None
+        self._closed = False
+        self._renderer = None
+        self._model = None
+        self._data = None
+        self._room: Optional[RoomSpec] = None
+        self._last_render: Optional[Render] = None
+        self._solo_cache: Dict[str, Tuple[bytes, int]] = {}
+
+    # ------------------------------------------------------------------ threading
+    def _call(self, fn, *args, **kwargs):
+        if self._closed:
+            raise RuntimeError("backend is closed")
+        if threading.current_thread() is self._thread:
+            return fn(*args, **kwargs)
+        return self._executor.submit(self._on_worker, fn, *args, **kwargs).result()
+
+    def _on_worker(self, fn, *args, **kwargs):
+        self._thread = threading.current_thread()
+        return fn(*args, **kwargs)
+
+    # ------------------------------------------------------------------ interface
+    @property
+    def scene_types(self) -> Sequence[str]:
+        return self._types
+
+    def reset(self, seed: Optional[int] = None, scene_type: Optional[str] = None) -> SceneState:
+        seed = self.seed if seed is None else int(seed)
+        if scene_type is not None and scene_type not in self._types:
+            raise ValueError(f"scene type {scene_type!r} not in {self._types}")
+        return self._call(self._reset, seed, scene_type)
+
+    def state(self) -> SceneState:
+        return self._call(self._state)
+
+    def render(self) -> Render:
+        return self._call(self._render_full)
+
+    def apply(self, action: MoveAction) -> MoveResult:
+        return self._call(self._apply, action)
+
+    def placement_bounds(self) -> Tuple[Tuple[float, float, float], Tuple[float, float, float]]:
+        """(low xyz, high xyz) of the region where active objects may be placed in view.
+
+        Maps a continuous action into the world: every receptacle (floor, furniture tops,
+        shelf levels) lies inside it; use ``place`` with ``receptacle_id=""`` and a z to
+        pick the support surface nearest that height under (x, y).
+        """
+        return self._call(self._placement_bounds)
+
+    def receptacles(self) -> List[Tuple[str, float, Tuple[float, float], Tuple[float, float]]]:
+        """Support surfaces as (id, top_z, xy_low, xy_high); active objects are included for stacking."""
+        return self._call(lambda: [(r.id, r.top_z, r.xy_low, r.xy_high) for r in self._all_receptacles()])
+
+    def container_objects(self) -> List[ObjectState]:
+        """The objects in the object container (not in the scene), for swaps."""
+        return self._call(self._container_states)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        try:
+            self._call(self._close_renderer)
+        finally:
+            self._closed = True
+            self._executor.shutdown(wait=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------------ build
+    def _close_renderer(self) -> None:
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None
+
+    def _make_renderer(self, model):
+        import mujoco
+
+        try:
+            return mujoco.Renderer(model, self.image_size, self.image_size)
+        except Exception as first:  # EGL unavailable: fall back to OSMesa once
+            try:
+                from mujoco import osmesa
+                from mujoco.rendering.classic import gl_context
+
+                gl_context.GLContext = osmesa.GLContext
+                return mujoco.Renderer(model, self.image_size, self.image_size)
+            except Exception as second:
+                raise RuntimeError(
+                    f"MuJoCo offscreen rendering failed with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} ({first}) "
+                    f"and with OSMesa ({second}); install libegl1 libegl-mesa0 libgl1-mesa-dri or libosmesa6"
+                ) from second
+
+    def _reset(self, seed: int, scene_type: Optional[str]) -> SceneState:
+        import mujoco
+
+        if scene_type is None:
+            scene_type = self._types[seed % len(self._types)]
+        room = build_room(seed, scene_type, image_size=self.image_size, n_container=self.n_container,
+                          timestep=self.timestep, **self._cam_ranges)
+        self.camera_model = CameraModel.look_at(room.camera.position, room.camera.target, self.image_size,
+                                                self.image_size, room.camera.fovy)
+        rot = self.camera_model.rotation()
+        xaxis, yaxis = rot[:, 0], -rot[:, 1]
+        p = room.camera.position
+        cam_xml = (f'<camera name="view" pos="{p[0]:.5f} {p[1]:.5f} {p[2]:.5f}" '
+                   f'xyaxes="{" ".join(f"{v:.6f}" for v in (*xaxis, *yaxis))}" fovy="{room.camera.fovy:.4f}"/>')
+        xml = room.xml.replace("</worldbody>", cam_xml + "</worldbody>")
+        model = mujoco.MjModel.from_xml_string(xml)
+        data = mujoco.MjData(model)
+        self._close_renderer()
+        self._model, self._data, self._room = model, data, room
+        self._renderer = self._make_renderer(model)
+        self._cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "view")
+        self._rng = np.random.default_rng([seed, 7919])
+        self._seed_now = seed
+        # geom ownership
+        self._geom_owner: List[str] = []
+        for g in range(model.ngeom):
+            nm = mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_GEOM, g) or ""
+            if nm.startswith("fur:"):
+                self._geom_owner.append(nm.split(":")[1])
+            else:
+                self._geom_owner.append(mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_BODY, model.geom_bodyid[g]) or "")
+        self._objs: Dict[str, _Obj] = {}
+        for s in room.active + room.container:
+            b = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, s.id)
+            j = model.body_jntadr[b]
+            geoms = np.nonzero(model.geom_bodyid == b)[0]
+            pts = []
+            for g in geoms:
+                gp = _geom_points(model, g)
+                R = _quat_wxyz_to_mat(model.geom_quat[g])
+                pts.append(gp @ R.T + model.geom_pos[g])
+            self._objs[s.id] = _Obj(s, b, int(model.jnt_qposadr[j]), int(model.jnt_dofadr[j]), geoms,
+                                    np.concatenate(pts), room.parking[s.id])
+        self._geom_obj = np.full(model.ngeom, "", dtype=object)
+        for o in self._objs.values():
+            self._geom_obj[o.geoms] = o.spec.id
+        self._default_group = model.geom_group.copy()
+        self._active: List[str] = []
+        self._container: List[str] = [s.id for s in room.container]
+        for s in room.active + room.container:
+            self._park(s.id)
+        mujoco.mj_forward(model, data)
+        self._solo_cache = {}
+        self._scene_id = f"{scene_type}_{seed}"
+        self._scene_type = scene_type
+        self._floor_in_view()
+        # initial placement of the active objects, each checked like a move
+        for s in room.active:
+            self._active.append(s.id)
+            if not self._initial_place(s.id):
+                raise RuntimeError(f"could not place {s.id} validly in {self._scene_id}")
+        self._last_render = self._render_full()
+        return self._state()
+
+    def _floor_in_view(self) -> None:
+        """Shrink the floor receptacle to the part of it the camera sees."""
+        room = self._room
+        fl = next(r for r in room.receptacles if r.id == "floor")
+        xs = np.linspace(-room.half_width + 0.15, room.half_width - 0.15, 40)
+        ys = np.linspace(-2.0, room.back_y - 0.1, 40)
+        gx, gy = np.meshgrid(xs, ys)
+        pts = np.stack([gx.ravel(), gy.ravel(), np.zeros(gx.size)], 1)
+        uv = self.camera_model.project(pts)
+        m = 0.06 * self.image_size
+        ok = np.isfinite(uv[:, 0]) & (uv[:, 0] > m) & (uv[:, 0] < self.image_size - m) & (uv[:, 1] > m) & (
+            uv[:, 1] < self.image_size - m)
+        if ok.any():
+            p = pts[ok]
+            fl.xy_low = (float(max(p[:, 0].min(), -1.3)), float(p[:, 1].min()))
+            fl.xy_high = (float(min(p[:, 0].max(), 1.3)), float(p[:, 1].max()))
+
+    def _initial_place(self, oid: str) -> bool:
+        recs = [r for r in self._room.receptacles]
+        weights = np.array([0.4 if r.id == "floor" else 1.0 for r in recs])
+        weights /= weights.sum()
+        for attempt in range(60):
+            r = recs[int(self._rng.choice(len(recs), p=weights))]
+            x = float(self._rng.uniform(r.xy_low[0], r.xy_high[0]))
+            y = float(self._rng.uniform(r.xy_low[1], r.xy_high[1]))
+            yaw = float(self._rng.uniform(-np.pi, np.pi))
+            snap = self._snapshot()
+            self._put_on(oid, x, y, r.top_z, yaw)
+            reason = self._check_move(oid, snap, check_others=True)
+            if not reason:
+                return True
+            self._restore(snap)
+        return False
+
+    # ------------------------------------------------------------------ geometry helpers
+    def _set_pose(self, oid: str, pos, quat_wxyz) -> None:
+        o = self._objs[oid]
+        self._data.qpos[o.qadr:o.qadr + 3] = pos
+        self._data.qpos[o.qadr + 3:o.qadr + 7] = quat_wxyz
+        self._data.qvel[o.dadr:o.dadr + 6] = 0.0
+
+    def _park(self, oid: str) -> None:
+        o = self._objs[oid]
+        lo = o.points.min(0)
+        self._set_pose(oid, (o.parking[0], o.parking[1], -lo[2] + 0.001), (1, 0, 0, 0))
+
+    def _world_points(self, oid: str) -> np.ndarray:
+        o = self._objs[oid]
+        R = self._data.xmat[o.body].reshape(3, 3)
+        return o.points @ R.T + self._data.xpos[o.body]
+
+    def _world_aabb(self, oid: str) -> Tuple[np.ndarray, np.ndarray]:
+        p = self._world_points(oid)
+        return p.min(0), p.max(0)
+
+    def _put_on(self, oid: str, x: float, y: float, top_z: float, yaw: float) -> None:
+        """Rest ``oid`` upright with yaw, its footprint centred at (x, y), bottom at ``top_z``."""
+        o = self._objs[oid]
+        q = _yaw_quat_wxyz(yaw)
+        pts = o.points @ _quat_wxyz_to_mat(q).T
+        lo, hi = pts.min(0), pts.max(0)
+        c = (lo + hi) / 2
+        self._set_pose(oid, (x - c[0], y - c[1], top_z - lo[2] + 0.002), q)
+
+    def _teleport(self, oid: str, centre, yaw: float) -> None:
+        o = self._objs[oid]
+        q = _yaw_quat_wxyz(yaw)
+        pts = o.points @ _quat_wxyz_to_mat(q).T
+        c = (pts.min(0) + pts.max(0)) / 2
+        self._set_pose(oid, np.asarray(centre, float) - c, q)
+
+    def _snapshot(self):
+        d = self._data
+        return (d.qpos.copy(), d.qvel.copy(), list(self._active), list(self._container), d.time, self._last_render)
+
+    def _restore(self, snap) -> None:
+        import mujoco
+
+        d = self._data
+        d.qpos[:] = snap[0]
+        d.qvel[:] = snap[1]
+        self._active, self._container = list(snap[2]), list(snap[3])
+        d.time = snap[4]
+        self._last_render = snap[5]
+        mujoco.mj_forward(self._model, d)
+
+    # ------------------------------------------------------------------ validity
+    def _contacts_of(self, oid: str):
+        d = self._data
+        geoms = set(self._objs[oid].geoms.tolist())
+        out = []
+        for i in range(d.ncon):
+            c = d.contact[i]
+            g1, g2 = int(c.geom1), int(c.geom2)
+            if g1 in geoms and g2 not in geoms:
+                out.append((g2, float(c.dist), c.pos.copy()))
+            elif g2 in geoms and g1 not in geoms:
+                out.append((g1, float(c.dist), c.pos.copy()))
+        return out
+
+    def _check_move(self, oid: str, snap, check_others: bool = True) -> str:
+        """Settle the scene after moving ``oid`` and return "" if valid, else the reason."""
+        import mujoco
+
+        m, d = self._model, self._data
+        mujoco.mj_forward(m, d)
+        for _, dist, _ in self._contacts_of(oid):
+            if dist < -self.penetration_tol:
+                return OVERLAP
+        before = {a: (d.xpos[self._objs[a].body].copy(), d.xmat[self._objs[a].body].reshape(3, 3)[:, 2].copy())
+                  for a in self._active}
+        d.qvel[:] = 0.0
+        mujoco.mj_step(m, d, nstep=self.settle_steps)
+        # moved object
+        p0, z0 = before[oid]
+        p1 = d.xpos[self._objs[oid].body]
+        z1 = d.xmat[self._objs[oid].body].reshape(3, 3)[:, 2]
+        tilt = float(np.arccos(np.clip(np.dot(z0, z1), -1.0, 1.0)))
+        speed = float(np.linalg.norm(d.qvel[self._objs[oid].dadr:self._objs[oid].dadr + 3]))
+        if not self._contacts_of(oid) or (p0[2] - p1[2] > self.drop_tol and tilt < self.tilt_tol):
+            return FLOATING
+        if tilt > self.tilt_tol or np.linalg.norm(p1[:2] - p0[:2]) > self.slide_tol or speed > 0.05:
+            return UNSTABLE
+        for a in self._active:
+            if a == oid:
+                continue
+            q0, _ = before[a]
+            if np.linalg.norm(d.xpos[self._objs[a].body] - q0) > self.slide_tol:
+                return UNSTABLE
+        d.qvel[:] = 0.0
+        mujoco.mj_forward(m, d)
+        # view and occlusion from segmentation
+        seg = self._render_seg()
+        counts = self._slot_counts(seg)
+        for slot, a in enumerate(self._active):
+            if not check_others and a != oid:
+                continue
+            inview = self._in_view_fraction(a)
+            solo = self._solo_pixels(a)
+            if inview < self.min_in_view_fraction or solo == 0:
+                return OUT_OF_VIEW
+            if counts[slot] / solo < self.min_visible_fraction:
+                return OCCLUDED
+        self._pending_seg = seg
+        return ""
+
+    def _in_view_fraction(self, oid: str) -> float:
+        lo, hi = self._world_aabb(oid)
+        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+        uv = self.camera_model.project(corners)
+        if not np.all(np.isfinite(uv)):
+            return 0.0
+        u0, v0 = uv.min(0)
+        u1, v1 = uv.max(0)
+        area = max((u1 - u0) * (v1 - v0), 1e-9)
+        s = self.image_size
+        iu = max(0.0, min(u1, s) - max(u0, 0.0))
+        iv = max(0.0, min(v1, s) - max(v0, 0.0))
+        return float(iu * iv / area)
+
+    # ------------------------------------------------------------------ rendering
+    def _render_seg(self) -> np.ndarray:
+        """Instance segmentation: (H, W) int32 slot of the active object, -1 elsewhere."""
+        import mujoco
+
+        r = self._renderer
+        r.update_scene(self._data, self._cam_id)
+        r.enable_segmentation_rendering()
+        raw = r.render()
+        r.disable_segmentation_rendering()
+        lut = np.full(self._model.ngeom + 1, -1, dtype=np.int32)
+        for slot, a in enumerate(self._active):
+            lut[self._objs[a].geoms] = slot
+        ids = raw[..., 0]
+        is_geom = raw[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM)
+        return np.where(is_geom, lut[np.where(is_geom, ids, self._model.ngeom)], -1).astype(np.int32)
+
+    def _slot_counts(self, seg: np.ndarray) -> np.ndarray:
+        return np.bincount(seg.ravel() + 1, minlength=len(self._active) + 1)[1:]
+
+    def _solo_pixels(self, oid: str) -> int:
+        """Pixels of ``oid`` rendered alone (no occluders), cached per pose."""
+        import mujoco
+
+        d = self._data
+        o = self._objs[oid]
+        key = np.round(np.r_[d.xpos[o.body], d.xquat[o.body]], 4).tobytes()
+        hit = self._solo_cache.get(oid)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        m = self._model
+        opt = mujoco.MjvOption()
+        opt.geomgroup[:] = 0
+        opt.geomgroup[_SOLO_GROUP] = 1
+        m.geom_group[o.geoms] = _SOLO_GROUP
+        try:
+            r = self._renderer
+            r.update_scene(d, self._cam_id, scene_option=opt)
+            r.enable_segmentation_rendering()
+            raw = r.render()
+            r.disable_segmentation_rendering()
+        finally:
+            m.geom_group[:] = self._default_group
+        n = int(np.count_nonzero(raw[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM)))
+        self._solo_cache[oid] = (key, n)
+        return n
+
+    def _render_full(self, seg: Optional[np.ndarray] = None) -> Render:
+        r = self._renderer
+        if seg is None:
+            seg = self._render_seg()
+        r.update_scene(self._data, self._cam_id)
+        rgb = r.render().copy()
+        if self.render_depth:
+            r.enable_depth_rendering()
+            depth = r.render().astype(np.float32)
+            r.disable_depth_rendering()
+        else:
+            depth = np.zeros(seg.shape, np.float32)
+        boxes = {}
+        vis = {}
+        counts = self._slot_counts(seg)
+        for slot, a in enumerate(self._active):
+            if counts[slot] == 0:
+                boxes[a] = (0, 0, 0, 0)
+            else:
+                ys, xs = np.nonzero(seg == slot)
+                boxes[a] = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+            solo = self._solo_pixels(a)
+            vis[a] = (int(counts[slot]), float(min(1.0, counts[slot] / solo)) if solo else 0.0)
+        self._vis = vis
+        out = Render(rgb=rgb, segmentation=seg, depth=depth, boxes=boxes)
+        self._last_render = out
+        return out
+
+    # ------------------------------------------------------------------ state
+    def _object_state(self, oid: str, active: bool) -> ObjectState:
+        d = self._data
+        o = self._objs[oid]
+        lo, hi = self._world_aabb(oid)
+        q = d.xquat[o.body]
+        box, visible, frac = (0, 0, 0, 0), False, 0.0
+        if active and self._last_render is not None and oid in self._last_render.boxes:
+            box = self._last_render.boxes[oid]
+            n, frac = self._vis.get(oid, (0, 0.0))
+            visible = n > 0
+        return ObjectState(
+            id=oid, category=o.spec.category, description=o.spec.description,
+            position=tuple(float(v) for v in (lo + hi) / 2),
+            orientation=(float(q[1]), float(q[2]), float(q[3]), float(q[0])),
+            size=tuple(float(v) for v in hi - lo), bbox=box, visible=visible, visible_fraction=frac,
+            active=active, supported_by=self._support_of(oid) if active else "",
+        )
+
+    def _support_of(self, oid: str) -> str:
+        lo, _ = self._world_aabb(oid)
+        best, best_z = "", np.inf
+        for g, _dist, pos in self._contacts_of(oid):
+            if pos[2] < lo[2] + 0.03 and pos[2] < best_z + 1e-4:
+                owner = self._geom_obj[g] or self._geom_owner[g]
+                best, best_z = owner, pos[2]
+        return best
+
+    def _state(self) -> SceneState:
+        if self._room is None:
+            raise RuntimeError("call reset() first")
+        objs = [self._object_state(a, True) for a in self._active]
+        return SceneState(scene_id=self._scene_id, scene_type=self._scene_type, seed=self._seed_now,
+                          camera=self.camera_model, objects=objs, container_ids=list(self._container),
+                          backend=self.name, stamp_ns=time.time_ns())
+
+    def _container_states(self) -> List[ObjectState]:
+        return [self._object_state(c, False) for c in self._container]
+
+    def _all_receptacles(self) -> List[Receptacle]:
+        if self._room is None:
+            raise RuntimeError("call reset() first")
+        out = list(self._room.receptacles)
+        for a in self._active:
+            lo, hi = self._world_aabb(a)
+            cx, cy = (lo[:2] + hi[:2]) / 2
+            hx, hy = (hi[:2] - lo[:2]) * 0.25
+            out.append(Receptacle(a, float(hi[2]), (float(cx - hx), float(cy - hy)), (float(cx + hx), float(cy + hy))))
+        return out
+
+    def _placement_bounds(self):
+        recs = self._room.receptacles
+        lo = np.min([r.xy_low for r in recs], 0)
+        hi = np.max([r.xy_high for r in recs], 0)
+        top = max(r.top_z for r in recs) + 0.35
+        return (float(lo[0]), float(lo[1]), 0.0), (float(hi[0]), float(hi[1]), float(top))
+
+    # ------------------------------------------------------------------ actions
+    def _apply(self, action: MoveAction) -> MoveResult:
+        if self._room is None:
+            raise RuntimeError("call reset() first")
+        prev = self._last_render if self._last_render is not None else self._render_full()
+        bad = self._validate(action)
+        if bad:
+            return MoveResult(False, f"{BAD_REQUEST}: {bad}", self._state(), prev)
+        snap = self._snapshot()
+        oid = action.object_id
+        if action.action_type == SWAP:
+            cid = action.container_object_id or self._container[int(self._rng.integers(len(self._container)))]
+            lo, hi = self._world_aabb(oid)
+            yaw = _yaw_of(self._data.xquat[self._objs[oid].body])
+            slot = self._active.index(oid)
+            self._active[slot] = cid
+            self._container[self._container.index(cid)] = oid
+            self._objs[oid].parking, self._objs[cid].parking = self._objs[cid].parking, self._objs[oid].parking
+            self._park(oid)
+            self._put_on(cid, float((lo[0] + hi[0]) / 2), float((lo[1] + hi[1]) / 2), float(lo[2]) - 0.002, yaw)
+            moved = cid
+        elif action.action_type == TELEPORT:
+            self._teleport(oid, action.position, float(action.yaw))
+            moved = oid
+        else:
+            rec = self._choose_receptacle(action)
+            if rec is None:
+                return MoveResult(False, f"{BAD_REQUEST}: no receptacle under {tuple(action.position)[:2]}",
+                                  self._state(), prev)
+            x = float(np.clip(action.position[0], rec.xy_low[0], rec.xy_high[0])) if action.position is not None else float(
+                self._rng.uniform(rec.xy_low[0], rec.xy_high[0]))
+            y = float(np.clip(action.position[1], rec.xy_low[1], rec.xy_high[1])) if action.position is not None else float(
+                self._rng.uniform(rec.xy_low[1], rec.xy_high[1]))
+            self._put_on(oid, x, y, rec.top_z, float(action.yaw))
+            moved = oid
+        reason = self._check_move(moved, snap)
+        if reason:
+            if action.action_type == SWAP:
+                self._objs[oid].parking, self._objs[moved].parking = self._objs[moved].parking, self._objs[oid].parking
+            self._restore(snap)
+            return MoveResult(False, reason, self._state(), prev)
+        render = self._render_full(self._pending_seg)
+        return MoveResult(True, "", self._state(), render)
+
+    def _validate(self, a: MoveAction) -> str:
+        if not isinstance(a, MoveAction):
+            return f"expected MoveAction, got {type(a).__name__}"
+        if a.action_type not in ACTION_TYPES:
+            return f"unknown action type {a.action_type!r} (known: {', '.join(ACTION_TYPES)})"
+        if a.object_id not in self._active:
+            return f"{a.object_id!r} is not an active object (active: {', '.join(self._active)})"
+        if a.action_type == SWAP and a.container_object_id and a.container_object_id not in self._container:
+            return f"{a.container_object_id!r} is not in the object container ({', '.join(self._container)})"
+        if a.action_type == TELEPORT and a.position is None:
+            return "teleport needs a position"
+        if a.position is not None:
+            p = np.asarray(a.position, dtype=float)
+            if p.shape != (3,) or not np.all(np.isfinite(p)):
+                return f"position must be 3 finite numbers, got {a.position!r}"
+            if np.any(np.abs(p) > 50):
+                return f"position {tuple(p)} is far outside the room"
+        if not np.isfinite(float(a.yaw)):
+            return "yaw must be finite"
+        if a.action_type == PLACE:
+            if a.receptacle_id and a.receptacle_id not in {r.id for r in self._all_receptacles()}:
+                return f"unknown receptacle {a.receptacle_id!r}"
+            if a.receptacle_id == a.object_id and a.receptacle_id:
+                return "an object cannot be placed on itself"
+        return ""
+
+    def _choose_receptacle(self, a: MoveAction) -> Optional[Receptacle]:
+        recs = [r for r in self._all_receptacles() if r.id != a.object_id]
+        if a.receptacle_id:
+            return next(r for r in recs if r.id == a.receptacle_id)
+        if a.position is None:
+            return recs[int(self._rng.integers(len(recs)))]
+        x, y, z = (float(v) for v in a.position)
+        under = [r for r in recs if r.xy_low[0] - 1e-6 <= x <= r.xy_high[0] + 1e-6 and r.xy_low[1] - 1e-6 <= y <= r.xy_high[1] + 1e-6]
+        if not under:
+            return None
+        return min(under, key=lambda r: abs(r.top_z - z))
