@@ -1,0 +1,502 @@
+"""``spatial_query`` node: answers spatial questions with the (fine-tuned) spatial VLM.
+
+A lifecycle node (``rclpy.lifecycle``): parameters are read and topics created on
+*configure*, the model (base + adapter) is loaded on *activate* and freed on *deactivate*.
+With ``autostart`` (default) it configures and activates itself, so it works without a
+lifecycle manager.
+
+Services
+- ``~/query`` (rls3_msgs/srv/SpatialQuery): ``where`` / ``check`` / ``what`` on the image in
+  the request, or — when the request image is empty (width 0) — on the camera-topic frame
+  nearest to ``header.stamp`` (within ``frame_tolerance``; the latest frame when the stamp
+  is zero). The answer copies the header of the image used. Every bad request (unknown
+  query type, bad image, empty/unknown object name, unparsable relation, no model yet,
+  node not active) gets ``success=false`` and a reason; the node lives on.
+- ``~/set_adapter`` (rls3_msgs/srv/SetAdapter): switch the LoRA adapter ("" = base).
+
+Hot swap: a new adapter is loaded into a *new* model instance off the query path (in the
+swap callback group), then the model reference is replaced under a lock. Queries in flight
+finish on the old instance, later ones use the new one: no query fails during a swap.
+
+Topics
+- subscribes ``<image_topic>`` (sensor_msgs/Image, QoS ``image_qos``; incompatible QoS is
+  logged), ``scene_state`` (rls3_msgs/SceneState: object names for validation, candidates
+  and annotation boxes), ``adapter`` (rls3_msgs/AdapterInfo, transient local; when
+  ``follow_adapter_topic``).
+- publishes ``~/annotated`` (sensor_msgs/Image, when ``publish_annotated``): the image with
+  the boxes of the named objects (when the matching scene state knows them), the answer
+  text and its confidence.
+
+Parameters (defaults)
+- ``model`` ("embedded"): model spec for ``rls3_ros.spatial_answers.load_model``.
+- ``adapter`` (""): adapter directory to load at activation ("" = base model).
+- ``autostart`` (true): configure + activate at start.
+- ``image_topic`` ("image_raw"), ``image_qos`` ("sensor_data" | "reliable" | "system_default").
+- ``frame_buffer`` (30): camera frames kept, looked up by stamp.
+- ``frame_tolerance`` (0.1): max |stamp difference| [s] when a request names a stamp.
+- ``scene_topic`` ("scene_state").
+- ``follow_adapter_topic`` (true): switch to adapters announced on ``adapter_topic`` ("adapter").
+- ``publish_annotated`` (false).
+- ``load_retry_period`` (5.0): seconds between attempts while the model cannot be loaded.
+- ``swap_mode`` ("reload"): how a swap builds the new instance: "reload" (fresh model
+  from the spec) or "copy" (deep copy of the current one, falling back to reload).
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import gc
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Deque, Optional, Tuple
+
+import numpy as np
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+    qos_profile_system_default,
+)
+from rls3_msgs.msg import AdapterInfo, SceneState as SceneStateMsg
+from rls3_msgs.srv import SetAdapter, SpatialQuery
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from rls3_ros.nodes.annotate import draw_annotation, find_object, scene_object_names
+from rls3_ros.nodes.conversions import msg_to_scene, stamp_to_ns
+from rls3_ros.nodes.image_conversion import ImageConversionError, image_msg_to_rgb, numpy_to_image_msg
+from rls3_ros.nodes.node_main import run_node
+from rls3_ros.scene import SceneState
+from rls3_ros.spatial_answers import QueryRequest, answer_query, check_adapter_dir, load_model
+from rls3_ros.vlm.interface import SpatialVLM
+
+IMAGE_QOS = {
+    "sensor_data": qos_profile_sensor_data,
+    "reliable": QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST),
+    "system_default": qos_profile_system_default,
+}
+ADAPTER_QOS = QoSProfile(
+    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+    history=HistoryPolicy.KEEP_LAST,
+)
+
+
+@dataclass
+class LoadedModel:
+    """A model instance with its own inference lock (queries on one instance are serialised)."""
+
+    model: SpatialVLM
+    adapter: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _is_empty_image(msg: Image) -> bool:
+    return msg.width == 0 and msg.height == 0 and len(msg.data) == 0
+
+
+class SpatialQueryNode(LifecycleNode):
+    """Lifecycle node answering ``~/query`` with a SpatialVLM (see module docstring)."""
+
+    def __init__(self, node_name: str = "spatial_query", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        d = self._declare
+        d("model", "embedded", "model spec: 'embedded', a model directory / HF id, or py:<module>:<fn>[:<arg>]")
+        d("adapter", "", "LoRA adapter directory loaded at activation ('' = base model)")
+        d("autostart", True, "configure and activate at start (no lifecycle manager needed)")
+        d("image_topic", "image_raw", "camera topic used when a request has no image")
+        d("image_qos", "sensor_data", "QoS of the camera subscription: sensor_data | reliable | system_default")
+        d("frame_buffer", 30, "camera frames kept for lookup by stamp")
+        d("frame_tolerance", 0.1, "max |stamp difference| [s] between a requested stamp and a buffered frame")
+        d("scene_topic", "scene_state", "scene states (object names, boxes)")
+        d("follow_adapter_topic", True, "switch to adapters announced by the trainer")
+        d("adapter_topic", "adapter", "topic of the trainer's adapter announcements")
+        d("publish_annotated", False, "publish ~/annotated images of each answer")
+        d("load_retry_period", 5.0, "seconds between model load attempts while it cannot be loaded")
+        d("swap_mode", "reload", "reload (fresh instance from the spec) | copy (deep copy, fallback reload)")
+
+        self._model_lock = threading.Lock()  # guards self._loaded (the reference swap)
+        self._loaded: Optional[LoadedModel] = None
+        self._wanted_adapter = ""  # adapter to load with the model (activation, announcements before ready)
+        self._active = False
+        self._load_status = "not loaded (node not active)"
+        self._load_stop = threading.Event()
+        self._load_thread: Optional[threading.Thread] = None
+        self._frames: Deque[Image] = collections.deque(maxlen=30)
+        self._scenes: Deque[SceneStateMsg] = collections.deque(maxlen=30)
+        self._buf_lock = threading.Lock()
+        self._subs = []
+        self._annotated_pub = None
+        self._n_queries = 0
+        self._n_failed = 0
+
+        self._query_group = ReentrantCallbackGroup()
+        self._swap_group = MutuallyExclusiveCallbackGroup()
+        self._topic_group = MutuallyExclusiveCallbackGroup()
+        self.create_service(SpatialQuery, "~/query", self._on_query, callback_group=self._query_group)
+        self.create_service(SetAdapter, "~/set_adapter", self._on_set_adapter, callback_group=self._swap_group)
+
+        if self.get_parameter("autostart").value:
+            if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                self.trigger_activate()
+
+    def _declare(self, name, default, description):
+        self.declare_parameter(name, default, ParameterDescriptor(description=description))
+
+    def _p(self, name):
+        return self.get_parameter(name).value
+
+    # -- lifecycle transitions -------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Validate parameters; create the camera, scene-state and adapter subscriptions and
+        the annotated publisher. No model is loaded yet."""
+        errors = []
+        if not str(self._p("model")).strip():
+            errors.append("model must not be empty (e.g. 'embedded')")
+        if self._p("image_qos") not in IMAGE_QOS:
+            errors.append(f"image_qos {self._p('image_qos')!r} unknown; use one of {', '.join(IMAGE_QOS)}")
+        if int(self._p("frame_buffer")) < 1:
+            errors.append("frame_buffer must be >= 1")
+        if float(self._p("frame_tolerance")) < 0:
+            errors.append("frame_tolerance must be >= 0")
+        if float(self._p("load_retry_period")) <= 0:
+            errors.append("load_retry_period must be > 0")
+        if self._p("swap_mode") not in ("reload", "copy"):
+            errors.append("swap_mode must be 'reload' or 'copy'")
+        if errors:
+            for e in errors:
+                self.get_logger().error(f"bad parameter: {e}")
+            return TransitionCallbackReturn.FAILURE
+        with self._buf_lock:
+            self._frames = collections.deque(maxlen=int(self._p("frame_buffer")))
+            self._scenes = collections.deque(maxlen=int(self._p("frame_buffer")))
+        image_topic = self._p("image_topic")
+        events = SubscriptionEventCallbacks(incompatible_qos=lambda ev: self._incompatible_qos(image_topic, ev))
+        self._subs = [
+            self.create_subscription(
+                Image, image_topic, self._on_image, IMAGE_QOS[self._p("image_qos")],
+                callback_group=self._topic_group, event_callbacks=events,
+            ),
+            self.create_subscription(SceneStateMsg, self._p("scene_topic"), self._on_scene, 10, callback_group=self._topic_group),
+        ]
+        if self._p("follow_adapter_topic"):
+            self._subs.append(
+                self.create_subscription(AdapterInfo, self._p("adapter_topic"), self._on_adapter_announced, ADAPTER_QOS,
+                                         callback_group=self._swap_group)
+            )
+        if self._p("publish_annotated"):
+            self._annotated_pub = self.create_lifecycle_publisher(Image, "~/annotated", 5)
+        self.get_logger().info(
+            f"configured: model={self._p('model')!r} adapter={self._p('adapter')!r} image_topic={image_topic!r} "
+            f"({self._p('image_qos')}) follow_adapter_topic={self._p('follow_adapter_topic')}"
+        )
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Start loading base model + adapter on a background thread (retried every
+        ``load_retry_period`` s until it works); queries answer "not ready" meanwhile."""
+        self._active = True
+        with self._model_lock:
+            self._wanted_adapter = str(self._p("adapter")).strip()
+        self._start_loader()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop loading, free the model; queries answer "not active" until reactivated."""
+        self._active = False
+        self._stop_loader()
+        self._free_model()
+        self.get_logger().info("deactivated: model freed")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Destroy subscriptions and publishers, drop buffered frames and scenes."""
+        self._destroy_entities()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free everything (from any state)."""
+        self._active = False
+        self._stop_loader()
+        self._free_model()
+        self._destroy_entities()
+        return super().on_shutdown(state)
+
+    def close(self) -> None:
+        """Called by ``run_node`` on exit."""
+        self._active = False
+        self._stop_loader()
+        self._free_model()
+
+    def _destroy_entities(self) -> None:
+        for s in self._subs:
+            self.destroy_subscription(s)
+        self._subs = []
+        if self._annotated_pub is not None:
+            self.destroy_lifecycle_publisher(self._annotated_pub)
+            self._annotated_pub = None
+        with self._buf_lock:
+            self._frames.clear()
+            self._scenes.clear()
+
+    # -- model loading -----------------------------------------------------------------------
+    def _start_loader(self) -> None:
+        self._stop_loader()
+        self._load_stop = threading.Event()
+        self._load_thread = threading.Thread(target=self._load_loop, args=(self._load_stop,), daemon=True, name="vlm-loader")
+        self._load_thread.start()
+
+    def _stop_loader(self) -> None:
+        self._load_stop.set()
+        t = self._load_thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=30.0)
+        self._load_thread = None
+
+    def _free_model(self) -> None:
+        with self._model_lock:
+            self._loaded = None
+        self._load_status = "not loaded (node not active)"
+        gc.collect()
+
+    def _load_loop(self, stop: threading.Event) -> None:
+        spec = str(self._p("model"))
+        period = float(self._p("load_retry_period"))
+        attempt = 0
+        while not stop.is_set():
+            attempt += 1
+            self._load_status = f"loading model {spec!r} (attempt {attempt})"
+            t0 = time.monotonic()
+            try:
+                model = load_model(spec)
+            except Exception as e:  # noqa: BLE001 - any failure: report and retry
+                self._load_status = (f"model {spec!r} not available (attempt {attempt}: {type(e).__name__}: {e}); "
+                                     f"retrying every {period:.1f} s")
+                self.get_logger().warning(self._load_status)
+                stop.wait(period)
+                continue
+            while not stop.is_set():
+                with self._model_lock:
+                    want = self._wanted_adapter
+                active = ""
+                if want:
+                    try:
+                        check_adapter_dir(want)
+                        model.reset_adapter()
+                        model.load_adapter(want)
+                        active = model.adapter or want
+                    except Exception as e:  # noqa: BLE001
+                        model.reset_adapter()
+                        self.get_logger().error(f"adapter {want!r} not loaded ({e}); serving the base model")
+                with self._model_lock:
+                    if self._wanted_adapter != want:  # an announcement arrived meanwhile
+                        continue
+                    if stop.is_set():
+                        return
+                    self._loaded = LoadedModel(model, active)
+                self._load_status = "ready"
+                self.get_logger().info(
+                    f"model ready: model={spec!r} adapter={active!r} ({time.monotonic() - t0:.2f} s, attempt {attempt})"
+                )
+                return
+
+    def _current(self) -> Optional[LoadedModel]:
+        with self._model_lock:
+            return self._loaded
+
+    def _build_swapped(self, current: LoadedModel, path: str) -> SpatialVLM:
+        """A new model instance with adapter ``path`` ("" = base), built off the query path."""
+        if self._p("swap_mode") == "copy":
+            try:
+                with current.lock:
+                    new = copy.deepcopy(current.model)
+                new.reset_adapter()
+                if path:
+                    new.load_adapter(path)
+                return new
+            except Exception as e:  # noqa: BLE001 - fall back to a fresh instance
+                self.get_logger().warning(f"swap by copy failed ({type(e).__name__}: {e}); reloading the model")
+        return load_model(str(self._p("model")), path)
+
+    def _swap_adapter(self, path: str) -> Tuple[bool, str, str]:
+        """(success, message, active adapter) of switching to ``path``; the old model stays on failure."""
+        current = self._current()
+        if not self._active:
+            return False, "node is not active", ""
+        if current is None:
+            return False, f"model not ready: {self._load_status}", ""
+        path = path.strip()
+        if path:
+            try:
+                check_adapter_dir(path)
+            except ValueError as e:
+                return False, f"{e}; kept adapter {current.adapter!r}", current.adapter
+        t0 = time.monotonic()
+        try:
+            new = self._build_swapped(current, path)
+        except Exception as e:  # noqa: BLE001
+            return False, f"cannot load adapter {path!r}: {type(e).__name__}: {e}; kept adapter {current.adapter!r}", current.adapter
+        active = (new.adapter or path) if path else ""
+        with self._model_lock:
+            if not self._active:
+                return False, "node was deactivated during the swap", ""
+            self._loaded = LoadedModel(new, active)
+        self.get_logger().info(f"adapter switched: {current.adapter!r} -> {active!r} ({time.monotonic() - t0:.2f} s)")
+        return True, f"adapter {active!r} active", active
+
+    # -- callbacks ---------------------------------------------------------------------------
+    def _incompatible_qos(self, topic, event) -> None:
+        self.get_logger().warning(
+            f"incompatible QoS on {topic!r}: a publisher offers a QoS this subscription ({self._p('image_qos')}) "
+            f"cannot match (policy {getattr(event, 'last_policy_kind', '?')}); no frames will arrive. "
+            "Set image_qos to match the camera (e.g. 'reliable' or 'sensor_data')."
+        )
+
+    def _on_image(self, msg: Image) -> None:
+        with self._buf_lock:
+            self._frames.append(msg)
+
+    def _on_scene(self, msg: SceneStateMsg) -> None:
+        with self._buf_lock:
+            self._scenes.append(msg)
+
+    def _on_adapter_announced(self, msg: AdapterInfo) -> None:
+        with self._model_lock:
+            cur = self._loaded
+            if cur is None:  # not loaded yet: the loader picks this adapter up
+                self._wanted_adapter = msg.path
+        if cur is None:
+            self.get_logger().info(f"announced adapter {msg.path!r} (iteration {msg.iteration}) will be loaded with the model")
+            return
+        if cur.adapter == msg.path:
+            return
+        ok, message, _ = self._swap_adapter(msg.path)
+        log = self.get_logger().info if ok else self.get_logger().error
+        log(f"announced adapter (iteration {msg.iteration}): {message}")
+
+    def _on_set_adapter(self, req: SetAdapter.Request, resp: SetAdapter.Response) -> SetAdapter.Response:
+        try:
+            resp.success, resp.message, resp.active_adapter = self._swap_adapter(req.path)
+        except Exception as e:  # noqa: BLE001 - never raise out of a callback
+            resp.success, resp.message = False, f"internal error: {type(e).__name__}: {e}"
+        if not resp.success:
+            self.get_logger().warning(f"set_adapter {req.path!r} failed: {resp.message}")
+        return resp
+
+    def _frame_for(self, stamp_ns: int) -> Tuple[Optional[Image], str]:
+        topic = self.resolve_topic_name(str(self._p("image_topic")))
+        with self._buf_lock:
+            frames = list(self._frames)
+        if not frames:
+            return None, (f"request has no image and no frame was received on {topic!r} "
+                          f"(QoS {self._p('image_qos')}); send an image or check the camera topic")
+        if stamp_ns == 0:
+            return frames[-1], ""
+        best = min(frames, key=lambda f: abs(stamp_to_ns(f.header.stamp) - stamp_ns))
+        dt = abs(stamp_to_ns(best.header.stamp) - stamp_ns) / 1e9
+        if dt > float(self._p("frame_tolerance")):
+            lo = min(stamp_to_ns(f.header.stamp) for f in frames) / 1e9
+            hi = max(stamp_to_ns(f.header.stamp) for f in frames) / 1e9
+            return None, (f"no frame on {topic!r} within {float(self._p('frame_tolerance')):.3f} s of stamp "
+                          f"{stamp_ns / 1e9:.3f} (buffer holds {len(frames)} frames, {lo:.3f}..{hi:.3f})")
+        return best, ""
+
+    def _scene_for(self, stamp_ns: int, from_topic: bool) -> Optional[SceneState]:
+        with self._buf_lock:
+            scenes = list(self._scenes)
+        if not scenes:
+            return None
+        if stamp_ns:
+            best = min(scenes, key=lambda s: abs(stamp_to_ns(s.header.stamp) - stamp_ns))
+            if abs(stamp_to_ns(best.header.stamp) - stamp_ns) <= float(self._p("frame_tolerance")) * 1e9:
+                return msg_to_scene(best)
+        return msg_to_scene(scenes[-1]) if from_topic else None
+
+    def _on_query(self, req: SpatialQuery.Request, resp: SpatialQuery.Response) -> SpatialQuery.Response:
+        t0 = time.monotonic()
+        try:
+            self._answer(req, resp)
+        except Exception as e:  # noqa: BLE001 - never raise out of a callback
+            resp.success, resp.message = False, f"internal error: {type(e).__name__}: {e}"
+            self.get_logger().error(f"query failed internally: {resp.message}")
+        self._n_queries += 1
+        if not resp.success:
+            self._n_failed += 1
+            self.get_logger().info(f"query {req.query_type!r} rejected: {resp.message}")
+        else:
+            self.get_logger().debug(f"query {req.query_type!r} answered in {1e3 * (time.monotonic() - t0):.1f} ms")
+        return resp
+
+    def _answer(self, req: SpatialQuery.Request, resp: SpatialQuery.Response) -> None:
+        resp.header = req.header
+        if not self._active:
+            state = self._state_machine.current_state[1] if hasattr(self, "_state_machine") else "?"
+            resp.success, resp.message = False, (f"node is not active (lifecycle state {state!r}); "
+                                                 "configure and activate it or start it with autostart:=true")
+            return
+        loaded = self._current()
+        if loaded is None:
+            resp.success, resp.message = False, f"model not ready: {self._load_status}"
+            return
+        resp.adapter = loaded.adapter
+        if _is_empty_image(req.image):
+            frame, why = self._frame_for(stamp_to_ns(req.header.stamp))
+            if frame is None:
+                resp.success, resp.message = False, why
+                return
+            from_topic = True
+        else:
+            frame, from_topic = req.image, False
+        resp.header = frame.header if (frame.header.frame_id or stamp_to_ns(frame.header.stamp)) else req.header
+        try:
+            image = image_msg_to_rgb(frame)
+        except ImageConversionError as e:
+            resp.success, resp.message = False, f"bad image: {e}"
+            return
+        scene = self._scene_for(stamp_to_ns(resp.header.stamp), from_topic)
+        names = scene_object_names(scene) if scene is not None else None
+        defaults = [o.description or o.id for o in scene.objects] if scene is not None else None
+        q = QueryRequest(req.query_type, req.subject, req.reference, req.relation, list(req.candidates))
+        with loaded.lock:
+            ans = answer_query(loaded.model, image, q, known_objects=names, default_candidates=defaults)
+        resp.success, resp.message, resp.answer = ans.success, ans.message, ans.answer
+        resp.adapter = loaded.adapter
+        if not ans.success:
+            return
+        resp.terms = list(ans.terms)
+        resp.confidence = float(ans.confidence)
+        resp.term_names = list(ans.term_probabilities)
+        resp.term_probabilities = [float(v) for v in ans.term_probabilities.values()]
+        resp.holds = bool(ans.holds)
+        resp.ranked_candidates = [c for c, _ in ans.ranked]
+        resp.candidate_scores = [float(s) for _, s in ans.ranked]
+        if self._annotated_pub is not None:
+            self._publish_annotated(image, resp.header, scene, req, ans.answer, ans.confidence, ans.ranked)
+
+    def _publish_annotated(self, image: np.ndarray, header: Header, scene, req, text, confidence, ranked) -> None:
+        names = [req.subject, req.reference] if req.query_type.strip().lower() != "what" else [
+            ranked[0][0] if ranked else "", req.reference]
+        boxes = []
+        for n in names:
+            o = find_object(scene, n)
+            if o is not None:
+                boxes.append((n, tuple(int(v) for v in o.bbox)))
+        try:
+            self._annotated_pub.publish(numpy_to_image_msg(draw_annotation(image, boxes, text, confidence), "rgb8", header))
+        except Exception as e:  # noqa: BLE001 - annotation is best effort
+            self.get_logger().warning(f"annotated image not published: {e}")
+
+
+def main(args=None) -> int:
+    return run_node(SpatialQueryNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,214 @@
+"""Answering spatial queries with a SpatialVLM (pure Python, no ROS).
+
+Shared by the ``spatial_query`` node and ``rls3 query`` (direct mode) so both validate the
+same way and phrase the same answers. Every invalid request raises ``QueryError`` with a
+reason meant for the asker; ``answer_query`` turns it (and model errors) into an answer
+with ``success=False``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from rls3_ros.captions import terms as T
+from rls3_ros.vlm.interface import SpatialVLM
+
+QUERY_TYPES = ("where", "check", "what")
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered; the message says why."""
+
+
+@dataclass
+class QueryRequest:
+    query_type: str
+    subject: str = ""
+    reference: str = ""
+    relation: str = ""
+    candidates: List[str] = field(default_factory=list)
+
+
+@dataclass
+class QueryAnswer:
+    success: bool
+    message: str = ""
+    answer: str = ""
+    terms: List[str] = field(default_factory=list)
+    confidence: float = 0.0
+    term_probabilities: Dict[str, float] = field(default_factory=dict)
+    holds: bool = False
+    ranked: List[Tuple[str, float]] = field(default_factory=list)
+    adapter: str = ""
+
+
+def parse_relation(relation: str) -> List[str]:
+    """Canonical terms of a relation phrase ("left", "to the left of", "above and behind")."""
+    rel = (relation or "").strip()
+    if not rel:
+        raise QueryError(f"relation is empty; use one of: {', '.join(T.TERMS)}")
+    try:
+        from rls3_ros.vlm.queries import parse_relation as _parse  # the model layer's parser
+
+        return list(_parse(rel))
+    except ImportError:
+        pass
+    except ValueError as e:
+        raise QueryError(str(e)) from None
+    words = [w.strip() for w in rel.lower().replace(",", " and ").split(" and ") if w.strip()]
+    try:
+        return T.canonical_terms(words)
+    except ValueError as e:
+        raise QueryError(f"cannot parse relation {relation!r}: {e}") from None
+
+
+def predicted_terms(probs: Dict[str, float]) -> List[str]:
+    """Terms of a 'where' answer: per axis the likeliest term if its probability is >= 0.5;
+    the likeliest term overall if no term reaches 0.5."""
+    out = []
+    for axis in (T.VERTICAL_TERMS, T.DEPTH_TERMS, T.LATERAL_TERMS):
+        best = max((t for t in axis if t in probs), key=lambda t: probs[t], default=None)
+        if best is not None and probs[best] >= 0.5:
+            out.append(best)
+    if not out and probs:
+        out = [max(probs, key=probs.get)]
+    return T.canonical_terms(out)
+
+
+def _match_object(name: str, known: Sequence[str]) -> bool:
+    n = name.strip().lower()
+    return any(n == k.strip().lower() for k in known)
+
+
+def check_object(role: str, name: str, known: Optional[Sequence[str]]) -> str:
+    """Validate an object name: non-empty, and one of ``known`` names when those are given."""
+    n = (name or "").strip()
+    if not n:
+        raise QueryError(f"{role} is empty: name the object (e.g. 'mug')")
+    if known is not None and len(known) > 0 and not _match_object(n, known):
+        shown = ", ".join(sorted(set(known))[:20])
+        raise QueryError(f"unknown {role} {n!r}: not in the current scene (known objects: {shown})")
+    return n
+
+
+def answer_query(
+    model: Optional[SpatialVLM],
+    image: Optional[np.ndarray],
+    req: QueryRequest,
+    known_objects: Optional[Sequence[str]] = None,
+    default_candidates: Optional[Sequence[str]] = None,
+) -> QueryAnswer:
+    """Answer one query; never raises for a bad request (success=False + reason instead).
+
+    ``known_objects``: names (ids, descriptions, categories) of the objects in the scene the
+    image shows, if known — names outside it are rejected. ``default_candidates``: 'what'
+    candidates to use when the request gives none.
+    """
+    try:
+        return _answer(model, image, req, known_objects, default_candidates)
+    except QueryError as e:
+        return QueryAnswer(success=False, message=str(e), adapter=getattr(model, "adapter", "") if model else "")
+    except (ValueError, KeyError) as e:  # the model rejected the inputs: still the asker's problem
+        return QueryAnswer(success=False, message=f"model rejected the query: {e}", adapter=getattr(model, "adapter", ""))
+    except Exception as e:  # noqa: BLE001 - a query must never kill the caller
+        return QueryAnswer(success=False, message=f"model failed: {type(e).__name__}: {e}", adapter=getattr(model, "adapter", ""))
+
+
+def _answer(model, image, req, known, default_candidates) -> QueryAnswer:
+    qt = (req.query_type or "").strip().lower()
+    if qt not in QUERY_TYPES:
+        raise QueryError(f"unknown query_type {req.query_type!r}; use one of: {', '.join(QUERY_TYPES)}")
+    if model is None:
+        raise QueryError("no model loaded")
+    if image is None:
+        raise QueryError("no image")
+    img = np.asarray(image)
+    if img.ndim != 3 or img.shape[2] != 3 or img.shape[0] == 0 or img.shape[1] == 0 or img.dtype != np.uint8:
+        raise QueryError(f"image must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
+    adapter = model.adapter
+    reference = check_object("reference", req.reference, known)
+    if qt == "where":
+        subject = check_object("subject", req.subject, known)
+        probs = {k: float(v) for k, v in model.where(img, subject, reference).items()}
+        if not probs:
+            raise QueryError("the model returned no term probabilities")
+        terms = predicted_terms(probs)
+        conf = float(min(probs[t] for t in terms))
+        return QueryAnswer(
+            success=True, message="ok", answer=T.make_caption(subject, terms, reference), terms=terms,
+            confidence=conf, term_probabilities=probs, adapter=adapter,
+        )
+    terms = parse_relation(req.relation)
+    relation = " and ".join(terms)
+    if qt == "check":
+        subject = check_object("subject", req.subject, known)
+        holds, p = model.check(img, subject, relation, reference)
+        phrase = T.relation_phrase(terms)
+        answer = (f"Yes, the {subject} is {phrase} the {reference}." if holds
+                  else f"No, the {subject} is not {phrase} the {reference}.")
+        return QueryAnswer(
+            success=True, message="ok", answer=answer, terms=terms, holds=bool(holds),
+            confidence=float(p if holds else 1.0 - p), adapter=adapter,
+        )
+    cands = [c.strip() for c in req.candidates if c.strip()]
+    if not cands:
+        cands = [c for c in (default_candidates or []) if c.strip().lower() != reference.lower()]
+        if not cands:
+            raise QueryError("'what' needs candidates: none given and no scene objects known")
+    else:
+        for c in cands:
+            check_object("candidate", c, known)
+    ranked = [(str(c), float(s)) for c, s in model.what(img, relation, reference, cands)]
+    if not ranked:
+        raise QueryError("the model ranked no candidates")
+    best, score = ranked[0]
+    return QueryAnswer(
+        success=True, message="ok", answer=T.make_caption(best, terms, reference), terms=terms,
+        confidence=score, ranked=ranked, adapter=adapter,
+    )
+
+
+# -- model loading ----------------------------------------------------------------------
+
+def load_model(spec: str, adapter: str = "") -> SpatialVLM:
+    """A SpatialVLM from a model spec, with ``adapter`` activated if given.
+
+    ``spec``: anything ``rls3_ros.vlm.factory.load_vlm`` accepts ("embedded", a directory, a
+    Hugging Face id ...), or ``py:<module>:<function>[:<arg>]`` to call a loader function
+    (``function(arg)`` or ``function()``) returning a SpatialVLM — for plugins and tests.
+    Raises whatever the loader raises (FileNotFoundError for a missing model, ValueError
+    for an unusable adapter).
+    """
+    spec = (spec or "").strip()
+    if not spec:
+        raise ValueError("empty model spec")
+    if spec.startswith("py:"):
+        parts = spec[3:].split(":", 2)
+        if len(parts) < 2:
+            raise ValueError(f"model spec {spec!r}: expected py:<module>:<function>[:<arg>]")
+        fn: Callable = getattr(importlib.import_module(parts[0]), parts[1])
+        model = fn(parts[2]) if len(parts) == 3 else fn()
+    else:
+        from rls3_ros.vlm.factory import load_vlm
+
+        model = load_vlm(spec)
+    if not isinstance(model, SpatialVLM):
+        raise TypeError(f"model spec {spec!r} gave a {type(model).__name__}, not a SpatialVLM")
+    if adapter:
+        check_adapter_dir(adapter)
+        model.load_adapter(adapter)
+    return model
+
+
+def check_adapter_dir(path: str) -> str:
+    """Raise ValueError with a reason unless ``path`` is a peft adapter directory."""
+    if not os.path.isdir(path):
+        raise ValueError(f"no adapter directory {path!r}")
+    if not os.path.isfile(os.path.join(path, "adapter_config.json")):
+        raise ValueError(f"{path!r} is not a peft adapter (adapter_config.json missing)")
+    return path
