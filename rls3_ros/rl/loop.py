@@ -1,0 +1,369 @@
+"""The RLS3 loop in one process: simulator + oracle + VLM + agent + scheduler + run directory.
+
+This is what ``rls3 train`` runs (and what the learning benchmark can call per sampler).
+The ROS graph (``rls3_ros.nodes.rl_sampler``) reuses :class:`LoopRunner` with ROS-backed
+stages; only :func:`build_inprocess` is specific to the in-process run.
+
+Configuration: a nested dict (``config/train.yaml`` holds the defaults, documented there):
+``run`` (agent, seed, backend, image size, VLM, envs), ``loop`` (SchedulerConfig fields),
+``env`` (RLS3Env rewards), ``agent`` (agent kwargs), ``eval`` (test/val/replay set sizes).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import threading
+import time
+from dataclasses import asdict, fields
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from rls3_ros.rl.agents import make_agent
+from rls3_ros.rl.datasets import cached_split, term_counts
+from rls3_ros.rl.env import BackendSource, RLS3Env, SimSource
+from rls3_ros.rl.report import plot_accuracy, write_report
+from rls3_ros.rl.run_dir import MetricsCallback, RunDir, load_pickle, save_pickle, write_yaml
+from rls3_ros.rl.scheduler import (Evaluator, IterationInfo, Scheduler, SchedulerCallbacks, SchedulerConfig,
+                                   Trainer, TrainOutcome)
+from rls3_ros.scene import Sample
+
+DEFAULT_CONFIG: Dict[str, Any] = {
+    "run": {
+        "agent": "sac",  # sac | ppo | random | miner
+        "seed": 0,
+        "backend": "mujoco",
+        "image_size": 160,
+        "scene_types": [],  # [] = all of the backend's
+        "n_envs": 1,  # in-process: one backend per env
+        "vlm": "embedded",
+        "torch_threads": 2,
+    },
+    "loop": {k: v for k, v in asdict(SchedulerConfig()).items()},
+    "env": {
+        "reward_valid": 0.1,
+        "reward_invalid": -0.1,
+        "reward_no_relation": 0.0,
+        "j2_metric": "loss",
+        "j2_weight": 1.0,
+        "j2_clip": 3.0,
+        "max_relations": 3,
+    },
+    "agent": {"learning_starts": 16, "k": 4},
+    "eval": {"test_scenes": 60, "val_scenes": 24, "replay_scenes": 40, "moves_per_scene": 4,
+             "test_per_term": 40, "val_per_term": 15},
+}
+DEFAULT_CONFIG["loop"].update({"budget_valid_samples": 1200, "max_iterations": 0, "patience": 0})
+
+
+def merge_config(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in (override or {}).items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge_config(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def scheduler_config(cfg: Dict[str, Any]) -> SchedulerConfig:
+    names = {f.name for f in fields(SchedulerConfig)}
+    loop = cfg.get("loop", {})
+    unknown = set(loop) - names
+    if unknown:
+        raise ValueError(f"unknown loop parameter(s): {sorted(unknown)} (known: {sorted(names)})")
+    return SchedulerConfig(**loop).validate()
+
+
+# ---------------------------------------------------------------------- in-process stages
+class LockedScorer:
+    """The VLM's ``score`` behind the loop lock (no scoring while a fine-tune runs)."""
+
+    def __init__(self, vlm, lock):
+        self.vlm, self.lock = vlm, lock
+
+    def __call__(self, samples):
+        with self.lock:
+            return self.vlm.score(samples)
+
+
+class InProcessTrainer(Trainer):
+    def __init__(self, vlm, run: RunDir, lock, progress: Optional[Callable[[int, int, float], None]] = None):
+        self.vlm, self.run, self.lock, self.progress = vlm, run, lock, progress
+
+    def fine_tune(self, samples, steps, iteration) -> TrainOutcome:
+        with self.lock:
+            res = self.vlm.fine_tune(samples, steps, progress=self.progress)
+            path = self.vlm.save_adapter(self.run.adapter_path(iteration))
+        return TrainOutcome(res, path)
+
+
+class InProcessEvaluator(Evaluator):
+    def __init__(self, vlm, splits: Dict[str, Sequence[Sample]], lock):
+        self.vlm, self.splits, self.lock = vlm, splits, lock
+
+    def evaluate(self, split):
+        data = self.splits.get(split)
+        if not data:
+            return None
+        with self.lock:
+            return self.vlm.evaluate(data)
+
+
+# ---------------------------------------------------------------------- the runner
+class LoopRunner:
+    """Runs envs + agent + scheduler, checkpoints after every fine-tune, resumes.
+
+    Stages (in-process or ROS) come in through the constructor; the runner owns the run
+    directory, the checkpoint protocol and the progress bar.
+    """
+
+    def __init__(self, cfg: Dict[str, Any], run: RunDir, envs: Sequence[RLS3Env], trainer: Trainer,
+                 evaluator: Optional[Evaluator], replay_pool: Sequence[Sample] = (),
+                 adapter_loader: Optional[Callable[[str], None]] = None,
+                 callbacks: Sequence[SchedulerCallbacks] = (), progress: bool = True,
+                 log: Callable[[str], None] = print):
+        self.cfg, self.run, self.envs = cfg, run, list(envs)
+        self.log = log
+        self.adapter_loader = adapter_loader
+        self.metrics = MetricsCallback(run)
+        self.sched = Scheduler(scheduler_config(cfg), trainer, evaluator, replay_pool,
+                               [self.metrics, *callbacks])
+        for e in self.envs:
+            e.episode_hook = self.sched.on_episode
+        rc = cfg["run"]
+        akw = dict(cfg.get("agent") or {})
+        if rc["agent"] != "miner":
+            akw.pop("k", None)
+        if rc["agent"] not in ("sac", "ppo"):
+            akw = {k: v for k, v in akw.items() if k == "k"}
+        else:
+            akw = {k: v for k, v in akw.items() if k != "k"}
+        self.agent = make_agent(rc["agent"], self.envs, seed=int(rc["seed"]), **akw)
+        self._progress = progress
+        self._bar = None
+        self._ckpt_lock = threading.Lock()
+        self.resumed_from = ""
+
+    # ---------------------------------------------------------------- checkpoint
+    def checkpoint(self) -> str:
+        with self._ckpt_lock, self.sched.lock:
+            it = self.sched.iteration
+
+            def writer(d):
+                save_pickle(os.path.join(d, "scheduler.pkl"), self.sched.state_dict())
+                envs = [{"episode": e.episode, "rng": e._rng.bit_generator.state} for e in self.envs]
+                save_pickle(os.path.join(d, "envs.pkl"), envs)
+                self.agent.save(os.path.join(d, "agent"))
+                last = self.sched.history[-1] if self.sched.history else None
+                with open(os.path.join(d, "meta.json"), "w") as f:
+                    json.dump({"iteration": it, "adapter": last.adapter_path if last else "",
+                               "metrics_size": self.run.metrics_size(), "episodes": self.sched.episodes,
+                               "time": time.time()}, f)
+
+            path = self.run.write_checkpoint(f"ckpt-{it:03d}", writer)
+            self.sched.checkpoint_pending = False
+            return path
+
+    def _safe_point(self) -> None:
+        if self.sched.checkpoint_pending:
+            self.checkpoint()
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint (if any): scheduler, envs, agent, adapter, metrics."""
+        ck = self.run.latest_checkpoint()
+        if not ck:
+            return False
+        with open(os.path.join(ck, "meta.json")) as f:
+            meta = json.load(f)
+        self.run.truncate_metrics(int(meta["metrics_size"]))
+        self.sched.load_state_dict(load_pickle(os.path.join(ck, "scheduler.pkl")))
+        envs = load_pickle(os.path.join(ck, "envs.pkl"))
+        for e, s in zip(self.envs, envs):
+            e.episode = int(s["episode"])
+            e._rng.bit_generator.state = s["rng"]
+        self.agent.load(os.path.join(ck, "agent"))
+        if meta.get("adapter") and self.adapter_loader is not None:
+            self.adapter_loader(meta["adapter"])
+        # TensorBoard: drop events logged after the checkpoint
+        self.metrics.close()
+        self.metrics.__init__(self.run, purge_step=self.sched.episodes + 1)
+        self.sched.callbacks[0] = self.metrics
+        self.resumed_from = ck
+        self.log(f"resumed from {ck}: iteration {self.sched.iteration}, {self.sched.episodes} episodes, "
+                 f"{self.sched.valid_samples} valid samples")
+        return True
+
+    # ---------------------------------------------------------------- run
+    def run_loop(self) -> Dict[str, Any]:
+        s = self.sched
+        if not s.history:
+            self.log("evaluating the base model on the test set")
+            s.evaluate_base()
+            self.checkpoint()
+        elif getattr(s, "previous_stop_reason", "") in ("budget", "max_iterations", "early_stopping"):
+            self.log(f"run already finished ({s.previous_stop_reason}); writing the report")
+            s.stop_reason = s.previous_stop_reason
+        if self._progress:
+            self._open_bar()
+        t0 = time.monotonic()
+        try:
+            if not s.done():
+                self.agent.run(should_stop=s.done, safe_point=self._safe_point)
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+        if s.checkpoint_pending:
+            self.checkpoint()
+        self.metrics.close()
+        plot_accuracy(self.run)
+        write_report(self.run, {"wall_s": s.wall_s, "generated_terms": s.generated_terms})
+        base, last = s.history[0], s.history[-1]
+        return {"run_dir": self.run.path, "stop_reason": s.stop_reason, "iterations": s.iteration,
+                "episodes": s.episodes, "renders": s.renders, "valid_samples": s.valid_samples,
+                "base_accuracy": base.test_accuracy, "final_accuracy": last.test_accuracy,
+                "best_iteration": s.best_iteration, "wall_s": s.wall_s, "session_s": time.monotonic() - t0,
+                "base_per_term": base.test_per_term, "final_per_term": last.test_per_term,
+                "generated_terms": dict(s.generated_terms)}
+
+    def _open_bar(self):
+        from tqdm import tqdm
+
+        c = self.sched.config
+        if c.budget_valid_samples:
+            total, unit, get = c.budget_valid_samples, "sample", (lambda: self.sched.valid_samples)
+        elif c.budget_renders:
+            total, unit, get = c.budget_renders, "render", (lambda: self.sched.renders)
+        else:
+            total, unit, get = (c.max_iterations * c.E or None), "episode", (lambda: self.sched.episodes)
+        bar = tqdm(total=total, unit=unit, desc=f"rls3 {self.cfg['run']['agent']}", dynamic_ncols=True,
+                   initial=min(get(), total or get()))
+        self._bar = bar
+        runner = self
+
+        class _Bar(SchedulerCallbacks):
+            def on_episode(self, sch, rec):
+                bar.n = min(get(), total or get())
+                last = sch.history[-1] if sch.history else None
+                bar.set_postfix(it=sch.iteration, acc=f"{last.test_accuracy:.3f}" if last else "-",
+                                j2=f"{rec.j2:.2f}", batch=len(sch.batch), refresh=False)
+                bar.refresh()
+
+            def on_fine_tune_start(self, sch, it, n):
+                bar.set_description(f"rls3 {runner.cfg['run']['agent']} (fine-tune {it}: {n} samples)")
+
+            def on_iteration(self, sch, info):
+                bar.set_description(f"rls3 {runner.cfg['run']['agent']}")
+
+        self.sched.callbacks.append(_Bar())
+
+    def close(self):
+        self.agent.close()
+
+
+# ---------------------------------------------------------------------- in-process assembly
+def ensure_pretrained(vlm_name: str, log: Callable[[str], None] = print) -> None:
+    """Build and cache the embedded base VLM if it is not cached yet (the VLM layer's job)."""
+    from rls3_ros.vlm import pretrain as P
+
+    for fn_name in ("ensure_pretrained", "ensure_base", "pretrain_if_needed"):
+        fn = getattr(P, fn_name, None)
+        if fn is not None:
+            fn(vlm_name) if _takes_arg(fn) else fn()
+            return
+    raise RuntimeError("rls3_ros.vlm.pretrain offers no ensure_pretrained(); run `rls3 pretrain` first")
+
+
+def _takes_arg(fn) -> bool:
+    import inspect
+
+    try:
+        ps = [p for p in inspect.signature(fn).parameters.values()
+              if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        return len(ps) >= 1
+    except (TypeError, ValueError):
+        return False
+
+
+def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log: Callable[[str], None] = print,
+                    vlm=None, pretrain: bool = True) -> LoopRunner:
+    """Real MuJoCo backend(s) + caption oracle + embedded VLM, wired into a :class:`LoopRunner`."""
+    import torch
+
+    from rls3_ros.captions.oracle import CaptionOracle
+    from rls3_ros.sim.factory import make_backend
+
+    rc = cfg["run"]
+    torch.set_num_threads(int(rc.get("torch_threads", 2)))
+    if vlm is None:
+        from rls3_ros.vlm.factory import load_vlm
+
+        if pretrain:
+            ensure_pretrained(rc["vlm"], log)
+        vlm = load_vlm(rc["vlm"])
+    lock = threading.RLock()
+    seed = int(rc["seed"])
+    oracle = CaptionOracle()
+    cap_rng = np.random.default_rng([seed, 3])
+    cap_lock = threading.Lock()
+
+    def captioner(scene):
+        with cap_lock:
+            return oracle.caption_scene(scene, rng=cap_rng)
+
+    n_envs = max(1, int(rc.get("n_envs", 1)))
+    sources = [BackendSource(make_backend(rc["backend"], image_size=int(rc["image_size"]), seed=seed + i))
+               for i in range(n_envs)]
+    scene_types = rc.get("scene_types") or list(sources[0].scene_types)
+    ev = cfg["eval"]
+    key = f"{rc['backend']}-{rc['image_size']}"
+    det_oracle = CaptionOracle()
+
+    def det_captioner(scene):  # the eval sets must not depend on the run's caption RNG
+        return det_oracle.caption_scene(scene)
+
+    splits = {
+        "test": cached_split(sources[0], det_captioner, "test", int(ev["test_scenes"]), key,
+                             int(ev["moves_per_scene"]), int(ev["test_per_term"]), scene_types, log=log),
+        "val": cached_split(sources[0], det_captioner, "val", int(ev["val_scenes"]), key,
+                            int(ev["moves_per_scene"]), int(ev["val_per_term"]), scene_types, log=log)
+        if int(cfg["loop"].get("patience", 0)) else [],
+    }
+    replay = cached_split(sources[0], det_captioner, "replay", int(ev["replay_scenes"]), key,
+                          int(ev["moves_per_scene"]), 0, scene_types, log=log) if float(cfg["loop"].get("replay_fraction", 0)) > 0 else []
+    log(f"test set: {sum(len(s.relations) for s in splits['test'])} relations {term_counts(splits['test'])}")
+    for s in sources:
+        s.renders = 0
+    envc = cfg["env"]
+    scorer = LockedScorer(vlm, lock)
+    envs = [RLS3Env(src, captioner, scorer, T=int(cfg["loop"]["T"]), T0=int(cfg["loop"]["T0"]), seed=seed * 1000 + i,
+                    scene_types=scene_types, run_id=f"s{seed}e{i}", **envc) for i, src in enumerate(sources)]
+    trainer = InProcessTrainer(vlm, run, lock)
+    evaluator = InProcessEvaluator(vlm, splits, lock)
+    runner = LoopRunner(cfg, run, envs, trainer, evaluator, replay, adapter_loader=vlm.load_adapter,
+                        progress=progress, log=log)
+    runner.vlm = vlm
+    runner.sources = sources
+    runner.splits = splits
+    return runner
+
+
+def run_inprocess(cfg: Dict[str, Any], run_path: Optional[str] = None, resume: bool = False, progress: bool = True,
+                  log: Callable[[str], None] = print, vlm=None, pretrain: bool = True) -> Dict[str, Any]:
+    """Run (or resume) the loop in one process; returns the summary dict."""
+    from rls3_ros.rl.run_dir import new_run_dir
+
+    run = RunDir(run_path or new_run_dir())
+    if not resume:
+        write_yaml(run.config_path, cfg)
+    runner = build_inprocess(cfg, run, progress=progress, log=log, vlm=vlm, pretrain=pretrain)
+    try:
+        if resume:
+            runner.resume()
+        return runner.run_loop()
+    finally:
+        runner.close()
+        for s in getattr(runner, "sources", []):
+            s.close()
