@@ -31,10 +31,15 @@ class BagError(Exception):
     """A bag cannot be read or written; ``str(err)`` is a one-line reason for the user."""
 
 
-def _reason(exc: BaseException) -> str:
-    text = " ".join(str(a) for a in exc.args) if exc.args else ""
-    text = text.strip() or exc.__class__.__name__
-    return f"{text} ({exc.__class__.__name__})" if exc.__class__.__name__ not in text else text
+def _reason(exc: BaseException, limit: int = 300) -> str:
+    """One short line: the exception's text (cut to ``limit`` chars) and its class name."""
+    text = " ".join(str(exc).split())
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    name = exc.__class__.__name__
+    if not text:
+        return name
+    return f"{text} ({name})" if name not in text else text
 
 
 def _bag_problem(path: Path, what: str, exc: BaseException) -> BagError:
@@ -61,13 +66,19 @@ class BagReader:
             raise BagError(f"no bag at {str(p)!r} (path does not exist)")
         if p.is_dir() and not (p / "metadata.yaml").exists():
             files = sorted(x.name for x in p.iterdir())
-            hint = " (an unfinished recording? it has a .partial name)" if p.name.endswith(".partial") else ""
-            raise BagError(f"{str(p)!r} is not a rosbag2 directory: no metadata.yaml{hint}; it holds {files[:5]}")
+            storage = [p / f for f in files if f.endswith((".mcap", ".db3"))]
+            if len(storage) == 1 and not p.name.endswith(".partial"):
+                p = storage[0]  # a directory holding one bare storage file (e.g. another tool's .mcap)
+            else:
+                hint = " (an unfinished recording: it has a .partial name)" if p.name.endswith(".partial") else ""
+                raise BagError(f"{str(p)!r} is not a rosbag2 directory: no metadata.yaml{hint}; it holds {files[:5]}")
         try:
             reader = Reader(p)
             reader.open()
         except Exception as exc:  # rosbags ReaderError, sqlite3/mcap/yaml/OS errors
-            raise _bag_problem(p, "cannot open", exc) from None
+            if isinstance(exc, FileNotFoundError):
+                raise _bag_problem(p, "cannot open (a file it lists is missing)", exc) from None
+            raise _bag_problem(p, "cannot open (truncated, corrupted or not a rosbag2 bag?)", exc) from None
         self._reader = reader
         try:
             self.typestore = typestore_for_connections(reader.connections, self._base)

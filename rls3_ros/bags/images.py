@@ -44,34 +44,41 @@ def image_topics(path: os.PathLike | str) -> List[str]:
         return sorted(t for t, ty in bag.topics.items() if ty in IMAGE_TYPES)
 
 
-def iter_images(path: os.PathLike | str, topic: Optional[str] = None) -> Iterator[BagFrame]:
-    """Decoded frames of ``topic`` (default: every image topic) in bag-time order."""
+def _iter_msgs(path, topic):
     with BagReader(path) as bag:
         conns = bag.connections_for([topic] if topic else None, IMAGE_TYPES)
         if not conns:
             raise BagError(f"bag {str(path)!r} has no image topic{' ' + topic if topic else ''} (it has {bag.topics})")
         for conn, t, raw in bag.messages(conns):
-            msg = bag.deserialize(raw, conn.msgtype)
-            try:
-                rgb = image_to_rgb(msg)
-            except BagConversionError as exc:
-                raise BagError(f"bag {str(path)!r}: frame on {conn.topic} at {t}: {exc}") from None
-            stamp = header_stamp_ns(msg) or t
-            yield BagFrame(conn.topic, stamp, t, str(msg.header.frame_id), rgb)
+            yield conn, t, bag.deserialize(raw, conn.msgtype)
+
+
+def _frame(path, conn, t, msg) -> BagFrame:
+    try:
+        rgb = image_to_rgb(msg)
+    except BagConversionError as exc:
+        raise BagError(f"bag {str(path)!r}: frame on {conn.topic} at {t}: {exc}") from None
+    return BagFrame(conn.topic, header_stamp_ns(msg) or t, t, str(msg.header.frame_id), rgb)
+
+
+def iter_images(path: os.PathLike | str, topic: Optional[str] = None) -> Iterator[BagFrame]:
+    """Decoded frames of ``topic`` (default: every image topic) in bag-time order."""
+    for conn, t, msg in _iter_msgs(path, topic):
+        yield _frame(path, conn, t, msg)
 
 
 def image_at(path: os.PathLike | str, topic: str, stamp_ns: Optional[int] = None) -> BagFrame:
     """The frame of ``topic`` whose header stamp equals ``stamp_ns`` (or the nearest); the last
-    frame when ``stamp_ns`` is None."""
-    best: Optional[BagFrame] = None
-    for f in iter_images(path, topic):
-        if stamp_ns is None:
-            best = f
-            continue
-        if best is None or abs(f.stamp_ns - stamp_ns) < abs(best.stamp_ns - stamp_ns):
-            best = f
-        if f.stamp_ns == stamp_ns:
-            return f
+    frame when ``stamp_ns`` is None. Only the chosen frame is decoded."""
+    best = None
+    best_d = None
+    for conn, t, msg in _iter_msgs(path, topic):
+        stamp = header_stamp_ns(msg) or t
+        d = 0 if stamp_ns is None else abs(stamp - stamp_ns)
+        if best is None or stamp_ns is None or d < best_d:
+            best, best_d = (conn, t, msg), d
+        if stamp_ns is not None and d == 0:
+            break
     if best is None:
         raise BagError(f"bag {str(path)!r} has no frame on {topic}")
-    return best
+    return _frame(path, *best)
