@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -56,6 +56,7 @@ class MoveResult:
     reason: str
     scene: SceneState
     render: Render
+    message: str = ""  # human-readable detail (e.g. what was wrong with a bad_request)
 
 
 class SimulatorBackend(abc.ABC):
@@ -83,6 +84,19 @@ class SimulatorBackend(abc.ABC):
     @abc.abstractmethod
     def apply(self, action: MoveAction) -> MoveResult:
         """Apply ``action``; if the result is invalid, restore the previous scene."""
+
+    def placement_bounds(self) -> Tuple[Vec3, Vec3]:
+        """(low xyz, high xyz) world box of the region where active objects may be placed in view.
+
+        A continuous action maps into it; ``place`` with ``receptacle_id=""`` picks the support
+        surface under (x, y) whose top is nearest the given z (floor, furniture, shelf levels,
+        other objects for stacking).
+        """
+        raise NotImplementedError(f"{self.name} backend has no placement bounds")
+
+    def receptacles(self) -> List[Tuple[str, float, Tuple[float, float], Tuple[float, float]]]:
+        """Support surfaces as (id, top_z, xy_low, xy_high) in the world frame."""
+        raise NotImplementedError(f"{self.name} backend lists no receptacles")
 
     def close(self) -> None:
         """Free the renderer and simulator."""

@@ -127,7 +127,7 @@ class MuJoCoBackend(SimulatorBackend):
       settle_steps=150, timestep=0.002: physics settle after a move.
       penetration_tol=0.005 m, drop_tol=0.025 m, slide_tol=0.04 m, tilt_tol_deg=25.
       render_depth=True: also render depth in ``render``/``apply`` (one more GL pass).
-      camera_distance=(1.9, 2.2), camera_height=(1.45, 1.75), fovy=(56, 62): camera ranges.
+      camera_distance=(1.6, 1.9), camera_height=(1.45, 1.75), fovy=(56, 62): camera ranges.
     """
 
     name = "mujoco"
@@ -136,7 +136,7 @@ class MuJoCoBackend(SimulatorBackend):
                  min_visible_fraction: float = 0.3, min_in_view_fraction: float = 0.8, n_container: int = 5,
                  settle_steps: int = 150, timestep: float = 0.002, penetration_tol: float = 0.005,
                  drop_tol: float = 0.025, slide_tol: float = 0.04, tilt_tol_deg: float = 25.0,
-                 render_depth: bool = True, camera_distance: Sequence[float] = (1.9, 2.2),
+                 render_depth: bool = True, camera_distance: Sequence[float] = (1.6, 1.9),
                  camera_height: Sequence[float] = (1.45, 1.75), fovy: Sequence[float] = (56.0, 62.0)):
         if not isinstance(image_size, (int, np.integer)) or not 16 <= int(image_size) <= 2048:
             raise ValueError(f"image_size must be an int in [16, 2048], got {image_size!r}")
@@ -197,6 +197,11 @@ class MuJoCoBackend(SimulatorBackend):
     @property
     def scene_types(self) -> Sequence[str]:
         return self._types
+
+    @property
+    def categories(self) -> Tuple[str, ...]:
+        """Movable object categories this backend can put in a scene."""
+        return tuple(CATEGORIES)
 
     def reset(self, seed: Optional[int] = None, scene_type: Optional[str] = None) -> SceneState:
         seed = self.seed if seed is None else int(seed)
@@ -632,7 +637,7 @@ class MuJoCoBackend(SimulatorBackend):
         prev = self._last_render if self._last_render is not None else self._render_full()
         bad = self._validate(action)
         if bad:
-            return MoveResult(False, f"{BAD_REQUEST}: {bad}", self._state(), prev)
+            return MoveResult(False, BAD_REQUEST, self._state(), prev, message=bad)
         snap = self._snapshot()
         oid = action.object_id
         if action.action_type == SWAP:
@@ -652,8 +657,8 @@ class MuJoCoBackend(SimulatorBackend):
         else:
             rec = self._choose_receptacle(action)
             if rec is None:
-                return MoveResult(False, f"{BAD_REQUEST}: no receptacle under {tuple(action.position)[:2]}",
-                                  self._state(), prev)
+                return MoveResult(False, BAD_REQUEST, self._state(), prev,
+                                  message=f"no receptacle under x={action.position[0]:.3f} y={action.position[1]:.3f}")
             x = float(np.clip(action.position[0], rec.xy_low[0], rec.xy_high[0])) if action.position is not None else float(
                 self._rng.uniform(rec.xy_low[0], rec.xy_high[0]))
             y = float(np.clip(action.position[1], rec.xy_low[1], rec.xy_high[1])) if action.position is not None else float(
@@ -665,9 +670,9 @@ class MuJoCoBackend(SimulatorBackend):
             if action.action_type == SWAP:
                 self._objs[oid].parking, self._objs[moved].parking = self._objs[moved].parking, self._objs[oid].parking
             self._restore(snap)
-            return MoveResult(False, reason, self._state(), prev)
+            return MoveResult(False, reason, self._state(), prev, message=f"{moved}: {reason}")
         render = self._render_full(self._pending_seg)
-        return MoveResult(True, "", self._state(), render)
+        return MoveResult(True, "", self._state(), render, message=f"{moved} moved")
 
     def _validate(self, a: MoveAction) -> str:
         if not isinstance(a, MoveAction):

@@ -103,8 +103,9 @@ class ObjectBuild:
 class Builder:
     """Collects snippets for one object with unique asset names."""
 
-    def __init__(self, name: str, rgb: Tuple[float, float, float]):
+    def __init__(self, name: str, rgb: Tuple[float, float, float], scale: float = 1.0):
         self.name = name
+        self.scale = float(scale)
         self.rgb = rgb
         self.out = ObjectBuild()
         self._n = 0
@@ -134,13 +135,16 @@ class Builder:
     def geom(self, gtype: str, size: Sequence[float], pos=(0, 0, 0), material: str = "", extra: str = "",
              euler: Optional[Sequence[float]] = None) -> None:
         rot = f' euler="{_fmt(euler)}"' if euler is not None else ""
+        size = [v * self.scale for v in size]
+        pos = [v * self.scale for v in pos]
         self.out.geoms.append(
             f'<geom name="{self._gname()}" type="{gtype}" size="{_fmt(size)}" pos="{_fmt(pos)}"{rot} '
             f'material="{material}" {extra}/>'
         )
 
     def rev(self, suffix: str, profile, material: str, segments: int = 20, pos=(0, 0, 0)) -> None:
-        v, f = revolution_mesh(profile, segments)
+        v, f = revolution_mesh([(r * self.scale, z * self.scale) for r, z in profile], segments)
+        pos = [p * self.scale for p in pos]
         mesh = f"{self.name}_mesh{suffix}"
         self.out.assets.append(f'<mesh name="{mesh}" vertex="{v}" face="{f}" inertia="convex"/>')
         self.out.geoms.append(
@@ -149,6 +153,8 @@ class Builder:
 
     def mesh_file(self, suffix: str, file: str, scale: float, material: str, pos=(0, 0, 0)) -> None:
         mesh = f"{self.name}_mesh{suffix}"
+        scale = scale * self.scale
+        pos = [p * self.scale for p in pos]
         self.out.assets.append(f'<mesh name="{mesh}" file="{file}" scale="{scale} {scale} {scale}"/>')
         self.out.geoms.append(
             f'<geom name="{self._gname()}" type="mesh" mesh="{mesh}" pos="{_fmt(pos)}" material="{material}"/>'
@@ -352,8 +358,12 @@ def choose_objects(rng: np.random.Generator, scene_type: str, n: int) -> List[Ob
     return specs
 
 
-def build_object(spec: ObjectSpec) -> ObjectBuild:
+# Objects are drawn ~25 % larger than life so they stay recognisable at 224 px.
+OBJECT_SCALE = 1.25
+
+
+def build_object(spec: ObjectSpec, scale: float = OBJECT_SCALE) -> ObjectBuild:
     rgb = COLORS.get(spec.color, (0.8, 0.8, 0.8))
-    b = Builder(spec.id, rgb)
+    b = Builder(spec.id, rgb, scale)
     CATEGORIES[spec.category].build(b)
     return b.out

@@ -22,8 +22,8 @@ FLOOR_TEXTURES = ("wood-tiles.png", "light-gray-floor-tile.png", "gray-woodgrain
                   "light-wood.png", "dark-wood.png")
 WALL_TEXTURES = ("cream-plaster.png", "gray-plaster.png", "light-gray-plaster.png", "pink-plaster.png",
                  "white-plaster.png", "yellow-plaster.png", "white-bricks.png")
-WOOD_TEXTURES = ("light-wood.png", "dark-wood.png", "red-wood.png", "gray-woodgrain.png", "blue-wood.png",
-                 "green-wood.png")
+WOOD_TEXTURES = ("light-wood.png", "dark-wood.png", "red-wood.png", "gray-woodgrain.png", "light-wood.png",
+                 "wood-varnished-panels.png", "blue-wood.png")
 FABRIC_COLORS = ((0.35, 0.38, 0.45), (0.55, 0.25, 0.20), (0.30, 0.45, 0.35), (0.60, 0.55, 0.45),
                  (0.25, 0.25, 0.30), (0.45, 0.35, 0.55))
 
@@ -219,7 +219,7 @@ def _pick(rng: np.random.Generator, seq: Sequence):
 
 
 def build_room(seed: int, scene_type: str, image_size: int = 224, n_active: int = 3, n_container: int = 5,
-               camera_distance: Tuple[float, float] = (1.9, 2.2), camera_height: Tuple[float, float] = (1.45, 1.75),
+               camera_distance: Tuple[float, float] = (1.6, 1.9), camera_height: Tuple[float, float] = (1.45, 1.75),
                fovy: Tuple[float, float] = (56.0, 62.0), timestep: float = 0.002) -> RoomSpec:
     """The MJCF and metadata of the scene for ``seed`` and ``scene_type`` (deterministic)."""
     if scene_type not in SCENE_TYPES:
@@ -231,7 +231,7 @@ def build_room(seed: int, scene_type: str, image_size: int = 224, n_active: int 
     wall_h = 2.6
     front_y = -3.2
     floor_tex = _pick(rng, FLOOR_TEXTURES if scene_type != "kitchen" else ("light-gray-floor-tile.png", "wood-tiles.png", "gray-woodgrain.png"))
-    floor_mat = x.mat(texture=floor_tex, texrepeat=(_u(rng, 1.2, 2.5),) * 2, spec=0.3, reflectance=0.05)
+    floor_mat = x.mat(texture=floor_tex, texrepeat=(_u(rng, 1.2, 2.5),) * 2, spec=0.3)
     wall_tint = tuple(_u(rng, 0.85, 1.0) for _ in range(3))
     wall_mat = x.mat(rgb=wall_tint, texture=_pick(rng, WALL_TEXTURES), texrepeat=(1.0, 1.0), spec=0.05)
     wood = _pick(rng, WOOD_TEXTURES)
@@ -262,7 +262,7 @@ def build_room(seed: int, scene_type: str, image_size: int = 224, n_active: int 
     rec: List[Receptacle] = []
     furniture: List[str] = ["shelf"]
     sw, sd = _u(rng, 0.75, 0.9), 0.36
-    sx = side * _u(rng, 0.85, 1.0)
+    sx = side * _u(rng, 0.72, 0.85)
     z1, z2 = _u(rng, 0.42, 0.5), _u(rng, 0.92, 1.02)
     rec += shelf(x, sx, back_y - sd / 2 - 0.01, sw, sd, z1, z2, wood_mat, wood2_mat)
 
@@ -325,7 +325,7 @@ def build_room(seed: int, scene_type: str, image_size: int = 224, n_active: int 
     # camera: in front of the workspace looking at it
     dist = _u(rng, *camera_distance)
     cam_x = _u(rng, -0.35, 0.35)
-    target = (_u(rng, -0.15, 0.15), _u(rng, 0.15, 0.35), _u(rng, 0.35, 0.5))
+    target = (_u(rng, -0.15, 0.15), _u(rng, 0.15, 0.35), _u(rng, 0.42, 0.58))
     cam = CameraSpec(position=(cam_x, target[1] - dist, _u(rng, *camera_height)), target=target, fovy=_u(rng, *fovy))
 
     # objects: actives + container (parked outside the room on the infinite floor plane)
