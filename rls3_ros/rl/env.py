@@ -22,7 +22,9 @@ choice — a discrete space would need a second decoder and gains nothing here):
        (a[2], a[3]), >= 0.5 stack on another active object
   a[2], a[3] target x, y in the placement bounds (place) or an offset on the supporting
        object's top (stack, within a third of its half extent)
-  a[4] stack target: 2 bins over the other two active objects
+  a[4] stack target: 2 bins over the other two active objects (stack); target height in the
+       placement bounds (place: the backend picks the support surface nearest that height
+       under (x, y), so floor, furniture tops and shelf levels are all reachable)
   a[5] yaw in [-pi, pi]
 
 Observation (``Box(-10, 10)``, float32): for each of the 3 active-object slots the category
@@ -347,7 +349,7 @@ class RLS3Env(gym.Env):
 
     def _make_sample(self, res: SimStep, sub: Optional[int] = None) -> Tuple[Optional[Sample], str]:
         if not res.valid:
-            return None, res.reason or "invalid"
+            return None, (res.reason or "invalid").split(":")[0].strip() or "invalid"
         rels = self.captioner(res.scene)
         if self.max_relations and len(rels) > self.max_relations:
             idx = self._rng.choice(len(rels), self.max_relations, replace=False)
@@ -448,7 +450,8 @@ class RLS3Env(gym.Env):
         lo, hi = self.source.placement_bounds(scene)
         x = lo[0] + (a[2] + 1) / 2 * (hi[0] - lo[0])
         y = lo[1] + (a[3] + 1) / 2 * (hi[1] - lo[1])
-        return MoveAction(PLACE, obj.id, position=(float(x), float(y), float(hi[2])), yaw=yaw, receptacle_id="")
+        z = lo[2] + (a[4] + 1) / 2 * (hi[2] - lo[2])
+        return MoveAction(PLACE, obj.id, position=(float(x), float(y), float(z)), yaw=yaw, receptacle_id="")
 
     def _obs(self) -> np.ndarray:
         scene = self._scene

@@ -1,0 +1,262 @@
+"""``rls3 launch training|query``: start the node graph, each node its own process.
+
+Where ROS 2's ``launch`` package is not installed (it is not on PyPI), this starts the same
+graph as ``launch/training.launch.py`` / ``launch/query.launch.py`` from the same parameter
+files: every node runs as ``python -m rls3_ros.nodes.<node> --ros-args --params-file
+config/<graph>.yaml [-r __ns:=/<ns>] [-p ...]``.
+
+- Output of every node is printed line by line, prefixed with ``[<namespace/>node]``.
+- Ctrl-C (SIGINT) or SIGTERM stops every node (SIGINT, then SIGTERM, then SIGKILL).
+- A node that exits stops the run: the launcher prints its name, exit code and last log lines
+  and returns that code (non-zero). The training graph ends normally when ``rl_sampler``
+  finishes its budget and exits with 0; then the other nodes are stopped and 0 is returned.
+
+Graphs:
+- ``training``: ``--bridges N`` sim_bridges (namespaces sim0..simN-1 when N > 1, none when 1),
+  caption_oracle, vlm_trainer, rl_sampler (``bridge_namespaces`` set to match).
+- ``query``: spatial_query (+ a sim_bridge as a demo camera with ``--with-sim``).
+
+Examples::
+
+    rls3 launch training --bridges 2 --set rl_sampler.budget_valid_samples=200
+    rls3 launch query --with-sim
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+GRAPHS = ("training", "query")
+
+
+@dataclass
+class NodeSpec:
+    name: str  # node name (as in the params file)
+    module: str
+    namespace: str = ""
+    params: Dict[str, str] = field(default_factory=dict)  # -p name:=value overrides
+    required_exit_ok: bool = False  # a clean exit (0) of this node ends the graph successfully
+
+    @property
+    def label(self) -> str:
+        return f"{self.namespace.strip('/')}/{self.name}" if self.namespace else self.name
+
+
+def config_dir() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    cand = os.path.abspath(os.path.join(here, "..", "config"))
+    if os.path.isdir(cand):
+        return cand
+    try:
+        from ament_index_python.packages import get_package_share_directory  # type: ignore
+
+        return os.path.join(get_package_share_directory("rls3_ros"), "config")
+    except Exception:
+        return os.path.join(sys.prefix, "share", "rls3_ros", "config")
+
+
+def graph_nodes(graph: str, bridges: int = 1, with_sim: bool = False, run_dir: str = "") -> List[NodeSpec]:
+    """The nodes of a graph (same composition as launch/<graph>.launch.py)."""
+    if graph == "training":
+        if bridges < 1:
+            raise ValueError("--bridges must be >= 1")
+        ns = [f"sim{i}" for i in range(bridges)] if bridges > 1 else [""]
+        nodes = [NodeSpec("sim_bridge", "rls3_ros.nodes.sim_bridge", n, {"seed": str(100 + i)}) for i, n in enumerate(ns)]
+        trainer = NodeSpec("vlm_trainer", "rls3_ros.nodes.vlm_trainer")
+        sampler = NodeSpec("rl_sampler", "rls3_ros.nodes.rl_sampler", required_exit_ok=True)
+        sampler.params["bridge_namespaces"] = "[" + ",".join(f"'{n}'" for n in ns) + "]"
+        if run_dir:
+            sampler.params["run_dir"] = run_dir
+            trainer.params["adapter_dir"] = os.path.join(run_dir, "adapters")
+        nodes += [NodeSpec("caption_oracle", "rls3_ros.nodes.caption_oracle"), trainer, sampler]
+        return nodes
+    if graph == "query":
+        nodes = [NodeSpec("spatial_query", "rls3_ros.nodes.spatial_query")]
+        if with_sim:
+            nodes.insert(0, NodeSpec("sim_bridge", "rls3_ros.nodes.sim_bridge"))
+        return nodes
+    raise ValueError(f"unknown graph {graph!r} (known: {', '.join(GRAPHS)})")
+
+
+def node_command(spec: NodeSpec, params_files: Sequence[str]) -> List[str]:
+    cmd = [sys.executable, "-m", spec.module, "--ros-args"]
+    for f in params_files:
+        cmd += ["--params-file", f]
+    if spec.namespace:
+        cmd += ["-r", f"__ns:=/{spec.namespace.strip('/')}"]
+    for k, v in spec.params.items():
+        cmd += ["-p", f"{k}:={v}"]
+    return cmd
+
+
+class GraphRun:
+    """Processes of one graph with prefixed logs; stops all when one exits."""
+
+    def __init__(self, specs: Sequence[NodeSpec], params_files: Sequence[str], env: Optional[Dict[str, str]] = None,
+                 out=None, log_dir: str = ""):
+        self.specs = list(specs)
+        self.params_files = list(params_files)
+        self.env = dict(env or os.environ)
+        self.out = out or sys.stdout
+        self.log_dir = log_dir
+        self.procs: Dict[str, subprocess.Popen] = {}
+        self.tails: Dict[str, deque] = {}
+        self.events: "queue.Queue[tuple]" = queue.Queue()
+        self._print_lock = threading.Lock()
+        self._files = {}
+
+    def _say(self, label: str, line: str) -> None:
+        with self._print_lock:
+            self.out.write(f"[{label}] {line}\n")
+            self.out.flush()
+            f = self._files.get(label)
+            if f is not None:
+                f.write(line + "\n")
+                f.flush()
+
+    def _pump(self, label: str, proc: subprocess.Popen) -> None:
+        assert proc.stdout is not None
+        for raw in iter(proc.stdout.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.tails[label].append(line)
+            self._say(label, line)
+        code = proc.wait()
+        self.events.put((label, code))
+
+    def start(self) -> None:
+        if self.log_dir:
+            os.makedirs(self.log_dir, exist_ok=True)
+        for spec in self.specs:
+            cmd = node_command(spec, self.params_files)
+            label = spec.label
+            if self.log_dir:
+                self._files[label] = open(os.path.join(self.log_dir, label.replace("/", "_") + ".log"), "w")
+            self._say("launch", f"starting {label}: {' '.join(cmd[1:])}")
+            proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            self.procs[label] = proc
+            self.tails[label] = deque(maxlen=15)
+            threading.Thread(target=self._pump, args=(label, proc), name=f"log-{label}", daemon=True).start()
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        """Block until a node exits (or timeout); stop the rest; return the graph's exit code."""
+        specs = {s.label: s for s in self.specs}
+        try:
+            label, code = self.events.get(timeout=timeout)
+        except queue.Empty:
+            self._say("launch", f"timeout after {timeout} s: stopping the graph")
+            self.stop()
+            return 124
+        if code == 0 and specs[label].required_exit_ok:
+            self._say("launch", f"{label} finished (exit 0): stopping the graph")
+            result = 0
+        else:
+            why = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+            self._say("launch", f"{label} died ({why}); stopping the graph. Last lines of {label}:")
+            for line in list(self.tails[label])[-10:]:
+                self._say("launch", f"  | {line}")
+            result = code if code > 0 else 1
+        self.stop()
+        return result
+
+    def stop(self, timeout: float = 10.0) -> None:
+        alive = {k: p for k, p in self.procs.items() if p.poll() is None}
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            for p in alive.values():
+                try:
+                    os.killpg(p.pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + (timeout if sig != signal.SIGKILL else 5.0)
+            while time.monotonic() < deadline and any(p.poll() is None for p in alive.values()):
+                time.sleep(0.05)
+            alive = {k: p for k, p in alive.items() if p.poll() is None}
+            if not alive:
+                break
+        for f in self._files.values():
+            f.close()
+
+
+def cli_launch(argv: List[str]) -> int:
+    ap = argparse.ArgumentParser(prog="rls3 launch", description="start the node graph (each node its own process)",
+                                 epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("graph", choices=GRAPHS)
+    ap.add_argument("--params-file", action="append", default=[],
+                    help="extra ROS parameter file(s) applied after config/<graph>.yaml")
+    ap.add_argument("--bridges", type=int, default=1, help="training: number of sim_bridges (namespaces sim0..)")
+    ap.add_argument("--with-sim", action="store_true", help="query: also start a sim_bridge as a demo camera")
+    ap.add_argument("--run-dir", default="", help="training: run directory (default runs/<timestamp>)")
+    ap.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
+                    help="override one parameter of one node, e.g. rl_sampler.budget_valid_samples=100")
+    ap.add_argument("--log-dir", default="", help="also write each node's log to <dir>/<node>.log")
+    ap.add_argument("--timeout", type=float, default=0.0, help="stop the graph after this many seconds (0 = never)")
+    args = ap.parse_args(argv)
+
+    base = os.path.join(config_dir(), f"{args.graph}.yaml")
+    if not os.path.exists(base):
+        print(f"rls3 launch: parameter file {base} not found", file=sys.stderr)
+        return 2
+    for f in args.params_file:
+        if not os.path.exists(f):
+            print(f"rls3 launch: parameter file {f} not found", file=sys.stderr)
+            return 2
+    run_dir = args.run_dir
+    if args.graph == "training" and not run_dir:
+        from rls3_ros.rl.run_dir import new_run_dir
+
+        run_dir = new_run_dir()
+    try:
+        specs = graph_nodes(args.graph, args.bridges, args.with_sim, os.path.abspath(run_dir) if run_dir else "")
+    except ValueError as e:
+        print(f"rls3 launch: {e}", file=sys.stderr)
+        return 2
+    for item in args.set:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            print(f"rls3 launch: --set expects NODE.PARAM=VALUE, got {item!r}", file=sys.stderr)
+            return 2
+        key, val = item.split("=", 1)
+        node, param = key.split(".", 1)
+        matched = [s for s in specs if s.name == node or s.label == node]
+        if not matched:
+            print(f"rls3 launch: no node {node!r} in the {args.graph} graph ({', '.join(s.label for s in specs)})",
+                  file=sys.stderr)
+            return 2
+        for s in matched:
+            s.params[param] = val
+    env = dict(os.environ)
+    env.setdefault("MUJOCO_GL", "egl")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    env.pop("_ROS_WHEELS_BOOTSTRAP_COMPLETE", None)  # children re-bootstrap with this interpreter's venv
+    g = GraphRun(specs, [base, *args.params_file], env, log_dir=args.log_dir)
+
+    def on_term(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    try:
+        g.start()
+        if run_dir:
+            g._say("launch", f"run directory: {os.path.abspath(run_dir)}")
+        return g.wait(timeout=args.timeout or None)
+    except KeyboardInterrupt:
+        g._say("launch", "interrupted: stopping every node")
+        g.stop()
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+if __name__ == "__main__":
+    sys.exit(cli_launch(sys.argv[1:]))

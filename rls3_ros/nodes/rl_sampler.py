@@ -1,0 +1,480 @@
+"""``rl_sampler`` node: the RL agent and the RLS3 scheduler, driving the node graph.
+
+The scheduler lives inside this node (design choice: one owner for the loop's state, so a
+checkpoint is one atomic write; the other nodes stay stateless servers). A worker thread runs
+exactly the in-process loop (``rls3_ros.rl.loop.LoopRunner`` with the same
+``RLS3Env``/agents/``Scheduler``); only the stages are ROS clients:
+
+- simulator: ``<ns>/<reset_service>`` (rls3_msgs/srv/ResetScene) and ``<ns>/<apply_service>``
+  (rls3_msgs/srv/ApplyAction) of one ``sim_bridge`` per namespace in ``bridge_namespaces``
+  (several bridges = a vectorised env, stepped in parallel threads);
+- captions: ``caption_service`` (rls3_msgs/srv/CaptionScene) of ``caption_oracle``;
+- reward J2 and evaluation: ``score_service`` (rls3_msgs/srv/ScoreSamples) of ``vlm_trainer``;
+- fine-tuning: ``fine_tune_action`` (rls3_msgs/action/FineTune) of ``vlm_trainer``.
+
+No callback ever blocks on a service call of this node: the calls are made from the worker
+thread with ``call_async`` and waited on with a timeout while the executor (multi-threaded,
+``run_node``) spins the responses in. When the loop ends (budget, early stopping, max
+iterations) the node logs the summary, writes the run directory (metrics, plot, report) and
+shuts down with exit code 0 (``exit_when_done``); any failure (a service that never appears,
+a call that times out or answers success=false) ends the node with exit code 1 and the
+reason in the log, so ``rls3 launch`` stops the graph with that reason.
+
+Topics: publishes ``training_metrics`` (rls3_msgs/TrainingMetrics) after every episode and
+every fine-tune.
+
+Parameters (defaults):
+- ``agent`` ("sac"): sac | ppo | random | miner; ``seed`` (0); ``miner_k`` (4);
+  ``learning_starts`` (16, SAC warm-up steps).
+- ``T`` (8), ``T0`` (6), ``E`` (4), ``eta`` (1.0), ``fine_tune_steps`` (40),
+  ``replay_fraction`` (0.3), ``budget_valid_samples`` (1200), ``budget_renders`` (0),
+  ``max_iterations`` (0), ``patience`` (0): the scheduler (``rls3_ros.rl.scheduler``).
+- ``reward_valid`` (0.1), ``reward_invalid`` (-0.1), ``j2_metric`` ("loss"), ``j2_weight`` (1.0),
+  ``j2_clip`` (3.0), ``max_relations`` (3): the env's rewards.
+- ``test_scenes`` (60), ``val_scenes`` (24), ``replay_scenes`` (40), ``moves_per_scene`` (4),
+  ``test_per_term`` (40), ``val_per_term`` (15): fixed sets, generated through the graph
+  from fixed seeds and cached (``RLS3_CACHE`` or ~/.cache/rls3_ros) under ``dataset_key``.
+- ``dataset_key`` ("ros-mujoco-160"): names the cached sets (change it with the bridges'
+  backend or image size).
+- ``bridge_namespaces`` ([""]): one sim_bridge per namespace, e.g. ["sim0", "sim1"].
+- ``reset_service`` ("sim_bridge/reset_scene"), ``apply_service`` ("sim_bridge/apply_action"),
+  ``caption_service`` ("caption_oracle/caption_scene"), ``score_service``
+  ("vlm_trainer/score_samples"), ``fine_tune_action`` ("vlm_trainer/fine_tune").
+- ``placement_bounds`` ([]): [x0, y0, z0, x1, y1, z1] world box for place targets
+  ([] = from the scene's objects).
+- ``run_dir`` (""): run directory ("" = runs/<timestamp>); ``resume`` (false): continue the
+  run in ``run_dir`` from its last checkpoint (the vlm_trainer must be started on that
+  checkpoint's adapter, its ``adapter`` parameter).
+- ``service_timeout`` (60.0 s per call), ``fine_tune_timeout`` (1800.0 s),
+  ``wait_for_services`` (60.0 s at start), ``score_chunk`` (32 samples per ScoreSamples call).
+- ``exit_when_done`` (true): shut down when the loop ends.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import time
+import traceback
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import rclpy
+from geometry_msgs.msg import Pose
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.action import ActionClient
+from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.node import Node
+from rls3_msgs.action import FineTune
+from rls3_msgs.msg import TrainingMetrics
+from rls3_msgs.srv import ApplyAction, CaptionScene, ResetScene, ScoreSamples
+
+from rls3_ros.nodes.conversions import msg_to_relation, msg_to_scene, sample_to_msg, scene_to_msg
+from rls3_ros.nodes.image_conversion import image_msg_to_rgb
+from rls3_ros.nodes.node_main import NodeStartupError, run_node
+from rls3_ros.rl.env import SimSource, SimStep, bounds_from_scene
+from rls3_ros.rl.scheduler import Evaluator, SchedulerCallbacks, Trainer, TrainOutcome
+from rls3_ros.scene import quat_to_matrix
+from rls3_ros.vlm.interface import Evaluation, FineTuneResult, RelationScore
+
+PARAMS: Dict[str, Any] = {
+    "agent": ("sac", "sampler: sac | ppo | random | miner"),
+    "seed": (0, "run seed"),
+    "miner_k": (4, "miner: random candidates per step"),
+    "learning_starts": (16, "SAC warm-up steps"),
+    "T": (8, "agent steps per episode"),
+    "T0": (6, "valid samples per episode (ends the episode early)"),
+    "E": (4, "episodes per fine-tuning iteration"),
+    "eta": (1.0, "fraction of an episode's valid samples entering the fine-tuning batch"),
+    "fine_tune_steps": (40, "optimiser steps per fine-tune"),
+    "replay_fraction": (0.3, "share of each fine-tuning set drawn from base data"),
+    "budget_valid_samples": (1200, "stop after this many valid samples (0 = no limit)"),
+    "budget_renders": (0, "stop after this many renders (0 = no limit)"),
+    "max_iterations": (0, "stop after this many fine-tunes (0 = no limit)"),
+    "patience": (0, "early stopping patience in fine-tunes (0 = off)"),
+    "reward_valid": (0.1, "intrinsic reward of a valid sample"),
+    "reward_invalid": (-0.1, "intrinsic reward of an invalid move"),
+    "j2_metric": ("loss", "extrinsic reward: loss | error"),
+    "j2_weight": (1.0, "weight of J2 in the last step's reward"),
+    "j2_clip": (3.0, "per-relation loss clip [nats]"),
+    "max_relations": (3, "relations kept per sample (0 = all)"),
+    "test_scenes": (60, "scenes of the fixed test set"),
+    "val_scenes": (24, "scenes of the validation set (used when patience > 0)"),
+    "replay_scenes": (40, "scenes of the base replay pool"),
+    "moves_per_scene": (4, "random moves per scene for the fixed sets"),
+    "test_per_term": (40, "relations per term kept in the test set"),
+    "val_per_term": (15, "relations per term kept in the validation set"),
+    "dataset_key": ("ros-mujoco-160", "cache key of the fixed sets"),
+    "bridge_namespaces": ([""], "one sim_bridge per namespace"),
+    "reset_service": ("sim_bridge/reset_scene", "ResetScene service (relative to each namespace)"),
+    "apply_service": ("sim_bridge/apply_action", "ApplyAction service (relative to each namespace)"),
+    "caption_service": ("caption_oracle/caption_scene", "CaptionScene service"),
+    "score_service": ("vlm_trainer/score_samples", "ScoreSamples service"),
+    "fine_tune_action": ("vlm_trainer/fine_tune", "FineTune action"),
+    "placement_bounds": ([0.0], "[x0,y0,z0,x1,y1,z1] place-target box ([0.0] or [] = from the scene)"),
+    "run_dir": ("", "run directory ('' = runs/<timestamp>)"),
+    "resume": (False, "continue the run in run_dir from its last checkpoint"),
+    "service_timeout": (60.0, "timeout of one service call [s]"),
+    "fine_tune_timeout": (1800.0, "timeout of one fine-tune [s]"),
+    "wait_for_services": (60.0, "how long to wait for the services at start [s]"),
+    "score_chunk": (32, "samples per ScoreSamples call"),
+    "exit_when_done": (True, "shut down when the loop ends"),
+}
+
+
+class StageError(RuntimeError):
+    """A graph stage failed (service missing, timeout, success=false)."""
+
+
+def _join(ns: str, name: str) -> str:
+    ns = ns.strip("/")
+    return f"/{ns}/{name.lstrip('/')}" if ns else name
+
+
+class _Caller:
+    """Blocking calls from a worker thread; the executor resolves the futures."""
+
+    def __init__(self, node: Node, timeout: float):
+        self.node, self.timeout = node, timeout
+
+    def wait(self, future, timeout: float, what: str):
+        ev = threading.Event()
+        future.add_done_callback(lambda _f: ev.set())
+        if not ev.wait(timeout):
+            future.cancel()
+            raise StageError(f"{what}: no answer within {timeout:.0f} s")
+        exc = future.exception()
+        if exc is not None:
+            raise StageError(f"{what}: {exc}")
+        return future.result()
+
+    def call(self, client, request, what: str, timeout: Optional[float] = None):
+        if not client.service_is_ready() and not client.wait_for_service(timeout_sec=timeout or self.timeout):
+            raise StageError(f"{what}: service {client.srv_name} not available")
+        return self.wait(client.call_async(request), timeout or self.timeout, what)
+
+
+class RosSimSource(SimSource):
+    """One sim_bridge reached through its ResetScene / ApplyAction services."""
+
+    def __init__(self, caller: _Caller, reset_client, apply_client, bounds: Optional[Sequence[float]] = None,
+                 name: str = "sim_bridge"):
+        self.caller, self.reset_client, self.apply_client = caller, reset_client, apply_client
+        self.bounds = list(bounds) if bounds and len(bounds) == 6 else None
+        self.name = name
+        self.renders = 0
+        self._scene_types: List[str] = []
+
+    def reset(self, seed, scene_type=None) -> SimStep:
+        req = ResetScene.Request(seed=int(seed) % (2 ** 32), scene_type=scene_type or "")
+        resp = self.caller.call(self.reset_client, req, f"{self.name} reset_scene")
+        if not resp.success:
+            if scene_type:  # the bridge may not build that type: let it choose
+                req.scene_type = ""
+                resp = self.caller.call(self.reset_client, req, f"{self.name} reset_scene")
+            if not resp.success:
+                raise StageError(f"{self.name} reset_scene failed: {resp.message}")
+        self.renders += 1
+        return SimStep(True, "", msg_to_scene(resp.scene), image_msg_to_rgb(resp.image))
+
+    def apply(self, action) -> SimStep:
+        pose = Pose()
+        if action.position is not None:
+            pose.position.x, pose.position.y, pose.position.z = (float(v) for v in action.position)
+        half = float(action.yaw) / 2.0
+        pose.orientation.z, pose.orientation.w = math.sin(half), math.cos(half)
+        req = ApplyAction.Request(action_type=action.action_type, object_id=action.object_id,
+                                  container_object_id=action.container_object_id, target_pose=pose,
+                                  receptacle_id=action.receptacle_id)
+        resp = self.caller.call(self.apply_client, req, f"{self.name} apply_action")
+        self.renders += 1
+        if not resp.success:  # malformed request (e.g. no receptacle under the target): an invalid move
+            return SimStep(False, "bad_request", None, None)  # type: ignore[arg-type]
+        return SimStep(bool(resp.valid), resp.reason, msg_to_scene(resp.scene), image_msg_to_rgb(resp.image))
+
+    def placement_bounds(self, scene):
+        if self.bounds:
+            return tuple(self.bounds[:3]), tuple(self.bounds[3:])
+        return bounds_from_scene(scene)
+
+
+def relation_score_from_msg(m) -> RelationScore:
+    return RelationScore(sample_id=m.sample_id, caption=m.caption, terms=list(m.terms), predicted=m.predicted,
+                         loss=float(m.loss), correct=bool(m.correct), confidence=float(m.confidence))
+
+
+def evaluation_from_scores(scores: Sequence[RelationScore]) -> Evaluation:
+    per_hits: Dict[str, int] = {}
+    per_n: Dict[str, int] = {}
+    for s in scores:
+        for t in s.terms:
+            per_n[t] = per_n.get(t, 0) + 1
+            per_hits[t] = per_hits.get(t, 0) + int(s.correct)
+    n = len(scores)
+    return Evaluation(accuracy=float(np.mean([s.correct for s in scores])) if n else float("nan"),
+                      per_term={t: per_hits[t] / per_n[t] for t in per_n}, counts=per_n,
+                      mean_loss=float(np.mean([s.loss for s in scores])) if n else float("nan"), n=n)
+
+
+class RosScorer:
+    def __init__(self, caller: _Caller, client, chunk: int):
+        self.caller, self.client, self.chunk = caller, client, max(1, int(chunk))
+
+    def __call__(self, samples):
+        out: List[RelationScore] = []
+        for i in range(0, len(samples), self.chunk):
+            req = ScoreSamples.Request(samples=[sample_to_msg(s) for s in samples[i:i + self.chunk]])
+            resp = self.caller.call(self.client, req, "vlm_trainer score_samples")
+            if not resp.success:
+                raise StageError(f"score_samples failed: {resp.message}")
+            out.extend(relation_score_from_msg(m) for m in resp.scores)
+        return out
+
+
+class RosTrainer(Trainer):
+    def __init__(self, node: Node, caller: _Caller, action_client, timeout: float):
+        self.node, self.caller, self.client, self.timeout = node, caller, action_client, timeout
+
+    def fine_tune(self, samples, steps, iteration) -> TrainOutcome:
+        if not self.client.wait_for_server(timeout_sec=self.caller.timeout):
+            raise StageError("fine_tune action server not available")
+        goal = FineTune.Goal(iteration=int(iteration), steps=int(steps), use_buffer=False,
+                             samples=[sample_to_msg(s) for s in samples], clear_buffer=False)
+        losses: List[float] = []
+
+        def feedback(fb):
+            losses.append(float(fb.feedback.loss))
+
+        handle = self.caller.wait(self.client.send_goal_async(goal, feedback_callback=feedback),
+                                  self.caller.timeout, "fine_tune goal")
+        if not handle.accepted:
+            raise StageError("fine_tune goal rejected by vlm_trainer")
+        res = self.caller.wait(handle.get_result_async(), self.timeout, "fine_tune result").result
+        if not res.success:
+            raise StageError(f"fine_tune failed: {res.message}")
+        self.node.get_logger().info(f"fine-tune {iteration}: {res.samples_used} samples, loss {res.final_loss:.3f}, "
+                                    f"adapter {res.adapter_path}")
+        return TrainOutcome(FineTuneResult(steps=int(steps), samples_used=int(res.samples_used),
+                                           final_loss=float(res.final_loss), losses=losses), res.adapter_path)
+
+
+class RosEvaluator(Evaluator):
+    def __init__(self, scorer: RosScorer, splits):
+        self.scorer, self.splits = scorer, splits
+
+    def evaluate(self, split):
+        data = self.splits.get(split)
+        if not data:
+            return None
+        return evaluation_from_scores(self.scorer(data))
+
+
+class RlSampler(Node):
+    """The agent + scheduler of the RLS3 loop over the node graph (see module docstring)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("rl_sampler", **kwargs)
+        for name, (default, doc) in PARAMS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=doc))
+        self.p = {name: self.get_parameter(name).value for name in PARAMS}
+        self._validate()
+        self.group = ReentrantCallbackGroup()
+        self.caller = _Caller(self, float(self.p["service_timeout"]))
+        self.metrics_pub = self.create_publisher(TrainingMetrics, "training_metrics", 10)
+        namespaces = list(self.p["bridge_namespaces"]) or [""]
+        bounds = [float(v) for v in self.p["placement_bounds"]]
+        self.sources = []
+        for i, ns in enumerate(namespaces):
+            rc = self.create_client(ResetScene, _join(ns, self.p["reset_service"]), callback_group=self.group)
+            ac = self.create_client(ApplyAction, _join(ns, self.p["apply_service"]), callback_group=self.group)
+            self.sources.append(RosSimSource(self.caller, rc, ac, bounds, name=f"sim_bridge[{ns or '/'}]"))
+        self.caption_client = self.create_client(CaptionScene, self.p["caption_service"], callback_group=self.group)
+        self.score_client = self.create_client(ScoreSamples, self.p["score_service"], callback_group=self.group)
+        self.fine_tune_client = ActionClient(self, FineTune, self.p["fine_tune_action"], callback_group=self.group)
+        self.exit_code = 0
+        self.summary: Dict[str, Any] = {}
+        self.runner = None
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="rl_sampler-loop", daemon=True)
+        self._worker.start()
+
+    def _validate(self) -> None:
+        p = self.p
+        errs = []
+        if p["agent"] not in ("sac", "ppo", "random", "miner"):
+            errs.append(f"agent must be sac | ppo | random | miner (got {p['agent']!r})")
+        if p["j2_metric"] not in ("loss", "error"):
+            errs.append(f"j2_metric must be loss | error (got {p['j2_metric']!r})")
+        for k in ("service_timeout", "fine_tune_timeout", "wait_for_services"):
+            if float(p[k]) <= 0:
+                errs.append(f"{k} must be > 0")
+        b = list(p["placement_bounds"])
+        if len(b) not in (0, 1, 6):
+            errs.append(f"placement_bounds needs 6 numbers or none (got {len(b)})")
+        if p["resume"] and not p["run_dir"]:
+            errs.append("resume needs run_dir")
+        try:
+            from rls3_ros.rl.scheduler import SchedulerConfig
+
+            SchedulerConfig(**{k: p[k] for k in ("T", "T0", "E", "eta", "fine_tune_steps", "replay_fraction",
+                                                 "budget_valid_samples", "budget_renders", "max_iterations",
+                                                 "patience")}).validate()
+        except (ValueError, TypeError) as e:
+            errs.append(str(e))
+        if errs:
+            raise NodeStartupError("; ".join(errs))
+
+    def config(self) -> Dict[str, Any]:
+        """The run configuration in the same shape as ``rls3 train``'s config.yaml."""
+        p = self.p
+        return {
+            "run": {"agent": p["agent"], "seed": int(p["seed"]), "backend": "ros", "image_size": "bridge",
+                    "n_envs": len(self.sources), "vlm": "vlm_trainer", "graph": True,
+                    "bridge_namespaces": list(p["bridge_namespaces"])},
+            "loop": {k: p[k] for k in ("T", "T0", "E", "eta", "fine_tune_steps", "replay_fraction",
+                                       "budget_valid_samples", "budget_renders", "max_iterations", "patience")}
+            | {"min_delta": 0.0, "seed": int(p["seed"])},
+            "env": {k: p[k] for k in ("reward_valid", "reward_invalid", "j2_metric", "j2_weight", "j2_clip",
+                                      "max_relations")} | {"reward_no_relation": 0.0},
+            "agent": {"learning_starts": int(p["learning_starts"]), "k": int(p["miner_k"])},
+            "eval": {k: p[k] for k in ("test_scenes", "val_scenes", "replay_scenes", "moves_per_scene",
+                                       "test_per_term", "val_per_term")},
+        }
+
+    # ------------------------------------------------------------------ worker
+    def captioner(self, scene):
+        resp = self.caller.call(self.caption_client, CaptionScene.Request(scene=scene_to_msg(scene), max_pairs=0),
+                                "caption_oracle caption_scene")
+        if not resp.success:
+            raise StageError(f"caption_scene failed: {resp.message}")
+        return [msg_to_relation(m) for m in resp.relations]
+
+    def _wait_for_graph(self) -> None:
+        deadline = time.monotonic() + float(self.p["wait_for_services"])
+        clients = [(s.reset_client, s.name) for s in self.sources] + [(s.apply_client, s.name) for s in self.sources]
+        clients += [(self.caption_client, "caption_oracle"), (self.score_client, "vlm_trainer")]
+        for c, name in clients:
+            left = deadline - time.monotonic()
+            if left <= 0 or not c.wait_for_service(timeout_sec=left):
+                raise StageError(f"service {c.srv_name} ({name}) did not appear within {self.p['wait_for_services']} s")
+        if not self.fine_tune_client.wait_for_server(timeout_sec=max(0.1, deadline - time.monotonic())):
+            raise StageError(f"action {self.p['fine_tune_action']} did not appear")
+
+    def _work(self) -> None:
+        log = self.get_logger()
+        try:
+            self._wait_for_graph()
+            log.info(f"graph ready: {len(self.sources)} sim_bridge(s), agent {self.p['agent']}")
+            self.summary = self._run_loop()
+            log.info(f"done ({self.summary['stop_reason']}): {self.summary['iterations']} fine-tunes, "
+                     f"{self.summary['valid_samples']} valid samples, {self.summary['renders']} renders; "
+                     f"test accuracy base {self.summary['base_accuracy']:.3f} -> {self.summary['final_accuracy']:.3f}; "
+                     f"run directory {self.summary['run_dir']}")
+        except Exception as e:  # noqa: BLE001 - reported, then the node exits with code 1
+            if self._stop.is_set():
+                log.info("stopped")
+                return
+            self.exit_code = 1
+            log.error(f"RLS3 loop failed: {type(e).__name__}: {e}")
+            log.debug(traceback.format_exc())
+        if bool(self.p["exit_when_done"]) or self.exit_code:
+            if rclpy.ok(context=self.context):
+                self.context.try_shutdown()
+
+    def _run_loop(self) -> Dict[str, Any]:
+        from rls3_ros.rl.datasets import cached_split, term_counts
+        from rls3_ros.rl.env import RLS3Env
+        from rls3_ros.rl.loop import LoopRunner
+        from rls3_ros.rl.run_dir import RunDir, new_run_dir, write_yaml
+
+        p = self.p
+        cfg = self.config()
+        run = RunDir(p["run_dir"] or new_run_dir())
+        if not p["resume"]:
+            write_yaml(run.config_path, cfg)
+        self.get_logger().info(f"run directory {run.path}")
+        ev = cfg["eval"]
+        key = str(p["dataset_key"])
+        log = self.get_logger().info
+        src0 = self.sources[0]
+        splits = {"test": cached_split(src0, self.captioner, "test", int(ev["test_scenes"]), key,
+                                       int(ev["moves_per_scene"]), int(ev["test_per_term"]), log=log),
+                  "val": cached_split(src0, self.captioner, "val", int(ev["val_scenes"]), key,
+                                      int(ev["moves_per_scene"]), int(ev["val_per_term"]), log=log)
+                  if int(p["patience"]) else []}
+        replay = cached_split(src0, self.captioner, "replay", int(ev["replay_scenes"]), key,
+                              int(ev["moves_per_scene"]), 0, log=log) if float(p["replay_fraction"]) > 0 else []
+        log(f"test set: {sum(len(s.relations) for s in splits['test'])} relations {term_counts(splits['test'])}")
+        for s in self.sources:
+            s.renders = 0
+        scorer = RosScorer(self.caller, self.score_client, int(p["score_chunk"]))
+        envs = [RLS3Env(src, self.captioner, scorer, T=int(p["T"]), T0=int(p["T0"]), seed=int(p["seed"]) * 1000 + i,
+                        run_id=f"ros{p['seed']}e{i}", **cfg["env"]) for i, src in enumerate(self.sources)]
+        node = self
+
+        class _Publish(SchedulerCallbacks):
+            def on_episode(self, sch, rec):
+                node._publish(sch, rec.j2)
+
+            def on_iteration(self, sch, info):
+                node._publish(sch, float("nan"), info)
+
+        runner = LoopRunner(cfg, run, envs, RosTrainer(self, self.caller, self.fine_tune_client,
+                                                       float(p["fine_tune_timeout"])),
+                            RosEvaluator(scorer, splits), replay, callbacks=[_Publish()], progress=False, log=log)
+        self.runner = runner
+        try:
+            if p["resume"]:
+                runner.resume()
+            return runner.run_loop()
+        finally:
+            runner.close()
+
+    def _publish(self, sch, j2: float, info=None) -> None:
+        last = info or (sch.history[-1] if sch.history else None)
+        m = TrainingMetrics()
+        m.header.stamp = self.get_clock().now().to_msg()
+        m.iteration = int(sch.iteration)
+        m.episode = int(sch.episodes)
+        m.generated_samples = int(sch.renders)
+        m.valid_samples = int(sch.valid_samples)
+        m.batch_size = len(sch.batch)
+        m.loss = float(last.fine_tune_loss) if last else float("nan")
+        m.extrinsic_reward = float(j2)
+        m.test_accuracy = float(last.test_accuracy) if last else float("nan")
+        if last:
+            m.term_names = list(last.test_per_term)
+            m.term_accuracy = [float(v) for v in last.test_per_term.values()]
+            m.adapter_path = last.adapter_path
+        self.metrics_pub.publish(m)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self.runner is not None:
+            self.runner.sched.request_stop("shutdown")
+        self._worker.join(timeout=5.0)
+
+
+_holder: Dict[str, RlSampler] = {}
+
+
+def _factory() -> RlSampler:
+    node = RlSampler()
+    _holder["node"] = node
+    return node
+
+
+_factory.__name__ = "rl_sampler"
+
+
+def main(args=None) -> int:
+    code = run_node(_factory, args)
+    node = _holder.get("node")
+    if code == 0 and node is not None and node.exit_code:
+        code = node.exit_code
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
