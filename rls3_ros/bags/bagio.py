@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import threading
 from pathlib import Path
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
@@ -201,6 +202,7 @@ class AtomicBagWriter:
         self.storage = storage
         self.typestore = typestore if typestore is not None else base_typestore()
         self._writer: Optional[Writer] = None
+        self.lock = threading.RLock()  # guards the typestore when topics are added from threads
         self.connections: Dict[str, Connection] = {}
         self.counts: Dict[str, int] = {}
 

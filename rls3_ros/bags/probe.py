@@ -3,7 +3,7 @@
     python -m rls3_ros.bags.probe --topic /cam/image_raw:sensor_msgs/msg/Image ... \
         --out arrivals.json [--count N] [--timeout S]
 
-Writes JSON ``{"arrivals": [[topic, monotonic_ns, nbytes, crc32], ...]}`` when N messages
+Writes JSON ``{"arrivals": [[topic, monotonic_ns, nbytes, crc32, first 64 bytes hex], ...]}`` when N messages
 arrived, on timeout, or on SIGINT/SIGTERM. Prints ``PROBE READY`` once subscribed. Used by the
 bag tests and benchmark to measure replay timing from a separate process.
 """
@@ -42,7 +42,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         topic, msgtype = spec.rsplit(":", 1)
 
         def cb(data: bytes, _t=topic) -> None:
-            arrivals.append([_t, time.monotonic_ns(), len(data), zlib.crc32(data)])
+            arrivals.append([_t, time.monotonic_ns(), len(data), zlib.crc32(data), data[:64].hex()])
             if a.count and len(arrivals) >= a.count:
                 stop.set()
 

@@ -90,7 +90,9 @@ class ByteBoundedQueue:
 
 
 class BagWriterThread(threading.Thread):
-    """Drains a queue of ("topic", name, type, qos) / ("msg", name, t_ns, bytes) into a bag."""
+    """Owns the bag (sqlite3 objects must stay in one thread): opens it, drains a queue of
+    ("topic", name, type, qos) / ("msg", name, t_ns, bytes) into it, and closes it (or aborts
+    it when :attr:`abort_requested` is set or writing fails)."""
 
     def __init__(self, writer: AtomicBagWriter, queue: ByteBoundedQueue):
         super().__init__(name="bag_writer", daemon=True)
@@ -98,26 +100,43 @@ class BagWriterThread(threading.Thread):
         self.queue = queue
         self.error: Optional[BaseException] = None
         self.written = 0
+        self.opened = threading.Event()
+        self.abort_requested = False
+        self.path: Optional[Path] = None
 
     def run(self) -> None:
+        try:
+            self.writer.open()
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            self.error = exc
+            self.opened.set()
+            return
+        self.opened.set()
         try:
             while True:
                 try:
                     item = self.queue.get(0.1)
                 except EOFError:
-                    return
+                    break
                 if item is None:
                     continue
-                kind = item[0]
-                if kind == "msg":
+                if self.abort_requested:
+                    continue
+                if item[0] == "msg":
                     _, topic, t, data = item
                     self.writer.write(topic, t, data)
                     self.written += 1
                 else:
                     _, topic, msgtype, qos = item
-                    self.writer.add_topic(topic, msgtype, qos)
+                    with self.writer.lock:
+                        self.writer.add_topic(topic, msgtype, qos)
+            if self.abort_requested:
+                self.writer.abort()
+            else:
+                self.path = self.writer.close()
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             self.error = exc
+            self.writer.abort()
 
 
 @dataclass
@@ -146,7 +165,7 @@ class RecordResult:
     error: str = ""
 
 
-def _make_node(opts: RecordOptions, queue: ByteBoundedQueue, store, stop, ros_context=None):
+def _make_node(opts: RecordOptions, queue: ByteBoundedQueue, store, store_lock, stop, ros_context=None):
     from rclpy.node import Node
 
     from rls3_ros.bags import rosutil
@@ -165,6 +184,7 @@ def _make_node(opts: RecordOptions, queue: ByteBoundedQueue, store, stop, ros_co
             self.counts: Dict[str, int] = {}
             self.received = 0
             self.dropped = 0
+            self.closed = False  # set once the final drain is over: later callbacks are ignored
             self._lock = threading.Lock()
             self._warned_wait = False
             self._t0 = time.monotonic()
@@ -191,7 +211,8 @@ def _make_node(opts: RecordOptions, queue: ByteBoundedQueue, store, stop, ros_co
         def subscribe(self, topic: str, msgtype: str) -> None:
             try:
                 cls = rosutil.import_msg_class(msgtype)
-                ensure_type(store, msgtype)
+                with store_lock:
+                    ensure_type(store, msgtype)
             except (ImportError, KeyError) as exc:
                 self.skipped[topic] = str(exc)
                 self.get_logger().error(f"cannot record {topic} [{msgtype}]: {exc}")
@@ -212,7 +233,7 @@ def _make_node(opts: RecordOptions, queue: ByteBoundedQueue, store, stop, ros_co
                 if t <= 0:
                     t = time.time_ns()
                 with self._lock:
-                    if stop.is_set():
+                    if self.closed:
                         return
                     if opts.max_messages is not None and self.received >= opts.max_messages:
                         stop.set()
@@ -265,10 +286,12 @@ def record(opts: RecordOptions, ros_args: Optional[List[str]] = None, stop=None,
     thread = None
     t_start = time.monotonic()
     try:
-        writer.open()
         thread = BagWriterThread(writer, queue)
         thread.start()
-        node = _make_node(opts, queue, writer.typestore, stop, context)
+        thread.opened.wait()
+        if thread.error is not None:
+            raise thread.error
+        node = _make_node(opts, queue, writer.typestore, writer.lock, stop, context)
         log = node.get_logger()
         log.info(
             f"recording to {opts.out} ({opts.storage}): "
@@ -286,6 +309,15 @@ def record(opts: RecordOptions, ros_args: Optional[List[str]] = None, stop=None,
                 break
             if thread.error is not None:
                 break
+        # drain: take what DDS already delivered (a stop must not lose received samples)
+        drain_end = time.monotonic() + 1.0
+        quiet = 0
+        while quiet < 3 and time.monotonic() < drain_end and thread.error is None:
+            before = node.received
+            executor.spin_once(timeout_sec=0.02)
+            quiet = quiet + 1 if node.received == before else 0
+        with node._lock:
+            node.closed = True
         elapsed = time.monotonic() - t_start
         for sub in list(node.subscriptions):
             node.destroy_subscription(sub)
@@ -294,7 +326,7 @@ def record(opts: RecordOptions, ros_args: Optional[List[str]] = None, stop=None,
         thread.join()
         if thread.error is not None:
             raise BagError(f"writing {opts.out} failed: {thread.error}")
-        path = writer.close()
+        path = thread.path
         result = RecordResult(
             path=path,
             counts=dict(node.counts),
@@ -313,9 +345,10 @@ def record(opts: RecordOptions, ros_args: Optional[List[str]] = None, stop=None,
             log.warning("not recorded: " + "; ".join(f"{t}: {r}" for t, r in node.skipped.items()))
         return result
     except BaseException:
-        queue.close()
         if thread is not None:
-            thread.join(timeout=10.0)
+            thread.abort_requested = True
+            queue.close()
+            thread.join(timeout=30.0)
         writer.abort()
         raise
     finally:

@@ -87,7 +87,6 @@ def replay(opts: ReplayOptions, ros_args: Optional[List[str]] = None, stop=None,
     from rclpy.signals import SignalHandlerOptions
 
     from rls3_ros.bags import rosutil
-    from rls3_ros.bags.convert import make_stamp
 
     if opts.rate <= 0:
         raise BagError("--rate must be > 0")
@@ -134,7 +133,6 @@ def replay(opts: ReplayOptions, ros_args: Optional[List[str]] = None, stop=None,
             if not pubs:
                 raise BagError("none of the bag's topics can be published here: " + "; ".join(f"{t}: {r}" for t, r in skipped.items()))
             clock_pub = None
-            Clock = None
             if opts.clock_hz is not None:
                 from rosgraph_msgs.msg import Clock
 
@@ -167,13 +165,10 @@ def replay(opts: ReplayOptions, ros_args: Optional[List[str]] = None, stop=None,
                 + (", looping" if opts.loop else "")
             )
 
-            def publish_clock(bag_t: int) -> None:
-                clock_pub.publish(Clock(clock=_stamp(bag_t)))
-
             from builtin_interfaces.msg import Time as _Time
 
-            def _stamp(ns: int):
-                return _Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
+            def publish_clock(bag_t: int) -> None:
+                clock_pub.publish(Clock(clock=_Time(sec=int(bag_t // 1_000_000_000), nanosec=int(bag_t % 1_000_000_000))))
 
             while not stop.is_set():
                 t0 = time.monotonic_ns()
@@ -209,8 +204,6 @@ def replay(opts: ReplayOptions, ros_args: Optional[List[str]] = None, stop=None,
                 + ", ".join(f"{t}: {n}" for t, n in published.items())
                 + f"; lateness p50 {stats['p50']:.3f} ms p99 {stats['p99']:.3f} ms max {stats['max']:.3f} ms"
             )
-            if clock_pub is not None or opts.wait_for_subscribers:
-                pass
             return ReplayResult(published=published, lateness_ms=stats, loops=loops, interrupted=interrupted, skipped=skipped)
     finally:
         if node is not None:
