@@ -24,6 +24,7 @@ import threading
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import peft  # noqa: F401 - imported with the model, not at the first fine-tune / adapter load
 import torch
 from torch import nn
 

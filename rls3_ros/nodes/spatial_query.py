@@ -429,7 +429,10 @@ class SpatialQueryNode(LifecycleNode):
         self._n_queries += 1
         if not resp.success:
             self._n_failed += 1
-            self.get_logger().info(f"query {req.query_type!r} rejected: {resp.message}")
+            if self._loaded is None or not self._active:  # a client polling a loading node: keep the log short
+                self.get_logger().info(f"query rejected: {resp.message}", throttle_duration_sec=2.0)
+            else:
+                self.get_logger().info(f"query {req.query_type!r} rejected: {resp.message}")
         else:
             self.get_logger().debug(f"query {req.query_type!r} answered in {1e3 * (time.monotonic() - t0):.1f} ms")
         return resp
