@@ -23,6 +23,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--topic", action="append", required=True, help="TOPIC:pkg/msg/Type (repeatable)")
     p.add_argument("--out", required=True)
     p.add_argument("--count", type=int, default=0, help="exit after this many messages (0 = until stopped)")
+    p.add_argument("--count-topic", default="", help="count only this topic's messages toward --count")
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("--best-effort", action="store_true")
     a = p.parse_args(argv)
@@ -37,13 +38,17 @@ def main(argv: Optional[List[str]] = None) -> int:
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)
     node = rclpy.create_node("rls3_probe")
     arrivals: List[list] = []
+    counted = [0]
     qos = QoSProfile(depth=1000, reliability=ReliabilityPolicy.BEST_EFFORT if a.best_effort else ReliabilityPolicy.RELIABLE)
     for spec in a.topic:
         topic, msgtype = spec.rsplit(":", 1)
 
         def cb(data: bytes, _t=topic) -> None:
             arrivals.append([_t, time.monotonic_ns(), len(data), zlib.crc32(data), data[:64].hex()])
-            if a.count and len(arrivals) >= a.count:
+            if a.count_topic and _t != a.count_topic:
+                return
+            counted[0] += 1
+            if a.count and counted[0] >= a.count:
                 stop.set()
 
         node.create_subscription(import_msg_class(msgtype), topic, cb, qos, raw=True)
