@@ -461,3 +461,22 @@ def test_model_missing_at_start_then_appears_and_lifecycle_transitions(graph, sa
         poll_until(lambda: client.where_is("red square", "blue square", image=img).success, 30, "reactivated model")
         assert proc.alive()
         client.destroy()
+
+
+def test_rls3_query_via_ros_asks_the_running_node(graph, samples, tmp_path, capsys):
+    import json
+
+    from PIL import Image as PILImage
+
+    from rls3_ros.query_cli import cli_query
+
+    png = tmp_path / "q.png"
+    PILImage.fromarray(samples[0].image).save(png)
+    direct = graph.client.where_is("red square", "blue square", image=samples[0].image)
+    code = cli_query(["--via-ros", "--image", str(png), "--subject", "red square", "--reference", "blue square", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["success"], out
+    assert out["adapter"] == direct.adapter
+    assert out["term_probabilities"] == pytest.approx(direct.probabilities, abs=1e-6)
+    code = cli_query(["--via-ros", "--service", "/nobody/query", "--timeout", "0.5", "--subject", "a", "--reference", "b"])
+    assert code == 1 and "not available" in capsys.readouterr().out
