@@ -293,3 +293,36 @@ def test_pair_selection_rules():
     s2 = scene_of(FIXED_CAM, (0.0, 0.0, 0.5), at_bearing(23.5))
     assert len(CaptionOracle().caption_scene(s2)) == 1
     assert CaptionOracle(OracleConfig(boundary_margin_deg=5.0)).caption_scene(s2) == []
+
+
+def test_vertical_separation_option():
+    """A tall plant beside a flat bowl on one shelf: "above" by centres (paper), level with
+    vertical_requires_separation; a can resting on the bowl stays "on"."""
+    objs = [
+        ObjectState("plant", "plant", "potted plant", (0.0, 0.2, 1.17), size=(0.15, 0.15, 0.40)),
+        ObjectState("bowl", "bowl", "yellow bowl", (0.0, 0.0, 0.99), size=(0.20, 0.20, 0.06)),
+        ObjectState("lamp", "lamp", "lamp", (0.0, 0.05, 1.60), size=(0.2, 0.2, 0.3)),
+    ]
+    s = SceneState("s", "bedroom", 0, FIXED_CAM, objs)
+    assert CaptionOracle().relation(s, "plant", "bowl").terms == [T.ABOVE, T.LEFT]
+    sep = CaptionOracle(OracleConfig(vertical_requires_separation=True))
+    assert sep.relation(s, "plant", "bowl").terms == [T.LEFT]
+    assert sep.relation(s, "bowl", "plant").terms == [T.RIGHT]
+    assert sep.relation(s, "lamp", "bowl").terms == [T.ABOVE]
+
+
+@SETTINGS
+@given(cameras, point, point, st.floats(0.0, 1.0), st.floats(0.0, 1.0), support)
+def test_antisymmetry_with_separation(cam, pa, pb, ha, hb, sup):
+    o = CaptionOracle(OracleConfig(vertical_requires_separation=True, boundary_margin_deg=3.0))
+    s = scene_of(cam, pa, pb, *sup)
+    s.objects[0].size, s.objects[1].size = (0.1, 0.1, ha), (0.1, 0.1, hb)
+    try:
+        ab = o.relation(s, "a", "b")
+    except CaptionError:
+        return
+    assert o.relation(s, "b", "a").terms == T.inverse_terms(ab.terms)
+    rels = o.caption_scene(s)
+    g = pair_geometry(s, s.object("a"), s.object("b"))
+    kept = o.boundary_margin_deg(g, ab.terms, o.vertically_separated(s.object("a"), s.object("b"))) >= 3.0
+    assert len(rels) == int(kept)

@@ -42,6 +42,12 @@ Geometry (all decisions are made in the *camera-aligned ground frame*):
   on A it is "under". With ``support_vertical_only`` (default on) such a relation has
   only that term ("The cup is on the plate."), since a horizontal term about an object
   one rests on reads unnaturally.
+- Option ``vertical_requires_separation`` (default off = the paper's centre-only rule):
+  "above"/"below" also require the two 3D boxes to be vertically separated (the lower
+  box's top at most ``vertical_overlap_tolerance`` above the upper box's bottom). With the
+  centre-only rule a tall object next to a flat one on the same surface is "above" it when
+  they are close: in 1,000 random MuJoCo scenes 10.6 % of the above/below relations were
+  such same-surface pairs (docs/caption_stats.md).
 """
 
 from __future__ import annotations
@@ -75,6 +81,10 @@ class OracleConfig:
         min_horizontal_distance (0.01 m): horizontal offsets below this give no
             horizontal term (bearing undefined).
         min_distance (0.02 m): centre-to-centre distances below this cannot be captioned.
+        vertical_requires_separation (False): above/below also need vertically separated
+            3D boxes (see module docstring); False = the paper's centre-only rule.
+        vertical_overlap_tolerance (0.02 m): boxes overlapping vertically by at most this
+            still count as separated.
         use_support_terms (True): "on" / "under" from ObjectState.supported_by.
         support_vertical_only (True): "on"/"under" relations carry no horizontal term.
     Pair selection (``caption_scene``, see ``rls3_ros.captions.pairs``):
@@ -92,6 +102,8 @@ class OracleConfig:
     vertical_only_elevation_deg: float = 67.5
     min_horizontal_distance: float = 0.01
     min_distance: float = 0.02
+    vertical_requires_separation: bool = False
+    vertical_overlap_tolerance: float = 0.02
     use_support_terms: bool = True
     support_vertical_only: bool = True
     require_visible: bool = True
@@ -111,8 +123,8 @@ class OracleConfig:
                 "vertical_only_elevation_deg must be in (vertical_threshold_deg, 90], "
                 f"got {self.vertical_only_elevation_deg}"
             )
-        if self.min_horizontal_distance < 0 or self.min_distance < 0:
-            raise ValueError("min_horizontal_distance and min_distance must be >= 0")
+        if self.min_horizontal_distance < 0 or self.min_distance < 0 or self.vertical_overlap_tolerance < 0:
+            raise ValueError("min_horizontal_distance, min_distance and vertical_overlap_tolerance must be >= 0")
         if not 0.0 <= self.boundary_margin_deg < 22.5:
             raise ValueError(f"boundary_margin_deg must be in [0, 22.5), got {self.boundary_margin_deg}")
         if self.max_pairs < 0:
@@ -195,9 +207,11 @@ class CaptionOracle:
 
     # -- single pair ------------------------------------------------------------------
     def terms_from_geometry(
-        self, g: PairGeometry, a_on_b: bool = False, b_on_a: bool = False
+        self, g: PairGeometry, a_on_b: bool = False, b_on_a: bool = False, separated: bool = True
     ) -> List[str]:
-        """Terms of A relative to B from the geometry of B seen from A (+ support flags)."""
+        """Terms of A relative to B from the geometry of B seen from A (+ support flags;
+        ``separated``: the boxes are vertically separated, used only with
+        ``vertical_requires_separation``)."""
         c = self.config
         rho = g.rho
         if g.distance < c.min_distance:
@@ -205,6 +219,8 @@ class CaptionOracle:
         vertical: List[str] = []
         if c.use_support_terms and (a_on_b or b_on_a):
             vertical = [T.ON if a_on_b else T.UNDER]
+        elif c.vertical_requires_separation and not separated:
+            vertical = []
         elif g.dz > self._t_v * rho:
             vertical = [T.BELOW]
         elif -g.dz > self._t_v * rho:
@@ -231,13 +247,21 @@ class CaptionOracle:
             raise CaptionError("degenerate pair: no spatial term applies")
         return T.canonical_terms(out)
 
-    def boundary_margin_deg(self, g: PairGeometry, terms: Sequence[str]) -> float:
-        """Angular distance [deg] of the pair from the nearest decision boundary it depends on."""
+    def vertically_separated(self, a: ObjectState, b: ObjectState) -> bool:
+        """True if one 3D box lies above the other (overlap <= vertical_overlap_tolerance)."""
+        tol = self.config.vertical_overlap_tolerance
+        a_lo, a_hi = a.position[2] - abs(a.size[2]) / 2, a.position[2] + abs(a.size[2]) / 2
+        b_lo, b_hi = b.position[2] - abs(b.size[2]) / 2, b.position[2] + abs(b.size[2]) / 2
+        return a_lo >= b_hi - tol or b_lo >= a_hi - tol
+
+    def boundary_margin_deg(self, g: PairGeometry, terms: Sequence[str], separated: bool = True) -> float:
+        """Angular distance [deg] of the pair from the nearest decision boundary it depends on
+        (``separated`` as in ``terms_from_geometry``)."""
         c = self.config
         margins = [math.inf]
         has_h = any(t in T.HORIZONTAL_TERMS for t in terms)
         support = any(t in (T.ON, T.UNDER) for t in terms)
-        if not support:
+        if not support and not (c.vertical_requires_separation and not separated):
             el = abs(math.degrees(g.elevation))
             margins.append(abs(el - c.vertical_threshold_deg))
             if c.vertical_only_elevation_deg < 90.0:
@@ -261,7 +285,9 @@ class CaptionOracle:
         a = scene.object(subject_id)
         b = scene.object(reference_id)
         g = pair_geometry(scene, a, b)
-        ts = self.terms_from_geometry(g, a_on_b=a.supported_by == b.id, b_on_a=b.supported_by == a.id)
+        ts = self.terms_from_geometry(
+            g, a_on_b=a.supported_by == b.id, b_on_a=b.supported_by == a.id, separated=self.vertically_separated(a, b)
+        )
         a_desc = a.description or a.category or a.id
         b_desc = b.description or b.category or b.id
         return SpatialRelation(

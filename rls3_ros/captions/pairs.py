@@ -103,8 +103,9 @@ def select_pairs(
         except CaptionError:
             continue
         if cfg.boundary_margin_deg > 0:
-            g = pair_geometry(scene, scene.object(a_id), scene.object(b_id))
-            if oracle.boundary_margin_deg(g, rel.terms) < cfg.boundary_margin_deg:
+            a, b = scene.object(a_id), scene.object(b_id)
+            g = pair_geometry(scene, a, b)
+            if oracle.boundary_margin_deg(g, rel.terms, oracle.vertically_separated(a, b)) < cfg.boundary_margin_deg:
                 continue
         rels.append(rel)
     if r is not None:

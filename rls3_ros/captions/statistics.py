@@ -105,13 +105,14 @@ def plot_statistics(stats: Dict[str, Any], path: Union[str, Path], title: str = 
     # sector k is centred on bearing 180 - 45 k deg of B from A (0 = toward camera);
     # drawn with "toward the camera" at the bottom and image right on the right.
     vals = [stats["per_sector"].get(nm, 0) for nm in T.SECTOR_NAMES]
-    theta = np.radians([180.0 - 45.0 * k for k in range(8)])
+    theta = np.mod(np.radians([180.0 - 45.0 * k for k in range(8)]), 2 * np.pi)
     ax3.set_theta_zero_location("S")
     ax3.set_theta_direction(1)
     ax3.bar(theta, vals, width=np.radians(40), color="tab:green", alpha=0.7)
     ax3.set_xticks(theta)
+    ax3.set_thetalim(0.0, 2 * np.pi)
     ax3.set_xticklabels([f"A {nm}" for nm in T.SECTOR_NAMES], fontsize=7)
-    ax3.set_title("bearing of B from A (camera at bottom)", fontsize=9)
+    ax3.set_title("where B lies around A (camera at bottom);\nlabels: A's terms", fontsize=9)
     fig.suptitle(title or f"{stats['relations']} relations")
     fig.tight_layout()
     path = Path(path)

@@ -18,7 +18,8 @@ When a cache is full its oldest entry is dropped (counted, logged at most every 
 Parameters (defaults) — oracle geometry, see ``rls3_ros.captions.oracle.OracleConfig``:
     horizontal_half_width_deg (22.5), vertical_threshold_deg (20.0),
     vertical_only_elevation_deg (67.5), min_horizontal_distance (0.01 m),
-    min_distance (0.02 m), use_support_terms (true), support_vertical_only (true),
+    min_distance (0.02 m), vertical_requires_separation (false),
+    vertical_overlap_tolerance (0.02 m), use_support_terms (true), support_vertical_only (true),
     require_visible (true), require_active (true), boundary_margin_deg (0.0),
     max_pairs (0 = all eligible pairs per image), negatives (true);
 node:
@@ -64,6 +65,8 @@ _ORACLE_DOCS = {
     "vertical_only_elevation_deg": "elevation beyond which the horizontal term is dropped [deg]",
     "min_horizontal_distance": "horizontal offsets below this get no horizontal term [m]",
     "min_distance": "pairs closer than this are not captioned [m]",
+    "vertical_requires_separation": "above/below also need vertically separated 3D boxes (false = paper)",
+    "vertical_overlap_tolerance": "vertical box overlap still counted as separated [m]",
     "use_support_terms": "on/under from ObjectState.supported_by",
     "support_vertical_only": "on/under relations carry no horizontal term",
     "require_visible": "caption visible objects only",
