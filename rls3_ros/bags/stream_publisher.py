@@ -6,7 +6,8 @@
 Frames are deterministic (:func:`frame`), so a bag can be checked message by message:
 frame i has header.stamp = publish time and pixel data ``frame(i, size)``. With
 ``--backend NAME`` the images come from ``rls3_ros.sim.factory.make_backend(NAME)`` renders
-(the simulator's real cost), pre-rendered before publishing starts. Prints ``STREAM READY``
+(the simulator's real cost), rendered live for every frame; ``--rate 0`` publishes as fast as
+frames are made (the simulator's full rate). Scene states then come from the backend. Prints ``STREAM READY``
 when subscribers are matched and ``STREAM DONE published=N elapsed=S late_p99_ms=X`` at the
 end. Publishing is paced on the monotonic clock (sleep until due).
 """
@@ -14,6 +15,7 @@ end. Publishing is paced on the monotonic clock (sleep until due).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 from typing import List, Optional
@@ -63,18 +65,13 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from rls3_ros.nodes.conversions import CAMERA_FRAME, header_from_ns, scene_to_msg
 
-    images: List[np.ndarray]
+    backend = None
     if a.backend:
-        from rls3_ros.sim.factory import make_backend  # the simulator worker's factory
+        from rls3_ros.sim.factory import make_backend  # the simulator layer's factory
 
-        backend = make_backend(a.backend, image_size=a.size) if "image_size" in make_backend.__code__.co_varnames else make_backend(a.backend)
+        backend = make_backend(a.backend, image_size=a.size)
         backend.reset(seed=0)
-        t = time.monotonic()
-        n_unique = min(a.count, 60)
-        images = [np.ascontiguousarray(backend.render().rgb) for _ in range(n_unique)]
-        print(f"rendered {n_unique} frames with {a.backend} at {n_unique / (time.monotonic() - t):.1f} fps", flush=True)
-    else:
-        images = []
+        backend.render()  # warm the renderer up before timing starts
 
     rclpy.init()
     node = rclpy.create_node("rls3_stream_publisher")
@@ -86,9 +83,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     while any(x.get_subscription_count() == 0 for x in pubs) and time.monotonic() < deadline:
         time.sleep(0.01)
     print("STREAM READY", flush=True)
-    period = int(1e9 / a.rate)
+    period = int(1e9 / a.rate) if a.rate > 0 else 0  # rate 0: as fast as frames can be made
     t0 = time.monotonic_ns()
     late = []
+    render_ns = 0
     sent = 0
     try:
         for i in range(a.count):
@@ -96,8 +94,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             left = due - time.monotonic_ns()
             if left > 0:
                 time.sleep(left / 1e9)
+            if backend is not None:
+                r0 = time.monotonic_ns()
+                img = np.ascontiguousarray(backend.render().rgb)
+                scene = backend.state()
+                render_ns += time.monotonic_ns() - r0
+            else:
+                img, scene = frame(i, a.size), None
             stamp = time.time_ns()
-            img = frame(i, a.size) if not images else images[i % len(images)]
             msg = Image()
             msg.header = header_from_ns(stamp, CAMERA_FRAME)
             msg.height, msg.width = img.shape[0], img.shape[1]
@@ -106,8 +110,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             msg.data = img.tobytes()
             pub_img.publish(msg)
             if pub_scene is not None:
-                pub_scene.publish(scene_to_msg(_scene(i, a.size, stamp)))
-            late.append(time.monotonic_ns() - due)
+                if scene is None:
+                    scene = _scene(i, a.size, stamp)
+                else:
+                    scene = dataclasses.replace(scene, stamp_ns=stamp)
+                pub_scene.publish(scene_to_msg(scene))
+            if period:
+                late.append(time.monotonic_ns() - due)
             sent += 1
     except KeyboardInterrupt:
         pass
@@ -121,7 +130,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                 break
         except Exception:  # noqa: BLE001
             time.sleep(0.1)
-    print(f"STREAM DONE published={sent} elapsed={elapsed:.3f} late_p99_ms={p99:.3f}", flush=True)
+    fps = sent / elapsed if elapsed > 0 else 0.0
+    render_fps = sent / (render_ns / 1e9) if render_ns else 0.0
+    print(f"STREAM DONE published={sent} elapsed={elapsed:.3f} fps={fps:.1f} render_fps={render_fps:.1f} late_p99_ms={p99:.3f}", flush=True)
+    if backend is not None:
+        backend.close()
     node.destroy_node()
     rclpy.try_shutdown()
     return 0
