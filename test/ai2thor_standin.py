@@ -224,19 +224,22 @@ class StandInController:
             if np.any(uvz[:, 2] <= 0.05):
                 continue
             order.append((float(np.linalg.norm(c - _v(m["cameraPosition"]))), o["objectId"], uvz))
+        ids = np.full((self.height, self.width), -1, np.int32)
+        names = []
         for dist, oid, uvz in sorted(order, reverse=True):
             u0, v0 = np.floor(uvz[:, :2].min(0)).astype(int)
             u1, v1 = np.ceil(uvz[:, :2].max(0)).astype(int)
             u0, v0 = max(u0, 0), max(v0, 0)
             u1, v1 = min(u1, self.width), min(v1, self.height)
             if u1 > u0 and v1 > v0:
-                seg[v0:v1, u0:u1] = colors[oid]
+                ids[v0:v1, u0:u1] = len(names)
                 depth[v0:v1, u0:u1] = dist
+                names.append(oid)
         detections = {}
-        for oid, col in colors.items():
-            mask = np.all(seg == np.array(col, np.uint8), axis=-1)
-            if mask.any():
-                ys, xs = np.nonzero(mask)
+        for k, oid in enumerate(names):
+            ys, xs = np.nonzero(ids == k)
+            if len(xs):
+                seg[ys, xs] = colors[oid]
                 detections[oid] = np.array([xs.min(), ys.min(), xs.max(), ys.max()])
         for o in m["objects"]:
             o["visible"] = o["objectId"] in detections
