@@ -320,3 +320,26 @@ def test_cli_in_a_real_process_exits_nonzero_without_traceback(tmp_path, ros_env
         p = subprocess.run([sys.executable, *args], env=ros_env, capture_output=True, text=True, timeout=60)
         assert p.returncode == 2, p.stderr
         assert "Traceback" not in p.stderr + p.stdout and "error:" in p.stderr
+
+
+def test_bag_cli_exports_a_caption_dataset_and_reports(tmp_path, capsys):
+    from rls3_ros.bags.bag_cli import cli_bag
+    from rls3_ros.captions.dataset import read_dataset, write_dataset
+
+    write_dataset(make_samples(5), tmp_path / "ds", write_segmentation=False)
+    assert cli_bag(["export", str(tmp_path / "ds"), "--out", str(tmp_path / "ds_bag")]) == 0
+    for a, b in zip(read_dataset(tmp_path / "ds"), read_samples(tmp_path / "ds_bag")):
+        assert_same_sample(a, b)
+    assert cli_bag(["info", str(tmp_path / "ds_bag")]) == 0
+    assert "/rls3/samples  [rls3_msgs/msg/Sample]  5 msgs  decodable" in capsys.readouterr().out
+    assert cli_bag(["samples", str(tmp_path / "ds_bag"), "--only-valid"]) == 0
+    assert capsys.readouterr().out.startswith("4 samples (0 invalid)")
+    assert cli_bag(["export", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")]) == 2
+    assert "not a caption dataset" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+def test_reading_modules_do_not_need_rclpy():
+    code = ("import sys; import rls3_ros.bags.sample_reader, rls3_ros.bags.dataset_export, rls3_ros.bags.images, "
+            "rls3_ros.bags.bag_cli; assert 'rclpy' not in sys.modules, 'rclpy imported'")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr

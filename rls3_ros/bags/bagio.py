@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import sys
 import threading
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
 
 from rosbags.interfaces import Connection, Qos
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
@@ -283,3 +284,17 @@ def qos_from_rosbags(q: Qos) -> dict:
         "history": q.history.name.lower(),
         "depth": int(q.depth),
     }
+
+
+def cli_boundary(name: str, body: Callable[[], int]) -> int:
+    """Run a CLI body: BagError / bad input -> one line on stderr and exit 2, never a traceback."""
+    try:
+        return body()
+    except BagError as exc:
+        print(f"rls3 {name}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # noqa: BLE001 - the CLI boundary: never a traceback
+        print(f"rls3 {name}: error: {exc.__class__.__name__}: {exc}", file=sys.stderr, flush=True)
+        return 1

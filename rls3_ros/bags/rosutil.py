@@ -15,6 +15,7 @@ from rclpy.qos import (
     QoSProfile,
     ReliabilityPolicy,
 )
+from rls3_ros.bags.bagio import cli_boundary  # noqa: F401 - re-exported for the CLIs
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 
 _INFINITE = QosTime(2147483647, 4294967295)  # RMW_DURATION_INFINITE as rosbag2 writes it
@@ -133,19 +134,3 @@ class StopFlag:
 
     def set(self) -> None:
         self.event.set()
-
-
-def cli_boundary(name: str, body: Callable[[], int]) -> int:
-    """Run a CLI body: BagError / bad input -> one line on stderr and exit 2, never a traceback."""
-    from rls3_ros.bags.bagio import BagError
-
-    try:
-        return body()
-    except BagError as exc:
-        print(f"rls3 {name}: error: {exc}", file=sys.stderr, flush=True)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-    except Exception as exc:  # noqa: BLE001 - the CLI boundary: never a traceback
-        print(f"rls3 {name}: error: {exc.__class__.__name__}: {exc}", file=sys.stderr, flush=True)
-        return 1
