@@ -264,7 +264,8 @@ class RLS3Env(gym.Env):
         self.observation_space = gym.spaces.Box(-10.0, 10.0, (obs_dim,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
 
-        self.episode = 0  # index of the next episode to start (persisted by the scheduler)
+        self.episode = 0  # index of the next episode to start
+        self.episodes_done = 0  # finished episodes (what a checkpoint stores: resume restarts after them)
         self._rng = np.random.default_rng(self.base_seed)
         self._scene: Optional[SceneState] = None
         self._t = 0
@@ -395,6 +396,7 @@ class RLS3Env(gym.Env):
         info = {"valid": sample is not None, "reason": reason, "n_valid": len(self._samples)}
         done = self._t >= self.T or len(self._samples) >= self.T0
         if done:
+            self.episodes_done = self._cur_episode + 1
             scores: List[RelationScore] = []
             j2 = float("nan")
             if self.scorer is not None and self._samples:

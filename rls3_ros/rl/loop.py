@@ -154,7 +154,7 @@ class LoopRunner:
 
             def writer(d):
                 save_pickle(os.path.join(d, "scheduler.pkl"), self.sched.state_dict())
-                envs = [{"episode": e.episode, "rng": e._rng.bit_generator.state} for e in self.envs]
+                envs = [{"episode": e.episodes_done, "rng": e._rng.bit_generator.state} for e in self.envs]
                 save_pickle(os.path.join(d, "envs.pkl"), envs)
                 self.agent.save(os.path.join(d, "agent"))
                 last = self.sched.history[-1] if self.sched.history else None
@@ -182,7 +182,7 @@ class LoopRunner:
         self.sched.load_state_dict(load_pickle(os.path.join(ck, "scheduler.pkl")))
         envs = load_pickle(os.path.join(ck, "envs.pkl"))
         for e, s in zip(self.envs, envs):
-            e.episode = int(s["episode"])
+            e.episode = e.episodes_done = int(s["episode"])
             e._rng.bit_generator.state = s["rng"]
         self.agent.load(os.path.join(ck, "agent"))
         if meta.get("adapter") and self.adapter_loader is not None:
@@ -297,12 +297,15 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
 
     rc = cfg["run"]
     torch.set_num_threads(int(rc.get("torch_threads", 2)))
+    torch.manual_seed(int(rc["seed"]))
     if vlm is None:
-        from rls3_ros.vlm.factory import load_vlm
+        from rls3_ros.spatial_answers import load_model
 
-        if pretrain:
+        if pretrain and rc["vlm"] == "embedded":
             ensure_pretrained(rc["vlm"], log)
-        vlm = load_vlm(rc["vlm"])
+        t0 = time.monotonic()
+        vlm = load_model(rc["vlm"])  # "embedded", a model directory, or py:<module>:<fn>[:<arg>]
+        log(f"VLM {rc['vlm']!r} loaded in {time.monotonic() - t0:.1f} s")
     lock = threading.RLock()
     seed = int(rc["seed"])
     oracle = CaptionOracle()
