@@ -91,7 +91,8 @@ class SimBridge(Node):
         params = dict(image_size=int(p["image_size"]), seed=self.seed, scene_types=list(p["scene_types"]))
         if backend_name == "mujoco":
             params.update(camera_distance=tuple(p["camera_distance"]), camera_height=tuple(p["camera_height"]),
-                          fovy=tuple(p["fovy"]), min_visible_fraction=float(p["min_visible_fraction"]))
+                          fovy=tuple(p["fovy"]), min_visible_fraction=float(p["min_visible_fraction"]),
+                          render_depth=False)  # depth is not published
         elif backend_name == "ai2thor":
             params.update(local_executable_path=str(p["local_executable_path"]),
                           min_visible_fraction=float(p["min_visible_fraction"]))
