@@ -15,9 +15,9 @@ Services / actions
   goal's samples. Feedback: step, total steps, loss. Cancel stops training at the next step
   (no adapter saved, the served model unchanged). Result: adapter path, samples used, final
   loss, per-term accuracy on the training batch. One goal at a time (others are rejected).
-  Training runs on its own executor thread on a *copy* of the model (``train_on_copy``),
-  so ``~/score_samples`` keeps answering with the current model and cancel stays
-  responsive; the tuned copy replaces the served model when training succeeds.
+  Training runs on its own executor thread on a *second instance* of the model
+  (``train_instance``), so ``~/score_samples`` keeps answering with the current model and
+  cancel stays responsive; the tuned instance replaces the served one when training succeeds.
   Adapters are saved atomically (written to a temporary directory, then renamed) as
   ``<adapter_dir>/iter_XXXX`` (``_N`` suffix if that name exists).
 
@@ -29,8 +29,9 @@ Parameters (defaults)
 - ``default_steps`` (100): optimiser steps when a goal says 0; ``max_steps`` (100000).
 - ``max_train_samples`` (0): train on at most this many samples, newest first (0 = all).
 - ``score_chunk`` (64): samples scored per model call; ``max_score_samples`` (4096).
-- ``train_on_copy`` (true): train on a deep copy (false: train in place; scoring then
-  waits for training to finish).
+- ``train_instance`` ("reload"): the instance trained: "reload" (a new instance from the
+  spec with the served adapter), "copy" (a deep copy), "in_place" (the served model; scoring
+  then waits for training to finish, a cancelled run leaves its partial update).
 - ``samples_topic`` ("samples"), ``metrics_topic`` ("training_metrics"),
   ``adapter_topic`` ("adapter").
 """
@@ -82,7 +83,8 @@ class VlmTrainer(Node):
         d("max_train_samples", 0, "train on at most this many samples, newest first (0 = all)")
         d("score_chunk", 64, "samples per model.score call")
         d("max_score_samples", 4096, "largest accepted score request")
-        d("train_on_copy", True, "train on a copy so scoring stays available during training")
+        d("train_instance", "reload", "model trained: reload (new instance from the spec + current adapter) | "
+                                      "copy (deep copy) | in_place (scoring waits during training)")
         d("samples_topic", "samples", "captioned samples to buffer")
         d("metrics_topic", "training_metrics", "TrainingMetrics output")
         d("adapter_topic", "adapter", "AdapterInfo announcements (transient local)")
@@ -141,6 +143,8 @@ class VlmTrainer(Node):
                          ("max_score_samples", 1), ("max_train_samples", 0)):
             if int(self._p(name)) < lo:
                 errors.append(f"{name} must be >= {lo} (got {self._p(name)})")
+        if self._p("train_instance") not in ("reload", "copy", "in_place"):
+            errors.append(f"train_instance must be reload | copy | in_place (got {self._p('train_instance')!r})")
         if errors:
             raise NodeStartupError("; ".join(errors))
 
@@ -234,6 +238,25 @@ class VlmTrainer(Node):
         self.get_logger().info("fine_tune cancel requested")
         return CancelResponse.ACCEPT
 
+    def _training_instance(self) -> Optional[SpatialVLM]:
+        """A second model instance equal to the served one (None: train in place)."""
+        mode = str(self._p("train_instance"))
+        if mode == "in_place":
+            return None
+        with self._serve_lock:
+            current = self._model
+            adapter = current.adapter
+            try:
+                if mode == "copy":
+                    return copy.deepcopy(current)
+            except Exception as e:  # noqa: BLE001
+                self.get_logger().warning(f"cannot deep-copy the model ({type(e).__name__}: {e}); reloading it instead")
+        try:
+            return load_model(str(self._p("model")), adapter)
+        except Exception as e:  # noqa: BLE001
+            self.get_logger().warning(f"cannot load a training instance ({type(e).__name__}: {e}); training in place")
+            return None
+
     def _adapter_path(self, iteration: int) -> str:
         base = os.path.join(self.adapter_dir, f"iter_{iteration:04d}")
         path, k = base, 1
@@ -284,14 +307,8 @@ class VlmTrainer(Node):
             where = "buffer empty" if goal.use_buffer else "use_buffer is false"
             return FineTune.Result(success=False, message=f"no captioned samples to train on ({where}, {len(goal.samples)} in the goal)")
 
-        # the model to train: a copy (scoring goes on with the served one) or the served one
-        model, in_place = None, False
-        if self._p("train_on_copy"):
-            try:
-                with self._serve_lock:
-                    model = copy.deepcopy(self._model)
-            except Exception as e:  # noqa: BLE001
-                self.get_logger().warning(f"cannot copy the model ({type(e).__name__}: {e}); training in place")
+        # the model to train: a separate instance (scoring goes on with the served one) or the served one
+        model, in_place = self._training_instance(), False
         if model is None:
             self._serve_lock.acquire()
             model, in_place = self._model, True
