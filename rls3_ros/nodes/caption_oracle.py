@@ -13,6 +13,7 @@ Service
 
 Matching: images and scene states wait in two small bounded caches keyed by stamp
 (no message_filters); an arriving message whose partner is cached is paired at once.
+One sample per stamp: messages repeating a recently captioned stamp are ignored.
 When a cache is full its oldest entry is dropped (counted, logged at most every 5 s).
 
 Parameters (defaults) — oracle geometry, see ``rls3_ros.captions.oracle.OracleConfig``:
@@ -28,8 +29,11 @@ node:
     cache_size (16): unmatched messages kept per topic.
     stamp_tolerance_ns (0): 0 = stamps must be equal; > 0 = nearest partner within it.
     sample_id_prefix (""): sample_id = "<prefix><scene_id>-<stamp_ns>".
-    qos_depth (10), best_effort (false): subscription QoS (best_effort also matches
-        reliable publishers; incompatible-QoS events are logged).
+    image_qos ("sensor_data"): QoS of the image_raw subscription, "sensor_data" (best
+        effort, matches sim_bridge's default and any reliable publisher) | "reliable".
+    scene_qos ("reliable"): QoS of the scene_state subscription, same choices.
+    qos_depth (10): queue depth of the reliable subscriptions and the samples publisher.
+    Incompatible-QoS events are logged as warnings.
 Parameters can be changed at run time (``ros2 param set``); invalid values are refused
 with the reason.
 """
@@ -46,7 +50,7 @@ import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
-from rclpy.qos import QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rls3_msgs.msg import Sample as SampleMsg
 from rls3_msgs.msg import SceneState as SceneStateMsg
@@ -81,7 +85,8 @@ _NODE_PARAMS = {
     "stamp_tolerance_ns": (0, "0: equal stamps; >0: nearest partner within this many ns"),
     "sample_id_prefix": ("", "sample_id = <prefix><scene_id>-<stamp_ns>"),
     "qos_depth": (10, "subscription/publisher queue depth"),
-    "best_effort": (False, "best-effort subscriptions (also match reliable publishers)"),
+    "image_qos": ("sensor_data", "image_raw subscription QoS: sensor_data | reliable"),
+    "scene_qos": ("reliable", "scene_state subscription QoS: sensor_data | reliable"),
 }
 
 
@@ -125,19 +130,26 @@ class CaptionOracleNode(Node):
         self._lock = threading.Lock()
         self._images: "OrderedDict[int, Image]" = OrderedDict()
         self._scenes: "OrderedDict[int, SceneStateMsg]" = OrderedDict()
+        self._done: "OrderedDict[int, None]" = OrderedDict()  # recently captioned stamps
         self.dropped = 0
         self.published = 0
         self._last_drop_log = 0.0
 
-        qos = QoSProfile(depth=depth)
-        if bool(self.get_parameter("best_effort").value):
-            qos.reliability = ReliabilityPolicy.BEST_EFFORT
+        qos = {}
+        for key in ("image_qos", "scene_qos"):
+            name = str(self.get_parameter(key).value).strip().lower()
+            if name == "sensor_data":
+                qos[key] = qos_profile_sensor_data
+            elif name == "reliable":
+                qos[key] = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
+            else:
+                raise NodeStartupError(f"{key} must be 'sensor_data' or 'reliable', got {name!r}")
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         topics = MutuallyExclusiveCallbackGroup()
         self._pub = self.create_publisher(SampleMsg, "samples", QoSProfile(depth=depth))
-        self.create_subscription(Image, "image_raw", self._on_image, qos, callback_group=topics, event_callbacks=events)
+        self.create_subscription(Image, "image_raw", self._on_image, qos["image_qos"], callback_group=topics, event_callbacks=events)
         self.create_subscription(
-            SceneStateMsg, "scene_state", self._on_scene, qos, callback_group=topics, event_callbacks=events
+            SceneStateMsg, "scene_state", self._on_scene, qos["scene_qos"], callback_group=topics, event_callbacks=events
         )
         self.create_service(CaptionScene, "~/caption_scene", self._on_caption_scene, callback_group=ReentrantCallbackGroup())
         c = self._oracle.config
@@ -173,7 +185,7 @@ class CaptionOracleNode(Node):
     def _on_incompatible_qos(self, event) -> None:
         self.get_logger().warning(
             f"incompatible QoS with a publisher (policy {event.last_policy_kind}); no messages will arrive. "
-            "Set best_effort:=true for best-effort publishers."
+            "Set image_qos/scene_qos to sensor_data for best-effort publishers."
         )
 
     # -- captioning -------------------------------------------------------------------
@@ -223,22 +235,33 @@ class CaptionOracleNode(Node):
                 self._last_drop_log = now
                 self.get_logger().warning(f"dropped unmatched messages (total {self.dropped}); stamps differ?")
 
+    def _mark_done(self, stamp: int) -> None:
+        self._done[stamp] = None
+        while len(self._done) > 4 * self._cache_size:
+            self._done.popitem(last=False)
+
     def _on_image(self, msg: Image) -> None:
         stamp = stamp_to_ns(msg.header.stamp)
         with self._lock:
+            if stamp in self._done:
+                return
             scene = self._take_partner(self._scenes, stamp)
             if scene is None:
                 self._store(self._images, stamp, msg)
                 return
+            self._mark_done(stamp_to_ns(scene.header.stamp))
         self._emit(msg, scene)
 
     def _on_scene(self, msg: SceneStateMsg) -> None:
         stamp = stamp_to_ns(msg.header.stamp)
         with self._lock:
+            if stamp in self._done:
+                return
             image = self._take_partner(self._images, stamp)
             if image is None:
                 self._store(self._scenes, stamp, msg)
                 return
+            self._mark_done(stamp)
         self._emit(image, msg)
 
     def _emit(self, image: Image, scene_msg: SceneStateMsg) -> None:
