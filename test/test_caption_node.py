@@ -120,6 +120,9 @@ def test_node_refuses_bad_parameters(ros_env):
     with NodeProcess(NODE + ["-p", "horizontal_half_width_deg:=60.0"], ros_env, "caption_oracle_bad") as proc:
         assert proc.wait(timeout=60) == 2
         assert "horizontal_half_width_deg must be in (0, 45)" in proc.output()
+    with NodeProcess(NODE + ["-p", "vertical_threshold_deg:=20"], ros_env, "caption_oracle_bad_type") as proc:
+        assert proc.wait(timeout=60) == 2
+        assert "parameter vertical_threshold_deg must be a float" in proc.output()
 
 
 def test_node_captions_samples_of_a_real_sim_bridge(ros_env, rclpy_node):

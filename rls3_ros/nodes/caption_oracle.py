@@ -49,6 +49,7 @@ import numpy as np
 import rclpy
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.event_handler import SubscriptionEventCallbacks
@@ -110,10 +111,15 @@ class CaptionOracleNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("caption_oracle", **kwargs)
         defaults = OracleConfig()
-        for f in fields(OracleConfig):
-            self.declare_parameter(f.name, getattr(defaults, f.name), ParameterDescriptor(description=_ORACLE_DOCS[f.name]))
-        for name, (default, doc) in _NODE_PARAMS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=doc))
+        decl = [(f.name, getattr(defaults, f.name), _ORACLE_DOCS[f.name]) for f in fields(OracleConfig)]
+        decl += [(name, default, doc) for name, (default, doc) in _NODE_PARAMS.items()]
+        for name, default, doc in decl:
+            try:
+                self.declare_parameter(name, default, ParameterDescriptor(description=doc))
+            except InvalidParameterTypeException as e:
+                raise NodeStartupError(
+                    f"parameter {name} must be a {type(default).__name__} (default {default!r}): {e}"
+                ) from None
         try:
             self._oracle = CaptionOracle(self._config_from({}))
         except (ValueError, TypeError) as e:
