@@ -122,7 +122,7 @@ class MuJoCoBackend(SimulatorBackend):
       seed=0: seed of the first scene (built lazily by ``reset``) and of container choices.
       scene_types=all four (kitchen, living_room, bedroom, dining_room): types ``reset`` draws from.
       min_visible_fraction=0.3: occlusion threshold (visible / unoccluded pixels).
-      min_in_view_fraction=0.8: fraction of the projected 3D box that must be inside the image.
+      min_in_view_fraction=0.9: fraction of the projected 3D box that must be inside the image.
       n_container=5: objects in the object container.
       settle_steps=150, timestep=0.002: physics settle after a move.
       penetration_tol=0.005 m, drop_tol=0.025 m, slide_tol=0.04 m, tilt_tol_deg=25.
@@ -133,7 +133,7 @@ class MuJoCoBackend(SimulatorBackend):
     name = "mujoco"
 
     def __init__(self, image_size: int = 224, seed: int = 0, scene_types: Optional[Sequence[str]] = None,
-                 min_visible_fraction: float = 0.3, min_in_view_fraction: float = 0.8, n_container: int = 5,
+                 min_visible_fraction: float = 0.3, min_in_view_fraction: float = 0.9, n_container: int = 5,
                  settle_steps: int = 150, timestep: float = 0.002, penetration_tol: float = 0.005,
                  drop_tol: float = 0.025, slide_tol: float = 0.04, tilt_tol_deg: float = 25.0,
                  render_depth: bool = True, camera_distance: Sequence[float] = (1.6, 1.9),

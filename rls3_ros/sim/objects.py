@@ -294,9 +294,9 @@ CATEGORIES: Dict[str, Category] = {
         Category("ball", _ball, ("red", "blue", "orange", "yellow", "purple")),
         Category("box", _box, ("brown", "white", "red", "blue"), noun="box", stackable_top=True),
         Category("plant", _plant, ("orange", "white", "blue"), noun="potted plant"),
-        Category("can", _mesh_category("can.obj", "can.png", 1.9), noun="soda can"),
+        Category("can", _mesh_category("can.obj", "can.png", 2.3), noun="soda can"),
         Category("bread", _mesh_category("bread.obj", "bread.png", 2.6), noun="loaf of bread"),
-        Category("lemon", _mesh_category("lemon.obj", "lemon.png", 2.2), noun="lemon"),
+        Category("lemon", _mesh_category("lemon.obj", "lemon.png", 3.0), noun="lemon"),
         Category("cereal", _mesh_category("cereal.obj", "cereal.png", 1.5), noun="cereal box", stackable_top=True),
         Category("milk", _mesh_category("milk.obj", "ceramic.png", 1.7, rgb=(1.0, 1.0, 1.0)), noun="milk carton"),
     ]

@@ -276,6 +276,22 @@ def build_room(seed: int, scene_type: str, image_size: int = 224, n_active: int 
         cx1 = sx - side * (sw / 2 + 0.06)
         lo, hi = min(cx0, cx1), max(cx0, cx1)
         rec += cabinet(x, "counter", lo, hi, back_y - 0.62, back_y, 0.9, body, stone, door, metal_mat, doors=max(2, int((hi - lo) / 0.5)))
+        # a sink and a cooktop on the counter (visual only, flush with the top)
+        steel = x.mat(rgb=(0.7, 0.72, 0.75), texture="steel-scratched.png", texrepeat=(2, 2), spec=0.8, shininess=0.7)
+        sink_x = lo + 0.45 if side > 0 else hi - 0.45
+        _aabb_box(x, "counter_sink", (sink_x - 0.28, back_y - 0.5, 0.9), (sink_x + 0.28, back_y - 0.12, 0.9015), steel,
+                  collide=False)
+        _aabb_box(x, "counter_sink", (sink_x - 0.23, back_y - 0.46, 0.9), (sink_x + 0.23, back_y - 0.16, 0.902),
+                  dark_mat, collide=False)
+        x.cyl("counter_sink", (sink_x, back_y - 0.08, 1.0), 0.012, 0.1, steel, collide=False)
+        if hi - lo > 1.5:
+            hob_x = (lo + hi) / 2 + (0.25 if side > 0 else -0.25)
+            _aabb_box(x, "counter_hob", (hob_x - 0.3, back_y - 0.52, 0.9), (hob_x + 0.3, back_y - 0.1, 0.9015), dark_mat,
+                      collide=False)
+            ring = x.mat(rgb=(0.35, 0.35, 0.35), spec=0.6)
+            for dx in (-0.14, 0.14):
+                for dy in (-0.1, 0.1):
+                    x.cyl("counter_hob", (hob_x + dx, back_y - 0.31 + dy, 0.9017), 0.075, 0.0003, ring, collide=False)
         # upper cabinets and a fridge at the far end
         _aabb_box(x, "upper_cabinet", (lo, back_y - 0.35, 1.5), (hi, back_y, 2.1), body)
         fx = -side * (hw - 0.4)
