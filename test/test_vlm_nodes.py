@@ -430,15 +430,24 @@ def test_fine_tune_cancel_and_score_stays_responsive(graph, samples):
 # -- lifecycle and a model that appears late --------------------------------------------------
 
 def test_model_missing_at_start_then_appears_and_lifecycle_transitions(graph, samples, tmp_path):
+    """The model appears late; an adapter announced (transient local) before the node started
+    is loaded with it; deactivate frees the model, activate loads it again."""
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from rls3_msgs.msg import AdapterInfo
 
+    announced = _local_adapter(tmp_path, "announced", samples, 10, 3)
+    pub = graph.node.create_publisher(AdapterInfo, "late_adapter", QoSProfile(
+        depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL))
+    pub.publish(AdapterInfo(path=announced, iteration=3))
     base_dir = tmp_path / "late_base"
     name = "sq_late"
     with NodeProcess(["-m", "rls3_ros.nodes.spatial_query", "--ros-args", "-r", f"__node:={name}",
                       "-p", f"model:=py:vlm_test_model:load:{base_dir}", "-p", "load_retry_period:=0.3",
-                      "-p", "follow_adapter_topic:=false"], graph.env, name, log_dir=graph.root) as proc:
+                      "-p", "adapter_topic:=late_adapter"], graph.env, name, log_dir=graph.root) as proc:
         proc.wait_for_output("not available", 60)
+        proc.wait_for_output("announced adapter .* will be loaded with the model", 30)
         from rls3_ros.client import SpatialQueryClient
 
         client = SpatialQueryClient(graph.node, f"/{name}/query")
@@ -447,7 +456,9 @@ def test_model_missing_at_start_then_appears_and_lifecycle_transitions(graph, sa
         a = client.where_is("red square", "blue square", image=img)
         assert not a.success and "model not ready" in a.message and "no base model" in a.message
         tm.save_base(str(base_dir))
-        poll_until(lambda: client.where_is("red square", "blue square", image=img).success, 30, "late model to load")
+        a = poll_until(lambda: (lambda x: x if x.success else None)(client.where_is("red square", "blue square", image=img)),
+                       30, "late model to load")
+        assert a.adapter == announced
 
         def transition(tid):
             r = call_service(graph.node, ChangeState, f"/{name}/change_state",
@@ -480,3 +491,49 @@ def test_rls3_query_via_ros_asks_the_running_node(graph, samples, tmp_path, caps
     assert out["term_probabilities"] == pytest.approx(direct.probabilities, abs=1e-6)
     code = cli_query(["--via-ros", "--service", "/nobody/query", "--timeout", "0.5", "--subject", "a", "--reference", "b"])
     assert code == 1 and "not available" in capsys.readouterr().out
+
+
+def test_bad_parameters_are_reported_at_startup(graph):
+    with NodeProcess(["-m", "rls3_ros.nodes.vlm_trainer", "--ros-args", "-r", "__node:=bad_trainer", "-p",
+                      f"model:={MODEL}", "-p", "buffer_size:=0", "-p", "train_instance:=sideways"],
+                     graph.env, "bad_trainer", log_dir=graph.root) as trainer, \
+            NodeProcess(["-m", "rls3_ros.nodes.spatial_query", "--ros-args", "-r", "__node:=bad_query", "-p",
+                         f"model:={MODEL}", "-p", "image_qos:=fastest", "-p", "frame_buffer:=0"],
+                        graph.env, "bad_query", log_dir=graph.root) as query:
+        assert trainer.wait(60) == 2
+        out = trainer.output()
+        assert "buffer_size must be >= 1" in out and "train_instance must be" in out and "Traceback" not in out
+        query.wait_for_output("bad parameter: image_qos 'fastest' unknown", 60)
+        query.wait_for_output("bad parameter: frame_buffer must be >= 1", 10)
+        from rls3_ros.client import SpatialQueryClient
+
+        client = SpatialQueryClient(graph.node, "/bad_query/query")
+        assert client.wait_for_service(20)
+        a = client.where_is("red square", "blue square", image=np.zeros((8, 8, 3), np.uint8))
+        assert not a.success and "not active" in a.message and "unconfigured" in a.message
+        client.destroy()
+
+
+def test_buffer_drops_oldest_and_clear_buffer(graph, samples):
+    from rls3_msgs.action import FineTune
+    from rls3_msgs.msg import Sample
+
+    from rls3_ros.nodes.conversions import sample_to_msg
+
+    extra = tm.make_samples(60, seed=11)  # buffer_size is 50 in this graph
+    pub = graph.node.create_publisher(Sample, "samples", 100)
+    poll_until(lambda: pub.get_subscription_count() > 0, 20, "trainer sample subscription")
+    for s in extra:
+        pub.publish(sample_to_msg(s))
+    graph.trainer.wait_for_output(r"sample buffer full \(50\): dropping the oldest", 30)
+    ac, h = _send_goal(graph.node, FineTune.Goal(iteration=50, steps=3, use_buffer=True, clear_buffer=True), [])
+    res = spin_until_future(h.get_result_async(), 60, "result").result
+    assert res.success and res.samples_used == 50, res.message
+    for it in range(51, 54):  # samples still in flight at the first goal stay buffered: drain them
+        ac, h = _send_goal(graph.node, FineTune.Goal(iteration=it, steps=3, use_buffer=True, clear_buffer=True), [])
+        res = spin_until_future(h.get_result_async(), 60, "result").result
+        ac.destroy()
+        if not res.success:
+            break
+        assert res.samples_used < 50
+    assert not res.success and "buffer empty" in res.message
