@@ -74,6 +74,10 @@ class OracleConfig:
     Geometry:
         horizontal_half_width_deg (22.5): half-width of the pure horizontal sectors
             (behind / left / in front / right); 22.5 gives 8 equal 45 deg sectors.
+        horizontal_frame ("camera"): "camera" = sectors aligned with the camera yaw (one
+            frame for the whole image); "pair_ray" = "behind" faces the camera as seen
+            from the pair's midpoint (follows perspective for objects off the image centre;
+            still exactly antisymmetric, the midpoint being shared).
         vertical_threshold_deg (20.0): elevation of B from A beyond which A is below
             (or, negated, above) B.
         vertical_only_elevation_deg (67.5): with a vertical term, elevations at or beyond
@@ -98,6 +102,7 @@ class OracleConfig:
     """
 
     horizontal_half_width_deg: float = 22.5
+    horizontal_frame: str = "camera"
     vertical_threshold_deg: float = 20.0
     vertical_only_elevation_deg: float = 67.5
     min_horizontal_distance: float = 0.01
@@ -114,6 +119,8 @@ class OracleConfig:
 
     def validate(self) -> "OracleConfig":
         """Raise ValueError with a clear message on an invalid parameter; return self."""
+        if self.horizontal_frame not in ("camera", "pair_ray"):
+            raise ValueError(f"horizontal_frame must be 'camera' or 'pair_ray', got {self.horizontal_frame!r}")
         if not 0.0 < self.horizontal_half_width_deg < 45.0:
             raise ValueError(f"horizontal_half_width_deg must be in (0, 45), got {self.horizontal_half_width_deg}")
         if not 0.0 <= self.vertical_threshold_deg < 90.0:
@@ -180,10 +187,31 @@ def _finite(o: ObjectState) -> None:
         raise CaptionError(f"object {o.id!r} has a non-finite position {tuple(o.position)!r}")
 
 
-def pair_geometry(scene: SceneState, a: ObjectState, b: ObjectState) -> PairGeometry:
+def pair_axes(camera: CameraModel, a: ObjectState, b: ObjectState) -> Tuple[np.ndarray, np.ndarray]:
+    """(toward, right) with "toward" = horizontal direction from the pair's midpoint to the
+    camera (``horizontal_frame="pair_ray"``); falls back to ``ground_axes`` when the camera
+    is straight above the midpoint."""
+    mid = (np.asarray(a.position, dtype=float) + np.asarray(b.position, dtype=float)) / 2.0
+    t = np.asarray(camera.position, dtype=float) - mid
+    t[2] = 0.0
+    n = float(np.linalg.norm(t))
+    if n < 1e-6:
+        return ground_axes(camera)
+    toward = t / n
+    right = np.cross([0.0, 0.0, 1.0], toward)
+    return toward, right
+
+
+def pair_geometry(scene: SceneState, a: ObjectState, b: ObjectState, frame: str = "camera") -> PairGeometry:
+    """Geometry of B seen from A; ``frame``: "camera" (camera yaw, default) or "pair_ray"."""
     _finite(a)
     _finite(b)
-    toward, right = ground_axes(scene.camera)
+    if frame == "camera":
+        toward, right = ground_axes(scene.camera)
+    elif frame == "pair_ray":
+        toward, right = pair_axes(scene.camera, a, b)
+    else:
+        raise CaptionError(f"unknown horizontal_frame {frame!r} (camera | pair_ray)")
     d = np.asarray(b.position, dtype=float) - np.asarray(a.position, dtype=float)
     return PairGeometry(u=float(d @ toward), v=float(d @ right), dz=float(d[2]))
 
@@ -247,6 +275,10 @@ class CaptionOracle:
             raise CaptionError("degenerate pair: no spatial term applies")
         return T.canonical_terms(out)
 
+    def geometry(self, scene: SceneState, a: ObjectState, b: ObjectState) -> PairGeometry:
+        """B seen from A in the configured horizontal frame."""
+        return pair_geometry(scene, a, b, self.config.horizontal_frame)
+
     def vertically_separated(self, a: ObjectState, b: ObjectState) -> bool:
         """True if one 3D box lies above the other (overlap <= vertical_overlap_tolerance)."""
         tol = self.config.vertical_overlap_tolerance
@@ -284,7 +316,7 @@ class CaptionOracle:
             raise CaptionError(f"subject and reference are the same object {subject_id!r}")
         a = scene.object(subject_id)
         b = scene.object(reference_id)
-        g = pair_geometry(scene, a, b)
+        g = self.geometry(scene, a, b)
         ts = self.terms_from_geometry(
             g, a_on_b=a.supported_by == b.id, b_on_a=b.supported_by == a.id, separated=self.vertically_separated(a, b)
         )

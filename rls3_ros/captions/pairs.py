@@ -90,7 +90,7 @@ def select_pairs(
     oracle: "CaptionOracle", scene: SceneState, max_pairs: int = 0, rng: RngLike = None
 ) -> List[SpatialRelation]:
     """Relations (without negatives) for the selected pairs of ``scene`` (rules above)."""
-    from rls3_ros.captions.oracle import CaptionError, pair_geometry
+    from rls3_ros.captions.oracle import CaptionError
 
     cfg = oracle.config
     r = _Rng(rng) if rng is not None else None
@@ -104,7 +104,7 @@ def select_pairs(
             continue
         if cfg.boundary_margin_deg > 0:
             a, b = scene.object(a_id), scene.object(b_id)
-            g = pair_geometry(scene, a, b)
+            g = oracle.geometry(scene, a, b)
             if oracle.boundary_margin_deg(g, rel.terms, oracle.vertically_separated(a, b)) < cfg.boundary_margin_deg:
                 continue
         rels.append(rel)

@@ -17,7 +17,7 @@ One sample per stamp: messages repeating a recently captioned stamp are ignored.
 When a cache is full its oldest entry is dropped (counted, logged at most every 5 s).
 
 Parameters (defaults) — oracle geometry, see ``rls3_ros.captions.oracle.OracleConfig``:
-    horizontal_half_width_deg (22.5), vertical_threshold_deg (20.0),
+    horizontal_half_width_deg (22.5), horizontal_frame ("camera"), vertical_threshold_deg (20.0),
     vertical_only_elevation_deg (67.5), min_horizontal_distance (0.01 m),
     min_distance (0.02 m), vertical_requires_separation (false),
     vertical_overlap_tolerance (0.02 m), use_support_terms (true), support_vertical_only (true),
@@ -66,6 +66,7 @@ from rls3_ros.scene import SceneState, SpatialRelation
 
 _ORACLE_DOCS = {
     "horizontal_half_width_deg": "half-width of the pure horizontal sectors [deg] (22.5 = 8 x 45 deg)",
+    "horizontal_frame": "sector alignment: camera (camera yaw) | pair_ray (midpoint-to-camera direction)",
     "vertical_threshold_deg": "elevation beyond which A is above/below B [deg]",
     "vertical_only_elevation_deg": "elevation beyond which the horizontal term is dropped [deg]",
     "min_horizontal_distance": "horizontal offsets below this get no horizontal term [m]",
