@@ -5,7 +5,9 @@ Topics
     ``scene_state`` (sub, rls3_msgs/SceneState): the scene at the instant of each frame.
     ``samples`` (pub, rls3_msgs/Sample): one per (image, scene) pair with equal header
         stamps: the image (rgb8, the image's header), the scene message as received, the
-        oracle's relations; the sample header is the scene state's header.
+        oracle's relations; the sample header is the scene state's header; valid=true
+        (the simulator publishes only valid scenes), episode = step = 0 (a scene state
+        carries neither; rl_sampler fills them when it assembles samples itself).
 Service
     ``~/caption_scene`` (rls3_msgs/srv/CaptionScene): captions a given scene; answers
         success=false + message on bad input (NaN/inf poses, no camera intrinsics,
