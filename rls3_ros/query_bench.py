@@ -8,9 +8,13 @@ other so they do not share the CPU:
 1. ``direct``: ``answer_query`` on a model loaded in this process (what ``rls3 query`` does);
 2. ``node_request_image``: the node in its own process, asked from this process over
    loopback DDS with the image in the request (``SpatialQueryClient.where_is(image=...)``);
-3. ``node_camera_frame``: the same, the image published once on ``image_raw`` and the
-   request carrying no image (the node uses its buffered frame).
-Each: ``--warmup`` untimed queries, then ``--n`` timed sequential ``where`` queries.
+3. ``node_camera_frame``: the same, the image published on ``image_raw`` and the request
+   carrying no image (the node uses its buffered frame with the requested stamp); the time
+   includes the frame's trip over the topic.
+Each: ``--warmup`` untimed queries, then ``--n`` timed sequential ``where`` queries, each on
+a different image (models may cache image features by content; a robot asks about new frames).
+In the camera-frame run a new frame is published before each query and the request names
+its stamp.
 """
 
 from __future__ import annotations
@@ -53,17 +57,17 @@ def stats(lat_s: List[float]) -> Dict[str, float]:
             "max_ms": float(a.max())}
 
 
-def bench_direct(spec: str, adapter: str, image: np.ndarray, n: int, warmup: int) -> Dict[str, float]:
+def bench_direct(spec: str, adapter: str, images: List[np.ndarray], n: int, warmup: int) -> Dict[str, float]:
     t0 = time.monotonic()
     model = load_model(spec, adapter)
     load_s = time.monotonic() - t0
     req = QueryRequest("where", SUBJECT, REFERENCE)
-    for _ in range(warmup):
-        assert answer_query(model, image, req).success
+    for i in range(warmup):
+        assert answer_query(model, images[n + i], req).success
     lat = []
-    for _ in range(n):
+    for i in range(n):
         t = time.perf_counter()
-        ans = answer_query(model, image, req)
+        ans = answer_query(model, images[i], req)
         lat.append(time.perf_counter() - t)
         if not ans.success:
             raise RuntimeError(f"direct query failed: {ans.message}")
@@ -72,7 +76,7 @@ def bench_direct(spec: str, adapter: str, image: np.ndarray, n: int, warmup: int
     return out
 
 
-def bench_node(spec: str, adapter: str, image: np.ndarray, n: int, warmup: int, workdir: Path,
+def bench_node(spec: str, adapter: str, images: List[np.ndarray], n: int, warmup: int, workdir: Path,
                ready_timeout: float = 300.0) -> Dict[str, Dict[str, float]]:
     from rls3_ros.ros_isolation import isolated_ros_env
 
@@ -92,7 +96,7 @@ def bench_node(spec: str, adapter: str, image: np.ndarray, n: int, warmup: int, 
                 raise RuntimeError(f"spatial_query did not get ready:\n{log_path.read_text(errors='replace')[-3000:]}")
             time.sleep(0.1)
         ready_s = time.monotonic() - t0
-        return _client_runs(image, n, warmup, ready_s)
+        return _client_runs(images, n, warmup, ready_s)
     finally:
         proc.send_signal(2)
         try:
@@ -101,12 +105,13 @@ def bench_node(spec: str, adapter: str, image: np.ndarray, n: int, warmup: int, 
             proc.kill()
 
 
-def _client_runs(image: np.ndarray, n: int, warmup: int, ready_s: float) -> Dict[str, Dict[str, float]]:
+def _client_runs(images: List[np.ndarray], n: int, warmup: int, ready_s: float) -> Dict[str, Dict[str, float]]:
     import rclpy
     from rclpy.executors import MultiThreadedExecutor
     from sensor_msgs.msg import Image
 
     from rls3_ros.client import SpatialQueryClient
+    from rls3_ros.nodes.conversions import ns_to_stamp
     from rls3_ros.nodes.image_conversion import numpy_to_image_msg
 
     ctx = rclpy.Context()
@@ -121,13 +126,13 @@ def _client_runs(image: np.ndarray, n: int, warmup: int, ready_s: float) -> Dict
         if not client.wait_for_service(60):
             raise RuntimeError("query service not available")
         results = {}
-        msg = numpy_to_image_msg(image, "rgb8")
-        for _ in range(warmup):
-            assert client.where_is(SUBJECT, REFERENCE, image=msg, timeout=60).success
+        msgs = [numpy_to_image_msg(im, "rgb8") for im in images]
+        for i in range(warmup):
+            assert client.where_is(SUBJECT, REFERENCE, image=msgs[n + i], timeout=60).success
         lat = []
-        for _ in range(n):
+        for i in range(n):
             t = time.perf_counter()
-            a = client.where_is(SUBJECT, REFERENCE, image=msg, timeout=60)
+            a = client.where_is(SUBJECT, REFERENCE, image=msgs[i], timeout=60)
             lat.append(time.perf_counter() - t)
             if not a.success:
                 raise RuntimeError(f"node query failed: {a.message}")
@@ -138,22 +143,26 @@ def _client_runs(image: np.ndarray, n: int, warmup: int, ready_s: float) -> Dict
         t0 = time.monotonic()
         while pub.get_subscription_count() == 0 and time.monotonic() - t0 < 20:
             time.sleep(0.02)
-        frame = numpy_to_image_msg(image, "rgb8")
-        frame.header.stamp = node.get_clock().now().to_msg()
-        frame.header.frame_id = "camera_optical"
-        pub.publish(frame)
-        t0 = time.monotonic()
-        while not client.where_is(SUBJECT, REFERENCE, timeout=60).success:
-            if time.monotonic() - t0 > 20:
-                raise RuntimeError("camera frame never reached the node")
-            time.sleep(0.05)
+
+        def publish(i: int):
+            frame = msgs[i]
+            frame.header.stamp = ns_to_stamp(1_000_000_000 * (i + 1))
+            frame.header.frame_id = "camera_optical"
+            pub.publish(frame)
+            return frame.header
+
         lat = []
-        for _ in range(n):
+        for i in list(range(n, n + warmup)) + list(range(n)):
+            header = publish(i)
             t = time.perf_counter()
-            a = client.where_is(SUBJECT, REFERENCE, timeout=60)
-            lat.append(time.perf_counter() - t)
+            while True:  # the frame travels on the topic; a query before it arrives is refused ("no frame")
+                a = client.where_is(SUBJECT, REFERENCE, header=header, timeout=60)
+                if a.success or "no frame" not in a.message or time.perf_counter() - t > 10:
+                    break
+            if i < n:
+                lat.append(time.perf_counter() - t)
             if not a.success:
-                raise RuntimeError(f"node query failed: {a.message}")
+                raise RuntimeError(f"node query on a camera frame failed: {a.message}")
         results["node_camera_frame"] = stats(lat)
         return results
     finally:
@@ -171,13 +180,13 @@ def cli_query_bench(argv: List[str]) -> int:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--out", default="results/query_latency.json")
     a = p.parse_args(argv)
-    image = make_image(a.image_size)
+    images = [make_image(a.image_size, seed) for seed in range(a.n + a.warmup)]
     print(f"direct: {a.n} where-queries on {a.model!r} ...", flush=True)
-    direct = bench_direct(a.model, a.adapter, image, a.n, a.warmup)
+    direct = bench_direct(a.model, a.adapter, images, a.n, a.warmup)
     print(f"  p50 {direct['p50_ms']:.2f} ms  p99 {direct['p99_ms']:.2f} ms", flush=True)
     with tempfile.TemporaryDirectory(prefix="rls3-qbench-") as tmp:
         print("node: starting spatial_query in its own process ...", flush=True)
-        node = bench_node(a.model, a.adapter, image, a.n, a.warmup, Path(tmp))
+        node = bench_node(a.model, a.adapter, images, a.n, a.warmup, Path(tmp))
     for k, v in node.items():
         print(f"{k}: p50 {v['p50_ms']:.2f} ms  p99 {v['p99_ms']:.2f} ms", flush=True)
     result = {
@@ -186,7 +195,8 @@ def cli_query_bench(argv: List[str]) -> int:
         "model": a.model, "adapter": a.adapter, "image_size": a.image_size, "n": a.n, "warmup": a.warmup,
         "direct": direct, **node,
         "overhead_p50_ms": {k: node[k]["p50_ms"] - direct["p50_ms"] for k in node},
-        "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
+        "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+                 "loadavg_1m_at_end": os.getloadavg()[0]},
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "python -m rls3_ros.query_bench " + " ".join(argv),
     }
