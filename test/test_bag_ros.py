@@ -184,3 +184,15 @@ def test_foreign_bags_replay_with_filter_remap_rate_offset_and_clock(tmp_path, r
         assert pr.wait(30) == 0
     assert "skipping /robot/detections [acme_msgs/msg/Detection]" in rp.output()
     assert len(read_arrivals(out2)) == 8
+
+
+def test_late_publisher_with_incompatible_qos_is_reported(tmp_path, ros_env):
+    """A silent QoS mismatch is a known complaint: the recorder names the publisher it cannot hear."""
+    with recorder(["--topics", "/mix/image_raw", "--out", str(tmp_path / "mix")], ros_env) as rec:
+        with publisher("/mix", 400, 20, ros_env, extra=("--no-scene",)):
+            rec.wait_for_output(r"recording /mix/image_raw \[sensor_msgs/msg/Image\] with QoS reliability=reliable", 30)
+            with publisher("/mix", 400, 20, ros_env, extra=("--no-scene", "--best-effort", "--wait-subscribers", "0")):
+                rec.wait_for_output(r"QoS MISMATCH on /mix/image_raw: new publisher /rls3_stream_publisher: it offers best_effort", 30)
+        assert rec.stop() == 0
+    with BagReader(tmp_path / "mix") as b:
+        assert b.topic_counts()["/mix/image_raw"] >= 1

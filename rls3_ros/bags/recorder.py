@@ -185,6 +185,9 @@ def _make_node(opts: RecordOptions, queue: ByteBoundedQueue, store, store_lock, 
             self.received = 0
             self.dropped = 0
             self.closed = False  # set once the final drain is over: later callbacks are ignored
+            self.sub_qos: Dict[str, object] = {}
+            self.checked_publishers: set = set()
+            self.name_tries: Dict[tuple, int] = {}
             self._lock = threading.Lock()
             self._warned_wait = False
             self._t0 = time.monotonic()
@@ -198,8 +201,13 @@ def _make_node(opts: RecordOptions, queue: ByteBoundedQueue, store, store_lock, 
 
         def discover(self) -> None:
             for topic, types in self.get_topic_names_and_types():
-                if topic in self.subscribed or topic in self.skipped or not self.wanted(topic):
+                if topic in self.subscribed:
+                    self.check_new_publishers(topic)
                     continue
+                if topic in self.skipped or not self.wanted(topic):
+                    continue
+                if self.count_publishers(topic) == 0:
+                    continue  # only subscribers so far: wait for a publisher to match its QoS
                 if len(types) > 1:
                     self.get_logger().warning(f"{topic} has several types {types}; recording {types[0]}")
                 self.subscribe(topic, types[0])
@@ -207,6 +215,33 @@ def _make_node(opts: RecordOptions, queue: ByteBoundedQueue, store, store_lock, 
             if missing and not self._warned_wait and time.monotonic() - self._t0 > 5.0:
                 self._warned_wait = True
                 self.get_logger().warning(f"still waiting for publishers on {' '.join(missing)}")
+
+        def check_new_publishers(self, topic: str) -> None:
+            """Warn (once per publisher) when a publisher that joined later cannot match the
+            subscription's QoS: its messages would otherwise be missing silently."""
+            from rclpy.qos import DurabilityPolicy, ReliabilityPolicy
+
+            qos = self.sub_qos[topic]
+            for info in self.get_publishers_info_by_topic(topic):
+                key = (topic, bytes(info.endpoint_gid))
+                if key in self.checked_publishers:
+                    continue
+                tries = self.name_tries.get(key, 0)
+                if "_UNKNOWN_" in info.node_name and tries < 10:
+                    self.name_tries[key] = tries + 1  # discovery has not told the node name yet
+                    continue
+                self.checked_publishers.add(key)
+                p = info.qos_profile
+                problems = []
+                if qos.reliability == ReliabilityPolicy.RELIABLE and p.reliability == ReliabilityPolicy.BEST_EFFORT:
+                    problems.append("it offers best_effort, the recording subscription is reliable")
+                if qos.durability == DurabilityPolicy.TRANSIENT_LOCAL and p.durability == DurabilityPolicy.VOLATILE:
+                    problems.append("it offers volatile, the recording subscription is transient_local")
+                if problems:
+                    self.get_logger().warning(
+                        f"QoS MISMATCH on {topic}: new publisher {info.node_namespace.rstrip('/')}/{info.node_name}: "
+                        + "; ".join(problems) + " -> its messages are NOT recorded (restart the recording to include it)"
+                    )
 
         def subscribe(self, topic: str, msgtype: str) -> None:
             try:
@@ -250,6 +285,8 @@ def _make_node(opts: RecordOptions, queue: ByteBoundedQueue, store, store_lock, 
 
             self.create_subscription(cls, topic, callback, qos, raw=True)
             self.subscribed[topic] = msgtype
+            self.sub_qos[topic] = qos
+            self.checked_publishers.update((topic, bytes(i.endpoint_gid)) for i in infos)
             level = self.get_logger().warning if mixed else self.get_logger().info
             level(
                 f"recording {topic} [{msgtype}] with QoS {rosutil.describe(qos)} "
