@@ -325,7 +325,10 @@ class VlmTrainer(Node):
             if result.cancelled or goal_handle.is_cancel_requested or cancel.is_set():
                 if in_place:
                     self.get_logger().warning("cancelled in-place fine-tune: the served model keeps the partial update")
-                goal_handle.canceled()
+                if goal_handle.is_cancel_requested:
+                    goal_handle.canceled()
+                else:  # stopped by the node shutting down
+                    goal_handle.abort()
                 msg = f"cancelled after {result.steps}/{steps} steps; no adapter saved"
                 self.get_logger().info(f"fine-tune iteration {goal.iteration} {msg}")
                 return FineTune.Result(success=False, message=msg, samples_used=len(samples),
