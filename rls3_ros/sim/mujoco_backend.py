@@ -223,7 +223,8 @@ class MuJoCoBackend(SimulatorBackend):
 
         Maps a continuous action into the world: every receptacle (floor, furniture tops,
         shelf levels) lies inside it; use ``place`` with ``receptacle_id=""`` and a z to
-        pick the support surface nearest that height under (x, y).
+        pick the support surface nearest that height under (x, y) (a point over no surface
+        goes to the nearest surface, clipped into it).
         """
         return self._call(self._placement_bounds)
 
@@ -708,6 +709,10 @@ class MuJoCoBackend(SimulatorBackend):
             return recs[int(self._rng.integers(len(recs)))]
         x, y, z = (float(v) for v in a.position)
         under = [r for r in recs if r.xy_low[0] - 1e-6 <= x <= r.xy_high[0] + 1e-6 and r.xy_low[1] - 1e-6 <= y <= r.xy_high[1] + 1e-6]
-        if not under:
-            return None
+        if not under:  # outside every surface: the nearest one (the point is clipped into it)
+            def dist(r):
+                dx = max(r.xy_low[0] - x, 0.0, x - r.xy_high[0])
+                dy = max(r.xy_low[1] - y, 0.0, y - r.xy_high[1])
+                return float(np.hypot(dx, dy)) + 0.5 * abs(r.top_z - z)
+            return min(recs, key=dist)
         return min(under, key=lambda r: abs(r.top_z - z))
