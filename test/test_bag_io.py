@@ -343,3 +343,12 @@ def test_reading_modules_do_not_need_rclpy():
             "rls3_ros.bags.bag_cli; assert 'rclpy' not in sys.modules, 'rclpy imported'")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
+
+
+def test_episodes_from_a_bag(tmp_path):
+    from rls3_ros.bags.sample_reader import iter_episodes
+
+    samples = make_samples(8)  # episodes 0,0,0,1,1,1,2,2; sample 4 invalid
+    export_samples_to_bag(samples, tmp_path / "run")
+    eps = [(e, [s.sample_id for s in batch]) for e, batch in iter_episodes(tmp_path / "run")]
+    assert eps == [(0, ["run-e0-s0", "run-e0-s1", "run-e0-s2"]), (1, ["run-e1-s3", "run-e1-s5"]), (2, ["run-e2-s6", "run-e2-s7"])]

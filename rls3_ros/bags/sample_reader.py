@@ -61,3 +61,19 @@ def iter_samples(
 def read_samples(path: os.PathLike | str, **kwargs) -> List[Sample]:
     """``list(iter_samples(path, **kwargs))``."""
     return list(iter_samples(path, **kwargs))
+
+
+def iter_episodes(path: os.PathLike | str, topic: Optional[str] = None, only_valid: bool = True) -> Iterator[tuple]:
+    """(episode, [Sample, ...]) for each run of consecutive samples with the same ``episode``,
+    in bag order: a recorded RL run replayed as the episodes the scheduler saw (offline
+    fine-tuning batches of E episodes x T0 samples)."""
+    current: Optional[int] = None
+    batch: List[Sample] = []
+    for s in iter_samples(path, topic=topic, only_valid=only_valid):
+        if current is not None and s.episode != current:
+            yield current, batch
+            batch = []
+        current = s.episode
+        batch.append(s)
+    if batch:
+        yield current, batch
