@@ -352,3 +352,22 @@ def test_episodes_from_a_bag(tmp_path):
     export_samples_to_bag(samples, tmp_path / "run")
     eps = [(e, [s.sample_id for s in batch]) for e, batch in iter_episodes(tmp_path / "run")]
     assert eps == [(0, ["run-e0-s0", "run-e0-s1", "run-e0-s2"]), (1, ["run-e1-s3", "run-e1-s5"]), (2, ["run-e2-s6", "run-e2-s7"])]
+
+
+def test_writer_queue_is_bounded_and_drains_in_order():
+    import threading
+
+    from rls3_ros.bags.recorder import ByteBoundedQueue
+
+    q = ByteBoundedQueue(max_bytes=100, max_items=3)
+    assert q.put("a", 60) and not q.put("b", 50)  # over the byte budget: refused (a drop), never blocks
+    assert q.put("c", 40) and q.put("d", 0) and not q.put("e", 0)  # item cap
+    assert q.put("topic", 0, force=True)  # control items always fit
+    got = [q.get(0.01) for _ in range(4)]
+    assert got == ["a", "c", "d", "topic"] and q.get(0.01) is None
+    assert q.high_water_bytes == 100
+    t = threading.Timer(0.05, q.close)
+    t.start()
+    with pytest.raises(EOFError):
+        while True:
+            q.get(0.5)
