@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable
 
 from rls3_ros.bags.bagio import AtomicBagWriter, BagError
 from rls3_ros.bags.convert import SAMPLE_TYPE, make_header, sample_to_bagmsg

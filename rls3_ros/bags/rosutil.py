@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import importlib
 import signal
-import sys
 import threading
-from typing import Callable, Dict, List, Optional
+from typing import Dict, List, Optional
 
 from rclpy.qos import (
     DurabilityPolicy,
