@@ -58,14 +58,16 @@ def test_scenes_build_for_every_type_and_many_seeds(backend, scene_type):
 
 def test_renders_are_deterministic_per_seed():
     a = make_backend("mujoco", image_size=64, seed=5)
+    b = make_backend("mujoco", image_size=64, seed=5)
     try:
         s1 = a.reset(5)
         r1 = a.render()
-        a.reset(6)
-        s2 = a.reset(5)
-        r2 = a.render()
+        b.reset(6)
+        s2 = b.reset(5)  # another backend instance, after another scene
+        r2 = b.render()
     finally:
         a.close()
+        b.close()
     assert np.array_equal(r1.rgb, r2.rgb) and np.array_equal(r1.segmentation, r2.segmentation)
     assert _positions(s1) == _positions(s2)
     assert r1.depth.shape == (64, 64) and np.all(np.isfinite(r1.depth)) and 0.2 < float(np.median(r1.depth)) < 10
@@ -223,3 +225,14 @@ def test_factory_rejects_unknown_names_and_bad_params():
         make_backend("mujoco", image_size=-3)
     with pytest.raises(ValueError, match="scene types"):
         make_backend("mujoco", scene_types=["garage"])
+
+
+def test_depth_agrees_with_object_positions(backend):
+    s = backend.reset(3)
+    r = backend.render()
+    for i, o in enumerate(s.objects):
+        mask = r.segmentation == i
+        z_cam = s.camera.world_to_camera(np.array([o.position]))[0, 2]
+        # visible surface lies between the box front and its centre along the optical axis
+        d = float(np.median(r.depth[mask]))
+        assert z_cam - max(o.size) - 0.02 <= d <= z_cam + 0.02, (o.id, d, z_cam)

@@ -50,12 +50,12 @@ from rls3_ros.sim.backend import (
 )
 
 # Our scene types -> iTHOR floor plans (kitchens 1-30, living rooms 201-230, bedrooms 301-330;
-# iTHOR has no dining rooms: its kitchens with dining tables stand in for them).
+# iTHOR has no dining-room type: its kitchens stand in for them).
 FLOOR_PLANS: Dict[str, Tuple[str, ...]] = {
     "kitchen": tuple(f"FloorPlan{i}" for i in range(1, 31)),
     "living_room": tuple(f"FloorPlan{i}" for i in range(201, 231)),
     "bedroom": tuple(f"FloorPlan{i}" for i in range(301, 331)),
-    "dining_room": tuple(f"FloorPlan{i}" for i in (4, 11, 13, 16, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28)),
+    "dining_room": tuple(f"FloorPlan{i}" for i in range(1, 31)),
 }
 
 _P = np.array([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 0]])  # Unity (x, y, z) <-> ours (X, Y, Z)
