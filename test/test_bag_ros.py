@@ -196,3 +196,26 @@ def test_late_publisher_with_incompatible_qos_is_reported(tmp_path, ros_env):
         assert rec.stop() == 0
     with BagReader(tmp_path / "mix") as b:
         assert b.topic_counts()["/mix/image_raw"] >= 1
+
+
+def test_latched_topic_is_recorded_late_and_replayed_latched(tmp_path, ros_env, rclpy_node):
+    """The trainer's /adapter announcement is transient-local: a recorder started after it was
+    published still gets it, and replay offers it transient-local again."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from rls3_msgs.msg import AdapterInfo
+
+    latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    pub = rclpy_node.create_publisher(AdapterInfo, "/latched/adapter", latched)
+    pub.publish(AdapterInfo(path="/tmp/adapters/it3", iteration=3, test_accuracy=0.75))
+    bag = tmp_path / "latched"
+    with recorder(["--topics", "/latched/adapter", "--out", str(bag), "--max-messages", "1"], ros_env) as rec:
+        rec.wait_for_output(r"recording /latched/adapter \[rls3_msgs/msg/AdapterInfo\] with QoS reliability=reliable durability=transient_local", 30)
+        assert rec.wait(30) == 0, rec.output()
+    with BagReader(bag) as b:
+        (c, _t, raw), = list(b.messages())
+        m = b.deserialize(raw, c.msgtype)
+        assert (m.path, m.iteration) == ("/tmp/adapters/it3", 3)
+        assert c.ext.offered_qos_profiles[0].durability.name == "TRANSIENT_LOCAL"
+    with replayer([str(bag)], ros_env) as rp:
+        assert rp.wait(30) == 0
+    assert "publishing /latched/adapter [rls3_msgs/msg/AdapterInfo] with QoS reliability=reliable durability=transient_local" in rp.output()
