@@ -78,6 +78,17 @@ def test_bridges_in_namespaces_answer_reset_and_apply(ros_env, rclpy_node):
         assert a.alive() and b.alive()
 
 
+def test_qos_mismatch_is_logged_not_silent(ros_env, rclpy_node):
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import Image
+
+    with _bridge("q", 0, ros_env) as q:  # sensor_data (best effort) images
+        q.wait_for_output("sim_bridge ready", timeout=60)
+        rclpy_node.create_subscription(Image, "/q/image_raw", lambda m: None,
+                                       QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE))
+        q.wait_for_output(r"image_raw requests a QoS incompatible", timeout=30)
+
+
 def test_bad_parameters_stop_the_bridge_with_a_reason(ros_env):
     with _bridge("c", 0, ros_env, ["-p", "image_qos:=loud"]) as c:
         assert c.wait(timeout=60) == 2

@@ -32,6 +32,7 @@ from typing import List, Optional
 
 import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
@@ -103,9 +104,18 @@ class SimBridge(Node):
         except (ValueError, RuntimeError, ImportError) as e:
             raise NodeStartupError(f"cannot create the {backend_name!r} backend: {e}") from e
         self._lock = threading.Lock()
-        self.image_pub = self.create_publisher(Image, "image_raw", image_qos)
-        self.info_pub = self.create_publisher(CameraInfo, "camera_info", image_qos)
-        self.scene_pub = self.create_publisher(SceneStateMsg, "scene_state", 10)
+        def qos_warning(topic: str):
+            def cb(info) -> None:
+                self.get_logger().warning(
+                    f"a subscriber of {topic} requests a QoS incompatible with image_qos={qos_name!r} "
+                    f"(policy {info.last_policy_kind}); it receives nothing - match the QoS or change image_qos")
+            return PublisherEventCallbacks(incompatible_qos=cb)
+
+        self.image_pub = self.create_publisher(Image, "image_raw", image_qos, event_callbacks=qos_warning("image_raw"))
+        self.info_pub = self.create_publisher(CameraInfo, "camera_info", image_qos,
+                                              event_callbacks=qos_warning("camera_info"))
+        self.scene_pub = self.create_publisher(SceneStateMsg, "scene_state", 10,
+                                               event_callbacks=qos_warning("scene_state"))
         group = MutuallyExclusiveCallbackGroup()
         self.create_service(ResetScene, "~/reset_scene", self._on_reset, callback_group=group)
         self.create_service(ApplyAction, "~/apply_action", self._on_apply, callback_group=group)
