@@ -237,13 +237,20 @@ class MuJoCoBackend(SimulatorBackend):
         return self._call(self._container_states)
 
     def close(self) -> None:
-        if self._closed:
+        """Free the renderer on its own thread and stop the worker thread (idempotent)."""
+        if getattr(self, "_closed", True):
             return
         try:
             self._call(self._close_renderer)
         finally:
             self._closed = True
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown(wait=threading.current_thread() is not self._thread)
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
 
     def __enter__(self):
         return self
