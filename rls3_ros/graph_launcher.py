@@ -114,6 +114,7 @@ class GraphRun:
         self.events: "queue.Queue[tuple]" = queue.Queue()
         self._print_lock = threading.Lock()
         self._files = {}
+        self._stopping = False
 
     def _say(self, label: str, line: str) -> None:
         with self._print_lock:
@@ -131,6 +132,8 @@ class GraphRun:
             self.tails[label].append(line)
             self._say(label, line)
         code = proc.wait()
+        if self._stopping:
+            self._say("launch", f"{label} exited ({code})")
         self.events.put((label, code))
 
     def start(self) -> None:
@@ -141,9 +144,9 @@ class GraphRun:
             label = spec.label
             if self.log_dir:
                 self._files[label] = open(os.path.join(self.log_dir, label.replace("/", "_") + ".log"), "w")
-            self._say("launch", f"starting {label}: {' '.join(cmd[1:])}")
             proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
+            self._say("launch", f"started {label} (pid {proc.pid}): {' '.join(cmd[1:])}")
             self.procs[label] = proc
             self.tails[label] = deque(maxlen=15)
             threading.Thread(target=self._pump, args=(label, proc), name=f"log-{label}", daemon=True).start()
@@ -170,6 +173,7 @@ class GraphRun:
         return result
 
     def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
         alive = {k: p for k, p in self.procs.items() if p.poll() is None}
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
             for p in alive.values():

@@ -135,23 +135,33 @@ def _join(ns: str, name: str) -> str:
 class _Caller:
     """Blocking calls from a worker thread; the executor resolves the futures."""
 
-    def __init__(self, node: Node, timeout: float):
-        self.node, self.timeout = node, timeout
+    def __init__(self, node: Node, timeout: float, stop: threading.Event):
+        self.node, self.timeout, self.stop = node, timeout, stop
 
     def wait(self, future, timeout: float, what: str):
         ev = threading.Event()
         future.add_done_callback(lambda _f: ev.set())
-        if not ev.wait(timeout):
-            future.cancel()
-            raise StageError(f"{what}: no answer within {timeout:.0f} s")
+        deadline = time.monotonic() + timeout
+        while not ev.wait(0.1):
+            if self.stop.is_set():
+                future.cancel()
+                raise StageError(f"{what}: node shutting down")
+            if time.monotonic() > deadline:
+                future.cancel()
+                raise StageError(f"{what}: no answer within {timeout:.0f} s")
         exc = future.exception()
         if exc is not None:
             raise StageError(f"{what}: {exc}")
         return future.result()
 
     def call(self, client, request, what: str, timeout: Optional[float] = None):
-        if not client.service_is_ready() and not client.wait_for_service(timeout_sec=timeout or self.timeout):
-            raise StageError(f"{what}: service {client.srv_name} not available")
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while not client.service_is_ready():
+            if self.stop.is_set():
+                raise StageError(f"{what}: node shutting down")
+            if time.monotonic() > deadline:
+                raise StageError(f"{what}: service {client.srv_name} not available")
+            client.wait_for_service(timeout_sec=0.2)
         return self.wait(client.call_async(request), timeout or self.timeout, what)
 
 
@@ -280,7 +290,8 @@ class RlSampler(Node):
         self.p = {name: self.get_parameter(name).value for name in PARAMS}
         self._validate()
         self.group = ReentrantCallbackGroup()
-        self.caller = _Caller(self, float(self.p["service_timeout"]))
+        self._stop = threading.Event()
+        self.caller = _Caller(self, float(self.p["service_timeout"]), self._stop)
         self.metrics_pub = self.create_publisher(TrainingMetrics, "training_metrics", 10)
         namespaces = list(self.p["bridge_namespaces"]) or [""]
         bounds = [float(v) for v in self.p["placement_bounds"]]
@@ -295,7 +306,6 @@ class RlSampler(Node):
         self.exit_code = 0
         self.summary: Dict[str, Any] = {}
         self.runner = None
-        self._stop = threading.Event()
         self._worker = threading.Thread(target=self._work, name="rl_sampler-loop", daemon=True)
         self._worker.start()
 
@@ -355,11 +365,16 @@ class RlSampler(Node):
         clients = [(s.reset_client, s.name) for s in self.sources] + [(s.apply_client, s.name) for s in self.sources]
         clients += [(self.caption_client, "caption_oracle"), (self.score_client, "vlm_trainer")]
         for c, name in clients:
-            left = deadline - time.monotonic()
-            if left <= 0 or not c.wait_for_service(timeout_sec=left):
-                raise StageError(f"service {c.srv_name} ({name}) did not appear within {self.p['wait_for_services']} s")
-        if not self.fine_tune_client.wait_for_server(timeout_sec=max(0.1, deadline - time.monotonic())):
-            raise StageError(f"action {self.p['fine_tune_action']} did not appear")
+            while not c.wait_for_service(timeout_sec=0.2):
+                if self._stop.is_set():
+                    raise StageError("node shutting down")
+                if time.monotonic() > deadline:
+                    raise StageError(f"service {c.srv_name} ({name}) did not appear within {self.p['wait_for_services']} s")
+        while not self.fine_tune_client.wait_for_server(timeout_sec=0.2):
+            if self._stop.is_set():
+                raise StageError("node shutting down")
+            if time.monotonic() > deadline:
+                raise StageError(f"action {self.p['fine_tune_action']} did not appear")
 
     def _work(self) -> None:
         log = self.get_logger()
@@ -373,8 +388,7 @@ class RlSampler(Node):
                      f"run directory {self.summary['run_dir']}")
         except Exception as e:  # noqa: BLE001 - reported, then the node exits with code 1
             if self._stop.is_set():
-                log.info("stopped")
-                return
+                return  # shutting down (Ctrl-C): the context may be gone, nothing to report
             self.exit_code = 1
             log.error(f"RLS3 loop failed: {type(e).__name__}: {e}")
             log.debug(traceback.format_exc())

@@ -226,10 +226,11 @@ class Scheduler:
         return bool(self.stop_reason) or self._extra_stop.is_set()
 
     def request_stop(self, reason: str = "stopped") -> None:
-        """Stop from outside (Ctrl-C, node shutdown): the agent stops at its next step."""
-        with self.lock:
-            if not self.stop_reason:
-                self.stop_reason = reason
+        """Stop from outside (Ctrl-C, node shutdown): the agent stops at its next step.
+
+        Lock-free on purpose: the loop may hold the lock while it waits on a stage."""
+        if not self.stop_reason:
+            self.stop_reason = reason
         self._extra_stop.set()
 
     # ------------------------------------------------------------------ the loop

@@ -1,0 +1,155 @@
+"""The training graph across real processes: ``rls3 launch training`` (graph_launcher) starts
+sim_bridge(s), caption_oracle, vlm_trainer and rl_sampler from config/training.yaml; the
+RLS3 loop runs over services and the fine-tune action with a tiny budget."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from ros_harness import NodeProcess, poll_until
+
+TEST_DIR = Path(__file__).resolve().parent
+
+OVERRIDE = """
+/**/sim_bridge:
+  ros__parameters:
+    image_size: 64
+/**/vlm_trainer:
+  ros__parameters:
+    model: "py:vlm_test_model:load"
+/**/rl_sampler:
+  ros__parameters:
+    agent: {agent}
+    T: 4
+    T0: 3
+    E: 2
+    fine_tune_steps: 2
+    budget_valid_samples: {budget}
+    learning_starts: 4
+    test_scenes: 2
+    replay_scenes: 2
+    moves_per_scene: 3
+    test_per_term: 5
+    dataset_key: ros-test-64
+    wait_for_services: 60.0
+"""
+
+
+def _env(ros_env, tmp_path):
+    env = dict(ros_env)
+    env["PYTHONPATH"] = os.pathsep.join([str(TEST_DIR), env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    env["RLS3_CACHE"] = str(tmp_path / "cache")
+    return env
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone for our purpose
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+def test_training_graph_runs_the_loop_over_ros(ros_env, tmp_path):
+    params = tmp_path / "override.yaml"
+    params.write_text(OVERRIDE.format(agent="sac", budget=12))
+    run_dir = tmp_path / "run"
+    args = ["-m", "rls3_ros.graph_launcher", "training", "--bridges", "2", "--params-file", str(params),
+            "--run-dir", str(run_dir), "--timeout", "150"]
+    with NodeProcess(args, _env(ros_env, tmp_path), "launch_training") as p:
+        code = p.wait(timeout=170)
+        out = p.output()
+    assert code == 0, out[-4000:]
+    # every node ran as its own process, logs prefixed by node (namespaced bridges)
+    for label in ("sim0/sim_bridge", "sim1/sim_bridge", "caption_oracle", "vlm_trainer", "rl_sampler"):
+        assert re.search(rf"^\[{re.escape(label)}\] ", out, re.M), f"no output from {label}"
+    assert "[launch] rl_sampler finished (exit 0)" in out
+    assert re.search(r"\[rl_sampler\].*graph ready: 2 sim_bridge", out)
+    assert re.search(r"\[rl_sampler\].*done \(budget\)", out)
+    # the loop ran through the vlm_trainer's fine-tune action and wrote the run directory
+    from rls3_ros.rl.run_dir import RunDir
+
+    run = RunDir(str(run_dir))
+    its = [m for m in run.read_metrics() if m["type"] == "iteration"]
+    eps = [m for m in run.read_metrics() if m["type"] == "episode"]
+    assert len(its) >= 2 and its[0]["iteration"] == 0
+    assert eps and sum(e["valid"] for e in eps) >= 12
+    assert {e["scene_seed"] for e in eps}  # episodes from both bridges
+    for it in its[1:]:
+        assert it["adapter_path"].startswith(str(run_dir / "adapters"))
+        assert os.path.exists(os.path.join(it["adapter_path"], "adapter_config.json"))
+    assert os.path.exists(run.report_path) and os.path.exists(run.plot_path)
+    assert run.latest_checkpoint()
+    # every node process is gone
+    pids = [int(m) for m in re.findall(r"\[launch\] started \S+ \(pid (\d+)\)", out)]
+    assert len(pids) == 5
+    poll_until(lambda: not any(_pid_alive(x) for x in pids), 15, "node processes to exit")
+
+
+def test_a_node_that_dies_stops_the_graph_with_its_reason(ros_env, tmp_path):
+    params = tmp_path / "override.yaml"
+    params.write_text(OVERRIDE.format(agent="random", budget=12))
+    args = ["-m", "rls3_ros.graph_launcher", "training", "--params-file", str(params), "--run-dir",
+            str(tmp_path / "run"), "--set", "rl_sampler.T0=99", "--timeout", "60"]
+    with NodeProcess(args, _env(ros_env, tmp_path), "launch_bad") as p:
+        code = p.wait(timeout=90)
+        out = p.output()
+    assert code == 2, out[-3000:]
+    assert "[launch] rl_sampler died (exit code 2)" in out
+    assert "T0 must be in [1, T]" in out  # the node's own reason, repeated by the launcher
+    pids = [int(m) for m in re.findall(r"\[launch\] started \S+ \(pid (\d+)\)", out)]
+    poll_until(lambda: not any(_pid_alive(x) for x in pids), 15, "node processes to exit")
+
+
+def test_ctrl_c_stops_every_node(ros_env, tmp_path):
+    params = tmp_path / "override.yaml"
+    params.write_text(OVERRIDE.format(agent="random", budget=100000))
+    args = ["-m", "rls3_ros.graph_launcher", "training", "--params-file", str(params), "--run-dir",
+            str(tmp_path / "run")]
+    with NodeProcess(args, _env(ros_env, tmp_path), "launch_sigint") as p:
+        p.wait_for_output(r"\[rl_sampler\].*evaluating the base model", timeout=90)
+        out = p.output()
+        pids = [int(m) for m in re.findall(r"\[launch\] started \S+ \(pid (\d+)\)", out)]
+        assert len(pids) == 4 and all(_pid_alive(x) for x in pids)
+        p.proc.send_signal(signal.SIGINT)
+        code = p.wait(timeout=40)
+        out = p.output()
+    assert code == 130, out[-3000:]
+    assert "interrupted: stopping every node" in out
+    poll_until(lambda: not any(_pid_alive(x) for x in pids), 15, "node processes to exit")
+
+
+def test_launch_files_are_valid_python():
+    import ast
+
+    root = TEST_DIR.parent / "launch"
+    for name in ("training.launch.py", "query.launch.py"):
+        tree = ast.parse((root / name).read_text())
+        fns = {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}
+        assert "generate_launch_description" in fns
+
+
+def test_launcher_refuses_bad_arguments(capsys):
+    from rls3_ros.graph_launcher import cli_launch, graph_nodes
+
+    assert cli_launch(["training", "--set", "nobody.x=1"]) == 2
+    assert "no node 'nobody'" in capsys.readouterr().err
+    assert cli_launch(["training", "--params-file", "/nonexistent.yaml"]) == 2
+    with pytest.raises(SystemExit):
+        cli_launch(["bogus"])
+    specs = graph_nodes("training", bridges=3, run_dir="/r")
+    assert [s.label for s in specs] == ["sim0/sim_bridge", "sim1/sim_bridge", "sim2/sim_bridge", "caption_oracle",
+                                        "vlm_trainer", "rl_sampler"]
+    assert specs[-1].params["bridge_namespaces"] == "['sim0','sim1','sim2']"
+    assert [s.label for s in graph_nodes("query", with_sim=True)] == ["sim_bridge", "spatial_query"]
