@@ -182,7 +182,8 @@ def replay(opts: ReplayOptions, ros_args: Optional[List[str]] = None, stop=None,
                             if not _sleep_until(next_clock, stop):
                                 break
                             now = time.monotonic_ns()
-                            publish_clock(first + int((now - t0) * opts.rate))
+                            # never past the next message's time: /clock must not run backwards
+                            publish_clock(min(first + int((now - t0) * opts.rate), t))
                             next_clock += clock_period_ns
                     if not _sleep_until(due, stop):
                         break
