@@ -90,7 +90,7 @@ def cli_train(argv: List[str]) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from rls3_ros.rl.loop import run_inprocess
+    from rls3_ros.rl.loop import run_inprocess, validate_config
     from rls3_ros.rl.run_dir import RunDir, new_run_dir, read_yaml
 
     def log(msg: str) -> None:
@@ -113,8 +113,9 @@ def cli_train(argv: List[str]) -> int:
             if args.seed is not None:
                 sets.append(f"run.seed={args.seed}")
             cfg = load_train_config(args.config, args.quick, sets)
+            validate_config(cfg)
         except (OSError, ValueError, yaml.YAMLError) as e:
-            print(f"rls3 train: bad configuration: {e}", file=sys.stderr)
+            print(f"rls3 train: {e}", file=sys.stderr)
             return 2
         if args.out:
             os.makedirs(args.out, exist_ok=True)

@@ -77,6 +77,51 @@ def scheduler_config(cfg: Dict[str, Any]) -> SchedulerConfig:
     return SchedulerConfig(**loop).validate()
 
 
+def validate_config(cfg: Dict[str, Any]) -> None:
+    """Raise ValueError naming every bad or unknown key (before anything heavy is loaded)."""
+    import inspect
+
+    errs = []
+    for section in ("run", "loop", "env", "agent", "eval"):
+        if not isinstance(cfg.get(section), dict):
+            errs.append(f"section {section!r} missing or not a mapping")
+    if errs:
+        raise ValueError("; ".join(errs))
+    try:
+        sc = scheduler_config(cfg)
+    except (ValueError, TypeError) as e:
+        errs.append(str(e))
+        sc = None
+    rc = cfg["run"]
+    if rc.get("agent") not in ("sac", "ppo", "random", "miner"):
+        errs.append(f"run.agent must be sac | ppo | random | miner (got {rc.get('agent')!r})")
+    unknown = set(rc) - set(DEFAULT_CONFIG["run"])
+    if unknown:
+        errs.append(f"unknown run parameter(s): {sorted(unknown)}")
+    env_params = set(inspect.signature(RLS3Env.__init__).parameters) - {"self", "source", "captioner", "scorer", "T",
+                                                                         "T0", "seed", "scene_types", "episode_hook",
+                                                                         "run_id"}
+    unknown = set(cfg["env"]) - env_params
+    if unknown:
+        errs.append(f"unknown env parameter(s): {sorted(unknown)} (known: {sorted(env_params)})")
+    else:
+        e = cfg["env"]
+        if float(e.get("reward_valid", 1)) <= 0 or float(e.get("reward_invalid", -1)) >= 0:
+            errs.append("env.reward_valid must be > 0 and env.reward_invalid < 0")
+        if e.get("j2_metric", "loss") not in ("loss", "error"):
+            errs.append(f"env.j2_metric must be loss | error (got {e.get('j2_metric')!r})")
+    unknown = set(cfg["eval"]) - set(DEFAULT_CONFIG["eval"])
+    if unknown:
+        errs.append(f"unknown eval parameter(s): {sorted(unknown)}")
+    for k, v in cfg["eval"].items():
+        if not isinstance(v, int) or v < 0:
+            errs.append(f"eval.{k} must be an integer >= 0 (got {v!r})")
+    if int(cfg["eval"].get("test_scenes", 1)) < 1:
+        errs.append("eval.test_scenes must be >= 1")
+    if errs:
+        raise ValueError("bad configuration: " + "; ".join(errs))
+
+
 # ---------------------------------------------------------------------- in-process stages
 class LockedScorer:
     """The VLM's ``score`` behind the loop lock (no scoring while a fine-tune runs)."""
