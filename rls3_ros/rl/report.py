@@ -58,7 +58,7 @@ def plot_accuracy(run: RunDir, path: Optional[str] = None) -> str:
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
     if terms:
-        ax.legend(loc="lower right", fontsize=8, ncol=2)
+        ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     cfg = read_yaml(run.config_path) if os.path.exists(run.config_path) else {}
     agent = (cfg.get("run") or {}).get("agent", "?")
     fig.suptitle(f"RLS3 run {os.path.basename(run.path)} — agent {agent}")
@@ -101,6 +101,7 @@ def write_report(run: RunDir, extra: Optional[Dict[str, Any]] = None) -> str:
     base, last = its[0], its[-1]
     best_it = int(last.get("best_iteration") or last["iteration"])
     best = next((m for m in its if int(m["iteration"]) == best_it), last)
+    has_val = any(m.get("val_accuracy") is not None for m in its)
     if stops:
         lines.append(f"- stopped: {stops[-1]['reason']} after {stops[-1]['episode']} episodes, "
                      f"{stops[-1]['iteration']} fine-tunes")
@@ -119,7 +120,7 @@ def write_report(run: RunDir, extra: Optional[Dict[str, Any]] = None) -> str:
         f"| base | 0 | {_fmt(base['test_accuracy'], True)} | | {_fmt(base.get('test_loss'))} |",
         f"| tuned (last) | {last['iteration']} | {_fmt(last['test_accuracy'], True)} | "
         f"{100 * (_num(last['test_accuracy']) - _num(base['test_accuracy'])):+.1f} pt | {_fmt(last.get('test_loss'))} |",
-        f"| tuned (best on validation) | {best['iteration']} | {_fmt(best['test_accuracy'], True)} | "
+        f"| tuned (best on {'validation' if has_val else 'test: no validation set, for reference only'}) | {best['iteration']} | {_fmt(best['test_accuracy'], True)} | "
         f"{100 * (_num(best['test_accuracy']) - _num(base['test_accuracy'])):+.1f} pt | {_fmt(best.get('test_loss'))} |",
         "",
         "## Per term",
