@@ -236,3 +236,26 @@ def test_depth_agrees_with_object_positions(backend):
         # visible surface lies between the box front and its centre along the optical axis
         d = float(np.median(r.depth[mask]))
         assert z_cam - max(o.size) - 0.02 <= d <= z_cam + 0.02, (o.id, d, z_cam)
+
+
+def test_several_backends_in_one_process_render_concurrently_and_agree():
+    backends = [make_backend("mujoco", image_size=48, seed=0) for _ in range(2)]
+    out = {}
+
+    def run(i):
+        out[i] = []
+        for seed in (0, 1):
+            backends[i].reset(seed)
+            out[i].append(backends[i].render().rgb)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+    finally:
+        for b in backends:
+            b.close()
+    assert len(out[0]) == len(out[1]) == 2
+    assert all(np.array_equal(a, b) for a, b in zip(out[0], out[1]))
