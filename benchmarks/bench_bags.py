@@ -7,7 +7,8 @@
    backend's scene_state for every frame; a ``rls3 record`` process records both (MCAP, then
    sqlite3). Reported: frames/s, messages/s, MB/s, messages lost (published - recorded),
    recorder drops, recorder CPU. Without MuJoCo: synthetic frames at 60 Hz. A second run with
-   synthetic frames and no pacing shows the recorder's headroom.
+   synthetic frames and no pacing (publisher depth 100) shows the recorder's headroom; losses
+   there happen in DDS (reliable keep-last histories overwritten), not in the recorder's queue.
 2. replay: the MCAP bag is replayed by ``rls3 replay`` into a probe process; reported: the
    inter-arrival error (gap at the subscriber minus the gap in the bag) p50/p99/max, the
    replay's total length error, and the replayer's own publish lateness p50/p99.
@@ -92,13 +93,15 @@ def bag_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.iterdir())
 
 
-def record_run(work: Path, env, name: str, storage: str, frames: int, rate: float, backend: str, size: int = 224) -> dict:
+def record_run(work: Path, env, name: str, storage: str, frames: int, rate: float, backend: str, size: int = 224,
+               depth: int = 10) -> dict:
     bag = work / name
     prefix = f"/{name}"
     rec = Proc(["-m", "rls3_ros.bags.recorder", "--topics", f"{prefix}/image_raw", f"{prefix}/scene_state", "--out", str(bag),
                 "--storage", storage], env, work / f"{name}.rec.log")
     rec.wait_for("recording to")
-    pub_args = ["-m", "rls3_ros.bags.stream_publisher", "--prefix", prefix, "--count", str(frames), "--rate", str(rate), "--size", str(size)]
+    pub_args = ["-m", "rls3_ros.bags.stream_publisher", "--prefix", prefix, "--count", str(frames), "--rate", str(rate), "--size", str(size),
+                "--depth", str(depth)]
     if backend:
         pub_args += ["--backend", backend]
     pub = Proc(pub_args, env, work / f"{name}.pub.log")
@@ -122,6 +125,7 @@ def record_run(work: Path, env, name: str, storage: str, frames: int, rate: floa
         "source": backend or "synthetic",
         "image": f"{size}x{size} rgb8",
         "target_rate_hz": rate if rate > 0 else "as fast as frames are made",
+        "publisher_depth": depth,
         "frames_published": published,
         "images_recorded": recorded_images,
         "scene_states_recorded": recorded_scenes,
@@ -197,7 +201,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         records.append(r)
         print(f"record {storage:7s} {r['source']}: {r['frames_per_s']} frames/s ({r['messages_per_s']} msg/s, {r['MB_per_s']} MB/s), "
               f"lost {r['messages_lost']}, drops {r['recorder_drops']}, recorder CPU {r['recorder_cpu_share_of_one_core']} core", flush=True)
-    stress = record_run(work, env, "stress_mcap", "mcap", frames, 0.0, "")
+    stress = record_run(work, env, "stress_mcap", "mcap", frames, 0.0, "", depth=100)
     print(f"record headroom (synthetic, unpaced): {stress['frames_per_s']} frames/s ({stress['MB_per_s']} MB/s), lost {stress['messages_lost']}, "
           f"drops {stress['recorder_drops']}", flush=True)
     replay = replay_run(work, env, Path(records[0]["_bag"]), records[0]["_prefix"])

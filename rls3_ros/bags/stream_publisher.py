@@ -56,6 +56,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--no-scene", action="store_true", help="publish only images")
     p.add_argument("--wait-subscribers", type=float, default=10.0, help="wait up to S s for subscribers on every topic")
     p.add_argument("--best-effort", action="store_true", help="publish images best-effort (like many camera drivers)")
+    p.add_argument("--depth", type=int, default=10, help="publisher keep-last depth (default 10)")
     a = p.parse_args(argv)
 
     import rclpy
@@ -75,9 +76,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     rclpy.init()
     node = rclpy.create_node("rls3_stream_publisher")
-    img_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT if a.best_effort else ReliabilityPolicy.RELIABLE)
+    img_qos = QoSProfile(depth=a.depth, reliability=ReliabilityPolicy.BEST_EFFORT if a.best_effort else ReliabilityPolicy.RELIABLE)
     pub_img = node.create_publisher(Image, f"{a.prefix}/image_raw", img_qos)
-    pub_scene = None if a.no_scene else node.create_publisher(SceneStateMsg, f"{a.prefix}/scene_state", 10)
+    pub_scene = None if a.no_scene else node.create_publisher(SceneStateMsg, f"{a.prefix}/scene_state", a.depth)
     pubs = [x for x in (pub_img, pub_scene) if x is not None]
     deadline = time.monotonic() + a.wait_subscribers
     while any(x.get_subscription_count() == 0 for x in pubs) and time.monotonic() < deadline:
