@@ -219,3 +219,25 @@ def test_latched_topic_is_recorded_late_and_replayed_latched(tmp_path, ros_env, 
     with replayer([str(bag)], ros_env) as rp:
         assert rp.wait(30) == 0
     assert "publishing /latched/adapter [rls3_msgs/msg/AdapterInfo] with QoS reliability=reliable durability=transient_local" in rp.output()
+
+
+def test_replay_loops_until_stopped_and_record_stops_after_duration(tmp_path, ros_env):
+    from test_bag_io import make_samples
+
+    from rls3_ros.bags.dataset_export import export_samples_to_bag
+
+    export_samples_to_bag(make_samples(3), tmp_path / "ds")  # 3 samples, 16.7 ms apart
+    out = tmp_path / "loop.json"
+    with recorder(["--topics", "/nobody", "--out", str(tmp_path / "empty"), "--duration", "1.5"], ros_env) as rec:
+        with probe(["/rls3/samples:rls3_msgs/msg/Sample"], out, 8, ros_env) as pr:
+            pr.wait_for_output("PROBE READY")
+            with replayer([str(tmp_path / "ds"), "--loop", "--rate", "0.5", "--wait-for-subscribers", "20"], ros_env) as rp:
+                assert pr.wait(30) == 0
+                assert rp.alive()  # still looping
+                assert rp.stop() == 0  # SIGINT: clean exit
+            assert "replay interrupted" in rp.output()
+        assert rec.wait(30) == 0, rec.output()  # --duration ended it
+    ids = [bytes.fromhex(a[4]) for a in read_arrivals(out)]
+    assert len(ids) == 8 and ids[0] == ids[3] == ids[6]  # the bag started over
+    with BagReader(tmp_path / "empty") as b:  # nothing published: an empty but complete bag
+        assert b.message_count == 0
