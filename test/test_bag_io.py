@@ -83,7 +83,14 @@ def test_typestore_knows_kilted_and_rls3_with_ros_hashes():
             want = json.loads(js.read_text())["type_hashes"][0]
             assert want["type_name"] == name
             assert store.hash_rihs01(name) == want["hash_string"]
-    assert "rosgraph_msgs/msg/Clock" in store.fielddefs and "sensor_msgs/msg/CompressedImage" in store.fielddefs
+    # the standard types the project records: same hashes as the installed ROS packages
+    share = Path(sys.prefix) / "share"
+    for name in ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage", "sensor_msgs/msg/CameraInfo",
+                 "rosgraph_msgs/msg/Clock", "geometry_msgs/msg/Pose", "std_msgs/msg/Header"):
+        pkg, _, typ = name.split("/")
+        js = share / pkg / "msg" / f"{typ}.json"
+        assert js.exists(), js
+        assert store.hash_rihs01(name) == json.loads(js.read_text())["type_hashes"][0]["hash_string"], name
 
 
 # ------------------------------------------------------------------ samples
