@@ -1,0 +1,213 @@
+"""Sample-generation speed: render + caption in-process vs through the ROS graph.
+
+One *sample* = one random move applied to a scene (swap or place, as the RL agent does),
+rendered and validity-checked; a *valid* sample is then captioned by the oracle. Both paths
+run the same move sequence from the same seeded scenes:
+
+- in-process: ``backend.apply`` + ``CaptionOracle.caption_scene`` in this process;
+- ROS: ``sim_bridge`` processes (``~/apply_action``, answer carries the image) and a
+  ``caption_oracle`` process (``~/caption_scene``), called from a client node in this process;
+  with N bridges in namespaces, one request in flight per bridge (parallel data generation).
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import numpy as np
+
+from rls3_ros.ros_isolation import isolated_ros_env
+from rls3_ros.sim.backend import PLACE, SWAP, MoveAction
+
+
+def random_moves(scene, bounds, rng: np.random.Generator, n: int) -> List[MoveAction]:
+    """``n`` agent-like moves: every 4th swaps with the container, the others place."""
+    lo, hi = np.asarray(bounds[0]), np.asarray(bounds[1])
+    ids = [o.id for o in scene.active_objects()] or [o.id for o in scene.objects[:3]]
+    moves = []
+    for i in range(n):
+        oid = ids[int(rng.integers(len(ids)))]
+        if i % 4 == 0:
+            moves.append(MoveAction(SWAP, oid))
+        else:
+            moves.append(MoveAction(PLACE, oid, position=tuple(float(v) for v in rng.uniform(lo, hi)),
+                                    yaw=float(rng.uniform(-np.pi, np.pi))))
+    return moves
+
+
+def bench_inprocess(n: int, image_size: int, seed: int = 0) -> Dict[str, float]:
+    from rls3_ros.captions.oracle import CaptionOracle
+    from rls3_ros.sim.factory import make_backend
+
+    backend = make_backend("mujoco", image_size=image_size, seed=seed)
+    oracle = CaptionOracle()
+    rng = np.random.default_rng(seed)
+    try:
+        scene = backend.reset(seed)
+        bounds = backend.placement_bounds()
+        moves = random_moves(scene, bounds, rng, n)
+        valid = relations = 0
+        t = time.perf_counter()
+        for mv in moves:
+            # ids of swapped-out objects change: re-target to a current active object
+            active = [o.id for o in backend.state().active_objects()]
+            if mv.object_id not in active:
+                mv.object_id = active[0]
+            res = backend.apply(mv)
+            if res.valid:
+                valid += 1
+                relations += len(oracle.caption_scene(res.scene))
+        dt = time.perf_counter() - t
+    finally:
+        backend.close()
+    return {"samples_per_s": n / dt, "valid_per_s": valid / dt, "valid_fraction": valid / n,
+            "relations_per_valid": relations / max(valid, 1), "n": n}
+
+
+class _GraphClient:
+    """Client node calling N sim_bridges and one caption_oracle, one request in flight per bridge."""
+
+    def __init__(self, namespaces: Sequence[str]):
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+        from rls3_msgs.srv import ApplyAction, CaptionScene, ResetScene
+
+        self.ApplyAction, self.CaptionScene, self.ResetScene = ApplyAction, CaptionScene, ResetScene
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node("generation_bench", context=self.ctx)
+        self.apply = [self.node.create_client(ApplyAction, f"{ns}/sim_bridge/apply_action") for ns in namespaces]
+        self.reset = [self.node.create_client(ResetScene, f"{ns}/sim_bridge/reset_scene") for ns in namespaces]
+        self.caption = self.node.create_client(CaptionScene, "/caption_oracle/caption_scene")
+        self.executor = MultiThreadedExecutor(num_threads=4, context=self.ctx)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def wait_ready(self, timeout: float) -> None:
+        for c in [*self.apply, *self.reset, self.caption]:
+            if not c.wait_for_service(timeout_sec=timeout):
+                raise TimeoutError(f"service {c.srv_name} not up after {timeout}s")
+
+    def call(self, client, request, timeout: float = 60.0):
+        fut = client.call_async(request)
+        done = threading.Event()
+        fut.add_done_callback(lambda _f: done.set())
+        if not done.wait(timeout):
+            raise TimeoutError(f"no answer from {client.srv_name} in {timeout}s")
+        return fut.result()
+
+    def close(self) -> None:
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        self.ctx.try_shutdown()
+
+
+def _to_request(req_cls, mv: MoveAction):
+    r = req_cls.Request(action_type=mv.action_type, object_id=mv.object_id,
+                        container_object_id=mv.container_object_id)
+    if mv.position is not None:
+        r.target_pose.position.x, r.target_pose.position.y, r.target_pose.position.z = mv.position
+        r.target_pose.orientation.z, r.target_pose.orientation.w = float(np.sin(mv.yaw / 2)), float(np.cos(mv.yaw / 2))
+    return r
+
+
+def bench_ros(n_per_bridge: int, image_size: int, bridges: int, seed: int = 0, workdir: Path = None) -> Dict[str, float]:
+    """Samples/s through ``bridges`` sim_bridge processes + one caption_oracle process."""
+    import subprocess
+
+    from rls3_ros.nodes.conversions import msg_to_scene
+    from rls3_ros.sim.factory import make_backend
+
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="rls3-genbench-"))
+    env = isolated_ros_env(workdir)
+    namespaces = [f"/gen{i}" for i in range(bridges)]
+    procs = []
+    logs = []
+    try:
+        for i, ns in enumerate(namespaces):
+            log = open(workdir / f"bridge{i}.log", "wb")
+            logs.append(log)
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "rls3_ros.nodes.sim_bridge", "--ros-args", "-r", f"__ns:={ns}",
+                 "-p", f"image_size:={image_size}", "-p", f"seed:={seed + i}"],
+                env=env, stdout=log, stderr=subprocess.STDOUT))
+        log = open(workdir / "oracle.log", "wb")
+        logs.append(log)
+        procs.append(subprocess.Popen([sys.executable, "-m", "rls3_ros.nodes.caption_oracle"],
+                                      env=env, stdout=log, stderr=subprocess.STDOUT))
+        import os
+
+        saved = {k: os.environ.get(k) for k in env if k.startswith(("ROS_", "FASTDDS", "RMW_"))}
+        os.environ.update({k: env[k] for k in saved})
+        try:
+            client = _GraphClient(namespaces)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        try:
+            client.wait_ready(120.0)
+            # Same move sequences as the in-process run (bounds from a local backend of the same seed).
+            plans = []
+            for i in range(bridges):
+                res = client.call(client.reset[i], client.ResetScene.Request(seed=seed + i))
+                if not res.success:
+                    raise RuntimeError(f"reset failed on bridge {i}: {res.message}")
+                local = make_backend("mujoco", image_size=32, seed=seed + i)
+                try:
+                    local.reset(seed + i)
+                    bounds = local.placement_bounds()
+                finally:
+                    local.close()
+                plans.append(random_moves(msg_to_scene(res.scene), bounds, np.random.default_rng(seed + i), n_per_bridge))
+            counts = {"valid": 0, "samples": 0, "relations": 0, "errors": 0}
+            lock = threading.Lock()
+
+            def worker(i: int):
+                active = [o.id for o in msg_to_scene(client.call(client.reset[i], client.ResetScene.Request(seed=seed + i)).scene).active_objects()]
+                for mv in plans[i]:
+                    if mv.object_id not in active:
+                        mv.object_id = active[0]
+                    ans = client.call(client.apply[i], _to_request(client.ApplyAction, mv))
+                    n_rel = 0
+                    if ans.success and ans.valid:
+                        active = [o.id for o in ans.scene.objects if o.active]
+                        cap = client.call(client.caption, client.CaptionScene.Request(scene=ans.scene))
+                        n_rel = len(cap.relations) if cap.success else 0
+                    with lock:
+                        counts["samples"] += 1
+                        counts["valid"] += int(ans.success and ans.valid)
+                        counts["relations"] += n_rel
+                        counts["errors"] += int(not ans.success)
+
+            threads = [threading.Thread(target=worker, args=(i,)) for i in range(bridges)]
+            t = time.perf_counter()
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+            dt = time.perf_counter() - t
+        finally:
+            client.close()
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for log in logs:
+            log.close()
+    n = counts["samples"]
+    return {"samples_per_s": n / dt, "valid_per_s": counts["valid"] / dt, "valid_fraction": counts["valid"] / max(n, 1),
+            "relations_per_valid": counts["relations"] / max(counts["valid"], 1), "errors": counts["errors"],
+            "n": n, "bridges": bridges}
