@@ -199,8 +199,11 @@ class RosSimSource(SimSource):
                                   receptacle_id=action.receptacle_id)
         resp = self.caller.call(self.apply_client, req, f"{self.name} apply_action")
         self.renders += 1
-        if not resp.success:  # malformed request (e.g. no receptacle under the target): an invalid move
-            return SimStep(False, "bad_request", None, None)  # type: ignore[arg-type]
+        if not resp.success:
+            if resp.reason == "bad_request" or resp.message.startswith("bad request"):
+                # e.g. no receptacle under the target: the agent's move is invalid, the scene unchanged
+                return SimStep(False, "bad_request", None, None)  # type: ignore[arg-type]
+            raise StageError(f"{self.name} apply_action failed: {resp.message}")
         return SimStep(bool(resp.valid), resp.reason, msg_to_scene(resp.scene), image_msg_to_rgb(resp.image))
 
     def placement_bounds(self, scene):
