@@ -20,6 +20,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "captions": ("rls3_ros.captions.dataset_cli", "cli_captions", "a captioned dataset: --n N --out DIR"),
     "record": ("rls3_ros.bags.recorder", "cli_record", "record topics to a rosbag2 (MCAP/sqlite3)"),
     "replay": ("rls3_ros.bags.replayer", "cli_replay", "replay a rosbag2 with its original timing"),
+    "bag": ("rls3_ros.bags.bag_cli", "cli_bag", "bag tools: rls3 bag info|export|samples"),
     "bench": ("rls3_ros.bench", "cli_bench", "benchmarks: rls3 bench learning|speed [--quick]"),
 }
 
