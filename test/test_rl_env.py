@@ -130,3 +130,22 @@ def test_bad_parameters_are_refused(source):
         RLS3Env(source, cap, reward_valid=-1)
     with pytest.raises(ValueError):
         RLS3Env(source, cap, j2_metric="score")
+
+
+def test_j2_per_step_option_rewards_each_valid_sample(source, vlm):
+    env = RLS3Env(source, CaptionOracle().caption_scene, vlm.score, T=6, T0=6, seed=5, j2_per_step=True,
+                  reward_valid=0.1, reward_invalid=-0.1)
+    env.reset()
+    rng = np.random.default_rng(5)
+    done, got_valid = False, False
+    while not done:
+        _, r, done, _, info = env.step(rng.uniform(-1, 1, ACTION_DIM).astype(np.float32))
+        if info["valid"]:
+            got_valid = True
+            s = env._samples[-1]
+            assert r == pytest.approx(0.1 + j2_from_scores(vlm.score([s]), "loss", env.j2_clip), rel=1e-5)
+        elif info["reason"] != "no_relation":
+            assert r == pytest.approx(-0.1)  # no extra J2 at the episode's end in this mode
+    assert got_valid
+    rec = info["episode_record"]
+    assert rec.j2 == pytest.approx(j2_from_scores(vlm.score(rec.samples), "loss", env.j2_clip), rel=1e-5)

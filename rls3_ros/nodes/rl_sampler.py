@@ -30,7 +30,7 @@ Parameters (defaults):
   ``replay_fraction`` (0.3), ``budget_valid_samples`` (1200), ``budget_renders`` (0),
   ``max_iterations`` (0), ``patience`` (0): the scheduler (``rls3_ros.rl.scheduler``).
 - ``reward_valid`` (0.1), ``reward_invalid`` (-0.1), ``j2_metric`` ("loss"), ``j2_weight`` (1.0),
-  ``j2_clip`` (3.0), ``max_relations`` (3): the env's rewards.
+  ``j2_clip`` (3.0), ``max_relations`` (3), ``j2_per_step`` (false): the env's rewards.
 - ``test_scenes`` (60), ``val_scenes`` (24), ``replay_scenes`` (40), ``moves_per_scene`` (4),
   ``test_per_term`` (40), ``val_per_term`` (15): fixed sets, generated through the graph
   from fixed seeds and cached (``RLS3_CACHE`` or ~/.cache/rls3_ros) under ``dataset_key``.
@@ -99,6 +99,7 @@ PARAMS: Dict[str, Any] = {
     "j2_weight": (1.0, "weight of J2 in the last step's reward"),
     "j2_clip": (3.0, "per-relation loss clip [nats]"),
     "max_relations": (3, "relations kept per sample (0 = all)"),
+    "j2_per_step": (False, "reward each valid sample with its own VLM loss at its step (not the paper's T:1)"),
     "test_scenes": (60, "scenes of the fixed test set"),
     "val_scenes": (24, "scenes of the validation set (used when patience > 0)"),
     "replay_scenes": (40, "scenes of the base replay pool"),
@@ -349,7 +350,7 @@ class RlSampler(Node):
                                        "budget_valid_samples", "budget_renders", "max_iterations", "patience")}
             | {"min_delta": 0.0, "seed": int(p["seed"])},
             "env": {k: p[k] for k in ("reward_valid", "reward_invalid", "j2_metric", "j2_weight", "j2_clip",
-                                      "max_relations")} | {"reward_no_relation": 0.0},
+                                      "max_relations", "j2_per_step")} | {"reward_no_relation": 0.0},
             "agent": {"learning_starts": int(p["learning_starts"]), "k": int(p["miner_k"])},
             "eval": {k: p[k] for k in ("test_scenes", "val_scenes", "replay_scenes", "moves_per_scene",
                                        "test_per_term", "val_per_term")},

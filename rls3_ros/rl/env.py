@@ -14,6 +14,8 @@ Rewards (the paper's two signals):
   on the episode's valid samples; ``j2_metric="loss"`` -> mean per-relation loss [nats],
   ``"error"`` -> 1 - accuracy. A worse VLM gives a higher reward. J2 is clipped to
   ``j2_clip`` (loss only) so a few ambiguous near-boundary samples cannot dominate.
+  ``j2_per_step=True`` (an option, not the paper's schedule) gives each valid sample its own
+  VLM loss as reward at its step instead (denser credit assignment; same scoring cost).
 
 Action space (one ``Box(-1, 1, (6,))`` serves SAC, PPO and the random agent; documented
 choice — a discrete space would need a second decoder and gains nothing here):
@@ -232,6 +234,7 @@ class RLS3Env(gym.Env):
         episode_hook: Optional[Callable[[EpisodeRecord], None]] = None,
         run_id: str = "rls3",
         max_relations: int = 0,
+        j2_per_step: bool = False,
     ):
         super().__init__()
         if T < 1:
@@ -258,6 +261,7 @@ class RLS3Env(gym.Env):
         self.episode_hook = episode_hook
         self.run_id = run_id
         self.max_relations = int(max_relations)
+        self.j2_per_step = bool(j2_per_step)
 
         self.slot_dim = self.n_categories + SLOT_FEATURES_BASE
         obs_dim = N_SLOTS * self.slot_dim + N_SCENE_TYPES + 3 + 3
@@ -270,6 +274,7 @@ class RLS3Env(gym.Env):
         self._scene: Optional[SceneState] = None
         self._t = 0
         self._samples: List[Sample] = []
+        self._step_scores: List[RelationScore] = []
         self._invalid: Dict[str, int] = {}
         self._kinds: Dict[str, int] = {}
         self._renders_at_reset = 0
@@ -295,6 +300,7 @@ class RLS3Env(gym.Env):
         self._cur_type = res.scene.scene_type
         self._t = 0
         self._samples = []
+        self._step_scores = []
         self._invalid = {}
         self._kinds = {}
         self._last_valid = 1.0
@@ -383,6 +389,10 @@ class RLS3Env(gym.Env):
             self._samples.append(sample)
             r = self.reward_valid
             self._last_valid = 1.0
+            if self.j2_per_step and self.scorer is not None:
+                sc = list(self.scorer([sample]))
+                self._step_scores.extend(sc)
+                r += self.j2_weight * j2_from_scores(sc, self.j2_metric, self.j2_clip)
         elif reason == "no_relation":
             r = self.reward_no_relation
             self._invalid[reason] = self._invalid.get(reason, 0) + 1
@@ -400,11 +410,11 @@ class RLS3Env(gym.Env):
             scores: List[RelationScore] = []
             j2 = float("nan")
             if self.scorer is not None and self._samples:
-                scores = list(self.scorer(self._samples))
+                scores = self._step_scores if self.j2_per_step else list(self.scorer(self._samples))
                 j2 = j2_from_scores(scores, self.j2_metric, self.j2_clip)
             elif self.scorer is not None:
                 j2 = 0.0
-            if not math.isnan(j2):
+            if not math.isnan(j2) and not self.j2_per_step:
                 r += self.j2_weight * j2
             rec = EpisodeRecord(
                 episode=self._cur_episode,

@@ -50,6 +50,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
         "j2_weight": 1.0,
         "j2_clip": 3.0,
         "max_relations": 3,
+        "j2_per_step": False,
     },
     "agent": {"learning_starts": 16, "k": 4},
     "eval": {"test_scenes": 60, "val_scenes": 24, "replay_scenes": 40, "moves_per_scene": 4,
