@@ -19,6 +19,8 @@ from rls3_ros.captions import terms as T
 from rls3_ros.vlm.interface import SpatialVLM
 
 QUERY_TYPES = ("where", "check", "what")
+MAX_TEXT_CHARS = 1000  # longest object name / relation accepted (a 100 kB name would stall the model)
+MAX_CANDIDATES = 256  # most 'what' candidates accepted per query
 
 
 class QueryError(ValueError):
@@ -52,6 +54,8 @@ def parse_relation(relation: str) -> List[str]:
     rel = (relation or "").strip()
     if not rel:
         raise QueryError(f"relation is empty; use one of: {', '.join(T.TERMS)}")
+    if len(rel) > MAX_TEXT_CHARS:
+        raise QueryError(f"relation is too long ({len(rel)} characters > {MAX_TEXT_CHARS})")
     try:
         from rls3_ros.vlm.queries import parse_relation as _parse  # the model layer's parser
 
@@ -90,6 +94,8 @@ def check_object(role: str, name: str, known: Optional[Sequence[str]]) -> str:
     n = (name or "").strip()
     if not n:
         raise QueryError(f"{role} is empty: name the object (e.g. 'mug')")
+    if len(n) > MAX_TEXT_CHARS:
+        raise QueryError(f"{role} name is too long ({len(n)} characters > {MAX_TEXT_CHARS})")
     if known is not None and len(known) > 0 and not _match_object(n, known):
         shown = ", ".join(sorted(set(known))[:20])
         raise QueryError(f"unknown {role} {n!r}: not in the current scene (known objects: {shown})")
@@ -155,6 +161,8 @@ def _answer(model, image, req, known, default_candidates) -> QueryAnswer:
             success=True, message="ok", answer=answer, terms=terms, holds=bool(holds),
             confidence=float(p if holds else 1.0 - p), adapter=adapter,
         )
+    if len(req.candidates) > MAX_CANDIDATES:
+        raise QueryError(f"too many candidates ({len(req.candidates)} > {MAX_CANDIDATES})")
     cands = [c.strip() for c in req.candidates if c.strip()]
     if not cands:
         cands = [c for c in (default_candidates or []) if c.strip().lower() != reference.lower()]
