@@ -1,0 +1,78 @@
+"""Shared helpers of the reliability tests (fuzz, load, faults, startup parameters).
+
+Not a test module: node environments, RSS of a process, request counters written to
+``results/fuzz_counts.json``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Dict, Mapping
+
+from rls3_ros.ros_isolation import isolated_ros_env
+
+TEST_DIR = Path(__file__).resolve().parent
+REPO = TEST_DIR.parent
+RESULTS = REPO / "results"
+TEST_MODEL = "py:vlm_test_model:load"
+
+
+def node_env(root: Path) -> Dict[str, str]:
+    """An isolated loopback ROS env for node processes (own domain, temp ROS_HOME), one torch
+    thread per process (2 shared cores), the test model importable."""
+    env = isolated_ros_env(Path(root))
+    env["OMP_NUM_THREADS"] = "1"
+    env["PYTHONPATH"] = os.pathsep.join([str(TEST_DIR), str(REPO), env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    env["RLS3_CACHE"] = str(Path(root) / "cache")
+    return env
+
+
+def apply_ros_env(env: Mapping[str, str], monkeypatch) -> None:
+    """Make in-process rclpy clients use the same domain / discovery as ``env``."""
+    for k, v in env.items():
+        if k.startswith(("ROS_", "FASTDDS", "RMW_")):
+            monkeypatch.setenv(k, v)
+
+
+def rss_mb(pid: int) -> float:
+    """Resident set size of ``pid`` in MB (VmRSS from /proc)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+class Counts:
+    """Requests tried per kind (several kinds per request: one per field class)."""
+
+    def __init__(self) -> None:
+        self.c: collections.Counter = collections.Counter()
+
+    def add(self, *kinds: str) -> None:
+        for k in kinds:
+            self.c[k] += 1
+
+    def as_dict(self) -> Dict[str, int]:
+        return dict(sorted(self.c.items()))
+
+
+def write_results(name: str, key: str, data) -> Path:
+    """Merge ``{key: data}`` into ``results/<name>`` (JSON, atomic replace)."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / name
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        doc = {}
+    doc[key] = data
+    fd, tmp = tempfile.mkstemp(dir=RESULTS, prefix=f".{name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(doc, f, indent=1, sort_keys=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
