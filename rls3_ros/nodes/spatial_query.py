@@ -463,6 +463,8 @@ class SpatialQueryNode(LifecycleNode):
         except ImageConversionError as e:
             resp.success, resp.message = False, f"bad image: {e}"
             return
+        if not image.flags.writeable:  # a view of the message buffer; torch wants writable arrays
+            image = image.copy()
         scene = self._scene_for(stamp_to_ns(resp.header.stamp), from_topic)
         names = scene_object_names(scene) if scene is not None else None
         defaults = [o.description or o.id for o in scene.objects] if scene is not None else None
