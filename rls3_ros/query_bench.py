@@ -3,8 +3,8 @@
     python -m rls3_ros.query_bench [--model embedded] [--n 200] [--image-size 128]
                                    [--out results/query_latency.json]
 
-(``cli_query_bench(argv)`` for ``rls3 bench query``.) Three measurements, one after the
-other so they do not share the CPU:
+(``cli_query_bench(argv)`` for ``rls3 bench query``.) Three measurements, run in interleaved
+rounds so that load from other processes on a shared machine hits them alike:
 1. ``direct``: ``answer_query`` on a model loaded in this process (what ``rls3 query`` does);
 2. ``node_request_image``: the node in its own process, asked from this process over
    loopback DDS with the image in the request (``SpatialQueryClient.where_is(image=...)``);
@@ -57,118 +57,138 @@ def stats(lat_s: List[float]) -> Dict[str, float]:
             "max_ms": float(a.max())}
 
 
-def bench_direct(spec: str, adapter: str, images: List[np.ndarray], n: int, warmup: int) -> Dict[str, float]:
-    t0 = time.monotonic()
-    model = load_model(spec, adapter)
-    load_s = time.monotonic() - t0
-    req = QueryRequest("where", SUBJECT, REFERENCE)
-    for i in range(warmup):
-        assert answer_query(model, images[n + i], req).success
-    lat = []
-    for i in range(n):
-        t = time.perf_counter()
-        ans = answer_query(model, images[i], req)
-        lat.append(time.perf_counter() - t)
-        if not ans.success:
-            raise RuntimeError(f"direct query failed: {ans.message}")
-    out = stats(lat)
-    out["model_load_s"] = load_s
-    return out
+class _Node:
+    """The spatial_query node in its own process, plus an in-process client on its domain."""
 
+    def __init__(self, spec: str, adapter: str, workdir: Path, threads: int, ready_timeout: float = 300.0):
+        from rls3_ros.ros_isolation import isolated_ros_env
 
-def bench_node(spec: str, adapter: str, images: List[np.ndarray], n: int, warmup: int, workdir: Path,
-               ready_timeout: float = 300.0) -> Dict[str, Dict[str, float]]:
-    from rls3_ros.ros_isolation import isolated_ros_env
-
-    env = isolated_ros_env(workdir)
-    for k, v in env.items():  # this process's client joins the same isolated domain
-        if k.startswith(("ROS_", "FASTDDS", "RMW_")):
-            os.environ[k] = v
-    log_path = workdir / "spatial_query.log"
-    cmd = [sys.executable, "-m", "rls3_ros.nodes.spatial_query", "--ros-args", "-p", f"model:={spec}",
-           "-p", "follow_adapter_topic:=false", "-p", "image_qos:=reliable"] + (["-p", f"adapter:={adapter}"] if adapter else [])
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
+        env = isolated_ros_env(workdir)
+        for k, v in env.items():  # this process's client joins the same isolated domain
+            if k.startswith(("ROS_", "FASTDDS", "RMW_")):
+                os.environ[k] = v
+        self.log_path = workdir / "spatial_query.log"
+        cmd = [sys.executable, "-m", "rls3_ros.nodes.spatial_query", "--ros-args", "-p", f"model:={spec}",
+               "-p", "follow_adapter_topic:=false", "-p", "image_qos:=reliable", "-p", "frame_buffer:=5",
+               "-p", f"torch_threads:={threads}"]
+        cmd += ["-p", f"adapter:={adapter}"] if adapter else []
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         t0 = time.monotonic()
-        while "model ready" not in log_path.read_text(errors="replace"):
-            if proc.poll() is not None or time.monotonic() - t0 > ready_timeout:
-                raise RuntimeError(f"spatial_query did not get ready:\n{log_path.read_text(errors='replace')[-3000:]}")
+        while "model ready" not in self.log_path.read_text(errors="replace"):
+            if self.proc.poll() is not None or time.monotonic() - t0 > ready_timeout:
+                self.close()
+                raise RuntimeError(f"spatial_query did not get ready:\n{self.log_path.read_text(errors='replace')[-3000:]}")
             time.sleep(0.1)
-        ready_s = time.monotonic() - t0
-        return _client_runs(images, n, warmup, ready_s)
-    finally:
-        proc.send_signal(2)
+        self.ready_s = time.monotonic() - t0
+
+        import rclpy
+        from rclpy.executors import MultiThreadedExecutor
+        from sensor_msgs.msg import Image
+
+        from rls3_ros.client import SpatialQueryClient
+
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node("query_bench", context=self.ctx)
+        self.ex = MultiThreadedExecutor(num_threads=2, context=self.ctx)
+        self.ex.add_node(self.node)
+        threading.Thread(target=self.ex.spin, daemon=True).start()
+        self.client = SpatialQueryClient(self.node)
+        if not self.client.wait_for_service(60):
+            raise RuntimeError("query service not available")
+        self.pub = self.node.create_publisher(Image, "image_raw", 10)
+        t0 = time.monotonic()
+        while self.pub.get_subscription_count() == 0 and time.monotonic() - t0 < 20:
+            time.sleep(0.02)
+        self._stamp = 0
+
+    def ask_with_image(self, msg) -> float:
+        t = time.perf_counter()
+        a = self.client.where_is(SUBJECT, REFERENCE, image=msg, timeout=60)
+        dt = time.perf_counter() - t
+        if not a.success:
+            raise RuntimeError(f"node query failed: {a.message}")
+        return dt
+
+    def ask_on_camera_frame(self, msg) -> float:
+        from rls3_ros.nodes.conversions import ns_to_stamp
+
+        self._stamp += 1
+        msg.header.stamp = ns_to_stamp(1_000_000_000 * self._stamp)
+        msg.header.frame_id = "camera_optical"
+        t = time.perf_counter()
+        self.pub.publish(msg)
+        while True:  # the frame travels on the topic; a query before it arrives is refused ("no frame")
+            a = self.client.where_is(SUBJECT, REFERENCE, header=msg.header, timeout=60)
+            if a.success or "no frame" not in a.message or time.perf_counter() - t > 10:
+                break
+        dt = time.perf_counter() - t
+        if not a.success:
+            raise RuntimeError(f"node query on a camera frame failed: {a.message}")
+        return dt
+
+    def close(self) -> None:
+        if hasattr(self, "ex"):
+            self.ex.shutdown(timeout_sec=2.0)
+            self.node.destroy_node()
+            self.ctx.try_shutdown()
+        self.proc.send_signal(2)
         try:
-            proc.wait(timeout=15)
+            self.proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            self.proc.kill()
 
 
-def _client_runs(images: List[np.ndarray], n: int, warmup: int, ready_s: float) -> Dict[str, Dict[str, float]]:
-    import rclpy
-    from rclpy.executors import MultiThreadedExecutor
-    from sensor_msgs.msg import Image
-
-    from rls3_ros.client import SpatialQueryClient
-    from rls3_ros.nodes.conversions import ns_to_stamp
+def run_bench(spec: str, adapter: str, n: int, warmup: int, image_size: int, rounds: int, workdir: Path,
+              threads: int = 1) -> Dict:
+    """Interleaved rounds (direct, node with image, node on camera frame; order rotated each
+    round) so that CPU load from other processes hits the three alike."""
     from rls3_ros.nodes.image_conversion import numpy_to_image_msg
 
-    ctx = rclpy.Context()
-    rclpy.init(context=ctx)
-    node = rclpy.create_node("query_bench", context=ctx)
-    ex = MultiThreadedExecutor(num_threads=2, context=ctx)
-    ex.add_node(node)
-    th = threading.Thread(target=ex.spin, daemon=True)
-    th.start()
+    modes = ("direct", "node_request_image", "node_camera_frame")
+    total = n + warmup
+    images = {m: [make_image(image_size, seed=k * total + i) for i in range(total)] for k, m in enumerate(modes)}
+    msgs = {m: [numpy_to_image_msg(im, "rgb8") for im in images[m]] for m in modes[1:]}
+    print(f"starting spatial_query ({spec!r}) in its own process ...", flush=True)
+    node = _Node(spec, adapter, workdir, threads)
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(threads)
     try:
-        client = SpatialQueryClient(node)
-        if not client.wait_for_service(60):
-            raise RuntimeError("query service not available")
-        results = {}
-        msgs = [numpy_to_image_msg(im, "rgb8") for im in images]
-        for i in range(warmup):
-            assert client.where_is(SUBJECT, REFERENCE, image=msgs[n + i], timeout=60).success
-        lat = []
-        for i in range(n):
-            t = time.perf_counter()
-            a = client.where_is(SUBJECT, REFERENCE, image=msgs[i], timeout=60)
-            lat.append(time.perf_counter() - t)
-            if not a.success:
-                raise RuntimeError(f"node query failed: {a.message}")
-        results["node_request_image"] = stats(lat)
-        results["node_request_image"]["node_ready_s"] = ready_s
-
-        pub = node.create_publisher(Image, "image_raw", 10)
         t0 = time.monotonic()
-        while pub.get_subscription_count() == 0 and time.monotonic() - t0 < 20:
-            time.sleep(0.02)
+        model = load_model(spec, adapter)
+        load_s = time.monotonic() - t0
+        req = QueryRequest("where", SUBJECT, REFERENCE)
 
-        def publish(i: int):
-            frame = msgs[i]
-            frame.header.stamp = ns_to_stamp(1_000_000_000 * (i + 1))
-            frame.header.frame_id = "camera_optical"
-            pub.publish(frame)
-            return frame.header
-
-        lat = []
-        for i in list(range(n, n + warmup)) + list(range(n)):
-            header = publish(i)
+        def direct(i: int) -> float:
             t = time.perf_counter()
-            while True:  # the frame travels on the topic; a query before it arrives is refused ("no frame")
-                a = client.where_is(SUBJECT, REFERENCE, header=header, timeout=60)
-                if a.success or "no frame" not in a.message or time.perf_counter() - t > 10:
-                    break
-            if i < n:
-                lat.append(time.perf_counter() - t)
-            if not a.success:
-                raise RuntimeError(f"node query on a camera frame failed: {a.message}")
-        results["node_camera_frame"] = stats(lat)
-        return results
+            ans = answer_query(model, images["direct"][i], req)
+            dt = time.perf_counter() - t
+            if not ans.success:
+                raise RuntimeError(f"direct query failed: {ans.message}")
+            return dt
+
+        ask = {"direct": direct, "node_request_image": lambda i: node.ask_with_image(msgs["node_request_image"][i]),
+               "node_camera_frame": lambda i: node.ask_on_camera_frame(msgs["node_camera_frame"][i])}
+        for m in modes:
+            for i in range(n, total):
+                ask[m](i)
+        lat = {m: [] for m in modes}
+        per = -(-n // rounds)
+        for r in range(rounds):
+            order = modes[r % 3:] + modes[: r % 3]
+            for m in order:
+                for i in range(r * per, min(n, (r + 1) * per)):
+                    lat[m].append(ask[m](i))
+            print(f"  round {r + 1}/{rounds}: " + "  ".join(f"{m} {1e3 * np.median(lat[m]):.1f} ms" for m in modes), flush=True)
+        out = {m: stats(lat[m]) for m in modes}
+        out["direct"]["model_load_s"] = load_s
+        out["node_request_image"]["node_ready_s"] = node.ready_s
+        return out
     finally:
-        ex.shutdown(timeout_sec=2.0)
-        node.destroy_node()
-        ctx.try_shutdown()
+        node.close()
 
 
 def cli_query_bench(argv: List[str]) -> int:
@@ -178,21 +198,23 @@ def cli_query_bench(argv: List[str]) -> int:
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds (direct / node / node camera)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads in both processes (0 = torch default; >1 stalls on a busy shared CPU)")
     p.add_argument("--out", default="results/query_latency.json")
     a = p.parse_args(argv)
-    images = [make_image(a.image_size, seed) for seed in range(a.n + a.warmup)]
-    print(f"direct: {a.n} where-queries on {a.model!r} ...", flush=True)
-    direct = bench_direct(a.model, a.adapter, images, a.n, a.warmup)
-    print(f"  p50 {direct['p50_ms']:.2f} ms  p99 {direct['p99_ms']:.2f} ms", flush=True)
     with tempfile.TemporaryDirectory(prefix="rls3-qbench-") as tmp:
-        print("node: starting spatial_query in its own process ...", flush=True)
-        node = bench_node(a.model, a.adapter, images, a.n, a.warmup, Path(tmp))
-    for k, v in node.items():
+        res = run_bench(a.model, a.adapter, a.n, a.warmup, a.image_size, a.rounds, Path(tmp), a.threads)
+    for k, v in res.items():
         print(f"{k}: p50 {v['p50_ms']:.2f} ms  p99 {v['p99_ms']:.2f} ms", flush=True)
+    node = {k: v for k, v in res.items() if k != "direct"}
+    direct = res["direct"]
     result = {
         "what": "latency of one 'where' query: direct in-process model call vs the spatial_query node asked "
                 "from another process over loopback DDS (sequential, one query in flight)",
+        "method": f"{a.rounds} interleaved rounds of the three modes (order rotated), each query on its own image",
         "model": a.model, "adapter": a.adapter, "image_size": a.image_size, "n": a.n, "warmup": a.warmup,
+        "torch_threads": a.threads,
         "direct": direct, **node,
         "overhead_p50_ms": {k: node[k]["p50_ms"] - direct["p50_ms"] for k in node},
         "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),

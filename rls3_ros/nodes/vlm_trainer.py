@@ -32,6 +32,7 @@ Parameters (defaults)
 - ``train_instance`` ("reload"): the instance trained: "reload" (a new instance from the
   spec with the served adapter), "copy" (a deep copy), "in_place" (the served model; scoring
   then waits for training to finish, a cancelled run leaves its partial update).
+- ``torch_threads`` (0): torch intra-op threads (0 = torch default).
 - ``samples_topic`` ("samples"), ``metrics_topic`` ("training_metrics"),
   ``adapter_topic`` ("adapter").
 """
@@ -68,6 +69,14 @@ ADAPTER_QOS = QoSProfile(
 )
 
 
+def _set_torch_threads(node, n: int) -> None:
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)
+        node.get_logger().info(f"torch intra-op threads: {n}")
+
+
 class VlmTrainer(Node):
     """Sample buffer + score service + fine-tune action around one SpatialVLM."""
 
@@ -88,6 +97,8 @@ class VlmTrainer(Node):
         d("samples_topic", "samples", "captioned samples to buffer")
         d("metrics_topic", "training_metrics", "TrainingMetrics output")
         d("adapter_topic", "adapter", "AdapterInfo announcements (transient local)")
+        d("torch_threads", 0, "torch intra-op threads (0 = torch default); 1 avoids stalls on a busy shared CPU")
+        _set_torch_threads(self, int(self._p("torch_threads")))
         self._validate_parameters()
 
         self.adapter_dir = os.path.abspath(str(self._p("adapter_dir")))
