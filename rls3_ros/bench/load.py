@@ -1,0 +1,390 @@
+"""Load benchmark of the query server: many client processes, one ``spatial_query`` node,
+an adapter hot swap in the middle.
+
+    rls3 bench load [--quick] [--clients 8] [--n 1000] [--model embedded] [--adapter DIR]
+                    [--out results/load.json]
+    python -m rls3_ros.bench.load ...            (same; ``cli_bench_load(argv)``)
+
+What it does (all on loopback DDS, in an isolated ROS domain and temp ROS_HOME):
+1. starts one ``spatial_query`` node process (``--model``; ``embedded`` falls back to
+   ``embedded:random`` — same network and cost, untrained weights — when no pretrained
+   embedded model is cached, since only latency and delivery are measured here);
+2. prepares an adapter for the swap (``--adapter``, else a LoRA adapter with small random
+   weights made for the model and saved in peft format);
+3. starts ``--clients`` client processes; after a common start signal each sends ``--n``
+   queries one after the other (where / check / what in turn, each on its own image), and
+   records per query: send time, latency, success, message, the adapter that answered;
+4. when half of all queries are answered, this process calls ``~/set_adapter`` (hot swap:
+   the node builds the new instance off the query path);
+5. collects the clients' records: **failed** = answered with success=false, **lost** = no
+   answer within ``--timeout`` (or never recorded because a client died); latency p50/p90/
+   p99/max over all answered queries, and separately for queries sent during the swap;
+   throughput; the node's RSS before/after.
+Writes ``--out`` (JSON) and prints a summary. Exit code 0 when nothing failed or was lost.
+``--quick``: 8 clients x 50 queries (default out ``results/load_quick.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+QUERY_SERVICE = "/spatial_query/query"
+SWAP_SERVICE = "/spatial_query/set_adapter"
+SUBJECT, REFERENCE, OTHER = "red box", "blue box", "green box"
+
+
+# ---------------------------------------------------------------------------------------- helpers
+def _image(size: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = np.full((size, size, 3), (180, 170, 150), np.uint8)
+    img[: size // 3] = (210, 210, 220)
+    for colour in ((200, 40, 40), (40, 70, 210), (40, 180, 60)):
+        x, y = rng.integers(0, size - size // 6, 2)
+        img[y : y + size // 6, x : x + size // 6] = colour
+    return img
+
+
+def _stats(lat_s: List[float]) -> Dict[str, float]:
+    if not lat_s:
+        return {"n": 0}
+    a = np.asarray(lat_s) * 1e3
+    return {"n": int(a.size), "p50_ms": round(float(np.percentile(a, 50)), 2),
+            "p90_ms": round(float(np.percentile(a, 90)), 2), "p99_ms": round(float(np.percentile(a, 99)), 2),
+            "mean_ms": round(float(a.mean()), 2), "max_ms": round(float(a.max()), 2)}
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return float("nan")
+
+
+def _resolve_model(spec: str) -> str:
+    """``embedded`` without a pretrained cache -> ``embedded:random`` (same cost, see docstring)."""
+    if spec.strip() != "embedded":
+        return spec
+    try:
+        from rls3_ros.vlm.factory import embedded_base_dir
+
+        embedded_base_dir(must_exist=True)
+        return spec
+    except Exception:  # noqa: BLE001 - not pretrained here
+        return "embedded:random"
+
+
+def make_swap_adapter(spec: str, directory: str, seed: int = 0) -> str:
+    """A LoRA adapter for ``spec`` in peft format: a fresh adapter whose B matrices get small
+    random values (so the swapped model really answers differently)."""
+    import torch
+
+    from rls3_ros.spatial_answers import load_model
+
+    model = load_model(spec)
+    host = getattr(model, "host", None)
+    if host is None:
+        raise ValueError(f"model {spec!r} has no adapter host; pass --adapter DIR")
+    host.ensure_adapter()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in host.model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return model.save_adapter(directory)
+
+
+# ---------------------------------------------------------------------------------------- client
+def _client_main(a) -> int:
+    """One client process: wait for the start file, send ``n`` queries sequentially, write records."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rls3_msgs.srv import SpatialQuery
+
+    from rls3_ros.nodes.image_conversion import numpy_to_image_msg
+
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node(f"load_client_{a.client_id}", context=ctx)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    threading.Thread(target=ex.spin, daemon=True).start()
+    client = node.create_client(SpatialQuery, a.service)
+    records: List[list] = []
+    progress = Path(a.progress)
+    try:
+        if not client.wait_for_service(timeout_sec=60.0):
+            raise RuntimeError(f"service {a.service} not available")
+        start = Path(a.start_file)
+        reqs = []
+        for i in range(a.n):
+            r = SpatialQuery.Request()
+            kind = ("where", "check", "what")[i % 3]
+            r.query_type, r.subject, r.reference = kind, SUBJECT if kind != "what" else "", REFERENCE
+            r.relation = "" if kind == "where" else "left"
+            r.candidates = [SUBJECT, OTHER] if kind == "what" else []
+            r.image = numpy_to_image_msg(_image(a.image_size, a.client_id * 100_003 + i), "rgb8")
+            r.header.frame_id = f"c{a.client_id}q{i}"
+            r.image.header = r.header
+            reqs.append(r)
+        progress.write_text("0")  # ready: service found, requests built
+        while not start.exists():
+            time.sleep(0.01)
+        for i, r in enumerate(reqs):
+            done = threading.Event()
+            t_send = time.time()
+            t0 = time.perf_counter()
+            fut = client.call_async(r)
+            fut.add_done_callback(lambda _f: done.set())
+            if not done.wait(a.timeout):
+                client.remove_pending_request(fut)
+                records.append([i, t_send, None, False, "lost: no answer", ""])
+            else:
+                dt = time.perf_counter() - t0
+                resp = fut.result()
+                ok = bool(resp.success) and resp.header.frame_id == r.header.frame_id
+                msg = resp.message
+                if resp.success and not ok:
+                    msg = f"answer carries header {resp.header.frame_id!r}, expected {r.header.frame_id!r}"
+                records.append([i, t_send, dt, ok, msg[:200], resp.adapter])
+            if (i + 1) % 10 == 0 or i + 1 == a.n:
+                tmp = progress.with_suffix(".tmp")
+                tmp.write_text(str(i + 1))
+                os.replace(tmp, progress)
+    finally:
+        Path(a.records).write_text(json.dumps(records))
+        ex.shutdown(timeout_sec=2.0)
+        node.destroy_node()
+        ctx.try_shutdown()
+    return 0
+
+
+# ---------------------------------------------------------------------------------------- driver
+def run_load(n_clients: int = 8, n_queries: int = 1000, model: str = "embedded", adapter: str = "",
+             out: Optional[str] = "results/load.json", image_size: int = 96, timeout: float = 120.0,
+             workdir: Optional[str] = None, log=print) -> Dict[str, Any]:
+    """Run the load benchmark (see module docstring); returns the result dict (also written to
+    ``out`` unless None)."""
+    from rls3_ros.ros_isolation import isolated_ros_env
+
+    tmp_ctx = tempfile.TemporaryDirectory(prefix="rls3-load-") if workdir is None else None
+    root = Path(workdir or tmp_ctx.name)
+    root.mkdir(parents=True, exist_ok=True)
+    env = isolated_ros_env(root)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    here = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([p for p in (env.get("PYTHONPATH", ""), here) if p])
+    spec = _resolve_model(model)
+    t_start = time.monotonic()
+    if not adapter:
+        log(f"making a swap adapter for {spec!r} ...")
+        adapter = make_swap_adapter(spec, str(root / "swap_adapter"))
+    node_log = open(root / "spatial_query.log", "wb")
+    node = subprocess.Popen([sys.executable, "-m", "rls3_ros.nodes.spatial_query", "--ros-args",
+                             "-p", f"model:={spec}", "-p", "follow_adapter_topic:=false", "-p", "image_qos:=reliable"],
+                            env=env, stdout=node_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    clients: List[subprocess.Popen] = []
+    swap: Dict[str, Any] = {}
+    ctx = None
+    try:
+        deadline = time.monotonic() + 180
+        while b"model ready" not in (root / "spatial_query.log").read_bytes():
+            if node.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("spatial_query did not get ready:\n"
+                                   + (root / "spatial_query.log").read_text(errors="replace")[-3000:])
+            time.sleep(0.1)
+        log(f"spatial_query ready ({spec!r}); starting {n_clients} clients x {n_queries} queries")
+        rss0 = _rss_mb(node.pid)
+        start_file = root / "start"
+        for c in range(n_clients):
+            cmd = [sys.executable, "-m", "rls3_ros.bench.load", "--client", "--client-id", str(c), "--n", str(n_queries),
+                   "--service", QUERY_SERVICE, "--start-file", str(start_file), "--progress", str(root / f"progress{c}"),
+                   "--records", str(root / f"records{c}.json"), "--image-size", str(image_size), "--timeout", str(timeout)]
+            clients.append(subprocess.Popen(cmd, env=env, stdout=open(root / f"client{c}.log", "wb"),
+                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+
+        # the swap client (this process, its own rclpy context in the isolated domain)
+        old_env = {k: os.environ.get(k) for k in env if k.startswith(("ROS_", "FASTDDS", "RMW_"))}
+        os.environ.update({k: env[k] for k in old_env})
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rls3_msgs.srv import SetAdapter
+
+        ctx = rclpy.Context()
+        rclpy.init(context=ctx)
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        snode = rclpy.create_node("load_swapper", context=ctx)
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(snode)
+        threading.Thread(target=ex.spin, daemon=True).start()
+        sclient = snode.create_client(SetAdapter, SWAP_SERVICE)
+        if not sclient.wait_for_service(timeout_sec=60):
+            raise RuntimeError("set_adapter service not available")
+        # all clients discovered the service and built their requests: go
+        ready_deadline = time.monotonic() + 180
+        while not all((root / f"progress{c}").exists() for c in range(n_clients)):
+            dead = [c for c, p in enumerate(clients) if p.poll() is not None]
+            if dead or time.monotonic() > ready_deadline:
+                raise RuntimeError(f"clients not ready (dead: {dead}):\n"
+                                   + (root / f"client{(dead or [0])[0]}.log").read_text(errors="replace")[-2000:])
+            time.sleep(0.05)
+        start_file.write_text("go")
+        t_go = time.time()
+
+        def answered() -> int:
+            n = 0
+            for c in range(n_clients):
+                try:
+                    n += int((root / f"progress{c}").read_text() or 0)
+                except (OSError, ValueError):
+                    pass
+            return n
+
+        total = n_clients * n_queries
+        while answered() < total // 2 and any(p.poll() is None for p in clients):
+            time.sleep(0.02)
+        swap["at_answered"] = answered()
+        swap["t_start"] = time.time()
+        done = threading.Event()
+        fut = sclient.call_async(SetAdapter.Request(path=adapter))
+        fut.add_done_callback(lambda _f: done.set())
+        if not done.wait(300):
+            raise RuntimeError("set_adapter did not answer within 300 s")
+        r = fut.result()
+        swap.update(t_end=time.time(), success=bool(r.success), message=r.message, active_adapter=r.active_adapter)
+        swap["duration_s"] = round(swap["t_end"] - swap["t_start"], 3)
+        log(f"adapter swap after {swap['at_answered']}/{total} answers: {r.message} ({swap['duration_s']:.2f} s)")
+        for p in clients:
+            p.wait(timeout=n_queries * timeout + 60)
+        t_end = time.time()
+        rss1 = _rss_mb(node.pid)
+        node_alive = node.poll() is None
+
+        records: List[list] = []
+        lost_missing = 0
+        for c in range(n_clients):
+            try:
+                rec = json.loads((root / f"records{c}.json").read_text())
+            except (OSError, ValueError):
+                rec = []
+            lost_missing += n_queries - len(rec)
+            records += rec
+        answered_recs = [r for r in records if r[2] is not None]
+        lost = lost_missing + sum(1 for r in records if r[2] is None)
+        failed = [r for r in answered_recs if not r[3]]
+        lat = [r[2] for r in answered_recs]
+        during = [r[2] for r in answered_recs if swap["t_start"] <= r[1] <= swap["t_end"]]
+        after = [r for r in answered_recs if r[1] > swap["t_end"]]
+        before = [r for r in answered_recs if r[1] + r[2] < swap["t_start"]]
+        result = {
+            "what": f"{n_clients} client processes x {n_queries} sequential spatial queries (where/check/what in turn, "
+                    "each on its own image) against one spatial_query node over loopback DDS, with a SetAdapter hot "
+                    "swap when half were answered",
+            "model": spec, "model_requested": model, "adapter": adapter, "image_size": image_size,
+            "clients": n_clients, "queries_per_client": n_queries, "queries": total,
+            "answered": len(answered_recs), "failed": len(failed), "lost": lost,
+            "failed_examples": [r[4] for r in failed[:5]],
+            "latency": _stats(lat), "latency_during_swap": _stats(during),
+            "throughput_qps": round(len(answered_recs) / max(1e-9, t_end - t_go), 1),
+            "wall_s": round(t_end - t_go, 1),
+            "swap": {k: v for k, v in swap.items() if k not in ("t_start", "t_end")},
+            "adapter_before_swap": sorted({r[5] for r in before}),
+            "adapter_after_swap": sorted({r[5] for r in after}),
+            "node_alive_at_end": node_alive,
+            "node_rss_mb": {"before": round(rss0, 1), "after": round(rss1, 1)},
+            "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+                     "loadavg_1m_at_end": os.getloadavg()[0]},
+            "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "total_s": round(time.monotonic() - t_start, 1),
+        }
+        if out:
+            p = Path(out)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_text(json.dumps(result, indent=1) + "\n")
+            result["out"] = str(p)
+        lt = result["latency"]
+        log(f"load: {result['answered']}/{total} answered, failed {result['failed']}, lost {result['lost']}; "
+            f"latency p50 {lt.get('p50_ms', float('nan'))} ms p99 {lt.get('p99_ms', float('nan'))} ms; "
+            f"{result['throughput_qps']} queries/s; swap {swap.get('message')!r}"
+            + (f"; wrote {out}" if out else ""))
+        return result
+    finally:
+        for p in clients:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if ctx is not None:
+            try:
+                ex.shutdown(timeout_sec=2.0)
+                snode.destroy_node()
+            except Exception:  # noqa: BLE001
+                pass
+            ctx.try_shutdown()
+        if node.poll() is None:
+            node.send_signal(2)
+            try:
+                node.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                node.kill()
+                node.wait()
+        node_log.close()
+        if tmp_ctx is not None:
+            tmp_ctx.cleanup()
+
+
+def cli_bench_load(argv: List[str]) -> int:
+    ap = argparse.ArgumentParser(prog="rls3 bench load", description=__doc__.split("\n\n")[0],
+                                 epilog=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="8 clients x 50 queries (default out results/load_quick.json)")
+    ap.add_argument("--clients", type=int, default=8)
+    ap.add_argument("--n", type=int, default=0, help="queries per client (default 1000, --quick 50)")
+    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--adapter", default="", help="adapter to swap to (default: one made for the model)")
+    ap.add_argument("--image-size", type=int, default=96)
+    ap.add_argument("--timeout", type=float, default=120.0, help="a query without an answer after this is lost [s]")
+    ap.add_argument("--out", default="")
+    ap.add_argument("--workdir", default="", help="keep logs and records here (default: a temp dir)")
+    # client-process mode (internal)
+    ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--client-id", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--service", default=QUERY_SERVICE, help=argparse.SUPPRESS)
+    ap.add_argument("--start-file", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--progress", default="", help=argparse.SUPPRESS)
+    ap.add_argument("--records", default="", help=argparse.SUPPRESS)
+    a = ap.parse_args(argv)
+    if a.client:
+        return _client_main(a)
+    n = a.n or (50 if a.quick else 1000)
+    out = a.out or ("results/load_quick.json" if a.quick else "results/load.json")
+    if a.clients < 1 or n < 1:
+        print("rls3 bench load: --clients and --n must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        res = run_load(a.clients, n, a.model, a.adapter, out, a.image_size, a.timeout, a.workdir or None)
+    except (RuntimeError, ValueError, FileNotFoundError) as e:
+        print(f"rls3 bench load: {e}", file=sys.stderr)
+        return 1
+    return 0 if res["failed"] == 0 and res["lost"] == 0 and res["swap"].get("success") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli_bench_load(sys.argv[1:]))
