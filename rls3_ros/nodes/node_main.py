@@ -6,6 +6,7 @@ import sys
 from typing import Callable, List, Optional
 
 import rclpy
+from rclpy.exceptions import NameValidationException, ParameterException
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 
@@ -20,7 +21,13 @@ def run_node(factory: Callable[[], Node], args: Optional[List[str]] = None, num_
     ``NodeStartupError`` raised by the factory is reported on stderr as one line (exit 2), so a
     launcher shows why a node did not start instead of a traceback.
     """
-    rclpy.init(args=args)
+    label = getattr(factory, "__name__", "node")
+    try:
+        rclpy.init(args=args)
+    except Exception as e:  # noqa: BLE001 - e.g. an unreadable/invalid --params-file (RCLError)
+        print(f"[{label}] startup failed: cannot initialise ROS from the command line "
+              f"({' '.join(str(e).split())})", file=sys.stderr, flush=True)
+        return 2
     node = None
     code = 0
     try:
@@ -32,7 +39,10 @@ def run_node(factory: Callable[[], Node], args: Optional[List[str]] = None, num_
         finally:
             executor.shutdown()
     except NodeStartupError as e:
-        print(f"[{getattr(factory, '__name__', 'node')}] startup failed: {e}", file=sys.stderr, flush=True)
+        print(f"[{label}] startup failed: {e}", file=sys.stderr, flush=True)
+        code = 2
+    except (ParameterException, NameValidationException) as e:  # wrongly typed parameter, bad remap ...
+        print(f"[{label}] startup failed: bad parameter or name: {' '.join(str(e).split())}", file=sys.stderr, flush=True)
         code = 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
