@@ -213,6 +213,13 @@ class LoopRunner:
             self.sched.checkpoint_pending = False
             return path
 
+    def fine_tune_progress(self, step: int, total: int, loss: float) -> None:
+        """Trainer progress callback: shows the fine-tune's step and loss on the progress bar."""
+        if self._bar is not None:
+            self._bar.set_description(f"rls3 {self.cfg['run']['agent']} (fine-tune {self.sched.iteration + 1}: "
+                                      f"step {step}/{total}, loss {loss:.3f})")
+            self._bar.refresh()
+
     def _safe_point(self) -> None:
         if self.sched.checkpoint_pending:
             self.checkpoint()
@@ -299,6 +306,7 @@ class LoopRunner:
 
             def on_fine_tune_start(self, sch, it, n):
                 bar.set_description(f"rls3 {runner.cfg['run']['agent']} (fine-tune {it}: {n} samples)")
+                bar.refresh()
 
             def on_iteration(self, sch, info):
                 bar.set_description(f"rls3 {runner.cfg['run']['agent']}")
@@ -393,6 +401,7 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
     evaluator = InProcessEvaluator(vlm, splits, lock)
     runner = LoopRunner(cfg, run, envs, trainer, evaluator, replay, adapter_loader=vlm.load_adapter,
                         progress=progress, log=log)
+    trainer.progress = runner.fine_tune_progress
     runner.vlm = vlm
     runner.sources = sources
     runner.splits = splits

@@ -112,6 +112,8 @@ def write_report(run: RunDir, extra: Optional[Dict[str, Any]] = None) -> str:
         f"- wall time: {_num(wall) / 60:.1f} min; episodes: {last['episodes']}; renders: {last['renders']}; "
         f"valid samples: {last['valid_samples']} (of which {last['trained_samples']} entered fine-tuning); "
         f"valid/render = {last['valid_samples'] / max(1, last['renders']):.2f}",
+        f"- time split: fine-tuning {_num(last.get('total_fine_tune_s', 0)) / 60:.1f} min, evaluation "
+        f"{_num(last.get('total_eval_s', 0)) / 60:.1f} min, generation + scoring + agent (the rest of the wall time)",
         "",
         "## Test accuracy (fixed held-out set, balanced over terms and scene types)",
         "",

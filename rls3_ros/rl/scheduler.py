@@ -144,6 +144,9 @@ class IterationInfo:
     best_iteration: int
     wall_s: float
     batch_terms: Dict[str, int] = field(default_factory=dict)
+    eval_s: float = 0.0  # time of this evaluation (test + val)
+    total_fine_tune_s: float = 0.0  # cumulative time in fine-tuning
+    total_eval_s: float = 0.0  # cumulative time in evaluation
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -206,6 +209,8 @@ class Scheduler:
         self.j2_sum = 0.0
         self.j2_n = 0
         self.checkpoint_pending = False
+        self.total_fine_tune_s = 0.0
+        self.total_eval_s = 0.0
         self.wall_offset = 0.0  # wall time of earlier sessions (resume)
         self._t0 = time.monotonic()
         self._extra_stop = threading.Event()
@@ -297,6 +302,7 @@ class Scheduler:
             t0 = time.monotonic()
             out = self.trainer.fine_tune(batch + replay, c.fine_tune_steps, iteration)
             ft_s = time.monotonic() - t0
+            self.total_fine_tune_s += ft_s
             self.iteration = iteration
             self.trained_samples += len(batch)
             self.batch = []  # "Clear Batch"
@@ -313,8 +319,11 @@ class Scheduler:
 
     # ------------------------------------------------------------------ internals
     def _evaluate_and_record(self, iteration, batch, n_replay, out, ft_s, adapter_path, terms=None) -> IterationInfo:
+        t0 = time.monotonic()
         test = self.evaluator.evaluate("test") if self.evaluator else None
         val = self.evaluator.evaluate("val") if (self.evaluator and self.config.patience) else None
+        eval_s = time.monotonic() - t0
+        self.total_eval_s += eval_s
         val_acc = _nan_if_none(val.accuracy if val else None)
         if val is not None:
             if val_acc > self.best_val + self.config.min_delta:
@@ -347,6 +356,9 @@ class Scheduler:
             best_iteration=self.best_iteration,
             wall_s=self.wall_s,
             batch_terms=dict(terms or {}),
+            eval_s=eval_s,
+            total_fine_tune_s=self.total_fine_tune_s,
+            total_eval_s=self.total_eval_s,
         )
         self.history.append(info)
         for cb in self.callbacks:
@@ -386,6 +398,8 @@ class Scheduler:
                 "j2_sum": self.j2_sum,
                 "j2_n": self.j2_n,
                 "wall_s": self.wall_s,
+                "total_fine_tune_s": self.total_fine_tune_s,
+                "total_eval_s": self.total_eval_s,
             }
 
     def load_state_dict(self, d: Dict[str, Any]) -> None:
@@ -402,5 +416,7 @@ class Scheduler:
             self.invalid = dict(d["invalid"])
             self.move_kinds = dict(d["move_kinds"])
             self.wall_offset = float(d.get("wall_s", 0.0))
+            self.total_fine_tune_s = float(d.get("total_fine_tune_s", 0.0))
+            self.total_eval_s = float(d.get("total_eval_s", 0.0))
             self._t0 = time.monotonic()
             self.checkpoint_pending = False
