@@ -319,15 +319,26 @@ class LoopRunner:
 
 # ---------------------------------------------------------------------- in-process assembly
 def ensure_pretrained(vlm_name: str, log: Callable[[str], None] = print) -> None:
-    """Build and cache the embedded base VLM if it is not cached yet (the VLM layer's job)."""
+    """Build and cache the embedded base VLM unless it exists (the VLM layer's ``rls3 pretrain``)."""
+    from rls3_ros.vlm.factory import embedded_base_dir
+
+    if (embedded_base_dir() / "config.json").is_file():
+        log(f"embedded base VLM: {embedded_base_dir()}")
+        return
+    log("no pretrained embedded VLM yet: running `rls3 pretrain` once (cached afterwards)")
     from rls3_ros.vlm import pretrain as P
 
     for fn_name in ("ensure_pretrained", "ensure_base", "pretrain_if_needed"):
         fn = getattr(P, fn_name, None)
         if fn is not None:
             fn(vlm_name) if _takes_arg(fn) else fn()
-            return
-    raise RuntimeError("rls3_ros.vlm.pretrain offers no ensure_pretrained(); run `rls3 pretrain` first")
+            break
+    else:
+        code = P.cli_pretrain([])
+        if code:
+            raise RuntimeError(f"rls3 pretrain failed (exit {code})")
+    if not (embedded_base_dir() / "config.json").is_file():
+        raise RuntimeError(f"rls3 pretrain left no model in {embedded_base_dir()}")
 
 
 def _takes_arg(fn) -> bool:
