@@ -128,6 +128,11 @@ class _Node:
             raise RuntimeError(f"node query on a camera frame failed: {a.message}")
         return dt
 
+    def cpu_s(self) -> float:
+        """User + system CPU seconds of the node process so far (from /proc)."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def close(self) -> None:
         if hasattr(self, "ex"):
             self.ex.shutdown(timeout_sec=2.0)
@@ -141,7 +146,7 @@ class _Node:
 
 
 def run_bench(spec: str, adapter: str, n: int, warmup: int, image_size: int, rounds: int, workdir: Path,
-              threads: int = 1) -> Dict:
+              threads: int = 1, gap_s: float = 0.005) -> Dict:
     """Interleaved rounds (direct, node with image, node on camera frame; order rotated each
     round) so that CPU load from other processes hits the three alike."""
     from rls3_ros.nodes.image_conversion import numpy_to_image_msg
@@ -176,14 +181,20 @@ def run_bench(spec: str, adapter: str, n: int, warmup: int, image_size: int, rou
             for i in range(n, total):
                 ask[m](i)
         lat = {m: [] for m in modes}
+        cpu = {m: 0.0 for m in modes}
         per = -(-n // rounds)
         for r in range(rounds):
             order = modes[r % 3:] + modes[: r % 3]
             for m in order:
+                c0 = time.process_time() + (0.0 if m == "direct" else node.cpu_s())
                 for i in range(r * per, min(n, (r + 1) * per)):
+                    time.sleep(gap_s)  # every query starts after the same idle gap (fair to the scheduler)
                     lat[m].append(ask[m](i))
+                cpu[m] += time.process_time() + (0.0 if m == "direct" else node.cpu_s()) - c0
             print(f"  round {r + 1}/{rounds}: " + "  ".join(f"{m} {1e3 * np.median(lat[m]):.1f} ms" for m in modes), flush=True)
         out = {m: stats(lat[m]) for m in modes}
+        for m in modes:  # CPU of this process (+ the node process): load-independent cost per query
+            out[m]["cpu_ms_per_query"] = 1e3 * cpu[m] / len(lat[m])
         out["direct"]["model_load_s"] = load_s
         out["node_request_image"]["node_ready_s"] = node.ready_s
         return out
@@ -212,7 +223,9 @@ def cli_query_bench(argv: List[str]) -> int:
     result = {
         "what": "latency of one 'where' query: direct in-process model call vs the spatial_query node asked "
                 "from another process over loopback DDS (sequential, one query in flight)",
-        "method": f"{a.rounds} interleaved rounds of the three modes (order rotated), each query on its own image",
+        "method": f"{a.rounds} interleaved rounds of the three modes (order rotated), each query on its own image "
+                  "after a 5 ms idle gap; wall latency per query, plus CPU per query (this process + the node "
+                  "process, from /proc) which does not depend on the machine's load",
         "model": a.model, "adapter": a.adapter, "image_size": a.image_size, "n": a.n, "warmup": a.warmup,
         "torch_threads": a.threads,
         "direct": direct, **node,
