@@ -32,6 +32,7 @@ Parameters (defaults)
 - ``train_instance`` ("reload"): the instance trained: "reload" (a new instance from the
   spec with the served adapter), "copy" (a deep copy), "in_place" (the served model; scoring
   then waits for training to finish, a cancelled run leaves its partial update).
+  ``train_on_copy`` (true, deprecated): false means ``train_instance`` "in_place".
 - ``torch_threads`` (0): torch intra-op threads (0 = torch default).
 - ``samples_topic`` ("samples"), ``metrics_topic`` ("training_metrics"),
   ``adapter_topic`` ("adapter").
@@ -94,6 +95,7 @@ class VlmTrainer(Node):
         d("max_score_samples", 4096, "largest accepted score request")
         d("train_instance", "reload", "model trained: reload (new instance from the spec + current adapter) | "
                                       "copy (deep copy) | in_place (scoring waits during training)")
+        d("train_on_copy", True, "deprecated: false = train_instance in_place")
         d("samples_topic", "samples", "captioned samples to buffer")
         d("metrics_topic", "training_metrics", "TrainingMetrics output")
         d("adapter_topic", "adapter", "AdapterInfo announcements (transient local)")
@@ -251,7 +253,7 @@ class VlmTrainer(Node):
 
     def _training_instance(self) -> Optional[SpatialVLM]:
         """A second model instance equal to the served one (None: train in place)."""
-        mode = str(self._p("train_instance"))
+        mode = str(self._p("train_instance")) if self._p("train_on_copy") else "in_place"
         if mode == "in_place":
             return None
         with self._serve_lock:
