@@ -45,6 +45,11 @@ Parameters (defaults):
 - ``run_dir`` (""): run directory ("" = runs/<timestamp>); ``resume`` (false): continue the
   run in ``run_dir`` from its last checkpoint (the vlm_trainer must be started on that
   checkpoint's adapter, its ``adapter`` parameter).
+- ``bridge_lost`` ("fail"): what a sim_bridge that stops answering (died, killed) does to the run:
+  "fail" = the run stops with the reason (exit 1); "wait" = the sampler logs it, waits up to
+  ``bridge_wait`` (300.0 s) for the bridge to come back (restarted by ``rls3 launch
+  --respawn-bridges``, a launch file's respawn, or an operator), rebuilds the episode's scene
+  on it, counts the lost move as invalid ("bridge_lost") and goes on.
 - ``service_timeout`` (60.0 s per call), ``fine_tune_timeout`` (1800.0 s),
   ``wait_for_services`` (60.0 s at start), ``score_chunk`` (32 samples per ScoreSamples call).
 - ``exit_when_done`` (true): shut down when the loop ends.
@@ -116,6 +121,8 @@ PARAMS: Dict[str, Any] = {
     "placement_bounds": ([0.0], "[x0,y0,z0,x1,y1,z1] place-target box ([0.0] or [] = from the scene)"),
     "run_dir": ("", "run directory ('' = runs/<timestamp>)"),
     "resume": (False, "continue the run in run_dir from its last checkpoint"),
+    "bridge_lost": ("fail", "a sim_bridge stops answering: fail (stop the run) | wait (for it to come back)"),
+    "bridge_wait": (300.0, "bridge_lost=wait: how long to wait for the bridge to come back [s]"),
     "service_timeout": (60.0, "timeout of one service call [s]"),
     "fine_tune_timeout": (1800.0, "timeout of one fine-tune [s]"),
     "wait_for_services": (60.0, "how long to wait for the services at start [s]"),
@@ -176,16 +183,44 @@ class RosSimSource(SimSource):
         self.name = name
         self.renders = 0
         self._scene_types: List[str] = []
+        self.on_lost, self.wait_s, self.log, self.losses = "fail", 300.0, None, 0  # set by RlSampler
+        self._last_reset: Optional[ResetScene.Request] = None
+
+    def _call(self, client, req, what: str):
+        """A bridge call; with ``on_lost == "wait"`` a bridge that stops answering is waited for
+        (returns None once it is back: the caller rebuilds its state)."""
+        try:
+            if self.on_lost == "wait" and not client.service_is_ready():
+                raise StageError(f"{what}: service {client.srv_name} gone")
+            return self.caller.call(client, req, what)
+        except StageError as e:
+            if self.on_lost != "wait" or self.caller.stop.is_set():
+                raise
+            self.losses += 1
+            log = self.log or (lambda m: None)
+            log(f"{self.name} lost ({e}); waiting up to {self.wait_s:.0f} s for it to come back (bridge_lost=wait)")
+            t0 = time.monotonic()
+            while not (client.service_is_ready() and self.reset_client.service_is_ready()):
+                if self.caller.stop.is_set():
+                    raise StageError(f"{what}: node shutting down") from None
+                if time.monotonic() - t0 > self.wait_s:
+                    raise StageError(f"{self.name} did not come back within {self.wait_s:.0f} s after: {e}") from None
+                client.wait_for_service(timeout_sec=0.5)
+            log(f"{self.name} is back after {time.monotonic() - t0:.1f} s; going on")
+            return None
 
     def reset(self, seed, scene_type=None) -> SimStep:
         req = ResetScene.Request(seed=int(seed) % (2 ** 32), scene_type=scene_type or "")
-        resp = self.caller.call(self.reset_client, req, f"{self.name} reset_scene")
+        resp = None
+        while resp is None:  # None: the bridge came back after a loss, ask again
+            resp = self._call(self.reset_client, req, f"{self.name} reset_scene")
         if not resp.success:
             if scene_type:  # the bridge may not build that type: let it choose
                 req.scene_type = ""
                 resp = self.caller.call(self.reset_client, req, f"{self.name} reset_scene")
             if not resp.success:
                 raise StageError(f"{self.name} reset_scene failed: {resp.message}")
+        self._last_reset = req
         self.renders += 1
         return SimStep(True, "", msg_to_scene(resp.scene), image_msg_to_rgb(resp.image))
 
@@ -198,7 +233,12 @@ class RosSimSource(SimSource):
         req = ApplyAction.Request(action_type=action.action_type, object_id=action.object_id,
                                   container_object_id=action.container_object_id, target_pose=pose,
                                   receptacle_id=action.receptacle_id)
-        resp = self.caller.call(self.apply_client, req, f"{self.name} apply_action")
+        resp = self._call(self.apply_client, req, f"{self.name} apply_action")
+        if resp is None:  # the bridge was lost and is back (a new process): rebuild the episode's scene
+            if self._last_reset is not None:
+                while self._call(self.reset_client, self._last_reset, f"{self.name} reset_scene") is None:
+                    pass
+            return SimStep(False, "bridge_lost", None, None)  # type: ignore[arg-type]
         self.renders += 1
         if not resp.success:
             if resp.reason == "bad_request" or resp.message.startswith("bad request"):
@@ -304,6 +344,8 @@ class RlSampler(Node):
             rc = self.create_client(ResetScene, _join(ns, self.p["reset_service"]), callback_group=self.group)
             ac = self.create_client(ApplyAction, _join(ns, self.p["apply_service"]), callback_group=self.group)
             self.sources.append(RosSimSource(self.caller, rc, ac, bounds, name=f"sim_bridge[{ns or '/'}]"))
+            self.sources[-1].on_lost, self.sources[-1].wait_s = self.p["bridge_lost"], float(self.p["bridge_wait"])
+            self.sources[-1].log = self.get_logger().warning
         self.caption_client = self.create_client(CaptionScene, self.p["caption_service"], callback_group=self.group)
         self.score_client = self.create_client(ScoreSamples, self.p["score_service"], callback_group=self.group)
         self.fine_tune_client = ActionClient(self, FineTune, self.p["fine_tune_action"], callback_group=self.group)
@@ -320,7 +362,9 @@ class RlSampler(Node):
             errs.append(f"agent must be sac | ppo | random | miner (got {p['agent']!r})")
         if p["j2_metric"] not in ("loss", "error"):
             errs.append(f"j2_metric must be loss | error (got {p['j2_metric']!r})")
-        for k in ("service_timeout", "fine_tune_timeout", "wait_for_services"):
+        if p["bridge_lost"] not in ("fail", "wait"):
+            errs.append(f"bridge_lost must be fail | wait (got {p['bridge_lost']!r})")
+        for k in ("service_timeout", "fine_tune_timeout", "wait_for_services", "bridge_wait"):
             if float(p[k]) <= 0:
                 errs.append(f"{k} must be > 0")
         b = list(p["placement_bounds"])
