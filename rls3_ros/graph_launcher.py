@@ -10,6 +10,8 @@ config/<graph>.yaml [-r __ns:=/<ns>] [-p ...]``.
 - A node that exits stops the run: the launcher prints its name, exit code and last log lines
   and returns that code (non-zero). The training graph ends normally when ``rl_sampler``
   finishes its budget and exits with 0; then the other nodes are stopped and 0 is returned.
+- ``--respawn-bridges`` (training): a sim_bridge that dies is started again instead, and the
+  rl_sampler gets ``bridge_lost:=wait`` (it reports the loss, waits for the bridge, goes on).
 
 Graphs:
 - ``training``: ``--bridges N`` sim_bridges (namespaces sim0..simN-1 when N > 1, none when 1),
@@ -46,6 +48,7 @@ class NodeSpec:
     namespace: str = ""
     params: Dict[str, str] = field(default_factory=dict)  # -p name:=value overrides
     required_exit_ok: bool = False  # a clean exit (0) of this node ends the graph successfully
+    respawn: bool = False  # started again when it dies (instead of stopping the graph)
 
     @property
     def label(self) -> str:
@@ -140,26 +143,40 @@ class GraphRun:
         if self.log_dir:
             os.makedirs(self.log_dir, exist_ok=True)
         for spec in self.specs:
-            cmd = node_command(spec, self.params_files)
-            label = spec.label
-            if self.log_dir:
-                self._files[label] = open(os.path.join(self.log_dir, label.replace("/", "_") + ".log"), "w")
-            proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-            self._say("launch", f"started {label} (pid {proc.pid}): {' '.join(cmd[1:])}")
-            self.procs[label] = proc
-            self.tails[label] = deque(maxlen=15)
-            threading.Thread(target=self._pump, args=(label, proc), name=f"log-{label}", daemon=True).start()
+            self._start_one(spec)
+
+    def _start_one(self, spec: NodeSpec) -> None:
+        cmd = node_command(spec, self.params_files)
+        label = spec.label
+        if self.log_dir:
+            mode = "a" if label in self._files else "w"
+            if label in self._files:
+                self._files[label].close()
+            self._files[label] = open(os.path.join(self.log_dir, label.replace("/", "_") + ".log"), mode)
+        proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+        self._say("launch", f"started {label} (pid {proc.pid}): {' '.join(cmd[1:])}")
+        self.procs[label] = proc
+        self.tails[label] = deque(maxlen=15)
+        threading.Thread(target=self._pump, args=(label, proc), name=f"log-{label}", daemon=True).start()
 
     def wait(self, timeout: Optional[float] = None) -> int:
         """Block until a node exits (or timeout); stop the rest; return the graph's exit code."""
         specs = {s.label: s for s in self.specs}
-        try:
-            label, code = self.events.get(timeout=timeout)
-        except queue.Empty:
-            self._say("launch", f"timeout after {timeout} s: stopping the graph")
-            self.stop()
-            return 124
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                label, code = self.events.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self._say("launch", f"timeout after {timeout} s: stopping the graph")
+                self.stop()
+                return 124
+            if specs[label].respawn and not self._stopping:
+                why = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+                self._say("launch", f"{label} died ({why}); respawning it")
+                self._start_one(specs[label])
+                continue
+            break
         if code == 0 and specs[label].required_exit_ok:
             self._say("launch", f"{label} finished (exit 0): stopping the graph")
             result = 0
@@ -199,6 +216,8 @@ def cli_launch(argv: List[str]) -> int:
                     help="extra ROS parameter file(s) applied after config/<graph>.yaml")
     ap.add_argument("--bridges", type=int, default=1, help="training: number of sim_bridges (namespaces sim0..)")
     ap.add_argument("--with-sim", action="store_true", help="query: also start a sim_bridge as a demo camera")
+    ap.add_argument("--respawn-bridges", action="store_true",
+                    help="training: restart a sim_bridge that dies; rl_sampler waits for it (bridge_lost:=wait)")
     ap.add_argument("--run-dir", default="", help="training: run directory (default runs/<timestamp>)")
     ap.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
                     help="override one parameter of one node, e.g. rl_sampler.budget_valid_samples=100")
@@ -224,6 +243,12 @@ def cli_launch(argv: List[str]) -> int:
     except ValueError as e:
         print(f"rls3 launch: {e}", file=sys.stderr)
         return 2
+    if args.respawn_bridges:
+        for s in specs:
+            if s.name == "sim_bridge":
+                s.respawn = True
+            if s.name == "rl_sampler":
+                s.params["bridge_lost"] = "wait"
     for item in args.set:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             print(f"rls3 launch: --set expects NODE.PARAM=VALUE, got {item!r}", file=sys.stderr)
