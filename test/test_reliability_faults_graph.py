@@ -1,0 +1,83 @@
+"""Graph faults: a sim_bridge SIGKILLed while the rl_sampler runs the RLS3 loop over the graph.
+
+``rls3 launch training --respawn-bridges`` restarts the dead bridge and gives the rl_sampler
+``bridge_lost:=wait``: the sampler reports the lost bridge, waits for it, rebuilds the episode's
+scene on the new process, counts the lost move as invalid and the run goes on to its budget
+(exit 0). Without ``--respawn-bridges`` (default ``bridge_lost:=fail``) a dying node stops the
+graph with its reason: tested in test_graph_training.py.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+
+import pytest
+
+from reliability_common import node_env
+from ros_harness import NodeProcess, poll_until
+
+pytestmark = pytest.mark.timeout(300)
+
+OVERRIDE = """
+/**/sim_bridge:
+  ros__parameters:
+    image_size: 64
+/**/vlm_trainer:
+  ros__parameters:
+    model: "py:vlm_test_model:load"
+/**/rl_sampler:
+  ros__parameters:
+    agent: random
+    T: 4
+    T0: 3
+    E: 2
+    fine_tune_steps: 2
+    budget_valid_samples: {budget}
+    test_scenes: 2
+    replay_scenes: 2
+    moves_per_scene: 3
+    test_per_term: 5
+    dataset_key: ros-test-64
+    wait_for_services: 60.0
+    service_timeout: {timeout}
+    bridge_wait: 120.0
+"""
+
+
+def _bridge_pid(out: str) -> int:
+    return int(re.findall(r"\[launch\] started sim_bridge \(pid (\d+)\)", out)[-1])
+
+
+def test_killed_sim_bridge_is_reported_respawned_and_the_run_goes_on(tmp_path):
+    env = node_env(tmp_path)
+    params = tmp_path / "override.yaml"
+    params.write_text(OVERRIDE.format(budget=21, timeout=8.0))
+    run_dir = tmp_path / "run"
+    args = ["-m", "rls3_ros.graph_launcher", "training", "--params-file", str(params), "--run-dir", str(run_dir),
+            "--respawn-bridges", "--timeout", "250"]
+    with NodeProcess(args, env, "launch_respawn", log_dir=tmp_path) as p:
+        p.wait_for_output(r"\[rl_sampler\].*fine-tune 1:", 150)  # the loop is running over the graph
+        first = _bridge_pid(p.output())
+        os.kill(first, signal.SIGKILL)  # a child of the launcher this test started, by its pid
+        p.wait_for_output(r"\[launch\] sim_bridge died \(killed by signal 9\); respawning it", 30)
+        poll_until(lambda: _bridge_pid(p.output()) != first, 30, "a new sim_bridge process")
+        p.wait_for_output(r"\[rl_sampler\].*sim_bridge\[/\] lost \(", 60)
+        p.wait_for_output(r"\[rl_sampler\].*sim_bridge\[/\] is back after", 90)
+        code = p.wait(timeout=240)
+        out = p.output()
+    assert code == 0, out[-4000:]
+    assert re.search(r"\[rl_sampler\].*done \(budget\)", out), out[-3000:]
+    assert "[launch] rl_sampler finished (exit 0)" in out
+    assert "Traceback" not in out
+    from rls3_ros.rl.run_dir import RunDir
+
+    metrics = RunDir(str(run_dir)).read_metrics()
+    eps = [m for m in metrics if m["type"] == "episode"]
+    assert [m["episode"] for m in eps] == list(range(1, len(eps) + 1))
+    assert sum(m["valid"] for m in eps) >= 21
+    # episodes ran after the loss (the run went on) and the fine-tunes went on too
+    its = [m for m in metrics if m["type"] == "iteration"]
+    assert len(its) >= 3
+
