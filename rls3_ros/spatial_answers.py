@@ -183,12 +183,14 @@ def _answer(model, image, req, known, default_candidates) -> QueryAnswer:
 
 # -- model loading ----------------------------------------------------------------------
 
-def load_model(spec: str, adapter: str = "") -> SpatialVLM:
+def load_model(spec: str, adapter: str = "", options: Optional[Dict] = None) -> SpatialVLM:
     """A SpatialVLM from a model spec, with ``adapter`` activated if given.
 
     ``spec``: anything ``rls3_ros.vlm.factory.load_vlm`` accepts ("embedded", a directory, a
     Hugging Face id ...), or ``py:<module>:<function>[:<arg>]`` to call a loader function
     (``function(arg)`` or ``function()``) returning a SpatialVLM — for plugins and tests.
+    ``options``: keyword options for the loader (e.g. ``{"lora": {"batch_size": 8}}``, see
+    ``load_vlm``); passed to ``py:`` loaders as keywords too.
     Raises whatever the loader raises (FileNotFoundError for a missing model, ValueError
     for an unusable adapter).
     """
@@ -200,11 +202,11 @@ def load_model(spec: str, adapter: str = "") -> SpatialVLM:
         if len(parts) < 2:
             raise ValueError(f"model spec {spec!r}: expected py:<module>:<function>[:<arg>]")
         fn: Callable = getattr(importlib.import_module(parts[0]), parts[1])
-        model = fn(parts[2]) if len(parts) == 3 else fn()
+        model = fn(parts[2], **(options or {})) if len(parts) == 3 else fn(**(options or {}))
     else:
         from rls3_ros.vlm.factory import load_vlm
 
-        model = load_vlm(spec)
+        model = load_vlm(spec, **(options or {}))
     if not isinstance(model, SpatialVLM):
         raise TypeError(f"model spec {spec!r} gave a {type(model).__name__}, not a SpatialVLM")
     if adapter:

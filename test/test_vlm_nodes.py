@@ -49,7 +49,8 @@ def graph(tmp_path_factory):
     adapter_dir = root / "adapters"
     trainer = NodeProcess(
         ["-m", "rls3_ros.nodes.vlm_trainer", "--ros-args", "-p", f"model:={MODEL}", "-p", f"adapter_dir:={adapter_dir}",
-         "-p", "default_steps:=40", "-p", "buffer_size:=50"], env, "vlm_trainer", log_dir=root)
+         "-p", "default_steps:=40", "-p", "buffer_size:=50", "-p", "batch_size:=8", "-p", "learning_rate:=0.02"],
+        env, "vlm_trainer", log_dir=root)
     query = NodeProcess(
         ["-m", "rls3_ros.nodes.spatial_query", "--ros-args", "-p", f"model:={MODEL}", "-p", "publish_annotated:=true",
          "-p", "image_qos:=reliable", "-p", "frame_tolerance:=0.05"], env, "spatial_query", log_dir=root)
@@ -60,6 +61,7 @@ def graph(tmp_path_factory):
 
             client = SpatialQueryClient(spinner.node, QUERY)
             trainer.wait_for_output("vlm_trainer ready", 60)
+            trainer.wait_for_output(r"options \{'lora': \{'batch_size': 8, 'learning_rate': 0.02\}\}", 5)
             query.wait_for_output("model ready", 60)
             assert client.wait_for_service(20)
             yield SimpleNamespace(env=env, root=root, trainer=trainer, query=query, node=spinner.node, client=client,

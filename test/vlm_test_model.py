@@ -270,16 +270,18 @@ class TinySpatialVLM(SpatialVLM):
         self._adapter_path = ""
 
 
-def load(arg: str = "") -> TinySpatialVLM:
-    """Loader for ``py:vlm_test_model:load[:<dir>]``."""
+def load(arg: str = "", lora: Optional[dict] = None) -> TinySpatialVLM:
+    """Loader for ``py:vlm_test_model:load[:<dir>]`` (``lora``: learning_rate / batch_size)."""
+    kw = {k: v for k, v in {"lr": (lora or {}).get("learning_rate"), "batch_size": (lora or {}).get("batch_size")}.items()
+          if v is not None}
     if not arg:
-        return TinySpatialVLM()
+        return TinySpatialVLM(**kw)
     path = os.path.join(arg, "base.pt")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no base model at {path} (create it with vlm_test_model.save_base)")
     net = TinySpatialNet()
     net.load_state_dict(torch.load(path, weights_only=True))
-    return TinySpatialVLM(net)
+    return TinySpatialVLM(net, **kw)
 
 
 # -- synthetic captioned samples --------------------------------------------------------

@@ -27,6 +27,8 @@ Parameters (defaults)
 - ``adapter_dir`` ("runs/adapters"): where adapters are saved (made absolute).
 - ``buffer_size`` (2000): max buffered samples.
 - ``default_steps`` (100): optimiser steps when a goal says 0; ``max_steps`` (100000).
+- ``batch_size`` (0), ``learning_rate`` (0.0): LoRA fine-tuning batch size and learning
+  rate (0 = the model's defaults; passed to the loader as ``lora`` options).
 - ``max_train_samples`` (0): train on at most this many samples, newest first (0 = all).
 - ``score_chunk`` (64): samples scored per model call; ``max_score_samples`` (4096).
 - ``train_instance`` ("reload"): the instance trained: "reload" (a new instance from the
@@ -89,6 +91,8 @@ class VlmTrainer(Node):
         d("adapter_dir", "runs/adapters", "directory for saved adapters (iter_XXXX)")
         d("buffer_size", 2000, "max buffered samples (oldest dropped first)")
         d("default_steps", 100, "optimiser steps when a goal asks for 0")
+        d("batch_size", 0, "fine-tuning batch size (0 = the model's default)")
+        d("learning_rate", 0.0, "LoRA learning rate (0 = the model's default)")
         d("max_steps", 100000, "largest accepted number of steps")
         d("max_train_samples", 0, "train on at most this many samples, newest first (0 = all)")
         d("score_chunk", 64, "samples per model.score call")
@@ -104,13 +108,20 @@ class VlmTrainer(Node):
         self._validate_parameters()
 
         self.adapter_dir = os.path.abspath(str(self._p("adapter_dir")))
+        lora = {}
+        if int(self._p("batch_size")) > 0:
+            lora["batch_size"] = int(self._p("batch_size"))
+        if float(self._p("learning_rate")) > 0:
+            lora["learning_rate"] = float(self._p("learning_rate"))
+        self._load_options = {"lora": lora} if lora else {}
         spec = str(self._p("model"))
         t0 = time.monotonic()
         try:
-            self._model: SpatialVLM = load_model(spec, str(self._p("adapter")))
+            self._model: SpatialVLM = load_model(spec, str(self._p("adapter")), self._load_options)
         except Exception as e:  # noqa: BLE001 - turned into a one-line startup error
             raise NodeStartupError(f"cannot load model {spec!r}: {type(e).__name__}: {e}") from e
-        self.get_logger().info(f"model {spec!r} loaded in {time.monotonic() - t0:.2f} s (adapter {self._model.adapter!r})")
+        self.get_logger().info(f"model {spec!r} loaded in {time.monotonic() - t0:.2f} s (adapter {self._model.adapter!r}"
+                               f"{', options ' + repr(self._load_options) if self._load_options else ''})")
 
         self._serve_lock = threading.Lock()  # guards self._model (scoring and the swap)
         self._buf_lock = threading.Lock()
@@ -152,7 +163,9 @@ class VlmTrainer(Node):
             errors.append("model must not be empty")
         if not str(self._p("adapter_dir")).strip():
             errors.append("adapter_dir must not be empty")
-        for name, lo in (("buffer_size", 1), ("default_steps", 1), ("max_steps", 1), ("score_chunk", 1),
+        if float(self._p("learning_rate")) < 0:
+            errors.append(f"learning_rate must be >= 0 (got {self._p('learning_rate')})")
+        for name, lo in (("buffer_size", 1), ("default_steps", 1), ("batch_size", 0), ("max_steps", 1), ("score_chunk", 1),
                          ("max_score_samples", 1), ("max_train_samples", 0)):
             if int(self._p(name)) < lo:
                 errors.append(f"{name} must be >= {lo} (got {self._p(name)})")
@@ -265,7 +278,7 @@ class VlmTrainer(Node):
             except Exception as e:  # noqa: BLE001
                 self.get_logger().warning(f"cannot deep-copy the model ({type(e).__name__}: {e}); reloading it instead")
         try:
-            return load_model(str(self._p("model")), adapter)
+            return load_model(str(self._p("model")), adapter, self._load_options)
         except Exception as e:  # noqa: BLE001
             self.get_logger().warning(f"cannot load a training instance ({type(e).__name__}: {e}); training in place")
             return None
