@@ -539,3 +539,15 @@ def test_buffer_drops_oldest_and_clear_buffer(graph, samples):
             break
         assert res.samples_used < 50
     assert not res.success and "buffer empty" in res.message
+
+
+def test_incompatible_camera_qos_is_logged(graph):
+    """A best-effort camera against the node's reliable subscription: no silent mismatch."""
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import Image
+
+    pub = graph.node.create_publisher(Image, "image_raw", qos_profile_sensor_data)
+    try:
+        graph.query.wait_for_output(r"incompatible QoS on 'image_raw'.*Set image_qos", 20)
+    finally:
+        graph.node.destroy_publisher(pub)
