@@ -551,3 +551,17 @@ def test_incompatible_camera_qos_is_logged(graph):
         graph.query.wait_for_output(r"incompatible QoS on 'image_raw'.*Set image_qos", 20)
     finally:
         graph.node.destroy_publisher(pub)
+
+
+def test_client_async_variants_resolve_to_answers(graph, samples):
+    from rls3_ros.client import CheckAnswer, WhatAnswer, WhereAnswer
+
+    img = samples[0].image
+    futures = [graph.client.where_is_async("red square", "blue square", image=img),
+               graph.client.is_related_async("red square", "above", "blue square", image=img),
+               graph.client.what_is_async("left", "blue square", ["red square", "green square"], image=img)]
+    answers = [spin_until_future(f, 20, "async answer") for f in futures]
+    assert [type(a) for a in answers] == [WhereAnswer, CheckAnswer, WhatAnswer]
+    assert all(a.success for a in answers), [a.message for a in answers]
+    sync = graph.client.where_is("red square", "blue square", image=img)
+    assert answers[0].probabilities == pytest.approx(sync.probabilities, abs=1e-6)
