@@ -29,7 +29,7 @@ from ros_harness import BackgroundSpinner, NodeProcess
 
 pytestmark = pytest.mark.timeout(240)
 
-N_EXAMPLES = int(os.environ.get("RLS3_FUZZ_QUERY_EXAMPLES", "300"))
+N_EXAMPLES = int(os.environ.get("RLS3_FUZZ_QUERY_EXAMPLES", "400"))
 SERVICE = "/spatial_query/query"
 BIG = 100_000  # oversize strings [characters]
 RSS_GROWTH_MB = 300.0
@@ -163,7 +163,7 @@ def _requests(draw):
     # a third of the requests are fully random; the rest are well formed except (maybe) one field,
     # so both the refusals and the answers of every query type get exercised
     mutate = draw(st.sampled_from(["all", "all", "all", "none", "none", "query_type", "subject", "reference",
-                                   "relation", "candidates", "image", "header"]))
+                                   "relation", "candidates", "image", "image", "image", "header"]))
 
     def pick(field, full, valid):
         return draw(full if mutate in ("all", field) else valid)
