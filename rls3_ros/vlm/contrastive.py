@@ -227,8 +227,13 @@ class ContrastiveVLM(SpatialVLM):
     def train_steps(self, samples: Sequence[Sample], steps: int, params: List[torch.nn.Parameter],
                     lr: float, batch_size: int, progress: Optional[ProgressCallback] = None,
                     cancel: Optional[threading.Event] = None, weight_decay: float = 0.0,
-                    warmup: int = 0, replay: Sequence[Sample] = (), replay_fraction: float = 0.0) -> FineTuneResult:
-        """AdamW on ``params`` with the dual loss (cosine schedule); used by fine_tune and pretraining."""
+                    warmup: int = 0, replay: Sequence[Sample] = (), replay_fraction: float = 0.0,
+                    time_budget: float = 0.0) -> FineTuneResult:
+        """AdamW on ``params`` with the dual loss (cosine schedule); used by fine_tune and pretraining.
+
+        ``time_budget`` > 0 [s]: the cosine schedule follows elapsed time and training stops when
+        the budget is spent (or after ``steps``, whichever comes first).
+        """
         images, items = self._items(samples)
         if not items:
             raise ValueError("no valid captioned relations to train on")
@@ -241,8 +246,15 @@ class ContrastiveVLM(SpatialVLM):
         for i, r, c in items + r_items:
             image_captions.setdefault(i, set()).add(c[0])
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        t0 = time.monotonic()
+
+        def frac(s: int) -> float:
+            if time_budget > 0:
+                return min(1.0, max((time.monotonic() - t0) / time_budget, s / max(1, steps)))
+            return min(s, steps) / max(1, steps)
+
         sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * min(s, steps) / max(1, steps))))
+            opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * 0.5 * (1 + math.cos(math.pi * frac(s))))
         n_replay = int(round(batch_size * replay_fraction)) if r_items else 0
         n_main = max(1, batch_size - n_replay)
         losses: List[float] = []
@@ -253,6 +265,8 @@ class ContrastiveVLM(SpatialVLM):
         for step in range(steps):
             if cancel is not None and cancel.is_set():
                 cancelled = True
+                break
+            if time_budget > 0 and time.monotonic() - t0 > time_budget:
                 break
             if pos + n_main > len(order):
                 order = self._rng.permutation(len(items))
@@ -269,7 +283,7 @@ class ContrastiveVLM(SpatialVLM):
                 opt.step()
             sched.step()
             used += len(batch)
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
             if progress is not None:
                 progress(step + 1, steps, losses[-1])
         return FineTuneResult(steps=len(losses), samples_used=used, final_loss=losses[-1] if losses else float("nan"),
@@ -301,11 +315,12 @@ class EmbeddedVLM(ContrastiveVLM):
         return self.encoders.image_features(images)
 
     def _pair_logits(self, image_inputs, image_index, captions):
-        txt, mask = self.encoders.text_features(captions)
+        txt, mask, seg = self.encoders.text_features(captions)
         model = self.host.model
         uniq, inv = torch.unique(image_index, return_inverse=True)
         tokens = self.host.base.encode_image_tokens(image_inputs[uniq])  # peft wraps the same modules in place
-        return model(image_features=None, text_features=txt, text_mask=mask, image_tokens=tokens[inv])
+        return model(image_features=None, text_features=txt, text_mask=mask, text_segments=seg, image_tokens=tokens,
+                     image_index=inv)
 
     def _matrix_logits(self, image_inputs, captions):
         n, m = image_inputs.shape[0], len(captions)

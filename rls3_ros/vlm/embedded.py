@@ -32,6 +32,11 @@ from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedMode
 from rls3_ros.vlm import efficientnet_lite
 
 MODEL_TYPE = "rls3_spatial_match"
+# Text segments: a template caption "The A is <relation> the B." is encoded as three MiniLM
+# segments (subject, relation phrase, reference) tagged by a learned segment embedding; any
+# other text is one WHOLE segment. Few distinct segments -> the text cache stays small.
+SEG_WHOLE, SEG_SUBJECT, SEG_RELATION, SEG_REFERENCE = 0, 1, 2, 3
+NUM_SEGMENTS = 4
 
 
 class SpatialMatchConfig(PretrainedConfig):
@@ -89,13 +94,19 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(d, d)
         self.dropout = dropout
 
-    def forward(self, x: torch.Tensor, ctx: torch.Tensor, ctx_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor, ctx_mask: Optional[torch.Tensor] = None,
+                ctx_index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """``ctx_index`` (B,): row i attends to ``ctx[ctx_index[i]]`` (k/v projected once per context)."""
         b, n, d = x.shape
         m = ctx.shape[1]
         h = self.heads
         q = self.q_proj(x).view(b, n, h, d // h).transpose(1, 2)
-        k = self.k_proj(ctx).view(b, m, h, d // h).transpose(1, 2)
-        v = self.v_proj(ctx).view(b, m, h, d // h).transpose(1, 2)
+        k = self.k_proj(ctx)
+        v = self.v_proj(ctx)
+        if ctx_index is not None:
+            k, v = k[ctx_index], v[ctx_index]
+        k = k.view(b, m, h, d // h).transpose(1, 2)
+        v = v.view(b, m, h, d // h).transpose(1, 2)
         attn_mask = None if ctx_mask is None else ctx_mask[:, None, None, :].bool()
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0)
         return self.o_proj(y.transpose(1, 2).reshape(b, n, d))
@@ -113,17 +124,28 @@ class FusionLayer(nn.Module):
         self.fc1 = nn.Linear(d, cfg.intermediate_size)
         self.fc2 = nn.Linear(cfg.intermediate_size, d)
 
-    def forward(self, x, text_mask, img):
+    def forward(self, x, text_mask, img, img_index=None):
         h = self.self_norm(x)
         x = x + self.self_attn(h, h, text_mask)
-        x = x + self.cross_attn(self.cross_norm(x), img)
+        x = x + self.cross_attn(self.cross_norm(x), img, ctx_index=img_index)
         return x + self.fc2(F.gelu(self.fc1(self.mlp_norm(x))))
 
 
 class SpatialMatchModel(PreTrainedModel):
     """Fusion + matching head over cached frozen features.
 
-    forward(image_features (B, C, G, G), text_features (B, T, Dt), text_mask (B, T)) -> logits (B,)
+    forward(image_features (B, C, G, G), text_features (B, T, Dt), text_mask (B, T),
+            text_segments (B, T) optional) -> logits (B,)
+    Or pass ``image_tokens`` (U, G*G, d) from ``encode_image_tokens`` and ``image_index`` (B,)
+    to compute each distinct image once.
+
+    The caption is reduced to three slot vectors (subject, relation, reference: masked means of
+    the MiniLM states of each segment, plus a learned slot embedding; a caption that is not in
+    the template feeds its mean to all three). Per (image, caption) pair, ``num_layers`` fusion
+    layers let the slots attend to each other and, by cross-attention, to the image grid (with
+    learned 2D positions): the subject/reference slots find their object and its place, the
+    relation slot compares. The head reads the three slots. Per-pair cost is 3 tokens, so
+    hundreds of candidate captions per image stay cheap on a CPU.
     """
 
     config_class = SpatialMatchConfig
@@ -139,9 +161,10 @@ class SpatialMatchModel(PreTrainedModel):
         self.pos_embed = nn.Parameter(torch.zeros(1, g * g, d))
         self.txt_proj = nn.Linear(config.text_hidden_size, d)
         self.txt_norm = nn.LayerNorm(d)
+        self.segment_embed = nn.Embedding(NUM_SEGMENTS, d)
         self.layers = nn.ModuleList([FusionLayer(config) for _ in range(config.num_layers)])
         self.final_norm = nn.LayerNorm(d)
-        self.head_dense = nn.Linear(d, d)
+        self.head_dense = nn.Linear(3 * d, d)
         self.head_out = nn.Linear(d, 1)
         self.post_init()
 
@@ -161,22 +184,40 @@ class SpatialMatchModel(PreTrainedModel):
                                 align_corners=False).flatten(2).transpose(1, 2)
         return self.img_norm(self.img_proj(tokens)) + pos
 
+    def text_slots(self, text_features: torch.Tensor, text_mask: torch.Tensor,
+                   text_segments: Optional[torch.Tensor]) -> torch.Tensor:
+        """(B, 3, d) subject / relation / reference slot vectors."""
+        x = text_features.float()
+        mask = text_mask.float()
+        if text_segments is None:
+            text_segments = torch.zeros_like(mask, dtype=torch.long)
+        whole = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
+        slots = []
+        for seg in (SEG_SUBJECT, SEG_RELATION, SEG_REFERENCE):
+            m = mask * (text_segments == seg).float()
+            cnt = m.sum(1, keepdim=True)
+            pooled = (x * m[..., None]).sum(1) / cnt.clamp(min=1.0)
+            slots.append(torch.where(cnt > 0, pooled, whole))
+        h = self.txt_norm(self.txt_proj(torch.stack(slots, 1)))
+        return h + self.segment_embed.weight[SEG_SUBJECT: SEG_REFERENCE + 1][None]
+
     def forward(
         self,
-        image_features: torch.Tensor,
+        image_features: Optional[torch.Tensor],
         text_features: torch.Tensor,
         text_mask: torch.Tensor,
+        text_segments: Optional[torch.Tensor] = None,
         image_tokens: Optional[torch.Tensor] = None,
+        image_index: Optional[torch.Tensor] = None,
         **kwargs,
     ) -> torch.Tensor:
         img = image_tokens if image_tokens is not None else self.encode_image_tokens(image_features)
-        x = self.txt_norm(self.txt_proj(text_features.float()))
-        mask = text_mask.float()
+        x = self.text_slots(text_features, text_mask, text_segments)
+        ones = torch.ones(x.shape[:2], device=x.device)
         for layer in self.layers:
-            x = layer(x, mask, img)
-        x = self.final_norm(x)
-        pooled = (x * mask[..., None]).sum(1) / mask.sum(1, keepdim=True).clamp(min=1.0)
-        return self.head_out(F.gelu(self.head_dense(pooled))).squeeze(-1)
+            x = layer(x, ones, img, image_index)
+        x = self.final_norm(x).flatten(1)
+        return self.head_out(F.gelu(self.head_dense(x))).squeeze(-1)
 
 
 AutoConfig.register(MODEL_TYPE, SpatialMatchConfig)
@@ -278,10 +319,8 @@ class FrozenEncoders:
         return torch.stack(feats)  # type: ignore[arg-type]
 
     # -- text ----------------------------------------------------------------------------
-    def text_features(self, captions: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Per-token MiniLM states (B, T, 384) and mask (B, T), padded to the longest caption."""
-        uniq = list(dict.fromkeys(captions))
-        missing = [c for c in uniq if self._txt_cache.get(c) is None]
+    def _encode_strings(self, strings: Sequence[str]) -> None:
+        missing = [c for c in dict.fromkeys(strings) if self._txt_cache.get(c) is None]
         for j in range(0, len(missing), 256):
             chunk = missing[j: j + 256]
             enc = self.tokenizer(chunk, padding=True, truncation=True, max_length=self.config.max_text_tokens,
@@ -290,21 +329,44 @@ class FrozenEncoders:
                 hs = self.text(**enc).last_hidden_state
             for c, h, m in zip(chunk, hs, enc["attention_mask"]):
                 self._txt_cache.put(c, h[: int(m.sum())].half().clone())
-        rows = {c: self._txt_cache.get(c) for c in uniq}
-        # a row may have been evicted between put and get under heavy churn: recompute it
-        for c in uniq:
-            if rows[c] is None:
-                enc = self.tokenizer([c], truncation=True, max_length=self.config.max_text_tokens, return_tensors="pt")
-                with self._lock, torch.inference_mode():
-                    rows[c] = self.text(**enc).last_hidden_state[0].half().clone()
+
+    def _string(self, text: str) -> torch.Tensor:
+        v = self._txt_cache.get(text)
+        if v is None:  # evicted under churn: recompute
+            self._encode_strings([text])
+            v = self._txt_cache.get(text)
+        return v
+
+    @staticmethod
+    def segments(caption: str) -> List[Tuple[str, int]]:
+        """[(text, segment id)]: template captions split into subject / relation / reference."""
+        from rls3_ros.vlm.queries import parse_caption, relation_phrase_of
+
+        try:
+            subj, terms, ref = parse_caption(caption)
+        except ValueError:
+            return [(caption, SEG_WHOLE)]
+        return [(subj, SEG_SUBJECT), (relation_phrase_of(terms), SEG_RELATION), (ref, SEG_REFERENCE)]
+
+    def text_features(self, captions: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-token MiniLM states (B, T, 384), mask (B, T) and segment ids (B, T)."""
+        segs = {c: self.segments(c) for c in dict.fromkeys(captions)}
+        self._encode_strings([t for sg in segs.values() for t, _ in sg])
+        rows = {}
+        for c, sg in segs.items():
+            parts = [self._string(t) for t, _ in sg]
+            ids = torch.cat([torch.full((p.shape[0],), k, dtype=torch.long) for p, (_, k) in zip(parts, sg)])
+            rows[c] = (torch.cat(parts), ids)
         seq = [rows[c] for c in captions]
-        t = max(s.shape[0] for s in seq)
-        out = torch.zeros(len(seq), t, seq[0].shape[1], dtype=torch.float16)
+        t = max(s[0].shape[0] for s in seq)
+        out = torch.zeros(len(seq), t, seq[0][0].shape[1], dtype=torch.float16)
         mask = torch.zeros(len(seq), t)
-        for i, s in enumerate(seq):
+        seg = torch.zeros(len(seq), t, dtype=torch.long)
+        for i, (s, k) in enumerate(seq):
             out[i, : s.shape[0]] = s
             mask[i, : s.shape[0]] = 1.0
-        return out, mask
+            seg[i, : s.shape[0]] = k
+        return out, mask, seg
 
 
 _SHARED: Dict[Tuple, FrozenEncoders] = {}

@@ -237,7 +237,8 @@ def tiny_paligemma(vocab_size: int, image_size: int = 64, patch_size: int = 16, 
     vision = SiglipVisionConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
                                 num_attention_heads=2, image_size=image_size, patch_size=patch_size)
     text = GemmaConfig(vocab_size=vocab_size + 1, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-                       num_attention_heads=2, num_key_value_heads=1, head_dim=hidden // 2)
+                       num_attention_heads=2, num_key_value_heads=1, head_dim=hidden // 2,
+                       initializer_range=0.2)  # tied LM head: small random embeddings would cap the logits
     cfg = PaliGemmaConfig(vision_config=vision, text_config=text, image_token_index=vocab_size,
                           vocab_size=vocab_size + 1, projection_dim=hidden, hidden_size=hidden)
     return PaliGemmaForConditionalGeneration(cfg).eval()

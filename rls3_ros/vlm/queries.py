@@ -32,6 +32,11 @@ def make_caption(subject: str, terms: Sequence[str], reference: str) -> str:
     return T.make_caption(subject, terms, reference)
 
 
+def relation_phrase_of(terms: Sequence[str]) -> str:
+    """Surface phrase of a term set ("above and to the left of")."""
+    return T.relation_phrase(terms)
+
+
 def candidate_captions(subject: str, reference: str, include_support: bool = True) -> Tuple[List[Tuple[str, ...]], List[str]]:
     sets = candidate_term_sets(include_support)
     return sets, [make_caption(subject, ts, reference) for ts in sets]
