@@ -46,6 +46,21 @@ OVERRIDE = """
 """
 
 
+def _episodes(run_dir):
+    import json
+
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    recs = []
+    for line in path.read_text().splitlines():
+        try:
+            recs.append(json.loads(line))
+        except ValueError:  # a line being written
+            pass
+    return [r for r in recs if r.get("type") == "episode"]
+
+
 def _bridge_pid(out: str) -> int:
     return int(re.findall(r"\[launch\] started sim_bridge \(pid (\d+)\)", out)[-1])
 
@@ -59,6 +74,10 @@ def test_killed_sim_bridge_is_reported_respawned_and_the_run_goes_on(tmp_path):
             "--respawn-bridges", "--timeout", "250"]
     with NodeProcess(args, env, "launch_respawn", log_dir=tmp_path) as p:
         p.wait_for_output(r"\[rl_sampler\].*fine-tune 1:", 150)  # the loop is running over the graph
+        # kill right after an episode that does not end a fine-tuning round (E=2: an odd one), so the
+        # sampler's very next call goes to the bridge (not a fine-tune/eval long enough to hide the loss)
+        seen = len(_episodes(run_dir))
+        poll_until(lambda: any(e["episode"] % 2 == 1 for e in _episodes(run_dir)[seen:]), 120, "an odd episode")
         first = _bridge_pid(p.output())
         os.kill(first, signal.SIGKILL)  # a child of the launcher this test started, by its pid
         p.wait_for_output(r"\[launch\] sim_bridge died \(killed by signal 9\); respawning it", 30)
