@@ -146,7 +146,7 @@ _f32 = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(ids=st.lists(_text, min_size=1, max_size=4, unique=True), terms=st.lists(_text, max_size=3), ang=_f32, vf=_f32,
-       stamp=st.integers(0, 2**62), h=st.integers(1, 5), w=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
+       stamp=st.integers(0, (2**31 - 1) * 10**9 + 999_999_999), h=st.integers(1, 5), w=st.integers(1, 5), seed=st.integers(0, 2**32 - 1))
 def test_converter_round_trip_property(ids, terms, ang, vf, stamp, h, w, seed):
     store = base_typestore() if not hasattr(test_converter_round_trip_property, "_store") else test_converter_round_trip_property._store
     test_converter_round_trip_property._store = store

@@ -26,7 +26,12 @@ def stamp_to_ns(stamp: Time) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+MAX_STAMP_NS = (2**31 - 1) * 1_000_000_000 + 999_999_999  # builtin_interfaces/Time.sec is int32
+
+
 def ns_to_stamp(ns: int) -> Time:
+    if not 0 <= int(ns) <= MAX_STAMP_NS:
+        raise ValueError(f"stamp {ns} ns is outside builtin_interfaces/Time (0 .. {MAX_STAMP_NS} ns)")
     return Time(sec=int(ns // 1_000_000_000), nanosec=int(ns % 1_000_000_000))
 
 
