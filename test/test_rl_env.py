@@ -149,3 +149,22 @@ def test_j2_per_step_option_rewards_each_valid_sample(source, vlm):
     assert got_valid
     rec = info["episode_record"]
     assert rec.j2 == pytest.approx(j2_from_scores(vlm.score(rec.samples), "loss", env.j2_clip), rel=1e-5)
+
+
+def test_a_seed_the_simulator_cannot_build_is_skipped(source):
+    class Flaky(BackendSource):  # the real backend, refusing one seed as MuJoCo does for unplaceable scenes
+        def __init__(self, inner):
+            self.backend, self.renders, self._lock = inner.backend, 0, inner._lock
+            self.refused = []
+
+        def reset(self, seed, scene_type=None):
+            if not self.refused:
+                self.refused.append(seed)
+                raise RuntimeError(f"could not place box_0 validly in {scene_type}_{seed}")
+            return super().reset(seed, scene_type)
+
+    flaky = Flaky(source)
+    env = RLS3Env(flaky, CaptionOracle().caption_scene, None, T=2, seed=2)
+    _, info = env.reset()
+    assert flaky.refused == [env.scene_seed(0)] and info["scene_seed"] != flaky.refused[0]
+    assert env._scene is not None and env._scene.seed == info["scene_seed"]

@@ -262,6 +262,7 @@ class RLS3Env(gym.Env):
         self.run_id = run_id
         self.max_relations = int(max_relations)
         self.j2_per_step = bool(j2_per_step)
+        self.reset_attempts = 5  # seeds tried when the simulator cannot build a scene
 
         self.slot_dim = self.n_categories + SLOT_FEATURES_BASE
         obs_dim = N_SLOTS * self.slot_dim + N_SCENE_TYPES + 3 + 3
@@ -295,7 +296,16 @@ class RLS3Env(gym.Env):
         self._cur_seed = self.scene_seed(self._cur_episode)
         self._cur_type = self.scene_types[self._cur_episode % len(self.scene_types)] if self.scene_types else None
         self._renders_at_reset = self.source.renders
-        res = self.source.reset(self._cur_seed, self._cur_type)
+        res = None
+        for attempt in range(self.reset_attempts):
+            try:
+                res = self.source.reset(self._cur_seed, self._cur_type)
+                break
+            except (RuntimeError, ValueError) as e:  # a seed the simulator cannot build: the next one
+                if attempt + 1 == self.reset_attempts:
+                    raise RuntimeError(f"simulator could not build a scene for {self.reset_attempts} seeds "
+                                       f"from {self.scene_seed(self._cur_episode)}: {e}") from e
+                self._cur_seed = (self._cur_seed + 104_729) % 1_000_000_000
         self._scene = res.scene
         self._cur_type = res.scene.scene_type
         self._t = 0
