@@ -85,7 +85,7 @@ def test_training_graph_runs_the_loop_over_ros(ros_env, tmp_path):
     eps = [m for m in run.read_metrics() if m["type"] == "episode"]
     assert len(its) >= 2 and its[0]["iteration"] == 0
     assert eps and sum(e["valid"] for e in eps) >= 12
-    assert {e["scene_seed"] for e in eps}  # episodes from both bridges
+    assert {e["env"] for e in eps} == {"ros0e0", "ros0e1"}  # episodes from both bridges (vectorised env)
     for it in its[1:]:
         assert it["adapter_path"].startswith(str(run_dir / "adapters"))
         assert os.path.exists(os.path.join(it["adapter_path"], "adapter_config.json"))

@@ -184,6 +184,7 @@ class EpisodeRecord:
     intrinsic_return: float = 0.0
     move_kinds: Dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
+    env_id: str = ""  # the env's run_id (which simulator / bridge produced the episode)
 
 
 def j2_from_scores(scores: Sequence[RelationScore], metric: str = "loss", clip: float = 5.0) -> float:
@@ -439,6 +440,7 @@ class RLS3Env(gym.Env):
                 intrinsic_return=self._return,
                 move_kinds=dict(self._kinds),
                 wall_s=time.monotonic() - self._t_start,
+                env_id=self.run_id,
             )
             info["j2"] = j2
             info["episode_record"] = rec

@@ -165,7 +165,7 @@ class MetricsCallback(SchedulerCallbacks):
 
     def on_episode(self, scheduler: Scheduler, record) -> None:
         d = {
-            "type": "episode", "episode": scheduler.episodes, "scene_seed": record.scene_seed,
+            "type": "episode", "episode": scheduler.episodes, "env": record.env_id, "scene_seed": record.scene_seed,
             "scene_type": record.scene_type, "steps": record.steps, "renders": record.renders,
             "valid": len(record.samples), "invalid": record.invalid, "j2": record.j2,
             "intrinsic_return": record.intrinsic_return, "move_kinds": record.move_kinds,
