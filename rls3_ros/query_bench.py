@@ -213,7 +213,10 @@ def cli_query_bench(argv: List[str]) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads in both processes (0 = torch default; >1 stalls on a busy shared CPU)")
     p.add_argument("--out", default="results/query_latency.json")
+    p.add_argument("--quick", action="store_true", help="40 queries in 4 rounds (a smoke run)")
     a = p.parse_args(argv)
+    if a.quick:
+        a.n, a.rounds, a.warmup = min(a.n, 40), min(a.rounds, 4), min(a.warmup, 3)
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="rls3-qbench-") as tmp:
         res = run_bench(a.model, a.adapter, a.n, a.warmup, a.image_size, a.rounds, Path(tmp), a.threads)
