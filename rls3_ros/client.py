@@ -36,6 +36,7 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from rls3_ros.nodes.image_conversion import numpy_to_image_msg
+from rls3_ros.nodes.service_qos import SERVICE_QOS
 
 ImageLike = Union[None, np.ndarray, Image]
 
@@ -99,7 +100,7 @@ class SpatialQueryClient:
         self.node = node
         self.service = service
         self._group = ReentrantCallbackGroup()
-        self._client = node.create_client(SpatialQuery, service, callback_group=self._group)
+        self._client = node.create_client(SpatialQuery, service, callback_group=self._group, qos_profile=SERVICE_QOS)
 
     def destroy(self) -> None:
         self.node.destroy_client(self._client)

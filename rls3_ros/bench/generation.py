@@ -23,6 +23,7 @@ import numpy as np
 
 from rls3_ros.ros_isolation import isolated_ros_env
 from rls3_ros.sim.backend import PLACE, SWAP, MoveAction
+from rls3_ros.nodes.service_qos import SERVICE_QOS
 
 
 def random_moves(scene, bounds, rng: np.random.Generator, n: int) -> List[MoveAction]:
@@ -81,9 +82,9 @@ class _GraphClient:
         self.ctx = rclpy.Context()
         rclpy.init(context=self.ctx)
         self.node = rclpy.create_node("generation_bench", context=self.ctx)
-        self.apply = [self.node.create_client(ApplyAction, f"{ns}/sim_bridge/apply_action") for ns in namespaces]
-        self.reset = [self.node.create_client(ResetScene, f"{ns}/sim_bridge/reset_scene") for ns in namespaces]
-        self.caption = self.node.create_client(CaptionScene, "/caption_oracle/caption_scene")
+        self.apply = [self.node.create_client(ApplyAction, f"{ns}/sim_bridge/apply_action", qos_profile=SERVICE_QOS) for ns in namespaces]
+        self.reset = [self.node.create_client(ResetScene, f"{ns}/sim_bridge/reset_scene", qos_profile=SERVICE_QOS) for ns in namespaces]
+        self.caption = self.node.create_client(CaptionScene, "/caption_oracle/caption_scene", qos_profile=SERVICE_QOS)
         self.executor = MultiThreadedExecutor(num_threads=4, context=self.ctx)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)

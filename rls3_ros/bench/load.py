@@ -25,6 +25,7 @@ Writes ``--out`` (JSON) and prints a summary. Exit code 0 when nothing failed or
 """
 
 from __future__ import annotations
+from rls3_ros.nodes.service_qos import SERVICE_QOS
 
 import argparse
 import json
@@ -124,7 +125,7 @@ def _client_main(a) -> int:
     ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(node)
     threading.Thread(target=ex.spin, daemon=True).start()
-    client = node.create_client(SpatialQuery, a.service)
+    client = node.create_client(SpatialQuery, a.service, qos_profile=SERVICE_QOS)
     records: List[list] = []
     progress = Path(a.progress)
     try:
@@ -236,7 +237,7 @@ def run_load(n_clients: int = 8, n_queries: int = 1000, model: str = "embedded",
         ex = SingleThreadedExecutor(context=ctx)
         ex.add_node(snode)
         threading.Thread(target=ex.spin, daemon=True).start()
-        sclient = snode.create_client(SetAdapter, SWAP_SERVICE)
+        sclient = snode.create_client(SetAdapter, SWAP_SERVICE, qos_profile=SERVICE_QOS)
         if not sclient.wait_for_service(timeout_sec=60):
             raise RuntimeError("set_adapter service not available")
         # all clients discovered the service and built their requests: go

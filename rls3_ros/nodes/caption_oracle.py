@@ -65,6 +65,7 @@ from rls3_ros.nodes.conversions import msg_to_scene, relation_to_msg, stamp_to_n
 from rls3_ros.nodes.image_conversion import image_msg_to_rgb, numpy_to_image_msg
 from rls3_ros.nodes.node_main import NodeStartupError, run_node
 from rls3_ros.scene import SceneState, SpatialRelation
+from rls3_ros.nodes.service_qos import SERVICE_QOS
 
 _ORACLE_DOCS = {
     "horizontal_half_width_deg": "half-width of the pure horizontal sectors [deg] (22.5 = 8 x 45 deg)",
@@ -160,7 +161,7 @@ class CaptionOracleNode(Node):
         self.create_subscription(
             SceneStateMsg, "scene_state", self._on_scene, qos["scene_qos"], callback_group=topics, event_callbacks=events
         )
-        self.create_service(CaptionScene, "~/caption_scene", self._on_caption_scene, callback_group=ReentrantCallbackGroup())
+        self.create_service(CaptionScene, "~/caption_scene", self._on_caption_scene, callback_group=ReentrantCallbackGroup(), qos_profile=SERVICE_QOS)
         c = self._oracle.config
         self.get_logger().info(
             f"caption_oracle ready: sectors half-width {c.horizontal_half_width_deg} deg, vertical band "

@@ -82,6 +82,7 @@ from rls3_ros.rl.env import SimSource, SimStep, bounds_from_scene
 from rls3_ros.rl.scheduler import Evaluator, SchedulerCallbacks, Trainer, TrainOutcome
 from rls3_ros.scene import quat_to_matrix
 from rls3_ros.vlm.interface import Evaluation, FineTuneResult, RelationScore
+from rls3_ros.nodes.service_qos import SERVICE_QOS
 
 PARAMS: Dict[str, Any] = {
     "agent": ("sac", "sampler: sac | ppo | random | miner"),
@@ -341,13 +342,13 @@ class RlSampler(Node):
         bounds = [float(v) for v in self.p["placement_bounds"]]
         self.sources = []
         for i, ns in enumerate(namespaces):
-            rc = self.create_client(ResetScene, _join(ns, self.p["reset_service"]), callback_group=self.group)
-            ac = self.create_client(ApplyAction, _join(ns, self.p["apply_service"]), callback_group=self.group)
+            rc = self.create_client(ResetScene, _join(ns, self.p["reset_service"]), callback_group=self.group, qos_profile=SERVICE_QOS)
+            ac = self.create_client(ApplyAction, _join(ns, self.p["apply_service"]), callback_group=self.group, qos_profile=SERVICE_QOS)
             self.sources.append(RosSimSource(self.caller, rc, ac, bounds, name=f"sim_bridge[{ns or '/'}]"))
             self.sources[-1].on_lost, self.sources[-1].wait_s = self.p["bridge_lost"], float(self.p["bridge_wait"])
             self.sources[-1].log = self.get_logger().warning
-        self.caption_client = self.create_client(CaptionScene, self.p["caption_service"], callback_group=self.group)
-        self.score_client = self.create_client(ScoreSamples, self.p["score_service"], callback_group=self.group)
+        self.caption_client = self.create_client(CaptionScene, self.p["caption_service"], callback_group=self.group, qos_profile=SERVICE_QOS)
+        self.score_client = self.create_client(ScoreSamples, self.p["score_service"], callback_group=self.group, qos_profile=SERVICE_QOS)
         self.fine_tune_client = ActionClient(self, FineTune, self.p["fine_tune_action"], callback_group=self.group)
         self.exit_code = 0
         self.summary: Dict[str, Any] = {}

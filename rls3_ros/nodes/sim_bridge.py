@@ -46,6 +46,7 @@ from rls3_ros.nodes.conversions import camera_info_msg, scene_to_msg
 from rls3_ros.nodes.image_conversion import numpy_to_image_msg
 from rls3_ros.nodes.node_main import NodeStartupError, run_node
 from rls3_ros.sim.backend import ACTION_TYPES, BAD_REQUEST, MoveAction
+from rls3_ros.nodes.service_qos import SERVICE_QOS
 
 ALL_SCENE_TYPES = ["kitchen", "living_room", "bedroom", "dining_room"]
 
@@ -117,8 +118,8 @@ class SimBridge(Node):
         self.scene_pub = self.create_publisher(SceneStateMsg, "scene_state", 10,
                                                event_callbacks=qos_warning("scene_state"))
         group = MutuallyExclusiveCallbackGroup()
-        self.create_service(ResetScene, "~/reset_scene", self._on_reset, callback_group=group)
-        self.create_service(ApplyAction, "~/apply_action", self._on_apply, callback_group=group)
+        self.create_service(ResetScene, "~/reset_scene", self._on_reset, callback_group=group, qos_profile=SERVICE_QOS)
+        self.create_service(ApplyAction, "~/apply_action", self._on_apply, callback_group=group, qos_profile=SERVICE_QOS)
         try:
             scene = self.backend.reset(self.seed)
             self._publish(scene, self.backend.render().rgb)

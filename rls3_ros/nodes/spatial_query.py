@@ -80,6 +80,7 @@ from rls3_ros.nodes.node_main import run_node
 from rls3_ros.scene import SceneState
 from rls3_ros.spatial_answers import QueryRequest, answer_query, check_adapter_dir, load_model
 from rls3_ros.vlm.interface import SpatialVLM
+from rls3_ros.nodes.service_qos import SERVICE_QOS
 
 IMAGE_QOS = {
     "sensor_data": qos_profile_sensor_data,
@@ -153,8 +154,8 @@ class SpatialQueryNode(LifecycleNode):
         self._query_group = ReentrantCallbackGroup()
         self._swap_group = MutuallyExclusiveCallbackGroup()
         self._topic_group = MutuallyExclusiveCallbackGroup()
-        self.create_service(SpatialQuery, "~/query", self._on_query, callback_group=self._query_group)
-        self.create_service(SetAdapter, "~/set_adapter", self._on_set_adapter, callback_group=self._swap_group)
+        self.create_service(SpatialQuery, "~/query", self._on_query, callback_group=self._query_group, qos_profile=SERVICE_QOS)
+        self.create_service(SetAdapter, "~/set_adapter", self._on_set_adapter, callback_group=self._swap_group, qos_profile=SERVICE_QOS)
 
         if self.get_parameter("autostart").value:
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:

@@ -65,6 +65,7 @@ from rls3_ros.nodes.node_main import NodeStartupError, run_node
 from rls3_ros.scene import Sample
 from rls3_ros.spatial_answers import load_model
 from rls3_ros.vlm.interface import SpatialVLM
+from rls3_ros.nodes.service_qos import SERVICE_QOS
 
 ADAPTER_QOS = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
@@ -138,7 +139,7 @@ class VlmTrainer(Node):
         self._topic_group = MutuallyExclusiveCallbackGroup()
         self._action_group = ReentrantCallbackGroup()
         self.create_subscription(SampleMsg, self._p("samples_topic"), self._on_sample, 100, callback_group=self._topic_group)
-        self.create_service(ScoreSamples, "~/score_samples", self._on_score, callback_group=self._score_group)
+        self.create_service(ScoreSamples, "~/score_samples", self._on_score, callback_group=self._score_group, qos_profile=SERVICE_QOS)
         self._metrics_pub = self.create_publisher(TrainingMetrics, self._p("metrics_topic"), 10)
         self._adapter_pub = self.create_publisher(AdapterInfo, self._p("adapter_topic"), ADAPTER_QOS)
         self._action = ActionServer(
