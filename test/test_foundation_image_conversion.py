@@ -91,3 +91,12 @@ def test_wrong_array_for_encoding_is_refused():
         numpy_to_image_msg(np.zeros((4, 4, 3), np.uint8), "mono8")
     with pytest.raises(ImageConversionError, match="dtype"):
         numpy_to_image_msg(np.zeros((4, 4), np.float64), "32FC1")
+
+
+@pytest.mark.parametrize("pad", [0, 3])
+def test_converted_arrays_are_writable_copies(pad):
+    msg = padded(numpy_to_image_msg(random_array("rgb8"), "rgb8"), pad)
+    for arr in (image_msg_to_numpy(msg), image_msg_to_rgb(msg)):
+        assert arr.flags.writeable and arr.flags.owndata or arr.base is not None and arr.flags.writeable
+        arr[0, 0, 0] ^= 0xFF  # must not touch the message
+    assert image_msg_to_numpy(msg)[0, 0, 0] == np.frombuffer(bytes(msg.data), np.uint8)[0]

@@ -81,7 +81,7 @@ def image_msg_to_numpy(msg: Image) -> np.ndarray:
         return np.array(_CV_BRIDGE.imgmsg_to_cv2(msg))
     rows = np.frombuffer(buf, dtype=np.uint8, count=step * (h - 1) + row)
     rows = np.lib.stride_tricks.as_strided(rows, shape=(h, row), strides=(step, 1))
-    arr = np.ascontiguousarray(rows).view(dtype).reshape(h, w, channels)
+    arr = np.array(rows, copy=True).view(dtype).reshape(h, w, channels)  # writable, owns its data
     return arr[:, :, 0] if channels == 1 else arr
 
 
