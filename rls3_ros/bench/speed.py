@@ -1,0 +1,207 @@
+"""What does each stage cost? ``rls3 bench speed [--quick]``.
+
+1. sample generation (render + validity + caption) in-process vs through the ROS graph
+   (sim_bridge + caption_oracle processes), and with 1, 2 and 4 parallel sim_bridges;
+2. query latency: a direct in-process model call vs the spatial_query node from another
+   process (p50/p99), and p99 with 8 concurrent client processes (with an adapter swap);
+3. fine-tuning throughput of the embedded VLM (relations/s through the LoRA training step).
+
+Writes ``results/speed.json`` (stable keys: ``samples_per_s_inprocess``, ``samples_per_s_ros``,
+``query_direct_p50_ms``, ``query_p50_ms``, ``query_p99_ms``, ``query_p99_ms_8_clients``,
+``bridges_samples_per_s``), ``results/speed.md`` and ``results/speed_bridges.png``.
+Measurements run one after the other so they do not share the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+
+
+def bench_fine_tune(image_size: int, n_samples: int, steps: int, seed: int = 0) -> Dict[str, float]:
+    """Relations/s through the embedded model's LoRA fine-tuning on real captioned renders."""
+    import torch
+
+    from rls3_ros.bench.generation import random_moves
+    from rls3_ros.captions.oracle import CaptionOracle
+    from rls3_ros.rl.loop import ensure_pretrained
+    from rls3_ros.scene import Sample
+    from rls3_ros.sim.factory import make_backend
+    from rls3_ros.spatial_answers import load_model
+
+    ensure_pretrained("embedded", log=lambda m: None)
+    backend = make_backend("mujoco", image_size=image_size, seed=seed)
+    oracle = CaptionOracle()
+    samples: List[Sample] = []
+    try:
+        s = 0
+        while len(samples) < n_samples:
+            scene = backend.reset(seed + s)
+            bounds = backend.placement_bounds()
+            for mv in random_moves(scene, bounds, np.random.default_rng(s), 6):
+                active = [o.id for o in backend.state().active_objects()]
+                if mv.object_id not in active:
+                    mv.object_id = active[0]
+                res = backend.apply(mv)
+                if res.valid:
+                    rels = oracle.caption_scene(res.scene)
+                    if rels:
+                        samples.append(Sample(f"ft{len(samples)}", res.render.rgb, res.scene, rels))
+            s += 1
+    finally:
+        backend.close()
+    samples = samples[:n_samples]
+    torch.set_num_threads(2)
+    vlm = load_model("embedded")
+    n_rel = sum(len(x.relations) for x in samples)
+    vlm.fine_tune(samples, 1)  # warm-up (feature cache, LoRA injection)
+    t = time.perf_counter()
+    res = vlm.fine_tune(samples, steps)
+    dt = time.perf_counter() - t
+    batch = getattr(getattr(getattr(vlm, "host", None), "lora", None), "batch_size", None)
+    t = time.perf_counter()
+    vlm.score(samples)
+    score_dt = time.perf_counter() - t
+    out = {"steps": steps, "seconds": dt, "steps_per_s": steps / dt, "relations_in_batch_pool": n_rel,
+           "score_relations_per_s": n_rel / score_dt, "final_loss": float(res.final_loss)}
+    if batch:
+        out["batch_size"] = int(batch)
+        out["relations_per_s"] = steps * min(int(batch), n_rel) / dt
+    return out
+
+
+def plot_bridges(doc: Dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    b = doc["bridges_samples_per_s"]
+    xs = sorted(int(k) for k in b)
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(xs, [b[str(x)] for x in xs], "o-", label="through ROS (N sim_bridges)")
+    ax.axhline(doc["samples_per_s_inprocess"], color="grey", ls=":", label="in-process, 1 backend")
+    ax.set_xticks(xs)
+    ax.set_xlabel("parallel sim_bridge processes")
+    ax.set_ylabel("samples/s (render + validity + caption)")
+    ax.set_title(f"Sample generation on {doc['host']['cpus']} CPU cores")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_markdown(doc: Dict[str, Any], path: Path) -> None:
+    b = doc["bridges_samples_per_s"]
+    lines = ["# Speed benchmark", "",
+             f"Machine: {doc['host']['cpus']} CPUs ({doc['host']['machine']}), image {doc['image_size']}², "
+             f"load average at start {doc['host']['loadavg_start']:.1f}. {'(quick run)' if doc['quick'] else ''}", "",
+             "| what | value |", "| --- | --- |",
+             f"| samples/s in-process (render + validity + caption) | {doc['samples_per_s_inprocess']:.1f} |",
+             f"| samples/s through the ROS graph (1 sim_bridge + caption_oracle) | {doc['samples_per_s_ros']:.1f} |",
+             f"| ROS / in-process | {doc['ros_over_inprocess']:.2f} |"]
+    lines += [f"| samples/s with {k} sim_bridge(s) | {v:.1f} |" for k, v in sorted(b.items(), key=lambda kv: int(kv[0]))]
+    lines += [f"| query p50, direct model call | {doc['query_direct_p50_ms']:.1f} ms |",
+              f"| query p50 / p99 through spatial_query (1 client) | {doc['query_p50_ms']:.1f} / {doc['query_p99_ms']:.1f} ms |",
+              f"| query p50 / p99 with 8 client processes (adapter swap mid-run) | {doc['query_p50_ms_8_clients']:.1f} / {doc['query_p99_ms_8_clients']:.1f} ms |",
+              f"| queries failed / lost with 8 clients | {doc['load']['failed']} / {doc['load']['lost']} |"]
+    ft = doc["fine_tune"]
+    if "relations_per_s" in ft:
+        lines.append(f"| fine-tuning, relations/s (LoRA, batch {ft['batch_size']}) | {ft['relations_per_s']:.1f} |")
+    lines.append(f"| fine-tuning, optimiser steps/s | {ft['steps_per_s']:.2f} |")
+    lines.append(f"| scoring (reward), relations/s | {ft['score_relations_per_s']:.1f} |")
+    lines += ["", "![bridges](speed_bridges.png)", ""]
+    path.write_text("\n".join(lines))
+
+
+def run_speed(quick: bool, out_dir: Path, image_size: int = 224, log=print) -> Dict[str, Any]:
+    from rls3_ros.bench.generation import bench_inprocess, bench_ros
+    from rls3_ros.bench.load import run_load
+    from rls3_ros.query_bench import run_bench
+    from rls3_ros.rl.loop import ensure_pretrained
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    load0 = os.getloadavg()[0]
+    ensure_pretrained("embedded", log)
+    n = 30 if quick else 150
+    doc: Dict[str, Any] = {"quick": quick, "image_size": image_size}
+    log(f"[bench speed] generation in-process: {n} samples")
+    doc["inprocess"] = bench_inprocess(n, image_size)
+    bridges = (1, 2) if quick else (1, 2, 4)
+    doc["ros"] = {}
+    for k in bridges:
+        log(f"[bench speed] generation through ROS: {k} sim_bridge(s)")
+        with tempfile.TemporaryDirectory(prefix="rls3-speed-") as tmp:
+            doc["ros"][str(k)] = bench_ros(max(n // k, 8), image_size, k, workdir=Path(tmp))
+    doc["samples_per_s_inprocess"] = doc["inprocess"]["samples_per_s"]
+    doc["samples_per_s_ros"] = doc["ros"]["1"]["samples_per_s"]
+    doc["ros_over_inprocess"] = doc["samples_per_s_ros"] / doc["samples_per_s_inprocess"]
+    doc["bridges_samples_per_s"] = {k: v["samples_per_s"] for k, v in doc["ros"].items()}
+
+    nq = 40 if quick else 200
+    log(f"[bench speed] query latency: {nq} direct calls and {nq} through the node, interleaved rounds")
+    with tempfile.TemporaryDirectory(prefix="rls3-speedq-") as tmp:
+        q = run_bench("embedded", "", nq, 5, 128, 4 if quick else 10, Path(tmp), 1)
+    direct = q["direct"]
+    via = q.get("node_request_image") or next(v for k, v in q.items() if k != "direct")
+    doc["query"] = q
+    doc["query_direct_p50_ms"] = direct["p50_ms"]
+    doc["query_p50_ms"] = via["p50_ms"]
+    doc["query_p99_ms"] = via["p99_ms"]
+    nl = 25 if quick else 125
+    log(f"[bench speed] 8 client processes x {nl} queries with an adapter swap")
+    with tempfile.TemporaryDirectory(prefix="rls3-speedl-") as tmp:
+        adapter = _adapter_for_swap(Path(tmp))
+        load = run_load(8, nl, "embedded", adapter, out=None, image_size=128, workdir=str(Path(tmp) / "work"),
+                        log=lambda m: None)
+    doc["load"] = {k: load[k] for k in ("answered", "failed", "lost", "latency", "throughput_qps") if k in load}
+    doc["query_p50_ms_8_clients"] = load["latency"]["p50_ms"]
+    doc["query_p99_ms_8_clients"] = load["latency"]["p99_ms"]
+    log("[bench speed] fine-tuning throughput")
+    doc["fine_tune"] = bench_fine_tune(160, 24 if quick else 64, 5 if quick else 20)
+    doc["host"] = {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
+                   "loadavg_start": load0, "loadavg_end": os.getloadavg()[0]}
+    doc["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    doc["command"] = "rls3 bench speed" + (" --quick" if quick else "")
+    name = "speed_quick" if quick else "speed"
+    (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    write_markdown(doc, out_dir / f"{name}.md")
+    plot_bridges(doc, out_dir / "speed_bridges.png")
+    return doc
+
+
+def _adapter_for_swap(tmp: Path) -> str:
+    """A real LoRA adapter of the embedded base (a few steps on rendered samples) to swap to."""
+    from rls3_ros.spatial_answers import load_model
+    from rls3_ros.query_bench import make_image
+    from rls3_ros.scene import CameraModel, ObjectState, Sample, SceneState, SpatialRelation
+
+    vlm = load_model("embedded")
+    cam = CameraModel.look_at((0.0, -2.0, 1.5), (0.0, 0.0, 0.8), 128, 128, 60.0)
+    objs = [ObjectState("a", "box", "red box", (-0.3, 0, 0.8), active=True),
+            ObjectState("b", "box", "blue box", (0.3, 0, 0.8), active=True)]
+    rel = SpatialRelation("a", "b", "red box", "blue box", ["left"], caption="The red box is to the left of the blue box.",
+                          negatives=["The red box is to the right of the blue box."])
+    samples = [Sample(f"s{i}", make_image(128, 1000 + i), SceneState("x", "kitchen", 0, cam, objs), [rel]) for i in range(8)]
+    vlm.fine_tune(samples, 2)
+    return vlm.save_adapter(str(tmp / "swap_adapter"))
+
+
+def cli_bench_speed(argv: List[str]) -> int:
+    p = argparse.ArgumentParser(prog="rls3 bench speed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="fewer samples/queries (plumbing check, ~3 min)")
+    p.add_argument("--out", default="results")
+    p.add_argument("--image-size", type=int, default=224)
+    a = p.parse_args(argv)
+    doc = run_speed(a.quick, Path(a.out), a.image_size)
+    print(Path(a.out, "speed_quick.md" if a.quick else "speed.md").read_text())
+    return 0
