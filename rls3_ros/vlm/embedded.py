@@ -57,7 +57,7 @@ class SpatialMatchConfig(PretrainedConfig):
         num_layers: int = 2,
         intermediate_size: int = 256,
         dropout: float = 0.0,
-        initializer_range: float = 0.02,
+        initializer_range: float = 1.0,
         **kwargs,
     ):
         self.image_size = int(image_size)
@@ -170,9 +170,20 @@ class SpatialMatchModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        super()._init_weights(module)
-        if isinstance(module, SpatialMatchModel):
-            nn.init.normal_(module.pos_embed, std=self.config.initializer_range * 10)
+        # LeCun-normal Linear layers (std 1/sqrt(fan_in)): with the usual 0.02 a small fusion model
+        # starts with near-uniform cross-attention and image gradients ~1e-5, and barely trains in
+        # the few thousand CPU steps it gets. initializer_range scales it (1.0 = LeCun).
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=self.config.initializer_range / module.in_features ** 0.5)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=0.5)
+        elif isinstance(module, SpatialMatchModel):
+            nn.init.normal_(module.pos_embed, std=0.5)
 
     def encode_image_tokens(self, image_features: torch.Tensor) -> torch.Tensor:
         b, c, gh, gw = image_features.shape

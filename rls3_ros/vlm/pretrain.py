@@ -74,7 +74,10 @@ def render_corpus(n_images: int, seed: int, image_size: int, backend: str = "muj
         scene_seed = seed * 100003
         while len(out) < n_images:
             scene_seed += 1
-            scene = sim.reset(seed=scene_seed)
+            try:
+                scene = sim.reset(seed=scene_seed)
+            except (RuntimeError, ValueError):  # the backend could not build this seed: take the next
+                continue
             s = _caption_sample(oracle, scene, sim.render().rgb, f"{backend}-{scene_seed}-0", rng)
             if s is not None:
                 out.append(s)
@@ -147,7 +150,7 @@ def format_report(rep: Dict[str, object]) -> str:
 
 def pretrain(out_dir: Path, minutes: float = 4.0, n_train: int = 2400, n_test: int = 400, image_size: int = 160,
              seed: int = 0, rare_keep: float = 0.07, backend: str = "mujoco", hidden_size: int = 96,
-             num_layers: int = 2, batch_size: int = 32, lr: float = 2e-3, log=print) -> Dict[str, object]:
+             num_layers: int = 2, batch_size: int = 32, lr: float = 3e-3, log=print) -> Dict[str, object]:
     import torch
 
     from rls3_ros.vlm.contrastive import EmbeddedVLM
@@ -166,7 +169,7 @@ def pretrain(out_dir: Path, minutes: float = 4.0, n_train: int = 2400, n_test: i
     cfg = SpatialMatchConfig(image_size=image_size, hidden_size=hidden_size, num_heads=4, num_layers=num_layers,
                              intermediate_size=2 * hidden_size)
     model = SpatialMatchModel(cfg)
-    vlm = EmbeddedVLM(model, base_spec="embedded:pretraining", infonce_batch=8, seed=seed)
+    vlm = EmbeddedVLM(model, base_spec="embedded:pretraining", infonce_batch=8, infonce_weight=1.0, seed=seed)
     t0 = time.monotonic()
     vlm.encoders.image_features([s.image for s in train + test])
     t_feat = time.monotonic() - t0
