@@ -239,7 +239,9 @@ def cli_pretrain(argv: Optional[List[str]] = None) -> int:
                     help="probability of keeping a relation with a term other than left/right")
     ap.add_argument("--backend", default="mujoco", help="mujoco (default) or standin (drawn shapes, no simulator)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: the small fusion model gains nothing from more, and on a "
+                         "shared CPU extra OpenMP threads made steps 30x slower; 0 = torch default)")
     a = ap.parse_args(argv)
     out = Path(a.out).expanduser() if a.out else model_dir() / "embedded"
     if (out / "config.json").is_file() and not a.force:
