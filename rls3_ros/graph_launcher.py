@@ -234,34 +234,32 @@ def cli_launch(argv: List[str]) -> int:
             print(f"rls3 launch: parameter file {f} not found", file=sys.stderr)
             return 2
     run_dir = args.run_dir
-    if args.graph == "training" and not run_dir:
-        from rls3_ros.rl.run_dir import new_run_dir
-
-        run_dir = new_run_dir()
     try:
-        specs = graph_nodes(args.graph, args.bridges, args.with_sim, os.path.abspath(run_dir) if run_dir else "")
+        specs = graph_nodes(args.graph, args.bridges, args.with_sim, "")
     except ValueError as e:
         print(f"rls3 launch: {e}", file=sys.stderr)
         return 2
-    if args.respawn_bridges:
-        for s in specs:
-            if s.name == "sim_bridge":
-                s.respawn = True
-            if s.name == "rl_sampler":
-                s.params["bridge_lost"] = "wait"
+    sets = []
     for item in args.set:
         if "=" not in item or "." not in item.split("=", 1)[0]:
             print(f"rls3 launch: --set expects NODE.PARAM=VALUE, got {item!r}", file=sys.stderr)
             return 2
         key, val = item.split("=", 1)
         node, param = key.split(".", 1)
-        matched = [s for s in specs if s.name == node or s.label == node]
-        if not matched:
+        if not [s for s in specs if s.name == node or s.label == node]:
             print(f"rls3 launch: no node {node!r} in the {args.graph} graph ({', '.join(s.label for s in specs)})",
                   file=sys.stderr)
             return 2
-        for s in matched:
-            s.params[param] = val
+        sets.append((node, param, val))
+    if args.graph == "training" and not run_dir:  # created only once the arguments are known good
+        from rls3_ros.rl.run_dir import new_run_dir
+
+        run_dir = new_run_dir()
+    specs = graph_nodes(args.graph, args.bridges, args.with_sim, os.path.abspath(run_dir) if run_dir else "")
+    for node, param, val in sets:
+        for s in specs:
+            if s.name == node or s.label == node:
+                s.params[param] = val
     env = dict(os.environ)
     env.setdefault("MUJOCO_GL", "egl")
     env.setdefault("HF_HUB_OFFLINE", "1")

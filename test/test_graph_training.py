@@ -140,11 +140,14 @@ def test_launch_files_are_valid_python():
         assert "generate_launch_description" in fns
 
 
-def test_launcher_refuses_bad_arguments(capsys):
+def test_launcher_refuses_bad_arguments(capsys, tmp_path, monkeypatch):
     from rls3_ros.graph_launcher import cli_launch, graph_nodes
 
+    monkeypatch.chdir(tmp_path)
     assert cli_launch(["training", "--set", "nobody.x=1"]) == 2
     assert "no node 'nobody'" in capsys.readouterr().err
+    assert cli_launch(["training", "--bridges", "0"]) == 2
+    assert not (tmp_path / "runs").exists()  # refused arguments leave no run directory behind
     assert cli_launch(["training", "--params-file", "/nonexistent.yaml"]) == 2
     with pytest.raises(SystemExit):
         cli_launch(["bogus"])
