@@ -15,6 +15,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "launch": ("rls3_ros.graph_launcher", "cli_launch", "start the node graph: rls3 launch training|query"),
     "pretrain": ("rls3_ros.vlm.pretrain", "cli_pretrain", "build and cache the embedded base VLM"),
     "train": ("rls3_ros.train_cli", "cli_train", "the RLS3 loop in one process (the main job)"),
+    "finetune": ("rls3_ros.finetune_cli", "cli_finetune", "offline LoRA fine-tuning from a bag or caption dataset"),
     "query": ("rls3_ros.query_cli", "cli_query", "one spatial query: --image F --subject A --reference B"),
     "sim": ("rls3_ros.cli", "cli_sim", "simulator tools: rls3 sim sheet --out F.png"),
     "captions": ("rls3_ros.captions.dataset_cli", "cli_captions", "a captioned dataset: --n N --out DIR"),
