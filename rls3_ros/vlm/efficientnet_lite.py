@@ -32,7 +32,8 @@ _STAGES: List[Tuple[int, int, int, int, int, int]] = [
 _BN = dict(momentum=0.01, eps=1e-3)
 
 # Output channels / stride after each block index (for choosing a feature stage).
-FEATURE_CHANNELS = {"stride16": 112, "stride32": 320, "head": 1280}
+FEATURE_CHANNELS = {"stride8": 40, "stride16": 112, "stride32": 320, "head": 1280}
+STRIDES = {"stride8": 8, "stride16": 16, "stride32": 32, "head": 32}
 
 
 class SameConv2d(nn.Conv2d):
@@ -90,17 +91,18 @@ class EfficientNetLite0(nn.Module):
         self._bn1 = nn.BatchNorm2d(1280, **_BN)
         self._fc = nn.Linear(1280, num_classes)
 
-    # index of the last block of the stride-16 stage (112 channels)
+    # index of the last block of the stride-8 (40 channels) and stride-16 (112 channels) stages
+    STRIDE8_BLOCK = 4
     STRIDE16_BLOCK = 10
 
     def features(self, x: torch.Tensor, stage: str = "stride32") -> torch.Tensor:
-        """Spatial features: "stride16" (112 ch), "stride32" (320 ch) or "head" (1280 ch)."""
+        """Spatial features: "stride8" (40 ch), "stride16" (112 ch), "stride32" (320 ch) or "head" (1280 ch)."""
         if stage not in FEATURE_CHANNELS:
             raise ValueError(f"unknown feature stage {stage!r}; use one of {sorted(FEATURE_CHANNELS)}")
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for i, block in enumerate(self._blocks):
             x = block(x)
-            if stage == "stride16" and i == self.STRIDE16_BLOCK:
+            if (stage == "stride16" and i == self.STRIDE16_BLOCK) or (stage == "stride8" and i == self.STRIDE8_BLOCK):
                 return x
         if stage == "stride32":
             return x

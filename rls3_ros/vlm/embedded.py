@@ -76,8 +76,7 @@ class SpatialMatchConfig(PretrainedConfig):
 
     @property
     def grid_size(self) -> int:
-        stride = 16 if self.image_stage == "stride16" else 32
-        return -(-self.image_size // stride)
+        return -(-self.image_size // efficientnet_lite.STRIDES[self.image_stage])
 
 
 class Attention(nn.Module):

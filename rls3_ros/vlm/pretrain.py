@@ -150,7 +150,8 @@ def format_report(rep: Dict[str, object]) -> str:
 
 def pretrain(out_dir: Path, minutes: float = 4.0, n_train: int = 2400, n_test: int = 400, image_size: int = 160,
              seed: int = 0, rare_keep: float = 0.07, backend: str = "mujoco", hidden_size: int = 96,
-             num_layers: int = 2, batch_size: int = 32, lr: float = 3e-3, log=print) -> Dict[str, object]:
+             num_layers: int = 2, batch_size: int = 32, lr: float = 3e-3, image_stage: str = "stride16",
+             infonce_weight: float = 1.0, log=print) -> Dict[str, object]:
     import torch
 
     from rls3_ros.vlm.contrastive import EmbeddedVLM
@@ -166,10 +167,11 @@ def pretrain(out_dir: Path, minutes: float = 4.0, n_train: int = 2400, n_test: i
     log(f"train terms (imbalanced): {term_counts(train)}")
     log(f"held-out terms: {term_counts(test)}")
 
-    cfg = SpatialMatchConfig(image_size=image_size, hidden_size=hidden_size, num_heads=4, num_layers=num_layers,
+    cfg = SpatialMatchConfig(image_size=image_size, image_stage=image_stage, hidden_size=hidden_size, num_heads=4, num_layers=num_layers,
                              intermediate_size=2 * hidden_size)
     model = SpatialMatchModel(cfg)
-    vlm = EmbeddedVLM(model, base_spec="embedded:pretraining", infonce_batch=8, infonce_weight=1.0, seed=seed)
+    vlm = EmbeddedVLM(model, base_spec="embedded:pretraining", infonce_batch=8, infonce_weight=infonce_weight,
+                      seed=seed)
     t0 = time.monotonic()
     vlm.encoders.image_features([s.image for s in train + test])
     t_feat = time.monotonic() - t0
@@ -239,6 +241,9 @@ def cli_pretrain(argv: Optional[List[str]] = None) -> int:
                     help="probability of keeping a relation with a term other than left/right")
     ap.add_argument("--backend", default="mujoco", help="mujoco (default) or standin (drawn shapes, no simulator)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--image-stage", default="stride16", choices=["stride8", "stride16", "stride32"],
+                    help="EfficientNet feature map fed to the fusion model (stride16: 10x10 at 160 px)")
+    ap.add_argument("--infonce-weight", type=float, default=1.0)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: the small fusion model gains nothing from more, and on a "
                          "shared CPU extra OpenMP threads made steps 30x slower; 0 = torch default)")
@@ -260,7 +265,7 @@ def cli_pretrain(argv: Optional[List[str]] = None) -> int:
     if a.backend == "mujoco":
         os.environ.setdefault("MUJOCO_GL", "egl")
     pretrain(out, minutes=a.minutes, n_train=a.images, n_test=a.test_images, image_size=a.image_size, seed=a.seed,
-             rare_keep=a.rare_keep, backend=a.backend)
+             rare_keep=a.rare_keep, backend=a.backend, image_stage=a.image_stage, infonce_weight=a.infonce_weight)
     return 0
 
 
