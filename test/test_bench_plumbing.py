@@ -8,7 +8,9 @@ from rls3_ros.bench.readme_results import END, START, update_readme
 
 
 def test_tiny_learning_benchmark_writes_stable_keys(tmp_path):
-    doc = run_benchmark(["random", "miner"], [0], budget=12, quick=True, out_dir=tmp_path, log=lambda m: None)
+    # the small real test VLM (torch + peft) keeps this independent of `rls3 pretrain`
+    doc = run_benchmark(["random", "miner"], [0], budget=12, quick=True, out_dir=tmp_path, log=lambda m: None,
+                        overrides=["run.vlm=py:vlm_test_model:load", "run.image_size=64"])
     data = json.loads((tmp_path / "learning_quick.json").read_text())
     assert data["budget"] == 12 and 0.0 <= data["base_accuracy"] <= 1.0
     for name in ("random", "miner"):

@@ -126,7 +126,7 @@ def summarise(runs: Dict[str, List[Dict[str, Any]]], budget: int) -> Dict[str, A
 
 def write_markdown(doc: Dict[str, Any], path: Path) -> None:
     lines = [f"# Learning benchmark: RL-selected vs random samples", "",
-             f"Budget: {doc['budget']} {doc['budget_unit']} per run, {doc['seeds']} seed(s) per sampler; "
+             f"VLM: `{doc.get('vlm', 'embedded')}`. Budget: {doc['budget']} {doc['budget_unit']} per run, {doc['seeds']} seed(s) per sampler; "
              f"same base model, same fine-tuning settings, same held-out test set ({doc.get('test_relations', '?')} relations). "
              f"Machine: {doc['host']['cpus']} CPUs ({doc['host']['machine']}), wall {doc['wall_s'] / 60:.1f} min.", "",
              f"Base model accuracy: **{doc['base_accuracy']:.3f}**", "",
@@ -222,7 +222,9 @@ def run_benchmark(samplers: Sequence[str], seeds: Sequence[int], budget: int, qu
     runs_root = out_dir / ("learning_runs_quick" if quick else "learning_runs")
     if runs_root.exists():
         shutil.rmtree(runs_root)
-    ensure_pretrained("embedded", log)
+    vlm_spec = bench_config(samplers[0], 0, budget, quick, overrides)["run"]["vlm"]
+    if vlm_spec == "embedded":
+        ensure_pretrained("embedded", log)
     t0 = time.monotonic()
     runs: Dict[str, List[Dict[str, Any]]] = {}
     total = len(samplers) * len(seeds)
@@ -247,6 +249,7 @@ def run_benchmark(samplers: Sequence[str], seeds: Sequence[int], budget: int, qu
         "quick": quick,
         "wall_s": time.monotonic() - t0,
         "config_overrides": list(overrides),
+        "vlm": vlm_spec,
         "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": "rls3 bench learning" + (" --quick" if quick else ""),
