@@ -1,0 +1,756 @@
+"""Grounded spatial VLM: find A and B in the image by their descriptions, then classify the relation.
+
+Why this model exists: the embedded fusion model (``embedded.py`` + ``contrastive.py``) scores
+(image, caption) pairs end-to-end and, in a few CPU minutes, learns which objects go with which
+captions but not *where* the subject and the reference are; on held-out scenes it is at or below
+chance (models/README.md). This model makes the binding explicit:
+
+1. frozen ImageNet EfficientNet-Lite0 stride-16 features (160 px -> 10 x 10 grid, 112 channels,
+   cached per image by content hash) + a learned 2D position embedding;
+2. each object description ("red mug") -> bag of word embeddings (explicit vocabulary of the
+   simulator's colours and category nouns, hashed buckets for other words) -> ``q_proj`` query;
+   dot with ``k_proj`` grid keys -> softmax attention over the grid -> attended ``v_proj``
+   feature, expected (x, y) position (soft-argmax) and spread (size proxy) for A and for B.
+   When the simulator's 2D boxes are known (pretraining, fine-tuning on RL samples) the
+   attention map is also supervised towards the object's box cells;
+3. relation head ``fc1`` -> ``fc2`` -> ``out_proj`` on [feat_A, feat_B, pos_A, pos_B,
+   pos_B - pos_A, spread_A, spread_B] -> independent softmaxes over three axes:
+   vertical {none, above, below, on, under}, depth {none, in front, behind},
+   lateral {none, left, right}. log p(term set | image, A, B) = sum of the axis log-probs.
+
+SpatialVLM semantics:
+- ``score``: every candidate caption (the true one + ``relation.negatives``, or the oracle's
+  hard negatives) is parsed into (subject, terms, reference) and scored with its own
+  subject/reference order, so the swapped negative is a real alternative. Loss = cross-entropy
+  of the true caption among the candidates (the RL reward J2), correct = strictly highest.
+- ``where`` = per-term marginals; ``check`` = product of the asked terms' axis probabilities;
+  ``what`` = candidates ranked by p(relation | candidate, reference).
+- LoRA (peft) on ``q_proj``, ``k_proj``, ``v_proj``, ``fc1``, ``fc2``; adapters saved atomically in
+  standard peft format (``PeftModel.from_pretrained(GroundedRelationModel(...), dir)`` loads them).
+
+Use: ``py:rls3_ros.vlm.grounded:load`` (optionally ``:<model dir>``), e.g.
+``rls3 train --set run.vlm=py:rls3_ros.vlm.grounded:load``. Build the base with
+``python -m rls3_ros.vlm.grounded_pretrain`` (see ``grounded_pretrain.py``).
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rls3_ros.captions import terms as T
+from rls3_ros.scene import Sample, SpatialRelation
+from rls3_ros.vlm.interface import FineTuneResult, ProgressCallback, RelationScore, SpatialVLM
+
+FAMILY = "grounded"
+ADAPTER_META = "rls3_adapter.json"
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+# Axes of the relation head (index 0 = no term on that axis).
+VERTICAL = ("", T.ABOVE, T.BELOW, T.ON, T.UNDER)
+DEPTH = ("", T.IN_FRONT, T.BEHIND)
+LATERAL = ("", T.LEFT, T.RIGHT)
+AXES = (VERTICAL, DEPTH, LATERAL)
+AXIS_SLICES = ((0, 5), (5, 8), (8, 11))
+N_OUT = 11
+_TERM_AXIS = {t: (a, i) for a, ax in enumerate(AXES) for i, t in enumerate(ax) if t}
+UNPARSABLE = -1e4  # log-prob given to a candidate caption that does not parse
+
+
+def default_vocabulary() -> List[str]:
+    """Colour words and category nouns of the MuJoCo object catalogue (lower case, unique)."""
+    words: List[str] = []
+    try:
+        from rls3_ros.sim import objects as O
+
+        words += list(O.COLORS)
+        for name, cat in O.CATEGORIES.items():
+            words += str(name).replace("_", " ").split()
+            words += str(getattr(cat, "noun", "") or "").split()
+    except Exception:  # noqa: BLE001 - the vocabulary only seeds embeddings; hashing covers the rest
+        pass
+    return sorted({w.lower() for w in words if w})
+
+
+@dataclass
+class GroundedConfig:
+    image_size: int = 160
+    image_stage: str = "stride16"
+    feat_channels: int = 112
+    grid: int = 10
+    dim: int = 64  # attention / feature width
+    word_dim: int = 48
+    hidden: int = 128
+    hash_buckets: int = 64
+    vocabulary: List[str] = field(default_factory=default_vocabulary)
+
+    def to_json(self) -> str:
+        return json.dumps(dict(asdict(self), family=FAMILY), indent=1)
+
+    @staticmethod
+    def from_dict(d: Dict) -> "GroundedConfig":
+        d = {k: v for k, v in d.items() if k in GroundedConfig.__dataclass_fields__}
+        return GroundedConfig(**d)
+
+
+class GroundedRelationModel(nn.Module):
+    """Description-grounded attention over a frozen feature grid + a relation head (~70 k params)."""
+
+    def __init__(self, config: GroundedConfig):
+        super().__init__()
+        self.config = config
+        c, d, g = config.feat_channels, config.dim, config.grid
+        self.word_index = {w: i for i, w in enumerate(config.vocabulary)}
+        self.word_emb = nn.Embedding(len(config.vocabulary) + config.hash_buckets + 1, config.word_dim)
+        self.feat_norm = nn.LayerNorm(c)
+        self.pos_emb = nn.Parameter(torch.zeros(g * g, d))
+        self.q_proj = nn.Linear(config.word_dim, d)
+        self.k_proj = nn.Linear(c, d)
+        self.v_proj = nn.Linear(c, d)
+        self.fc1 = nn.Linear(2 * d + 10, config.hidden)
+        self.fc2 = nn.Linear(config.hidden, config.hidden)
+        self.out_proj = nn.Linear(config.hidden, N_OUT)
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, g), torch.linspace(-1, 1, g), indexing="ij")
+        self.register_buffer("coords", torch.stack([xs.reshape(-1), ys.reshape(-1)], 1), persistent=False)
+        nn.init.normal_(self.pos_emb, std=0.3)
+        nn.init.normal_(self.word_emb.weight, std=1.0)
+
+    # -- text -----------------------------------------------------------------------------
+    def word_ids(self, description: str) -> List[int]:
+        ids = []
+        nv = len(self.config.vocabulary)
+        for w in description.lower().replace("-", " ").split():
+            w = w.strip(".,;:!?\"'")
+            if not w or w in ("the", "a", "an"):
+                continue
+            i = self.word_index.get(w)
+            ids.append(i if i is not None else nv + zlib.crc32(w.encode()) % self.config.hash_buckets)
+        return ids or [nv + self.config.hash_buckets]
+
+    def describe(self, descriptions: Sequence[str]) -> torch.Tensor:
+        """(N, word_dim) mean word embedding of each description."""
+        ids, offsets = [], []
+        for dsc in descriptions:
+            offsets.append(len(ids))
+            ids += self.word_ids(dsc)
+        dev = self.word_emb.weight.device
+        return F.embedding_bag(torch.tensor(ids, device=dev), self.word_emb.weight,
+                               torch.tensor(offsets, device=dev), mode="mean")
+
+    # -- grounding ------------------------------------------------------------------------
+    def keys_values(self, feats: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """feats (B, C, G, G) -> keys (B, G*G, d) with position, values (B, G*G, d)."""
+        x = self.feat_norm(feats.float().flatten(2).transpose(1, 2))
+        return self.k_proj(x) + self.pos_emb, self.v_proj(x)
+
+    def ground(self, keys: torch.Tensor, values: torch.Tensor, img: torch.Tensor, text: torch.Tensor):
+        """Attention of each query text (N, word_dim) over its image ``img`` (N,) -> (attn logits, feat, stats)."""
+        q = self.q_proj(text)  # (N, d)
+        logits = torch.einsum("nkd,nd->nk", keys[img], q) / math.sqrt(q.shape[-1])
+        a = torch.softmax(logits, -1)
+        feat = torch.einsum("nk,nkd->nd", a, values[img])
+        pos = a @ self.coords
+        spread = (a @ self.coords.pow(2) - pos.pow(2)).clamp_min(0).add(1e-4).sqrt()
+        return logits, feat, torch.cat([pos, spread], 1)
+
+    def forward(self, feats: torch.Tensor, img: torch.Tensor, subj: Sequence[str], ref: Sequence[str]):
+        """Axis logits (N, 11) for subject ``subj[i]`` relative to ``ref[i]`` in image ``img[i]``,
+        plus the grounding attention logits of subjects and references (N, G*G) each."""
+        keys, values = self.keys_values(feats)
+        text = self.describe(list(subj) + list(ref))
+        n = len(subj)
+        img2 = torch.cat([img, img])
+        att, feat, stats = self.ground(keys, values, img2, text)
+        fa, fb, sa, sb = feat[:n], feat[n:], stats[:n], stats[n:]
+        x = torch.cat([fa, fb, sa[:, :2], sb[:, :2], sb[:, :2] - sa[:, :2], sa[:, 2:], sb[:, 2:]], 1)
+        h = F.gelu(self.fc1(x))
+        h = F.gelu(self.fc2(h)) + h
+        return self.out_proj(h), att[:n], att[n:]
+
+
+def axis_log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """(N, 11) logits -> per-axis log-softmax, same layout."""
+    return torch.cat([torch.log_softmax(logits[:, a:b], -1) for a, b in AXIS_SLICES], 1)
+
+
+def term_indices(terms: Sequence[str]) -> Tuple[int, int, int]:
+    """Column (in the 11-wide layout) of each axis' class for a term set."""
+    cls = [0, 0, 0]
+    for t in terms:
+        a, i = _TERM_AXIS[t]
+        cls[a] = i
+    return tuple(AXIS_SLICES[a][0] + cls[a] for a in range(3))  # type: ignore[return-value]
+
+
+def image_key(image: np.ndarray) -> str:
+    im = np.ascontiguousarray(image)
+    h = hashlib.blake2b(im.tobytes(), digest_size=16)
+    h.update(str(im.shape).encode())
+    return h.hexdigest()
+
+
+class FeatureCache:
+    """Frozen EfficientNet-Lite0 grid features, cached by image content (bounded LRU, thread-safe)."""
+
+    _shared: Dict[Tuple[int, str], "FeatureCache"] = {}
+
+    def __init__(self, image_size: int, stage: str, capacity: int = 4000):
+        from rls3_ros.vlm import efficientnet_lite
+
+        self.image_size, self.stage, self.capacity = int(image_size), stage, int(capacity)
+        self.net = efficientnet_lite.load_pretrained()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        self._cache: "collections.OrderedDict[str, torch.Tensor]" = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def shared(cls, image_size: int, stage: str) -> "FeatureCache":
+        key = (int(image_size), stage)
+        if key not in cls._shared:
+            cls._shared[key] = cls(image_size, stage)
+        return cls._shared[key]
+
+    def _prepare(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+        from rls3_ros.vlm import efficientnet_lite
+
+        s = self.image_size
+        out = []
+        for im in images:
+            im = np.asarray(im)
+            if im.ndim != 3 or im.shape[2] not in (3, 4) or im.dtype != np.uint8:
+                raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {im.shape} {im.dtype}")
+            x = efficientnet_lite.to_input(torch.from_numpy(np.ascontiguousarray(im[..., :3]))[None])
+            if x.shape[-2:] != (s, s):
+                x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
+            out.append(x)
+        return torch.cat(out)
+
+    def __call__(self, images: Sequence[np.ndarray], batch_size: int = 32) -> torch.Tensor:
+        """(B, C, G, G) float16 features."""
+        keys = [image_key(im) for im in images]
+        with self._lock:
+            feats: List[Optional[torch.Tensor]] = [self._cache.get(k) for k in keys]
+        todo = [i for i, f in enumerate(feats) if f is None]
+        for j in range(0, len(todo), batch_size):
+            idx = todo[j: j + batch_size]
+            with torch.inference_mode():
+                f = self.net.features(self._prepare([images[i] for i in idx]), self.stage)
+            with self._lock:
+                for i, fi in zip(idx, f):
+                    fi = fi.half().clone()
+                    self._cache[keys[i]] = fi
+                    feats[i] = fi
+                while len(self._cache) > self.capacity:
+                    self._cache.popitem(last=False)
+        return torch.stack(feats)  # type: ignore[arg-type]
+
+
+def relation_candidates(rel: SpatialRelation) -> List[str]:
+    """[true caption] + negatives (the oracle's hard negatives if the relation carries none)."""
+    caption = rel.caption or T.make_caption(rel.subject_description, rel.terms, rel.reference_description)
+    negs = list(rel.negatives)
+    if not negs:
+        from rls3_ros.captions.negatives import hard_negatives
+
+        negs = hard_negatives(rel)
+    return [caption] + [n for n in negs if n != caption]
+
+
+def box_target(bbox, width: int, height: int, grid: int) -> Optional[np.ndarray]:
+    """Uniform distribution over the grid cells whose centres fall in ``bbox`` (pixels); None if no box."""
+    x0, y0, x1, y1 = (float(v) for v in bbox)
+    if x1 <= x0 or y1 <= y0 or width <= 0 or height <= 0:
+        return None
+    centres = (np.arange(grid) + 0.5) / grid
+    cx = (centres >= x0 / width) & (centres <= x1 / width)
+    cy = (centres >= y0 / height) & (centres <= y1 / height)
+    m = np.outer(cy, cx).astype(np.float32)
+    if m.sum() == 0:  # box smaller than a cell: its nearest cell
+        i = min(grid - 1, int((y0 + y1) / 2 / height * grid))
+        j = min(grid - 1, int((x0 + x1) / 2 / width * grid))
+        m[i, j] = 1.0
+    return (m / m.sum()).reshape(-1)
+
+
+@dataclass
+class LoraOptions:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.0
+    target_modules: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "fc1", "fc2"])
+    learning_rate: float = 3e-3
+    batch_size: int = 32
+
+
+class TrainItem:
+    """One relation prepared for training: image index, candidate (subj, ref, cols) list, box targets."""
+
+    __slots__ = ("img", "cands", "true_cols", "subj", "ref", "tgt_s", "tgt_r")
+
+    def __init__(self, img, cands, true_cols, subj, ref, tgt_s, tgt_r):
+        self.img, self.cands, self.true_cols, self.subj, self.ref = img, cands, true_cols, subj, ref
+        self.tgt_s, self.tgt_r = tgt_s, tgt_r
+
+
+class GroundedVLM(SpatialVLM):
+    """SpatialVLM over ``GroundedRelationModel`` with peft LoRA adapters."""
+
+    family = FAMILY
+
+    def __init__(self, model: GroundedRelationModel, lora: Optional[LoraOptions] = None, base_spec: str = "",
+                 grounding_weight: float = 0.5, candidate_weight: float = 1.0, seed: int = 0):
+        self.base = model.eval()
+        self.config = model.config
+        self.lora = lora or LoraOptions()
+        self.base_spec = base_spec
+        self.features = FeatureCache.shared(self.config.image_size, self.config.image_stage)
+        self.grounding_weight = float(grounding_weight)
+        self.candidate_weight = float(candidate_weight)
+        self.lock = threading.RLock()
+        self.peft = None  # PeftModel wrapping self.base while an adapter is active
+        self._adapter_path = ""
+        self._rng = np.random.default_rng(seed)
+        self._parse_cache: Dict[str, Optional[Tuple[str, Tuple[str, ...], str]]] = {}
+        self.replay: List[Sample] = []
+        self.replay_fraction = 0.0
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+
+    # -- helpers ------------------------------------------------------------------------------
+    def parse(self, caption: str) -> Optional[Tuple[str, Tuple[str, ...], str]]:
+        if caption not in self._parse_cache:
+            from rls3_ros.captions.parse import try_parse_caption
+
+            r = try_parse_caption(caption)
+            self._parse_cache[caption] = None if r is None else (r[0].lower(), tuple(r[1]), r[2].lower())
+            if len(self._parse_cache) > 50000:
+                self._parse_cache.clear()
+        return self._parse_cache[caption]
+
+    def _axis_logp(self, feats: torch.Tensor, img: Sequence[int], subj: Sequence[str], ref: Sequence[str],
+                   chunk: int = 2048) -> torch.Tensor:
+        out = []
+        for j in range(0, len(subj), chunk):
+            lg, _, _ = self.base(feats, torch.as_tensor(list(img[j: j + chunk]), dtype=torch.long),
+                                 subj[j: j + chunk], ref[j: j + chunk])
+            out.append(axis_log_probs(lg))
+        return torch.cat(out) if out else torch.zeros(0, N_OUT)
+
+    def _candidate_logps(self, feats: torch.Tensor, groups: Sequence[Tuple[int, List[str]]],
+                         grad: bool = False) -> List[torch.Tensor]:
+        """log p(term set | image, subject, reference) of every candidate caption of every group."""
+        pairs: Dict[Tuple[int, str, str], int] = {}
+        parsed = []
+        for img, caps in groups:
+            row = []
+            for c in caps:
+                p = self.parse(c)
+                if p is None or not p[1]:
+                    row.append(None)
+                    continue
+                k = (img, p[0], p[2])
+                if k not in pairs:
+                    pairs[k] = len(pairs)
+                row.append((pairs[k], term_indices(p[1])))
+            parsed.append(row)
+        keys = list(pairs)
+        ctx = torch.enable_grad() if grad else torch.no_grad()
+        with ctx:
+            lp = self._axis_logp(feats, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
+            out = []
+            for row in parsed:
+                idx_pair = [r[0] if r else 0 for r in row]
+                cols = torch.tensor([list(r[1]) if r else [0, 5, 8] for r in row], dtype=torch.long)
+                v = lp[torch.tensor(idx_pair)].gather(1, cols).sum(1)
+                bad = torch.tensor([r is None for r in row])
+                out.append(torch.where(bad, torch.full_like(v, UNPARSABLE), v))
+        return out
+
+    # -- SpatialVLM -----------------------------------------------------------------------------
+    def score(self, samples: Sequence[Sample]) -> List[RelationScore]:
+        images, groups, rels = [], [], []
+        for s in samples:
+            if not s.relations:
+                continue
+            images.append(s.image)
+            for r in s.relations:
+                groups.append((len(images) - 1, relation_candidates(r)))
+                rels.append((s.sample_id, r))
+        if not groups:
+            return []
+        with self.lock:
+            feats = self.features(images)
+            out = []
+            for (sid, r), (_, caps), lg in zip(rels, groups, self._candidate_logps(feats, groups)):
+                logp = torch.log_softmax(lg, 0)
+                best = int(torch.argmax(lg))
+                out.append(RelationScore(sample_id=sid, caption=caps[0], terms=list(r.terms), predicted=caps[best],
+                                         loss=float(-logp[0]), correct=bool(len(lg) == 1 or lg[0] > lg[1:].max()),
+                                         confidence=float(logp[0].exp())))
+        return out
+
+    def axis_probs(self, image: np.ndarray, pairs: Sequence[Tuple[str, str]]) -> np.ndarray:
+        """(N, 11) per-axis probabilities for each (subject, reference) in ``image``."""
+        with self.lock, torch.no_grad():
+            feats = self.features([image])
+            lp = self._axis_logp(feats, [0] * len(pairs), [p[0].lower() for p in pairs], [p[1].lower() for p in pairs])
+        return lp.exp().numpy()
+
+    def where(self, image: np.ndarray, subject: str, reference: str) -> Dict[str, float]:
+        p = self.axis_probs(image, [(subject, reference)])[0]
+        return {t: float(p[AXIS_SLICES[a][0] + i]) for t, (a, i) in _TERM_AXIS.items()}
+
+    def where_caption(self, image: np.ndarray, subject: str, reference: str) -> Tuple[str, List[str], float]:
+        """Most probable term set among the oracle's (caption, terms, probability)."""
+        from rls3_ros.vlm import queries as Q
+
+        p = self.axis_probs(image, [(subject, reference)])[0]
+        best = max(Q.candidate_term_sets(), key=lambda ts: sum(math.log(p[c] + 1e-12) for c in term_indices(ts)))
+        prob = float(np.prod([p[c] for c in term_indices(best)]))
+        return T.make_caption(subject, best, reference), list(best), prob
+
+    @staticmethod
+    def _holds(p: np.ndarray, asked: Sequence[str]) -> float:
+        return float(np.prod([p[AXIS_SLICES[_TERM_AXIS[t][0]][0] + _TERM_AXIS[t][1]] for t in asked]))
+
+    def check(self, image: np.ndarray, subject: str, relation: str, reference: str) -> Tuple[bool, float]:
+        from rls3_ros.vlm import queries as Q
+
+        asked = Q.parse_relation(relation)
+        prob = self._holds(self.axis_probs(image, [(subject, reference)])[0], asked)
+        return prob >= 0.5, prob
+
+    def what(self, image: np.ndarray, relation: str, reference: str, candidates: Sequence[str]) -> List[Tuple[str, float]]:
+        from rls3_ros.vlm import queries as Q
+
+        asked = Q.parse_relation(relation)
+        cands = [c for c in dict.fromkeys(candidates) if c != reference]
+        if not cands:
+            return []
+        p = self.axis_probs(image, [(c, reference) for c in cands])
+        return sorted(((c, self._holds(pi, asked)) for c, pi in zip(cands, p)), key=lambda cp: -cp[1])
+
+    # -- training -------------------------------------------------------------------------------
+    def prepare(self, samples: Sequence[Sample], image_offset: int = 0) -> List[TrainItem]:
+        """Training items of every relation of ``samples`` (image index = offset + sample position)."""
+        g = self.config.grid
+        items = []
+        for si, s in enumerate(samples):
+            h, w = np.asarray(s.image).shape[:2]
+            boxes = {}
+            try:
+                boxes = {o.id: o.bbox for o in s.scene.objects}
+            except AttributeError:
+                pass
+            for r in s.relations:
+                cands = []
+                true = None
+                for k, c in enumerate(relation_candidates(r)):
+                    p = self.parse(c)
+                    if p is None or not p[1]:
+                        continue
+                    if k == 0:
+                        true = p
+                    cands.append(p)
+                if true is None:
+                    continue
+                ts = box_target(boxes.get(r.subject_id, (0, 0, 0, 0)), w, h, g)
+                tr = box_target(boxes.get(r.reference_id, (0, 0, 0, 0)), w, h, g)
+                items.append(TrainItem(image_offset + si, cands, term_indices(true[1]), true[0], true[2], ts, tr))
+        return items
+
+    def batch_loss(self, feats: torch.Tensor, batch: Sequence[TrainItem]) -> torch.Tensor:
+        """Term CE for (A, B) and the inverse (B, A) + candidate CE + box-grounding CE (mean over the batch)."""
+        n = len(batch)
+        subj = [it.subj for it in batch] + [it.ref for it in batch]
+        ref = [it.ref for it in batch] + [it.subj for it in batch]
+        img = torch.tensor([it.img for it in batch] * 2, dtype=torch.long)
+        # extra (subject, reference) orders the candidates need (all are (A,B) or (B,A) for oracle negatives)
+        pair_index = {(it.img, it.subj, it.ref): i for i, it in enumerate(batch)}
+        pair_index.update({(it.img, it.ref, it.subj): n + i for i, it in enumerate(batch)})
+        for it in batch:
+            for c in it.cands:
+                k = (it.img, c[0], c[2])
+                if k not in pair_index:
+                    pair_index[k] = len(subj)
+                    subj.append(c[0]), ref.append(c[2])
+                    img = torch.cat([img, torch.tensor([it.img])])
+        logits, att_s, att_r = self.base(feats, img, subj, ref)
+        lp = axis_log_probs(logits)
+        true_cols = torch.tensor([list(it.true_cols) for it in batch], dtype=torch.long)
+        inv_cols = torch.tensor([list(term_indices(T.inverse_terms([self._term_of(c) for c in it.true_cols if self._term_of(c)])))
+                                 for it in batch], dtype=torch.long)
+        term_loss = -(lp[:n].gather(1, true_cols).sum(1) + lp[n:2 * n].gather(1, inv_cols).sum(1)).mean() / 2
+        cand_losses = []
+        for it in batch:
+            rows = torch.tensor([pair_index[(it.img, c[0], c[2])] for c in it.cands])
+            cols = torch.tensor([list(term_indices(c[1])) for c in it.cands], dtype=torch.long)
+            s = lp[rows].gather(1, cols).sum(1)
+            cand_losses.append(-torch.log_softmax(s, 0)[0])
+        loss = term_loss + self.candidate_weight * torch.stack(cand_losses).mean()
+        if self.grounding_weight > 0:
+            g_terms = []
+            for i, it in enumerate(batch):
+                for att, tgt in ((att_s[i], it.tgt_s), (att_r[i], it.tgt_r)):
+                    if tgt is not None:
+                        g_terms.append(-(torch.from_numpy(tgt) * torch.log_softmax(att, 0)).sum())
+            # att_s/att_r rows n.. are the inverse order (same objects): grounding of rows < n suffices
+            if g_terms:
+                loss = loss + self.grounding_weight * torch.stack(g_terms).mean()
+        return loss
+
+    @staticmethod
+    def _term_of(col: int) -> str:
+        for a, (lo, hi) in enumerate(AXIS_SLICES):
+            if lo <= col < hi:
+                return AXES[a][col - lo]
+        return ""
+
+    def train_steps(self, feats: torch.Tensor, items: Sequence[TrainItem], steps: int, params: List[nn.Parameter],
+                    lr: float, batch_size: int = 32, progress: Optional[ProgressCallback] = None,
+                    cancel: Optional[threading.Event] = None, time_budget: float = 0.0, warmup: int = 30,
+                    weight_decay: float = 0.01) -> FineTuneResult:
+        """AdamW with warm-up + cosine decay over ``steps`` (or over ``time_budget`` seconds when > 0)."""
+        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        t0 = time.monotonic()
+        losses: List[float] = []
+        step = 0
+        cancelled = False
+        self.base.train()
+        try:
+            while step < steps:
+                if cancel is not None and cancel.is_set():
+                    cancelled = True
+                    break
+                frac = (time.monotonic() - t0) / time_budget if time_budget > 0 else step / max(1, steps)
+                if time_budget > 0 and frac >= 1.0:
+                    break
+                scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac)))
+                for gparam in opt.param_groups:
+                    gparam["lr"] = lr * max(scale, 0.02)
+                idx = self._rng.choice(len(items), size=min(batch_size, len(items)), replace=False)
+                loss = self.batch_loss(feats, [items[i] for i in idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                opt.step()
+                step += 1
+                losses.append(loss.item())
+                if progress is not None:
+                    progress(step, steps, losses[-1])
+        finally:
+            self.base.eval()
+        return FineTuneResult(steps=step, samples_used=step * min(batch_size, len(items)),
+                              final_loss=float(np.mean(losses[-10:])) if losses else float("nan"),
+                              losses=losses, cancelled=cancelled)
+
+    def set_replay(self, samples: Sequence[Sample], fraction: float = 0.25) -> None:
+        """Optional: mix ``fraction`` of old samples into fine-tuning batches (default: none)."""
+        self.replay = list(samples)
+        self.replay_fraction = float(fraction)
+
+    def fine_tune(self, samples: Sequence[Sample], steps: int, progress: Optional[ProgressCallback] = None,
+                  cancel: Optional[threading.Event] = None) -> FineTuneResult:
+        samples = [s for s in samples if s.relations]
+        with self.lock:
+            self._ensure_adapter()
+            if not samples or steps <= 0:
+                return FineTuneResult(steps=0, samples_used=0, final_loss=float("nan"))
+            pool = list(samples)
+            if self.replay and self.replay_fraction > 0:
+                k = int(round(len(samples) * self.replay_fraction / max(1e-6, 1 - self.replay_fraction)))
+                pick = self._rng.choice(len(self.replay), size=min(k, len(self.replay)), replace=False)
+                pool += [self.replay[i] for i in pick]
+            feats = self.features([s.image for s in pool]).float()
+            items = self.prepare(pool)
+            if not items:
+                return FineTuneResult(steps=0, samples_used=0, final_loss=float("nan"))
+            params = [p for p in self.base.parameters() if p.requires_grad]
+            return self.train_steps(feats, items, steps, params, lr=self.lora.learning_rate,
+                                    batch_size=self.lora.batch_size, progress=progress, cancel=cancel, warmup=5)
+
+    # -- adapters ---------------------------------------------------------------------------------
+    def _peft_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.lora.r, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
+                          target_modules=list(self.lora.target_modules), bias="none")
+
+    def _ensure_adapter(self) -> None:
+        from peft import get_peft_model
+
+        if self.peft is None:
+            try:
+                self.peft = get_peft_model(self.base, self._peft_config())
+            except ValueError as e:
+                raise ValueError(f"cannot add LoRA with target_modules={self.lora.target_modules}: {e}") from e
+            self.base.eval()
+
+    def _unwrap(self) -> None:
+        if self.peft is not None:
+            self.peft.unload()
+            self.peft = None
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.base.eval()
+
+    def save_adapter(self, directory: str) -> str:
+        with self.lock:
+            if self.peft is None:
+                raise ValueError("no active adapter to save (fine-tune or load one first)")
+            directory = os.path.abspath(directory)
+            parent = os.path.dirname(directory)
+            os.makedirs(parent, exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".tmp-", dir=parent)
+            try:
+                self.peft.save_pretrained(tmp)
+                with open(os.path.join(tmp, ADAPTER_META), "w") as f:
+                    json.dump({"family": FAMILY, "base": self.base_spec, "r": self.lora.r,
+                               "target_modules": list(self.lora.target_modules)}, f, indent=1)
+                old = None
+                if os.path.exists(directory):
+                    old = directory + f".old-{uuid.uuid4().hex[:8]}"
+                    os.rename(directory, old)
+                os.rename(tmp, directory)
+                if old:
+                    shutil.rmtree(old, ignore_errors=True)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            self._adapter_path = directory
+            return directory
+
+    def load_adapter(self, directory: str) -> None:
+        from peft import PeftConfig, get_peft_model
+        from peft.utils import load_peft_weights, set_peft_model_state_dict
+
+        directory = os.path.abspath(directory)
+        if not os.path.isfile(os.path.join(directory, "adapter_config.json")):
+            raise ValueError(f"{directory} is not a peft adapter (no adapter_config.json)")
+        meta_path = os.path.join(directory, ADAPTER_META)
+        if os.path.isfile(meta_path):
+            try:
+                meta = json.load(open(meta_path))
+            except (OSError, json.JSONDecodeError) as e:
+                raise ValueError(f"unreadable {ADAPTER_META} in {directory}: {e}") from e
+            if meta.get("family") and meta["family"] != FAMILY:
+                raise ValueError(f"adapter in {directory} is for a {meta['family']!r} model, not {FAMILY!r}")
+        try:
+            config = PeftConfig.from_pretrained(directory)
+            weights = load_peft_weights(directory)
+        except Exception as e:  # noqa: BLE001 - peft raises several types
+            raise ValueError(f"unreadable adapter in {directory}: {e}") from e
+        with self.lock:
+            self._unwrap()
+            config.inference_mode = False
+            try:
+                self.peft = get_peft_model(self.base, config)
+                res = set_peft_model_state_dict(self.peft, weights)
+                unexpected = [k for k in getattr(res, "unexpected_keys", []) if "lora_" in k]
+                if unexpected:
+                    raise ValueError(f"weights for modules this model lacks: {unexpected[:3]}")
+            except Exception as e:  # noqa: BLE001
+                self._unwrap()
+                self._adapter_path = ""
+                raise ValueError(f"adapter in {directory} does not fit this model: {e}") from e
+            self.base.eval()
+            self._adapter_path = directory
+
+    def reset_adapter(self) -> None:
+        with self.lock:
+            self._unwrap()
+            self._adapter_path = ""
+
+
+# ------------------------------------------------------------------------------ persistence
+def save_model(model: GroundedRelationModel, directory: Path, extra: Optional[Dict] = None) -> Path:
+    """config.json + model.safetensors (+ pretrain_metrics.json), written atomically."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory).absolute()
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="." + directory.name + ".tmp-", dir=directory.parent))
+    try:
+        os.chmod(tmp, 0o755)
+        (tmp / CONFIG).write_text(model.config.to_json())
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))
+        if extra is not None:
+            (tmp / "pretrain_metrics.json").write_text(json.dumps(extra, indent=1))
+        if directory.exists():
+            # keep files we do not own (README.md) by moving them into the new directory
+            for f in directory.iterdir():
+                if f.name not in (CONFIG, WEIGHTS, "pretrain_metrics.json") and not (tmp / f.name).exists():
+                    shutil.move(str(f), str(tmp / f.name))
+            old = directory.with_name(directory.name + f".old-{uuid.uuid4().hex[:8]}")
+            os.rename(directory, old)
+            os.rename(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def load_model(directory: Path) -> GroundedRelationModel:
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    cfg_path = directory / CONFIG
+    if not cfg_path.is_file() or not (directory / WEIGHTS).is_file():
+        raise FileNotFoundError(f"no grounded model in {directory} (need {CONFIG} and {WEIGHTS}); "
+                                "build one with: python -m rls3_ros.vlm.grounded_pretrain")
+    d = json.loads(cfg_path.read_text())
+    if d.get("family", FAMILY) != FAMILY:
+        raise ValueError(f"{directory} holds a {d.get('family')!r} model, not {FAMILY!r}")
+    model = GroundedRelationModel(GroundedConfig.from_dict(d))
+    model.load_state_dict(load_file(str(directory / WEIGHTS)), strict=True)
+    return model.eval()
+
+
+def default_dirs() -> List[Path]:
+    """Where ``load()`` looks: $RLS3_MODEL_DIR/grounded (default ~/.cache/rls3_ros/models/grounded), then models/grounded."""
+    base = Path(os.environ.get("RLS3_MODEL_DIR", str(Path.home() / ".cache" / "rls3_ros" / "models")))
+    repo = Path(__file__).resolve().parents[2] / "models" / "grounded"
+    return [base / "grounded", repo]
+
+
+def load(arg: str = "", lora: Optional[Dict] = None, **options) -> GroundedVLM:
+    """Loader for ``py:rls3_ros.vlm.grounded:load[:<model dir>]``.
+
+    ``arg``: model directory ("" = first of ``default_dirs()`` holding a model).
+    ``lora``: LoRA options (r, alpha, dropout, target_modules, learning_rate, batch_size).
+    Other options: ``grounding_weight``, ``candidate_weight``, ``seed``.
+    """
+    if arg:
+        directory = Path(arg)
+    else:
+        found = [d for d in default_dirs() if (d / CONFIG).is_file()]
+        if not found:
+            raise FileNotFoundError(f"no grounded base model in {[str(d) for d in default_dirs()]}; "
+                                    "build one with: python -m rls3_ros.vlm.grounded_pretrain")
+        directory = found[0]
+    model = load_model(directory)
+    known = {k: options[k] for k in ("grounding_weight", "candidate_weight", "seed") if k in options}
+    lo = LoraOptions(**(lora or {}))
+    return GroundedVLM(model, lora=lo, base_spec=f"py:rls3_ros.vlm.grounded:load:{directory}", **known)
