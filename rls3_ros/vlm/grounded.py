@@ -297,7 +297,9 @@ class LoraOptions:
     alpha: int = 16
     dropout: float = 0.0
     target_modules: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "fc1", "fc2"])
-    learning_rate: float = 3e-3
+    # 1e-3: fine-tuning replay-free on 64 hard held-out images (8 x 10 steps) kept held-out accuracy
+    # 0.782 -> 0.758; 3e-3 learned those images more (0.71 vs 0.64) but forgot more (-> 0.729)
+    learning_rate: float = 1e-3
     batch_size: int = 32
 
 
