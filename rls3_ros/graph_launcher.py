@@ -256,6 +256,12 @@ def cli_launch(argv: List[str]) -> int:
 
         run_dir = new_run_dir()
     specs = graph_nodes(args.graph, args.bridges, args.with_sim, os.path.abspath(run_dir) if run_dir else "")
+    if args.respawn_bridges:
+        for s in specs:
+            if s.name == "sim_bridge":
+                s.respawn = True
+            if s.name == "rl_sampler":
+                s.params["bridge_lost"] = "wait"
     for node, param, val in sets:
         for s in specs:
             if s.name == node or s.label == node:

@@ -1,6 +1,6 @@
 """A stand-in for ``ai2thor.controller.Controller`` (Unity cannot start here).
 
-It serves the REAL event metadata in ``../shared/ai2thor/instance_segmentation_metadata.json``
+It serves the REAL event metadata in ``test/data/ai2thor/instance_segmentation_metadata.json`` (a copy of AI2-THOR's own test data, Apache-2.0)
 (AI2-THOR's own test data) and follows AI2-THOR's documented behaviour for the actions the
 backend uses, computed in Unity's own frame (y up, left-handed) independently of the
 backend's conversion code:
@@ -27,7 +27,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-METADATA = Path(__file__).resolve().parents[2] / "shared" / "ai2thor" / "instance_segmentation_metadata.json"
+METADATA = Path(__file__).resolve().parent / "data" / "ai2thor" / "instance_segmentation_metadata.json"
 
 
 def load_metadata() -> Dict[str, Any]:
