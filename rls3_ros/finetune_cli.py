@@ -48,7 +48,7 @@ def cli_finetune(argv: List[str]) -> int:
     src.add_argument("--dataset", help="caption dataset directory (rls3 captions --out DIR)")
     p.add_argument("--topic", default="", help="Sample topic in the bag (default: all Sample topics)")
     p.add_argument("--out", required=True, help="adapter output directory")
-    p.add_argument("--model", default="embedded", help="model spec (default: embedded)")
+    p.add_argument("--model", default="grounded", help="model spec (default: grounded)")
     p.add_argument("--adapter", default="", help="adapter to continue from")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--limit", type=int, default=0, help="use at most N samples (0 = all)")

@@ -204,7 +204,7 @@ def run_bench(spec: str, adapter: str, n: int, warmup: int, image_size: int, rou
 
 def cli_query_bench(argv: List[str]) -> int:
     p = argparse.ArgumentParser(prog="rls3 bench query", description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", default="embedded")
+    p.add_argument("--model", default="grounded")
     p.add_argument("--adapter", default="")
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--warmup", type=int, default=10)

@@ -176,7 +176,7 @@ def _client_main(a) -> int:
 
 
 # ---------------------------------------------------------------------------------------- driver
-def run_load(n_clients: int = 8, n_queries: int = 1000, model: str = "embedded", adapter: str = "",
+def run_load(n_clients: int = 8, n_queries: int = 1000, model: str = "grounded", adapter: str = "",
              out: Optional[str] = "results/load.json", image_size: int = 96, timeout: float = 120.0,
              workdir: Optional[str] = None, log=print) -> Dict[str, Any]:
     """Run the load benchmark (see module docstring); returns the result dict (also written to
@@ -358,7 +358,7 @@ def cli_bench_load(argv: List[str]) -> int:
     ap.add_argument("--quick", action="store_true", help="8 clients x 50 queries (default out results/load_quick.json)")
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--n", type=int, default=0, help="queries per client (default 1000, --quick 50)")
-    ap.add_argument("--model", default="embedded")
+    ap.add_argument("--model", default="grounded")
     ap.add_argument("--adapter", default="", help="adapter to swap to (default: one made for the model)")
     ap.add_argument("--image-size", type=int, default=96)
     ap.add_argument("--timeout", type=float, default=120.0, help="a query without an answer after this is lost [s]")

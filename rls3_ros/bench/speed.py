@@ -25,19 +25,19 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from rls3_ros.vlm.factory import DEFAULT_MODEL
+
 
 def bench_fine_tune(image_size: int, n_samples: int, steps: int, seed: int = 0) -> Dict[str, float]:
-    """Relations/s through the embedded model's LoRA fine-tuning on real captioned renders."""
+    """Relations/s through the default model's LoRA fine-tuning on real captioned renders."""
     import torch
 
     from rls3_ros.bench.generation import random_moves
     from rls3_ros.captions.oracle import CaptionOracle
-    from rls3_ros.rl.loop import ensure_pretrained
     from rls3_ros.scene import Sample
     from rls3_ros.sim.factory import make_backend
     from rls3_ros.spatial_answers import load_model
 
-    ensure_pretrained("embedded", log=lambda m: None)
     backend = make_backend("mujoco", image_size=image_size, seed=seed)
     oracle = CaptionOracle()
     samples: List[Sample] = []
@@ -60,7 +60,7 @@ def bench_fine_tune(image_size: int, n_samples: int, steps: int, seed: int = 0) 
         backend.close()
     samples = samples[:n_samples]
     torch.set_num_threads(2)
-    vlm = load_model("embedded")
+    vlm = load_model(DEFAULT_MODEL)
     n_rel = sum(len(x.relations) for x in samples)
     vlm.fine_tune(samples, 1)  # warm-up (feature cache, LoRA injection)
     t = time.perf_counter()
@@ -127,11 +127,9 @@ def run_speed(quick: bool, out_dir: Path, image_size: int = 224, log=print) -> D
     from rls3_ros.bench.generation import bench_inprocess, bench_ros
     from rls3_ros.bench.load import run_load
     from rls3_ros.query_bench import run_bench
-    from rls3_ros.rl.loop import ensure_pretrained
 
     out_dir.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()[0]
-    ensure_pretrained("embedded", log)
     n = 30 if quick else 150
     doc: Dict[str, Any] = {"quick": quick, "image_size": image_size}
     log(f"[bench speed] generation in-process: {n} samples")
@@ -150,7 +148,7 @@ def run_speed(quick: bool, out_dir: Path, image_size: int = 224, log=print) -> D
     nq = 40 if quick else 200
     log(f"[bench speed] query latency: {nq} direct calls and {nq} through the node, interleaved rounds")
     with tempfile.TemporaryDirectory(prefix="rls3-speedq-") as tmp:
-        q = run_bench("embedded", "", nq, 5, 128, 4 if quick else 10, Path(tmp), 1)
+        q = run_bench(DEFAULT_MODEL, "", nq, 5, 128, 4 if quick else 10, Path(tmp), 1)
     direct = q["direct"]
     via = q.get("node_request_image") or next(v for k, v in q.items() if k != "direct")
     doc["query"] = q
@@ -161,7 +159,7 @@ def run_speed(quick: bool, out_dir: Path, image_size: int = 224, log=print) -> D
     log(f"[bench speed] 8 client processes x {nl} queries with an adapter swap")
     with tempfile.TemporaryDirectory(prefix="rls3-speedl-") as tmp:
         adapter = _adapter_for_swap(Path(tmp))
-        load = run_load(8, nl, "embedded", adapter, out=None, image_size=128, workdir=str(Path(tmp) / "work"),
+        load = run_load(8, nl, DEFAULT_MODEL, adapter, out=None, image_size=128, workdir=str(Path(tmp) / "work"),
                         log=lambda m: None)
     doc["load"] = {k: load[k] for k in ("answered", "failed", "lost", "latency", "throughput_qps") if k in load}
     doc["query_p50_ms_8_clients"] = load["latency"]["p50_ms"]
@@ -189,7 +187,7 @@ def _adapter_for_swap(tmp: Path) -> str:
     from rls3_ros.query_bench import make_image
     from rls3_ros.scene import CameraModel, ObjectState, Sample, SceneState, SpatialRelation
 
-    vlm = load_model("embedded")
+    vlm = load_model(DEFAULT_MODEL)
     cam = CameraModel.look_at((0.0, -2.0, 1.5), (0.0, 0.0, 0.8), 128, 128, 60.0)
     objs = [ObjectState("a", "box", "red box", (-0.3, 0, 0.8), active=True),
             ObjectState("b", "box", "blue box", (0.3, 0, 0.8), active=True)]

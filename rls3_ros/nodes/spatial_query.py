@@ -28,7 +28,7 @@ Topics
   text and its confidence.
 
 Parameters (defaults)
-- ``model`` ("embedded"): model spec for ``rls3_ros.spatial_answers.load_model``.
+- ``model`` ("grounded"): model spec for ``rls3_ros.spatial_answers.load_model``.
 - ``adapter`` (""): adapter directory to load at activation ("" = base model).
 - ``autostart`` (true): configure + activate at start.
 - ``image_topic`` ("image_raw"), ``image_qos`` ("sensor_data" | "reliable" | "system_default").
@@ -120,7 +120,7 @@ class SpatialQueryNode(LifecycleNode):
     def __init__(self, node_name: str = "spatial_query", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         d = self._declare
-        d("model", "embedded", "model spec: 'embedded', a model directory / HF id, or py:<module>:<fn>[:<arg>]")
+        d("model", "grounded", "model spec: 'grounded' (default), 'embedded', a model directory / HF id, or py:<module>:<fn>[:<arg>]")
         d("adapter", "", "LoRA adapter directory loaded at activation ('' = base model)")
         d("autostart", True, "configure and activate at start (no lifecycle manager needed)")
         d("image_topic", "image_raw", "camera topic used when a request has no image")

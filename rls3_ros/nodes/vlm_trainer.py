@@ -22,7 +22,7 @@ Services / actions
   ``<adapter_dir>/iter_XXXX`` (``_N`` suffix if that name exists).
 
 Parameters (defaults)
-- ``model`` ("embedded"): model spec (see ``rls3_ros.spatial_answers.load_model``).
+- ``model`` ("grounded"): model spec (see ``rls3_ros.spatial_answers.load_model``).
 - ``adapter`` (""): adapter to start from ("" = base model).
 - ``adapter_dir`` ("runs/adapters"): where adapters are saved (made absolute).
 - ``buffer_size`` (2000): max buffered samples.
@@ -87,7 +87,7 @@ class VlmTrainer(Node):
     def __init__(self, node_name: str = "vlm_trainer", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         d = self._declare
-        d("model", "embedded", "model spec: 'embedded', a model directory / HF id, or py:<module>:<fn>[:<arg>]")
+        d("model", "grounded", "model spec: 'grounded' (default), 'embedded', a model directory / HF id, or py:<module>:<fn>[:<arg>]")
         d("adapter", "", "adapter to start from ('' = base model)")
         d("adapter_dir", "runs/adapters", "directory for saved adapters (iter_XXXX)")
         d("buffer_size", 2000, "max buffered samples (oldest dropped first)")

@@ -38,7 +38,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
         "image_size": 160,
         "scene_types": [],  # [] = all of the backend's
         "n_envs": 1,  # in-process: one backend per env
-        "vlm": "embedded",
+        "vlm": "grounded",
         "torch_threads": 2,
     },
     "loop": {k: v for k, v in asdict(SchedulerConfig()).items()},

@@ -27,7 +27,7 @@ from typing import Any, Dict, Optional, Union
 from rls3_ros.vlm.interface import SpatialVLM
 from rls3_ros.vlm.lora import LoraSettings
 
-FAMILIES = ("embedded", "clip", "siglip", "paligemma")
+FAMILIES = ("grounded", "embedded", "clip", "siglip", "paligemma")
 REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
@@ -158,13 +158,23 @@ def load_dual_encoder(family: str, path: str, lora: Optional[LoraSettings] = Non
                           base_spec=f"{family}:{d}", max_length=max_len, pad_to_max=family == "siglip", **kw)
 
 
+# The project's default model: the grounded relation model (frozen EfficientNet-Lite0 grid,
+# description-grounded attention, relation heads; base committed under models/grounded).
+DEFAULT_MODEL = "grounded"
+
+
 def load_vlm(spec: Union[str, Dict[str, Any], None] = "embedded", **options) -> SpatialVLM:
     """Build a SpatialVLM from a spec (see module docstring). Raises ModelNotFoundError / ValueError."""
     d = parse_spec(spec)
     d.update(options)
     fam, path = d.pop("family"), d.pop("path")
     adapter = d.pop("adapter", "")
-    if fam == "embedded":
+    if fam == "grounded":
+        from rls3_ros.vlm import grounded
+
+        vlm = grounded.load(path, lora=d.get("lora"),
+                            **{k: v for k, v in d.items() if k in ("grounding_weight", "candidate_weight", "seed")})
+    elif fam == "embedded":
         vlm = load_embedded(path, lora=_lora(d, None), config=d.get("config"),
                             **{k: v for k, v in d.items() if k in ("infonce_weight", "infonce_batch", "seed")})
     elif fam in ("clip", "siglip"):
