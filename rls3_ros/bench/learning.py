@@ -127,7 +127,7 @@ def summarise(runs: Dict[str, List[Dict[str, Any]]], budget: int) -> Dict[str, A
 def write_markdown(doc: Dict[str, Any], path: Path) -> None:
     lines = [f"# Learning benchmark: RL-selected vs random samples", "",
              f"VLM: `{doc.get('vlm', 'embedded')}`. Budget: {doc['budget']} {doc['budget_unit']} per run, {doc['seeds']} seed(s) per sampler; "
-             f"same base model, same fine-tuning settings, same held-out test set ({doc.get('test_relations', '?')} relations). "
+             "same base model, same fine-tuning settings, same held-out test set (fixed seeds, balanced over terms). "
              f"Machine: {doc['host']['cpus']} CPUs ({doc['host']['machine']}), wall {doc['wall_s'] / 60:.1f} min.", "",
              f"Base model accuracy: **{doc['base_accuracy']:.3f}**", "",
              "| sampler | final accuracy (mean ± std) | gain over base | gain / random's gain | samples to reach random's final | renders | valid |",
