@@ -66,7 +66,8 @@ def bench_fine_tune(image_size: int, n_samples: int, steps: int, seed: int = 0) 
     t = time.perf_counter()
     res = vlm.fine_tune(samples, steps)
     dt = time.perf_counter() - t
-    batch = getattr(getattr(getattr(vlm, "host", None), "lora", None), "batch_size", None)
+    lora = getattr(getattr(vlm, "host", None), "lora", None) or getattr(vlm, "lora", None)
+    batch = getattr(lora, "batch_size", None)
     t = time.perf_counter()
     vlm.score(samples)
     score_dt = time.perf_counter() - t
