@@ -99,8 +99,10 @@ def make_swap_adapter(spec: str, directory: str, seed: int = 0) -> str:
 
     model = load_model(spec)
     host = getattr(model, "host", None)
-    if host is None:
-        raise ValueError(f"model {spec!r} has no adapter host; pass --adapter DIR")
+    if host is None:  # any other SpatialVLM: a few real fine-tuning steps give a real adapter
+        from rls3_ros.bench.speed import _adapter_for_swap
+
+        return _adapter_for_swap(Path(directory).parent, spec, Path(directory).name)
     host.ensure_adapter()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():

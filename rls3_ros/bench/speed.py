@@ -182,13 +182,13 @@ def run_speed(quick: bool, out_dir: Path, image_size: int = 224, log=print) -> D
     return doc
 
 
-def _adapter_for_swap(tmp: Path) -> str:
+def _adapter_for_swap(tmp: Path, spec: str = DEFAULT_MODEL, name: str = "swap_adapter") -> str:
     """A real LoRA adapter of the embedded base (a few steps on rendered samples) to swap to."""
     from rls3_ros.spatial_answers import load_model
     from rls3_ros.query_bench import make_image
     from rls3_ros.scene import CameraModel, ObjectState, Sample, SceneState, SpatialRelation
 
-    vlm = load_model(DEFAULT_MODEL)
+    vlm = load_model(spec)
     cam = CameraModel.look_at((0.0, -2.0, 1.5), (0.0, 0.0, 0.8), 128, 128, 60.0)
     objs = [ObjectState("a", "box", "red box", (-0.3, 0, 0.8), active=True),
             ObjectState("b", "box", "blue box", (0.3, 0, 0.8), active=True)]
@@ -196,7 +196,7 @@ def _adapter_for_swap(tmp: Path) -> str:
                           negatives=["The red box is to the right of the blue box."])
     samples = [Sample(f"s{i}", make_image(128, 1000 + i), SceneState("x", "kitchen", 0, cam, objs), [rel]) for i in range(8)]
     vlm.fine_tune(samples, 2)
-    return vlm.save_adapter(str(tmp / "swap_adapter"))
+    return vlm.save_adapter(str(tmp / name))
 
 
 def cli_bench_speed(argv: List[str]) -> int:
