@@ -13,22 +13,13 @@ import numpy as np
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
-# encoding -> (numpy dtype, channels)
-ENCODINGS = {
-    "rgb8": (np.uint8, 3),
-    "bgr8": (np.uint8, 3),
-    "rgba8": (np.uint8, 4),
-    "bgra8": (np.uint8, 4),
-    "mono8": (np.uint8, 1),
-    "16UC1": (np.uint16, 1),
-    "32FC1": (np.float32, 1),
-}
+from rls3_ros.image_arrays import ENCODINGS as PIXEL_ENCODINGS
+from rls3_ros.image_arrays import ImageConversionError, image_buffer, image_pixels
+
+# encoding -> (numpy dtype, channels): the encodings the nodes take
+ENCODINGS = {e: PIXEL_ENCODINGS[e] for e in ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "16UC1", "32FC1")}
 
 MAX_PIXELS = 4096 * 4096
-
-
-class ImageConversionError(ValueError):
-    """The image message cannot be converted; the message says why."""
 
 
 def _load_cv_bridge():
@@ -65,24 +56,13 @@ def _layout(msg: Image) -> Tuple[np.dtype, int]:
 def image_msg_to_numpy(msg: Image) -> np.ndarray:
     """Array in the message's own encoding: (H, W, C) or (H, W) for one channel. A copy."""
     dtype, channels = _layout(msg)
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    if h <= 0 or w <= 0:
-        raise ImageConversionError(f"empty image ({w}x{h})")
+    h, w = int(msg.height), int(msg.width)
     if h * w > MAX_PIXELS:
         raise ImageConversionError(f"image too large ({w}x{h} > {MAX_PIXELS} pixels)")
-    row = w * channels * dtype.itemsize
-    if step < row:
-        raise ImageConversionError(f"step {step} is smaller than a row ({w} px x {channels} ch x {dtype.itemsize} B = {row})")
-    data = msg.data
-    buf = data.tobytes() if hasattr(data, "tobytes") else bytes(data)
-    if len(buf) < step * (h - 1) + row:
-        raise ImageConversionError(f"data has {len(buf)} bytes, {w}x{h} {msg.encoding} with step {step} needs {step * h}")
     if _CV_BRIDGE is not None:  # pragma: no cover - depends on the user's ROS install
+        image_buffer(msg, dtype, channels)
         return np.array(_CV_BRIDGE.imgmsg_to_cv2(msg))
-    rows = np.frombuffer(buf, dtype=np.uint8, count=step * (h - 1) + row)
-    rows = np.lib.stride_tricks.as_strided(rows, shape=(h, row), strides=(step, 1))
-    arr = np.array(rows, copy=True).view(dtype).reshape(h, w, channels)  # writable, owns its data
-    return arr[:, :, 0] if channels == 1 else arr
+    return image_pixels(msg, dtype, channels)
 
 
 def image_msg_to_rgb(msg: Image) -> np.ndarray:
