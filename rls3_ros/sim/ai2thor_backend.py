@@ -33,13 +33,11 @@ import numpy as np
 
 from rls3_ros.scene import CameraModel, ObjectState, SceneState, matrix_to_quat
 from rls3_ros.sim.backend import (
-    ACTION_TYPES,
     BAD_REQUEST,
     FLOATING,
     OCCLUDED,
     OUT_OF_VIEW,
     OVERLAP,
-    PLACE,
     SWAP,
     TELEPORT,
     UNSTABLE,
@@ -47,6 +45,7 @@ from rls3_ros.sim.backend import (
     MoveResult,
     Render,
     SimulatorBackend,
+    move_request_problem,
 )
 
 # Our scene types -> iTHOR floor plans (kitchens 1-30, living rooms 201-230, bedrooms 301-330;
@@ -420,21 +419,7 @@ class AI2ThorBackend(SimulatorBackend):
         return MoveResult(False, reason, self._state(), prev_render, message=message)
 
     def _validate(self, a: MoveAction) -> str:
-        if not isinstance(a, MoveAction) or a.action_type not in ACTION_TYPES:
-            return f"unknown action {getattr(a, 'action_type', a)!r} (known: {', '.join(ACTION_TYPES)})"
-        if a.object_id not in self._active:
-            return f"{a.object_id!r} is not an active object (active: {', '.join(self._active)})"
-        if a.action_type == SWAP and a.container_object_id and a.container_object_id not in self._container:
-            return f"{a.container_object_id!r} is not in the object container"
-        if a.action_type == SWAP and not self._container:
-            return "the object container is empty"
-        if a.action_type == TELEPORT and a.position is None:
-            return "teleport needs a position"
-        if a.position is not None and not np.all(np.isfinite(np.asarray(a.position, float))):
-            return "position must be finite"
-        if a.action_type == PLACE and a.receptacle_id and a.receptacle_id not in self._objects():
-            return f"unknown receptacle {a.receptacle_id!r}"
-        return ""
+        return move_request_problem(a, self._active, self._container, lambda: self._objects().keys())
 
     def close(self) -> None:
         stop = getattr(self.controller, "stop", None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, Collection, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -57,6 +57,40 @@ class MoveResult:
     scene: SceneState
     render: Render
     message: str = ""  # human-readable detail (e.g. what was wrong with a bad_request)
+
+
+def move_request_problem(
+    a: MoveAction, active: Sequence[str], container: Sequence[str], receptacle_ids: Callable[[], Collection[str]]
+) -> str:
+    """What is wrong with ``a`` for a scene with these active and container object ids ("" when
+    nothing is); ``receptacle_ids`` is asked only for a place onto a named receptacle. Every
+    backend answers such a request with BAD_REQUEST and this text, before touching the scene."""
+    if not isinstance(a, MoveAction):
+        return f"expected MoveAction, got {type(a).__name__}"
+    if a.action_type not in ACTION_TYPES:
+        return f"unknown action type {a.action_type!r} (known: {', '.join(ACTION_TYPES)})"
+    if a.object_id not in active:
+        return f"{a.object_id!r} is not an active object (active: {', '.join(active)})"
+    if a.action_type == SWAP and not container:
+        return "the object container is empty"
+    if a.action_type == SWAP and a.container_object_id and a.container_object_id not in container:
+        return f"{a.container_object_id!r} is not in the object container ({', '.join(container)})"
+    if a.action_type == TELEPORT and a.position is None:
+        return "teleport needs a position"
+    if a.position is not None:
+        p = np.asarray(a.position, dtype=float)
+        if p.shape != (3,) or not np.all(np.isfinite(p)):
+            return f"position must be 3 finite numbers, got {a.position!r}"
+        if np.any(np.abs(p) > 50):
+            return f"position {tuple(p)} is far outside the room"
+    if not np.isfinite(float(a.yaw)):
+        return "yaw must be finite"
+    if a.action_type == PLACE and a.receptacle_id:
+        if a.receptacle_id == a.object_id:
+            return "an object cannot be placed on itself"
+        if a.receptacle_id not in receptacle_ids():
+            return f"unknown receptacle {a.receptacle_id!r}"
+    return ""
 
 
 class SimulatorBackend(abc.ABC):

@@ -34,13 +34,11 @@ import numpy as np  # noqa: E402
 
 from rls3_ros.scene import CameraModel, ObjectState, SceneState  # noqa: E402
 from rls3_ros.sim.backend import (  # noqa: E402
-    ACTION_TYPES,
     BAD_REQUEST,
     FLOATING,
     OCCLUDED,
     OUT_OF_VIEW,
     OVERLAP,
-    PLACE,
     SWAP,
     TELEPORT,
     UNSTABLE,
@@ -48,6 +46,7 @@ from rls3_ros.sim.backend import (  # noqa: E402
     MoveResult,
     Render,
     SimulatorBackend,
+    move_request_problem,
 )
 from rls3_ros.sim.objects import CATEGORIES, ObjectSpec  # noqa: E402
 from rls3_ros.sim.rooms import SCENE_TYPES, Receptacle, RoomSpec, build_room  # noqa: E402
@@ -683,30 +682,7 @@ class MuJoCoBackend(SimulatorBackend):
         return MoveResult(True, "", self._state(), render, message=f"{moved} moved")
 
     def _validate(self, a: MoveAction) -> str:
-        if not isinstance(a, MoveAction):
-            return f"expected MoveAction, got {type(a).__name__}"
-        if a.action_type not in ACTION_TYPES:
-            return f"unknown action type {a.action_type!r} (known: {', '.join(ACTION_TYPES)})"
-        if a.object_id not in self._active:
-            return f"{a.object_id!r} is not an active object (active: {', '.join(self._active)})"
-        if a.action_type == SWAP and a.container_object_id and a.container_object_id not in self._container:
-            return f"{a.container_object_id!r} is not in the object container ({', '.join(self._container)})"
-        if a.action_type == TELEPORT and a.position is None:
-            return "teleport needs a position"
-        if a.position is not None:
-            p = np.asarray(a.position, dtype=float)
-            if p.shape != (3,) or not np.all(np.isfinite(p)):
-                return f"position must be 3 finite numbers, got {a.position!r}"
-            if np.any(np.abs(p) > 50):
-                return f"position {tuple(p)} is far outside the room"
-        if not np.isfinite(float(a.yaw)):
-            return "yaw must be finite"
-        if a.action_type == PLACE:
-            if a.receptacle_id and a.receptacle_id not in {r.id for r in self._all_receptacles()}:
-                return f"unknown receptacle {a.receptacle_id!r}"
-            if a.receptacle_id == a.object_id and a.receptacle_id:
-                return "an object cannot be placed on itself"
-        return ""
+        return move_request_problem(a, self._active, self._container, lambda: {r.id for r in self._all_receptacles()})
 
     def _choose_receptacle(self, a: MoveAction) -> Optional[Receptacle]:
         recs = [r for r in self._all_receptacles() if r.id != a.object_id]
