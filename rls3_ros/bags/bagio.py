@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import shutil
@@ -298,3 +299,22 @@ def cli_boundary(name: str, body: Callable[[], int]) -> int:
     except Exception as exc:  # noqa: BLE001 - the CLI boundary: never a traceback
         print(f"rls3 {name}: error: {exc.__class__.__name__}: {exc}", file=sys.stderr, flush=True)
         return 1
+
+
+def run_cli(
+    name: str, parser: argparse.ArgumentParser, argv: Optional[Sequence[str]],
+    body: Callable[[argparse.Namespace, List[str]], int],
+) -> int:
+    """Entry point of ``rls3 <name>``: the ``--ros-args ...`` tail is split off ``argv`` (default
+    ``sys.argv[1:]``), the rest parsed by ``parser`` (--help / a usage error: argparse's exit
+    code), then ``body(args, ros_args)`` runs inside :func:`cli_boundary`."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ros_args: List[str] = []
+    if "--ros-args" in argv:
+        i = argv.index("--ros-args")
+        argv, ros_args = argv[:i], argv[i:]
+    try:
+        a = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return cli_boundary(name, lambda: body(a, ros_args))

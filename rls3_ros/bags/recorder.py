@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Deque, Dict, List, Optional, Tuple
 
-from rls3_ros.bags.bagio import STORAGES, AtomicBagWriter, BagError
+from rls3_ros.bags.bagio import STORAGES, AtomicBagWriter, BagError, run_cli
 
 DEFAULT_EXCLUDE = ("/rosout", "/parameter_events")
 
@@ -412,43 +412,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cli_record(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``rls3 record``; returns the exit code (never raises, never a traceback)."""
-    from rls3_ros.bags.rosutil import cli_boundary
+    return run_cli("record", build_parser(), argv, _record_main)
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ros_args: List[str] = []
-    if "--ros-args" in argv:
-        i = argv.index("--ros-args")
-        argv, ros_args = argv[:i], argv[i:]
-    try:
-        a = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
 
-    def body() -> int:
-        if a.duration is not None and a.duration <= 0:
-            raise BagError("--duration must be > 0")
-        if a.max_messages is not None and a.max_messages <= 0:
-            raise BagError("--max-messages must be > 0")
-        if a.qos_depth <= 0 or a.queue_mb <= 0:
-            raise BagError("--qos-depth and --queue-mb must be > 0")
-        opts = RecordOptions(
-            out=Path(a.out),
-            topics=list(a.topics or []),
-            record_all=bool(a.all),
-            storage=a.storage,
-            duration=a.duration,
-            max_messages=a.max_messages,
-            qos_depth=a.qos_depth,
-            queue_bytes=int(a.queue_mb * 1024 * 1024),
-        )
-        res = record(opts, ros_args=["--ros-args", *ros_args[1:]] if ros_args else None)
-        print(
-            f"recorded {sum(res.counts.values())} messages to {res.path} dropped={res.dropped}",
-            flush=True,
-        )
-        return 0
-
-    return cli_boundary("record", body)
+def _record_main(a: argparse.Namespace, ros_args: List[str]) -> int:
+    if a.duration is not None and a.duration <= 0:
+        raise BagError("--duration must be > 0")
+    if a.max_messages is not None and a.max_messages <= 0:
+        raise BagError("--max-messages must be > 0")
+    if a.qos_depth <= 0 or a.queue_mb <= 0:
+        raise BagError("--qos-depth and --queue-mb must be > 0")
+    opts = RecordOptions(
+        out=Path(a.out),
+        topics=list(a.topics or []),
+        record_all=bool(a.all),
+        storage=a.storage,
+        duration=a.duration,
+        max_messages=a.max_messages,
+        qos_depth=a.qos_depth,
+        queue_bytes=int(a.queue_mb * 1024 * 1024),
+    )
+    res = record(opts, ros_args=["--ros-args", *ros_args[1:]] if ros_args else None)
+    print(
+        f"recorded {sum(res.counts.values())} messages to {res.path} dropped={res.dropped}",
+        flush=True,
+    )
+    return 0
 
 
 def main() -> None:

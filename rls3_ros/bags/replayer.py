@@ -32,7 +32,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from rls3_ros.bags.bagio import BagError, BagReader
+from rls3_ros.bags.bagio import BagError, BagReader, run_cli
 
 CLOCK_TYPE = "rosgraph_msgs/msg/Clock"
 
@@ -245,42 +245,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cli_replay(argv: Optional[List[str]] = None) -> int:
     """Entry point of ``rls3 replay``; returns the exit code (never raises, never a traceback)."""
-    from rls3_ros.bags.rosutil import cli_boundary
+    return run_cli("replay", build_parser(), argv, _replay_main)
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    ros_args: List[str] = []
-    if "--ros-args" in argv:
-        i = argv.index("--ros-args")
-        argv, ros_args = argv[:i], argv[i:]
-    try:
-        a = build_parser().parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code or 0)
 
-    def body() -> int:
-        if a.clock is not None and a.clock <= 0:
-            raise BagError("--clock rate must be > 0")
-        opts = ReplayOptions(
-            bag=Path(a.bag),
-            rate=a.rate,
-            loop=a.loop,
-            start_offset=a.start_offset,
-            topics=a.topics,
-            remaps=_parse_remap(a.remap),
-            clock_hz=a.clock,
-            wait_for_subscribers=a.wait_for_subscribers,
-            qos_depth=a.qos_depth,
-        )
-        res = replay(opts, ros_args=ros_args or None)
-        print(
-            f"replayed {sum(res.published.values())} messages"
-            f" lateness_p50_ms={res.lateness_ms['p50']:.3f} lateness_p99_ms={res.lateness_ms['p99']:.3f}"
-            + (" (interrupted)" if res.interrupted else ""),
-            flush=True,
-        )
-        return 0
-
-    return cli_boundary("replay", body)
+def _replay_main(a: argparse.Namespace, ros_args: List[str]) -> int:
+    if a.clock is not None and a.clock <= 0:
+        raise BagError("--clock rate must be > 0")
+    opts = ReplayOptions(
+        bag=Path(a.bag),
+        rate=a.rate,
+        loop=a.loop,
+        start_offset=a.start_offset,
+        topics=a.topics,
+        remaps=_parse_remap(a.remap),
+        clock_hz=a.clock,
+        wait_for_subscribers=a.wait_for_subscribers,
+        qos_depth=a.qos_depth,
+    )
+    res = replay(opts, ros_args=ros_args or None)
+    print(
+        f"replayed {sum(res.published.values())} messages"
+        f" lateness_p50_ms={res.lateness_ms['p50']:.3f} lateness_p99_ms={res.lateness_ms['p99']:.3f}"
+        + (" (interrupted)" if res.interrupted else ""),
+        flush=True,
+    )
+    return 0
 
 
 def main() -> None:
