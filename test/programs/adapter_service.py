@@ -4,12 +4,12 @@ import os
 import sys
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rls3_msgs.srv import SetAdapter
 
+from rls3_ros.nodes.node_main import run_node
 
-def main():
-    rclpy.init()
+
+def adapter_service():
     node = rclpy.create_node("adapter_service")
     state = {"active": ""}
 
@@ -24,14 +24,8 @@ def main():
 
     node.create_service(SetAdapter, "/test/set_adapter", handle)
     print("SERVICE READY", flush=True)
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    return node
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_node(adapter_service))

@@ -3,28 +3,21 @@
 import sys
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rls3_msgs.msg import Sample
 
 from rls3_ros.nodes.conversions import sample_to_msg
+from rls3_ros.nodes.node_main import run_node
 from sample_factory import make_sample
 
 
-def main():
-    rclpy.init()
+def sample_publisher():
     node = rclpy.create_node("sample_publisher")
     pub = node.create_publisher(Sample, "/test/samples", 10)
     msg = sample_to_msg(make_sample())
     node.create_timer(0.05, lambda: pub.get_subscription_count() > 0 and pub.publish(msg))
     print("PUBLISHER READY", flush=True)
-    try:
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        node.destroy_node()
-        rclpy.try_shutdown()
+    return node
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_node(sample_publisher))
