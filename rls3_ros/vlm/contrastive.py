@@ -29,7 +29,8 @@ import torch.nn.functional as F
 from rls3_ros.scene import Sample, SpatialRelation
 from rls3_ros.vlm import queries as Q
 from rls3_ros.vlm.interface import FineTuneResult, ProgressCallback, RelationScore, SpatialVLM
-from rls3_ros.vlm.lora import AdapterHost, LoraSettings
+from rls3_ros.vlm.lora import AdapterHost, HostedAdapter, LoraSettings
+from rls3_ros.vlm.pixels import normalized_pixels
 
 
 def relation_candidates(rel: SpatialRelation) -> List[str]:
@@ -43,7 +44,7 @@ def relation_candidates(rel: SpatialRelation) -> List[str]:
     return [caption] + [n for n in negs if n != caption]
 
 
-class ContrastiveVLM(SpatialVLM):
+class ContrastiveVLM(HostedAdapter, SpatialVLM):
     """Shared scoring / training / query logic of every contrastive model."""
 
     family = "contrastive"
@@ -74,19 +75,6 @@ class ContrastiveVLM(SpatialVLM):
         return self._pair_logits(image_inputs, idx, caps).view(n, m)
 
     # -- adapters ----------------------------------------------------------------------------
-    @property
-    def adapter(self) -> str:
-        return self.host.path
-
-    def save_adapter(self, directory: str) -> str:
-        return self.host.save(directory)
-
-    def load_adapter(self, directory: str) -> None:
-        self.host.load(directory)
-
-    def reset_adapter(self) -> None:
-        self.host.reset()
-
     def set_replay(self, samples: Sequence[Sample], fraction: float = 0.25) -> None:
         """Mix ``fraction`` of each fine-tuning batch from ``samples`` (against forgetting)."""
         if not 0.0 <= fraction < 1.0:
@@ -351,16 +339,7 @@ class DualEncoderVLM(ContrastiveVLM):
         self.is_siglip = "siglip" in type(model).__name__.lower()
 
     def _encode_images(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        out = []
-        for im in images:
-            im = np.asarray(im)
-            if im.ndim != 3 or im.shape[2] not in (3, 4) or im.dtype != np.uint8:
-                raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {im.shape} {im.dtype}")
-            x = torch.from_numpy(np.ascontiguousarray(im[..., :3])).permute(2, 0, 1)[None].float() / 255.0
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True,
-                              align_corners=False).clamp(0, 1)
-            out.append((x - self.mean) / self.std)
-        return torch.cat(out)
+        return normalized_pixels(images, self.image_size, self.mean, self.std)
 
     def _embeddings(self, pixel_values: torch.Tensor, captions: Sequence[str]) -> Tuple[torch.Tensor, torch.Tensor]:
         enc = self.tokenizer(list(captions), padding="max_length" if self.pad_to_max else True, truncation=True,

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from rls3_ros.scene import Sample, SpatialRelation
 from rls3_ros.vlm import queries as Q
 from rls3_ros.vlm.interface import FineTuneResult, ProgressCallback, RelationScore, SpatialVLM
-from rls3_ros.vlm.lora import AdapterHost, LoraSettings
+from rls3_ros.vlm.lora import AdapterHost, HostedAdapter, LoraSettings
+from rls3_ros.vlm.pixels import normalized_pixels
 
 PROMPT = "where is {subject} relative to {reference}?"
 
@@ -37,7 +38,7 @@ def _norm(s: str) -> str:
     return " ".join(s.lower().replace("the ", " ").split())
 
 
-class PaliGemmaVLM(SpatialVLM):
+class PaliGemmaVLM(HostedAdapter, SpatialVLM):
     family = "generative"
 
     def __init__(self, model, tokenizer, lora: Optional[LoraSettings] = None, base_spec: str = "",
@@ -60,32 +61,9 @@ class PaliGemmaVLM(SpatialVLM):
         self.max_new_tokens = int(max_new_tokens)
         self._rng = np.random.default_rng(seed)
 
-    # -- adapters -------------------------------------------------------------------------------
-    @property
-    def adapter(self) -> str:
-        return self.host.path
-
-    def save_adapter(self, directory: str) -> str:
-        return self.host.save(directory)
-
-    def load_adapter(self, directory: str) -> None:
-        self.host.load(directory)
-
-    def reset_adapter(self) -> None:
-        self.host.reset()
-
     # -- inputs -----------------------------------------------------------------------------------
     def _pixels(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        out = []
-        for im in images:
-            im = np.asarray(im)
-            if im.ndim != 3 or im.shape[2] not in (3, 4) or im.dtype != np.uint8:
-                raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {im.shape} {im.dtype}")
-            x = torch.from_numpy(np.ascontiguousarray(im[..., :3])).permute(2, 0, 1)[None].float() / 255.0
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", antialias=True,
-                              align_corners=False).clamp(0, 1)
-            out.append((x - self.mean) / self.std)
-        return torch.cat(out)
+        return normalized_pixels(images, self.image_size, self.mean, self.std)
 
     def _ids(self, text: str) -> List[int]:
         return list(self.tok(text, add_special_tokens=False)["input_ids"])

@@ -163,3 +163,23 @@ class AdapterHost:
         with self.lock:
             self._unwrap()
             self.path = ""
+
+
+class HostedAdapter:
+    """The adapter methods of a SpatialVLM whose LoRA adapter lives in ``self.host`` (an
+    AdapterHost); list it before SpatialVLM in the bases."""
+
+    host: AdapterHost
+
+    @property
+    def adapter(self) -> str:
+        return self.host.path
+
+    def save_adapter(self, directory: str) -> str:
+        return self.host.save(directory)
+
+    def load_adapter(self, directory: str) -> None:
+        self.host.load(directory)
+
+    def reset_adapter(self) -> None:
+        self.host.reset()
