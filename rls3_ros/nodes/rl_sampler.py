@@ -64,7 +64,6 @@ import time
 import traceback
 from typing import Any, Dict, List, Optional, Sequence
 
-import numpy as np
 import rclpy
 from geometry_msgs.msg import Pose
 from rcl_interfaces.msg import ParameterDescriptor
@@ -81,7 +80,7 @@ from rls3_ros.nodes.node_main import NodeStartupError, run_node
 from rls3_ros.rl.env import SimSource, SimStep, bounds_from_scene
 from rls3_ros.rl.scheduler import Evaluator, SchedulerCallbacks, Trainer, TrainOutcome
 from rls3_ros.scene import quat_to_matrix
-from rls3_ros.vlm.interface import Evaluation, FineTuneResult, RelationScore
+from rls3_ros.vlm.interface import FineTuneResult, RelationScore, evaluation_of
 from rls3_ros.nodes.service_qos import SERVICE_QOS
 
 PARAMS: Dict[str, Any] = {
@@ -259,19 +258,6 @@ def relation_score_from_msg(m) -> RelationScore:
                          loss=float(m.loss), correct=bool(m.correct), confidence=float(m.confidence))
 
 
-def evaluation_from_scores(scores: Sequence[RelationScore]) -> Evaluation:
-    per_hits: Dict[str, int] = {}
-    per_n: Dict[str, int] = {}
-    for s in scores:
-        for t in s.terms:
-            per_n[t] = per_n.get(t, 0) + 1
-            per_hits[t] = per_hits.get(t, 0) + int(s.correct)
-    n = len(scores)
-    return Evaluation(accuracy=float(np.mean([s.correct for s in scores])) if n else float("nan"),
-                      per_term={t: per_hits[t] / per_n[t] for t in per_n}, counts=per_n,
-                      mean_loss=float(np.mean([s.loss for s in scores])) if n else float("nan"), n=n)
-
-
 class RosScorer:
     def __init__(self, caller: _Caller, client, chunk: int):
         self.caller, self.client, self.chunk = caller, client, max(1, int(chunk))
@@ -322,7 +308,7 @@ class RosEvaluator(Evaluator):
         data = self.splits.get(split)
         if not data:
             return None
-        return evaluation_from_scores(self.scorer(data))
+        return evaluation_of(self.scorer(data))
 
 
 class RlSampler(Node):

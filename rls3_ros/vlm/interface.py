@@ -53,6 +53,24 @@ class FineTuneResult:
 ProgressCallback = Callable[[int, int, float], None]
 
 
+def evaluation_of(scores: Sequence[RelationScore]) -> Evaluation:
+    """Accuracy overall and per term, and the mean loss, of relation scores."""
+    per_hits: Dict[str, int] = {}
+    per_n: Dict[str, int] = {}
+    for s in scores:
+        for t in s.terms:
+            per_n[t] = per_n.get(t, 0) + 1
+            per_hits[t] = per_hits.get(t, 0) + int(s.correct)
+    n = len(scores)
+    return Evaluation(
+        accuracy=float(np.mean([s.correct for s in scores])) if n else float("nan"),
+        per_term={t: per_hits[t] / per_n[t] for t in per_n},
+        counts=per_n,
+        mean_loss=float(np.mean([s.loss for s in scores])) if n else float("nan"),
+        n=n,
+    )
+
+
 class SpatialVLM(abc.ABC):
     """A vision-language model that can be scored, fine-tuned (LoRA) and queried."""
 
@@ -64,21 +82,7 @@ class SpatialVLM(abc.ABC):
 
     def evaluate(self, samples: Sequence[Sample]) -> Evaluation:
         """Accuracy overall and per term over all relations of ``samples``."""
-        scores = self.score(samples)
-        per_hits: Dict[str, int] = {}
-        per_n: Dict[str, int] = {}
-        for s in scores:
-            for t in s.terms:
-                per_n[t] = per_n.get(t, 0) + 1
-                per_hits[t] = per_hits.get(t, 0) + int(s.correct)
-        n = len(scores)
-        return Evaluation(
-            accuracy=float(np.mean([s.correct for s in scores])) if n else float("nan"),
-            per_term={t: per_hits[t] / per_n[t] for t in per_n},
-            counts=per_n,
-            mean_loss=float(np.mean([s.loss for s in scores])) if n else float("nan"),
-            n=n,
-        )
+        return evaluation_of(self.score(samples))
 
     @abc.abstractmethod
     def fine_tune(
