@@ -13,33 +13,9 @@ from pathlib import Path
 import pytest
 
 from ros_harness import NodeProcess, poll_until
+from tiny_training_graph import tiny_training_override
 
 TEST_DIR = Path(__file__).resolve().parent
-
-OVERRIDE = """
-/**/sim_bridge:
-  ros__parameters:
-    image_size: 64
-/**/vlm_trainer:
-  ros__parameters:
-    model: "py:vlm_test_model:load"
-/**/rl_sampler:
-  ros__parameters:
-    agent: {agent}
-    T: 4
-    T0: 3
-    E: 2
-    fine_tune_steps: 2
-    budget_valid_samples: {budget}
-    learning_starts: 4
-    test_scenes: 2
-    replay_scenes: 2
-    moves_per_scene: 3
-    test_per_term: 5
-    dataset_key: ros-test-64
-    wait_for_services: 60.0
-"""
-
 
 def _env(ros_env, tmp_path):
     env = dict(ros_env)
@@ -63,7 +39,7 @@ def _pid_alive(pid: int) -> bool:
 
 def test_training_graph_runs_the_loop_over_ros(ros_env, tmp_path):
     params = tmp_path / "override.yaml"
-    params.write_text(OVERRIDE.format(agent="sac", budget=12))
+    params.write_text(tiny_training_override("sac", 12, learning_starts=4))
     run_dir = tmp_path / "run"
     args = ["-m", "rls3_ros.graph_launcher", "training", "--bridges", "2", "--params-file", str(params),
             "--run-dir", str(run_dir), "--timeout", "150"]
@@ -99,7 +75,7 @@ def test_training_graph_runs_the_loop_over_ros(ros_env, tmp_path):
 
 def test_a_node_that_dies_stops_the_graph_with_its_reason(ros_env, tmp_path):
     params = tmp_path / "override.yaml"
-    params.write_text(OVERRIDE.format(agent="random", budget=12))
+    params.write_text(tiny_training_override("random", 12, learning_starts=4))
     args = ["-m", "rls3_ros.graph_launcher", "training", "--params-file", str(params), "--run-dir",
             str(tmp_path / "run"), "--set", "rl_sampler.T0=99", "--timeout", "60"]
     with NodeProcess(args, _env(ros_env, tmp_path), "launch_bad") as p:
@@ -114,7 +90,7 @@ def test_a_node_that_dies_stops_the_graph_with_its_reason(ros_env, tmp_path):
 
 def test_ctrl_c_stops_every_node(ros_env, tmp_path):
     params = tmp_path / "override.yaml"
-    params.write_text(OVERRIDE.format(agent="random", budget=100000))
+    params.write_text(tiny_training_override("random", 100000, learning_starts=4))
     args = ["-m", "rls3_ros.graph_launcher", "training", "--params-file", str(params), "--run-dir",
             str(tmp_path / "run")]
     with NodeProcess(args, _env(ros_env, tmp_path), "launch_sigint") as p:

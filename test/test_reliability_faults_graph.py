@@ -17,34 +17,9 @@ import pytest
 
 from reliability_common import node_env
 from ros_harness import NodeProcess, poll_until
+from tiny_training_graph import tiny_training_override
 
 pytestmark = pytest.mark.timeout(300)
-
-OVERRIDE = """
-/**/sim_bridge:
-  ros__parameters:
-    image_size: 64
-/**/vlm_trainer:
-  ros__parameters:
-    model: "py:vlm_test_model:load"
-/**/rl_sampler:
-  ros__parameters:
-    agent: random
-    T: 4
-    T0: 3
-    E: 2
-    fine_tune_steps: 2
-    budget_valid_samples: {budget}
-    test_scenes: 2
-    replay_scenes: 2
-    moves_per_scene: 3
-    test_per_term: 5
-    dataset_key: ros-test-64
-    wait_for_services: 60.0
-    service_timeout: {timeout}
-    bridge_wait: 120.0
-"""
-
 
 def _episodes(run_dir):
     import json
@@ -68,7 +43,7 @@ def _bridge_pid(out: str) -> int:
 def test_killed_sim_bridge_is_reported_respawned_and_the_run_goes_on(tmp_path):
     env = node_env(tmp_path)
     params = tmp_path / "override.yaml"
-    params.write_text(OVERRIDE.format(budget=21, timeout=8.0))
+    params.write_text(tiny_training_override("random", 21, service_timeout=8.0, bridge_wait=120.0))
     run_dir = tmp_path / "run"
     args = ["-m", "rls3_ros.graph_launcher", "training", "--params-file", str(params), "--run-dir", str(run_dir),
             "--respawn-bridges", "--timeout", "250"]
