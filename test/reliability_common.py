@@ -7,11 +7,15 @@ Not a test module: node environments, RSS of a process, request counters written
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
-from typing import Dict, Mapping
+from typing import Dict, Iterator, List, Mapping, Tuple
+
+import pytest
 
 from rls3_ros.ros_isolation import isolated_ros_env
 
@@ -76,3 +80,42 @@ def write_results(name: str, key: str, data) -> Path:
         f.write("\n")
     os.replace(tmp, path)
     return path
+
+
+@contextlib.contextmanager
+def node_under_test(root: Path, args: List[str], name: str, client_name: str) -> Iterator[Tuple[object, object]]:
+    """(NodeProcess, client node) of a node started with ``args`` in an isolated ROS env under
+    ``root``; the client node is spun in the background. Everything is undone on exit."""
+    from ros_harness import BackgroundSpinner, NodeProcess
+
+    env = node_env(root)
+    mp = pytest.MonkeyPatch()
+    apply_ros_env(env, mp)
+    with NodeProcess(args, env, name, log_dir=root) as proc:
+        spinner = BackgroundSpinner(client_name)
+        try:
+            yield proc, spinner.node
+        finally:
+            spinner.close()
+            mp.undo()
+
+
+def call_service(client, request, timeout: float = 60.0):
+    """The answer of ``client`` (whose node is spun elsewhere) to ``request``, None after ``timeout`` s."""
+    done = threading.Event()
+    fut = client.call_async(request)
+    fut.add_done_callback(lambda _f: done.set())
+    if not done.wait(timeout):
+        client.remove_pending_request(fut)
+        return None
+    return fut.result()
+
+
+def report_fuzz(name: str, counts: Counts, wall: float, rss0: float, rss1: float) -> None:
+    """Print what a fuzz run sent and merge it into ``results/fuzz_counts.json`` under ``name``."""
+    summary = {"requests": counts.c["total"], "per_kind": counts.as_dict(), "wall_s": round(wall, 1),
+               "rss_mb_start": round(rss0, 1), "rss_mb_end": round(rss1, 1)}
+    print(f"\n{name} fuzz: {summary['requests']} requests in {wall:.1f} s, RSS {rss0:.0f} -> {rss1:.0f} MB")
+    for k, v in summary["per_kind"].items():
+        print(f"  {k:34s} {v}")
+    write_results("fuzz_counts.json", name, summary)

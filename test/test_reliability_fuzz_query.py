@@ -24,8 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reliability_common import TEST_MODEL, Counts, apply_ros_env, node_env, rss_mb, write_results
-from ros_harness import BackgroundSpinner, NodeProcess
+from reliability_common import TEST_MODEL, Counts, call_service, node_under_test, report_fuzz, rss_mb
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -41,24 +40,15 @@ GOOD_RELATIONS = ["left", "to the left of", "right", "above", "below", "in front
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz_query")
-    env = node_env(root)
-    mp = pytest.MonkeyPatch()
-    apply_ros_env(env, mp)
-    proc = NodeProcess(["-m", "rls3_ros.nodes.spatial_query", "--ros-args", "-p", f"model:={TEST_MODEL}",
-                        "-p", "image_qos:=reliable", "-p", "follow_adapter_topic:=false"], env, "spatial_query",
-                       log_dir=root)
-    with proc:
-        spinner = BackgroundSpinner("fuzz_query_client")
-        try:
-            from rls3_msgs.srv import SpatialQuery
+    args = ["-m", "rls3_ros.nodes.spatial_query", "--ros-args", "-p", f"model:={TEST_MODEL}",
+            "-p", "image_qos:=reliable", "-p", "follow_adapter_topic:=false"]
+    with node_under_test(root, args, "spatial_query", "fuzz_query_client") as (proc, ros_node):
+        from rls3_msgs.srv import SpatialQuery
 
-            client = spinner.node.create_client(SpatialQuery, SERVICE)
-            proc.wait_for_output("model ready", 90)
-            assert client.wait_for_service(timeout_sec=30)
-            yield proc, spinner.node, client
-        finally:
-            spinner.close()
-            mp.undo()
+        client = ros_node.create_client(SpatialQuery, SERVICE)
+        proc.wait_for_output("model ready", 90)
+        assert client.wait_for_service(timeout_sec=30)
+        yield proc, ros_node, client
 
 
 # -- strategies -------------------------------------------------------------------------------
@@ -207,18 +197,6 @@ def _requests(draw):
 
 
 # -- the test ---------------------------------------------------------------------------------
-def _call(node, client, req, timeout=60.0):
-    import threading
-
-    done = threading.Event()
-    fut = client.call_async(req)
-    fut.add_done_callback(lambda _f: done.set())
-    if not done.wait(timeout):
-        client.remove_pending_request(fut)
-        return None
-    return fut.result()
-
-
 def _good_request():
     from rls3_ros.client import SpatialQueryClient
 
@@ -230,7 +208,7 @@ def _good_request():
 
 def test_query_service_answers_every_generated_request(node):
     proc, ros_node, client = node
-    good = _call(ros_node, client, _good_request())
+    good = call_service(client, _good_request())
     assert good is not None and good.success, getattr(good, "message", "no answer")
     rss0 = rss_mb(proc.proc.pid)
     counts = Counts()
@@ -243,7 +221,7 @@ def test_query_service_answers_every_generated_request(node):
     def run(case):
         req, labels, expect_ok = case
         counts.add("total", *labels)
-        resp = _call(ros_node, client, req)
+        resp = call_service(client, req)
         if resp is None:
             failures.append(("no answer", labels))
             raise AssertionError(f"no answer within 60 s to a request {labels}")
@@ -258,16 +236,11 @@ def test_query_service_answers_every_generated_request(node):
     run()
     wall = time.monotonic() - t0
     assert proc.alive()
-    again = _call(ros_node, client, _good_request())
+    again = call_service(client, _good_request())
     assert again is not None and again.success, getattr(again, "message", "no answer")
     assert list(again.term_probabilities) == pytest.approx(list(good.term_probabilities), abs=1e-6)
     rss1 = rss_mb(proc.proc.pid)
     assert "Traceback" not in proc.output()
-    summary = {"requests": counts.c["total"], "per_kind": counts.as_dict(), "wall_s": round(wall, 1),
-               "rss_mb_start": round(rss0, 1), "rss_mb_end": round(rss1, 1)}
-    print(f"\nspatial_query fuzz: {summary['requests']} requests in {wall:.1f} s, RSS {rss0:.0f} -> {rss1:.0f} MB")
-    for k, v in summary["per_kind"].items():
-        print(f"  {k:32s} {v}")
-    write_results("fuzz_counts.json", "spatial_query/query", summary)
+    report_fuzz("spatial_query/query", counts, wall, rss0, rss1)
     assert rss1 - rss0 < RSS_GROWTH_MB, f"RSS grew {rss1 - rss0:.0f} MB"
     assert counts.c["total"] >= min(N_EXAMPLES, 100)

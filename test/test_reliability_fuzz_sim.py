@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import math
 import os
-import threading
 import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reliability_common import Counts, apply_ros_env, node_env, rss_mb, write_results
-from ros_harness import BackgroundSpinner, NodeProcess
+from reliability_common import Counts, call_service, node_under_test, report_fuzz, rss_mb
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -49,40 +47,21 @@ _text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz_sim")
-    env = node_env(root)
-    mp = pytest.MonkeyPatch()
-    apply_ros_env(env, mp)
-    proc = NodeProcess(["-m", "rls3_ros.nodes.sim_bridge", "--ros-args", "-p", f"image_size:={SIZE}", "-p", "seed:=3"],
-                       env, "sim_bridge", log_dir=root)
-    with proc:
-        spinner = BackgroundSpinner("fuzz_sim_client")
-        try:
-            from rls3_msgs.srv import ApplyAction, ResetScene
+    args = ["-m", "rls3_ros.nodes.sim_bridge", "--ros-args", "-p", f"image_size:={SIZE}", "-p", "seed:=3"]
+    with node_under_test(root, args, "sim_bridge", "fuzz_sim_client") as (proc, ros_node):
+        from rls3_msgs.srv import ApplyAction, ResetScene
 
-            reset = spinner.node.create_client(ResetScene, RESET)
-            apply = spinner.node.create_client(ApplyAction, APPLY)
-            proc.wait_for_output("sim_bridge ready", 90)
-            assert reset.wait_for_service(timeout_sec=30) and apply.wait_for_service(timeout_sec=30)
-            # warm-up: MuJoCo model builds take the process from ~0.3 to ~0.7 GB over the first
-            # tens of scenes (allocator arenas; it plateaus, measured); RSS growth is checked after it
-            rss_cold = rss_mb(proc.proc.pid)
-            for i in range(WARMUP_RESETS):
-                assert _call(reset, ResetScene.Request(seed=(i * 2654435761) % 2 ** 32)) is not None
-            print(f"\nsim_bridge RSS {rss_cold:.0f} MB cold, {rss_mb(proc.proc.pid):.0f} MB after {WARMUP_RESETS} resets")
-            yield proc, reset, apply
-        finally:
-            spinner.close()
-            mp.undo()
-
-
-def _call(client, req, timeout=60.0):
-    done = threading.Event()
-    fut = client.call_async(req)
-    fut.add_done_callback(lambda _f: done.set())
-    if not done.wait(timeout):
-        client.remove_pending_request(fut)
-        return None
-    return fut.result()
+        reset = ros_node.create_client(ResetScene, RESET)
+        apply = ros_node.create_client(ApplyAction, APPLY)
+        proc.wait_for_output("sim_bridge ready", 90)
+        assert reset.wait_for_service(timeout_sec=30) and apply.wait_for_service(timeout_sec=30)
+        # warm-up: MuJoCo model builds take the process from ~0.3 to ~0.7 GB over the first
+        # tens of scenes (allocator arenas; it plateaus, measured); RSS growth is checked after it
+        rss_cold = rss_mb(proc.proc.pid)
+        for i in range(WARMUP_RESETS):
+            assert call_service(reset, ResetScene.Request(seed=(i * 2654435761) % 2 ** 32)) is not None
+        print(f"\nsim_bridge RSS {rss_cold:.0f} MB cold, {rss_mb(proc.proc.pid):.0f} MB after {WARMUP_RESETS} resets")
+        yield proc, reset, apply
 
 
 def _check_scene_answer(resp):
@@ -90,15 +69,6 @@ def _check_scene_answer(resp):
     assert (resp.image.width, resp.image.height, resp.image.encoding) == (SIZE, SIZE, "rgb8")
     assert len(resp.image.data) == SIZE * SIZE * 3
     assert resp.scene.header.stamp == resp.image.header.stamp
-
-
-def _report(name, counts, wall, rss0, rss1):
-    summary = {"requests": counts.c["total"], "per_kind": counts.as_dict(), "wall_s": round(wall, 1),
-               "rss_mb_start": round(rss0, 1), "rss_mb_end": round(rss1, 1)}
-    print(f"\n{name} fuzz: {summary['requests']} requests in {wall:.1f} s, RSS {rss0:.0f} -> {rss1:.0f} MB")
-    for k, v in summary["per_kind"].items():
-        print(f"  {k:34s} {v}")
-    write_results("fuzz_counts.json", name, summary)
 
 
 # -- reset_scene --------------------------------------------------------------------------------
@@ -118,7 +88,7 @@ def test_reset_scene_answers_every_generated_request(bridge):
     from rls3_msgs.srv import ResetScene
 
     proc, reset, _ = bridge
-    first = _call(reset, ResetScene.Request(seed=11, scene_type="kitchen"))
+    first = call_service(reset, ResetScene.Request(seed=11, scene_type="kitchen"))
     assert first is not None and first.success, getattr(first, "message", "no answer")
     rss0 = rss_mb(proc.proc.pid)
     counts = Counts()
@@ -130,7 +100,7 @@ def test_reset_scene_answers_every_generated_request(bridge):
     def run(seed, scene_type):
         (sk, s), (tk, t) = seed, scene_type
         counts.add("total", f"seed:{sk}", f"scene_type:{tk}")
-        resp = _call(reset, ResetScene.Request(seed=s, scene_type=t))
+        resp = call_service(reset, ResetScene.Request(seed=s, scene_type=t))
         assert resp is not None, f"no answer to reset(seed={s}, scene_type={t[:40]!r})"
         counts.add("answer:success" if resp.success else "answer:refused")
         expect_ok = t in SCENE_TYPES or t == ""
@@ -144,11 +114,11 @@ def test_reset_scene_answers_every_generated_request(bridge):
 
     run()
     wall = time.monotonic() - t0
-    again = _call(reset, ResetScene.Request(seed=11, scene_type="kitchen"))
+    again = call_service(reset, ResetScene.Request(seed=11, scene_type="kitchen"))
     assert again is not None and again.success
     assert bytes(again.image.data) == bytes(first.image.data), "same seed, different image after the fuzz"
     rss1 = rss_mb(proc.proc.pid)
-    _report("sim_bridge/reset_scene", counts, wall, rss0, rss1)
+    report_fuzz("sim_bridge/reset_scene", counts, wall, rss0, rss1)
     assert proc.alive() and "Traceback" not in proc.output()
     assert rss1 - rss0 < RSS_GROWTH_MB
 
@@ -203,7 +173,7 @@ def test_apply_action_answers_every_generated_request(bridge):
     from rls3_msgs.srv import ApplyAction, ResetScene
 
     proc, reset, apply = bridge
-    r = _call(reset, ResetScene.Request(seed=5, scene_type="living_room"))
+    r = call_service(reset, ResetScene.Request(seed=5, scene_type="living_room"))
     assert r is not None and r.success
     state = {"scene": r.scene}
     rss0 = rss_mb(proc.proc.pid)
@@ -249,7 +219,7 @@ def test_apply_action_answers_every_generated_request(bridge):
     def run(case):
         req, labels, must_fail = case
         counts.add("total", *labels)
-        resp = _call(apply, req)
+        resp = call_service(apply, req)
         assert resp is not None, f"no answer to apply {labels}"
         kind = "answer:refused" if not resp.success else ("answer:valid" if resp.valid else f"answer:invalid")
         counts.add(kind)
@@ -269,16 +239,16 @@ def test_apply_action_answers_every_generated_request(bridge):
     run()
     wall = time.monotonic() - t0
     # still a working simulator: the same scene again, and a swap that answers
-    again = _call(reset, ResetScene.Request(seed=5, scene_type="living_room"))
+    again = call_service(reset, ResetScene.Request(seed=5, scene_type="living_room"))
     assert again is not None and again.success
     assert [o.id for o in again.scene.objects] == [o.id for o in r.scene.objects]
     assert [v for o in again.scene.objects for v in (o.pose.position.x, o.pose.position.y)] == pytest.approx(
         [v for o in r.scene.objects for v in (o.pose.position.x, o.pose.position.y)], abs=1e-6)
     act = next(o.id for o in again.scene.objects if o.active)
-    swap = _call(apply, ApplyAction.Request(action_type="swap", object_id=act))
+    swap = call_service(apply, ApplyAction.Request(action_type="swap", object_id=act))
     assert swap is not None and swap.success, getattr(swap, "message", "no answer")
     rss1 = rss_mb(proc.proc.pid)
-    _report("sim_bridge/apply_action", counts, wall, rss0, rss1)
+    report_fuzz("sim_bridge/apply_action", counts, wall, rss0, rss1)
     assert counts.c["answer:valid"] > 0, "no valid move in the whole fuzz run"
     assert proc.alive() and "Traceback" not in proc.output()
     assert rss1 - rss0 < RSS_GROWTH_MB
