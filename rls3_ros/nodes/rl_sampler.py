@@ -31,7 +31,8 @@ Parameters (defaults):
   ``max_iterations`` (0), ``patience`` (0): the scheduler (``rls3_ros.rl.scheduler``).
 - ``reward_valid`` (0.1), ``reward_invalid`` (-0.1), ``j2_metric`` ("loss"), ``j2_weight`` (1.0),
   ``j2_clip`` (3.0), ``max_relations`` (3), ``j2_per_step`` (false): the env's rewards.
-- ``test_scenes`` (60), ``val_scenes`` (24), ``replay_scenes`` (40), ``moves_per_scene`` (4),
+- ``test_scenes`` (60), ``val_scenes`` (24), ``replay_scenes`` (40), ``replay_rare_keep`` (0.0: the
+  replay pool keeps the base's left/right-rich imbalance), ``moves_per_scene`` (4),
   ``test_per_term`` (40), ``val_per_term`` (15): fixed sets, generated through the graph
   from fixed seeds and cached (``RLS3_CACHE`` or ~/.cache/rls3_ros) under ``dataset_key``.
 - ``dataset_key`` ("ros-mujoco-160"): names the cached sets (change it with the bridges'
@@ -108,6 +109,8 @@ PARAMS: Dict[str, Any] = {
     "test_scenes": (60, "scenes of the fixed test set"),
     "val_scenes": (24, "scenes of the validation set (used when patience > 0)"),
     "replay_scenes": (40, "scenes of the base replay pool"),
+    "replay_rare_keep": (0.0, "replay pool: keep probability of relations with a term other than left/right "
+                              "(the base's pre-training imbalance; 1.0 = natural distribution)"),
     "moves_per_scene": (4, "random moves per scene for the fixed sets"),
     "test_per_term": (40, "relations per term kept in the test set"),
     "val_per_term": (15, "relations per term kept in the validation set"),
@@ -383,7 +386,7 @@ class RlSampler(Node):
             "env": {k: p[k] for k in ("reward_valid", "reward_invalid", "j2_metric", "j2_weight", "j2_clip",
                                       "max_relations", "j2_per_step")} | {"reward_no_relation": 0.0},
             "agent": {"learning_starts": int(p["learning_starts"]), "k": int(p["miner_k"])},
-            "eval": {k: p[k] for k in ("test_scenes", "val_scenes", "replay_scenes", "moves_per_scene",
+            "eval": {k: p[k] for k in ("test_scenes", "val_scenes", "replay_scenes", "replay_rare_keep", "moves_per_scene",
                                        "test_per_term", "val_per_term")},
         }
 
@@ -432,7 +435,7 @@ class RlSampler(Node):
                 self.context.try_shutdown()
 
     def _run_loop(self) -> Dict[str, Any]:
-        from rls3_ros.rl.datasets import cached_split, term_counts
+        from rls3_ros.rl.datasets import cached_split, replay_pool, term_counts
         from rls3_ros.rl.env import RLS3Env
         from rls3_ros.rl.loop import LoopRunner
         from rls3_ros.rl.run_dir import RunDir, new_run_dir, write_yaml
@@ -452,8 +455,8 @@ class RlSampler(Node):
                   "val": cached_split(src0, self.captioner, "val", int(ev["val_scenes"]), key,
                                       int(ev["moves_per_scene"]), int(ev["val_per_term"]), log=log)
                   if int(p["patience"]) else []}
-        replay = cached_split(src0, self.captioner, "replay", int(ev["replay_scenes"]), key,
-                              int(ev["moves_per_scene"]), 0, log=log) if float(p["replay_fraction"]) > 0 else []
+        replay = replay_pool(src0, self.captioner, int(ev["replay_scenes"]), key, int(ev["moves_per_scene"]),
+                             float(ev["replay_rare_keep"]), log=log) if float(p["replay_fraction"]) > 0 else []
         log(f"test set: {sum(len(s.relations) for s in splits['test'])} relations {term_counts(splits['test'])}")
         for s in self.sources:
             s.renders = 0

@@ -6,8 +6,11 @@
   relations kept greedily so that every term gets about the same number of relations
   (``balance_relations``). Cached on disk (pickle) under a key naming the source, image size,
   seeds and sizes, so every run and every sampler evaluates on exactly the same set.
-- ``replay``: base-like data (random moves, natural term distribution, not balanced) mixed into
-  every fine-tune by the scheduler (``replay_fraction``) so the strong relations are not forgotten.
+- ``replay``: base-like data mixed into every fine-tune by the scheduler (``replay_fraction``) so
+  the strong relations are not forgotten: random moves, then the pre-training corpus's term
+  imbalance (``replay_pool``, ``rare_keep``: left/right relations kept, the others with that
+  probability; 1.0 = the natural distribution). A replay pool rich in the rare terms would teach
+  them to every sampler alike and hide what the samplers' own data does.
 
 The same generator runs on any :class:`~rls3_ros.rl.env.SimSource`, in-process or over ROS.
 """
@@ -143,3 +146,21 @@ def cached_split(
         samples = balance_relations(samples, per_term)
     _atomic_pickle({"key": key, "samples": samples}, path)
     return samples
+
+
+def replay_pool(
+    source: SimSource,
+    captioner: Callable,
+    n_scenes: int,
+    source_key: str,
+    moves_per_scene: int = 4,
+    rare_keep: float = 0.0,
+    scene_types: Optional[Sequence[str]] = None,
+    log: Callable[[str], None] = lambda m: None,
+) -> List[Sample]:
+    """The base-like replay pool: the cached ``replay`` split with the pre-training imbalance."""
+    from rls3_ros.captions.imbalance import imbalance
+
+    samples = cached_split(source, captioner, "replay", n_scenes, source_key, moves_per_scene, 0, scene_types,
+                           log=log)
+    return samples if rare_keep >= 1.0 else imbalance(samples, rare_keep, seed=SPLIT_SEEDS["replay"] % (1 << 31))

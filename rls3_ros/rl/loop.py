@@ -22,7 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from rls3_ros.rl.agents import make_agent
-from rls3_ros.rl.datasets import cached_split, term_counts
+from rls3_ros.rl.datasets import cached_split, replay_pool, term_counts
 from rls3_ros.rl.env import BackendSource, RLS3Env, SimSource
 from rls3_ros.rl.report import plot_accuracy, write_report
 from rls3_ros.rl.run_dir import MetricsCallback, RunDir, load_pickle, save_pickle, write_yaml
@@ -53,7 +53,8 @@ DEFAULT_CONFIG: Dict[str, Any] = {
         "j2_per_step": False,
     },
     "agent": {"learning_starts": 16, "k": 4},
-    "eval": {"test_scenes": 60, "val_scenes": 24, "replay_scenes": 40, "moves_per_scene": 4,
+    "eval": {"test_scenes": 60, "val_scenes": 24, "replay_scenes": 40, "replay_rare_keep": 0.0,
+             "moves_per_scene": 4,
              "test_per_term": 40, "val_per_term": 15},
 }
 DEFAULT_CONFIG["loop"].update({"budget_valid_samples": 1200, "max_iterations": 0, "patience": 0})
@@ -399,8 +400,9 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
                             int(ev["moves_per_scene"]), int(ev["val_per_term"]), scene_types, log=log)
         if int(cfg["loop"].get("patience", 0)) else [],
     }
-    replay = cached_split(sources[0], det_captioner, "replay", int(ev["replay_scenes"]), key,
-                          int(ev["moves_per_scene"]), 0, scene_types, log=log) if float(cfg["loop"].get("replay_fraction", 0)) > 0 else []
+    replay = replay_pool(sources[0], det_captioner, int(ev["replay_scenes"]), key, int(ev["moves_per_scene"]),
+                         float(ev.get("replay_rare_keep", 0.0)), scene_types,
+                         log=log) if float(cfg["loop"].get("replay_fraction", 0)) > 0 else []
     log(f"test set: {sum(len(s.relations) for s in splits['test'])} relations {term_counts(splits['test'])}")
     for s in sources:
         s.renders = 0

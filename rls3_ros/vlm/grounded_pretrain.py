@@ -26,71 +26,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from rls3_ros.captions.imbalance import imbalance, term_counts
 from rls3_ros.scene import Sample
-
-COMMON_TERMS = ("left", "right")
 
 
 def _render(n: int, seed: int, image_size: int, backend: str, moves: int, desc: str) -> List[Sample]:
-    try:
-        from rls3_ros.vlm.pretrain import render_corpus
-    except ImportError:  # pragma: no cover - the embedded pretrainer moved: local copy of its loop
-        render_corpus = None
-    if render_corpus is not None:
-        return render_corpus(n, seed, image_size, backend, moves_per_scene=moves, desc=desc)
-    from rls3_ros.captions.oracle import CaptionOracle
-    from rls3_ros.sim.backend import PLACE, MoveAction
-    from rls3_ros.sim.factory import make_backend
+    from rls3_ros.vlm.pretrain import render_corpus
 
-    rng = np.random.default_rng(seed)
-    oracle = CaptionOracle()
-    sim = make_backend(backend, image_size=image_size, seed=seed)
-    out: List[Sample] = []
-
-    def add(scene, rgb, sid):
-        try:
-            rels = oracle.caption_scene(scene, rng=int(rng.integers(1 << 30)))
-        except ValueError:
-            return
-        if rels:
-            out.append(Sample(sample_id=sid, image=np.ascontiguousarray(rgb), scene=scene, relations=rels))
-
-    try:
-        scene_seed = seed * 100003
-        while len(out) < n:
-            scene_seed += 1
-            try:
-                scene = sim.reset(seed=scene_seed)
-            except (RuntimeError, ValueError):
-                continue
-            add(scene, sim.render().rgb, f"{backend}-{scene_seed}-0")
-            for k in range(moves):
-                if len(out) >= n:
-                    break
-                act = scene.active_objects() or scene.objects
-                res = sim.apply(MoveAction(PLACE, act[int(rng.integers(len(act)))].id, yaw=float(rng.uniform(-3.14, 3.14))))
-                if res.valid:
-                    scene = res.scene
-                    add(scene, res.render.rgb, f"{backend}-{scene_seed}-{k + 1}")
-    finally:
-        sim.close()
-    return out[:n]
-
-
-def imbalance(samples: Sequence[Sample], rare_keep: float, seed: int) -> List[Sample]:
-    """Keep left/right-only relations, others with probability ``rare_keep``; drop emptied samples."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for s in samples:
-        rels = [r for r in s.relations if all(t in COMMON_TERMS for t in r.terms) or rng.random() < rare_keep]
-        if rels:
-            out.append(Sample(sample_id=s.sample_id, image=s.image, scene=s.scene, relations=rels))
-    return out
-
-
-def term_counts(samples: Sequence[Sample]) -> Dict[str, int]:
-    c = collections.Counter(t for s in samples for r in s.relations for t in r.terms)
-    return dict(sorted(c.items(), key=lambda kv: -kv[1]))
+    return render_corpus(n, seed, image_size, backend, moves_per_scene=moves, desc=desc)
 
 
 def report(vlm, samples: Sequence[Sample]) -> Dict[str, object]:

@@ -35,7 +35,7 @@ import numpy as np
 
 from rls3_ros.scene import Sample
 
-COMMON_TERMS = ("left", "right")
+from rls3_ros.captions.imbalance import COMMON_TERMS, imbalance, term_counts  # noqa: F401 (re-exported)
 
 
 def _caption_sample(oracle, scene, rgb, sid: str, rng: np.random.Generator) -> Optional[Sample]:
@@ -98,22 +98,6 @@ def render_corpus(n_images: int, seed: int, image_size: int, backend: str = "muj
         sim.close()
         bar.close()
     return out
-
-
-def imbalance(samples: Sequence[Sample], rare_keep: float, seed: int) -> List[Sample]:
-    """Keep left/right-only relations, others with probability ``rare_keep``; drop emptied samples."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for s in samples:
-        rels = [r for r in s.relations if all(t in COMMON_TERMS for t in r.terms) or rng.random() < rare_keep]
-        if rels:
-            out.append(Sample(sample_id=s.sample_id, image=s.image, scene=s.scene, relations=rels))
-    return out
-
-
-def term_counts(samples: Sequence[Sample]) -> Dict[str, int]:
-    c = collections.Counter(t for s in samples for r in s.relations for t in r.terms)
-    return dict(sorted(c.items(), key=lambda kv: -kv[1]))
 
 
 def chance_per_term(samples: Sequence[Sample]) -> Tuple[float, Dict[str, float]]:
