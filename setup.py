@@ -1,4 +1,5 @@
 """rls3_ros: RL-based synthetic sample selection for spatial VLMs, as a ROS 2 package."""
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -14,6 +15,9 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        # the default grounded base model, found by rls3_ros.vlm.grounded.default_dirs()
+        # after a non-editable install (pip install . / colcon build)
+        (f"share/{PACKAGE}/models/grounded", sorted(f for f in glob("models/grounded/*") if os.path.isfile(f))),
     ],
     package_data={PACKAGE: ["assets/*", "assets/**/*"]},
     include_package_data=True,

@@ -66,15 +66,34 @@ class Counts:
 
 
 def write_results(name: str, key: str, data) -> Path:
-    """Merge ``{key: data}`` into ``results/<name>`` (JSON, atomic replace)."""
-    RESULTS.mkdir(exist_ok=True)
-    path = RESULTS / name
+    """Merge ``{key: data}`` into ``<dir>/<name>`` (JSON, atomic replace) and return its path.
+
+    ``<dir>`` is the checkout's ``results/`` only with ``RLS3_WRITE_RESULTS=1`` (so a plain
+    ``make test`` leaves the checkout clean); else ``$RLS3_RESULTS_DIR`` if set; else
+    ``rls3-results/`` in pytest's temp root (``$PYTEST_DEBUG_TEMPROOT`` or the system temp dir,
+    ``pytest-of-<user>``), which pytest's numbered-dir cleanup leaves alone.
+    """
+    if os.environ.get("RLS3_WRITE_RESULTS") == "1":
+        out = RESULTS
+    elif os.environ.get("RLS3_RESULTS_DIR"):
+        out = Path(os.environ["RLS3_RESULTS_DIR"]).expanduser()
+    else:
+        import getpass
+
+        try:
+            user = getpass.getuser()
+        except (ImportError, KeyError, OSError):
+            user = "unknown"
+        temproot = Path(os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir())
+        out = temproot / f"pytest-of-{user}" / "rls3-results"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
     try:
         doc = json.loads(path.read_text())
     except (OSError, ValueError):
         doc = {}
     doc[key] = data
-    fd, tmp = tempfile.mkstemp(dir=RESULTS, prefix=f".{name}.")
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=f".{name}.")
     with os.fdopen(fd, "w") as f:
         json.dump(doc, f, indent=1, sort_keys=True)
         f.write("\n")

