@@ -19,8 +19,9 @@ swap callback group), then the model reference is replaced under a lock. Queries
 finish on the old instance, later ones use the new one: no query fails during a swap.
 
 Topics
-- subscribes ``<image_topic>`` (sensor_msgs/Image, QoS ``image_qos``; incompatible QoS is
-  logged), ``scene_state`` (rls3_msgs/SceneState: object names for validation, candidates
+- subscribes ``<image_topic>`` (sensor_msgs/Image, or sensor_msgs/CompressedImage with
+  ``image_transport`` "compressed"; QoS ``image_qos``; incompatible QoS is logged),
+  ``scene_state`` (rls3_msgs/SceneState: object names for validation, candidates
   and annotation boxes), ``adapter`` (rls3_msgs/AdapterInfo, transient local; when
   ``follow_adapter_topic``).
 - publishes ``~/annotated`` (sensor_msgs/Image, when ``publish_annotated``): the image with
@@ -32,6 +33,12 @@ Parameters (defaults)
 - ``adapter`` (""): adapter directory to load at activation ("" = base model).
 - ``autostart`` (true): configure + activate at start.
 - ``image_topic`` ("image_raw"), ``image_qos`` ("sensor_data" | "reliable" | "system_default").
+- ``image_transport`` ("raw"): "raw" subscribes ``image_topic`` as sensor_msgs/Image,
+  "compressed" as sensor_msgs/CompressedImage (jpeg/png, e.g. a camera's or a replayed bag's
+  ``.../image_raw/compressed``: give that topic as ``image_topic``). Compressed frames are
+  buffered as received and decoded (``cv2.imdecode``, the bag reader's decoder) only when a
+  query uses one; headers are untouched. A frame that does not decode answers
+  ``success=false`` ("bad compressed image: ...") and the node stays up.
 - ``frame_buffer`` (30): camera frames kept, looked up by stamp.
 - ``frame_tolerance`` (0.1): max |stamp difference| [s] when a request names a stamp.
 - ``scene_topic`` ("scene_state").
@@ -70,12 +77,12 @@ from rclpy.qos import (
 )
 from rls3_msgs.msg import AdapterInfo, SceneState as SceneStateMsg
 from rls3_msgs.srv import SetAdapter, SpatialQuery
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
 from rls3_ros.nodes.annotate import draw_annotation, find_object, scene_object_names
 from rls3_ros.nodes.conversions import msg_to_scene, stamp_to_ns
-from rls3_ros.nodes.image_conversion import ImageConversionError, image_msg_to_rgb, numpy_to_image_msg
+from rls3_ros.nodes.image_conversion import MAX_PIXELS, ImageConversionError, image_msg_to_rgb, numpy_to_image_msg
 from rls3_ros.nodes.node_main import run_node
 from rls3_ros.scene import SceneState
 from rls3_ros.spatial_answers import QueryRequest, answer_query, check_adapter_dir, load_model
@@ -87,6 +94,7 @@ IMAGE_QOS = {
     "reliable": QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST),
     "system_default": qos_profile_system_default,
 }
+IMAGE_TRANSPORTS = {"raw": Image, "compressed": CompressedImage}
 ADAPTER_QOS = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
     history=HistoryPolicy.KEEP_LAST,
@@ -104,6 +112,24 @@ class LoadedModel:
 
 def _is_empty_image(msg: Image) -> bool:
     return msg.width == 0 and msg.height == 0 and len(msg.data) == 0
+
+
+def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
+    """(H, W, 3) uint8 RGB of a sensor_msgs/CompressedImage (jpeg/png; the bag reader's
+    ``cv2.imdecode`` decoder). Raises ImageConversionError with the reason."""
+    from rls3_ros.bags.convert import compressed_to_rgb
+
+    if len(msg.data) == 0:
+        raise ImageConversionError(f"empty compressed image (format {msg.format!r})")
+    try:
+        rgb = compressed_to_rgb(msg)
+    except Exception as e:  # noqa: BLE001 - BagConversionError, cv2.error: the reason goes to the caller
+        raise ImageConversionError(" ".join(str(e).split())) from None
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] * rgb.shape[1] == 0:
+        raise ImageConversionError(f"decoded image has shape {rgb.shape} (format {msg.format!r})")
+    if rgb.shape[0] * rgb.shape[1] > MAX_PIXELS:
+        raise ImageConversionError(f"image too large ({rgb.shape[1]}x{rgb.shape[0]} > {MAX_PIXELS} pixels)")
+    return rgb
 
 
 def _set_torch_threads(node, n: int) -> None:
@@ -125,6 +151,7 @@ class SpatialQueryNode(LifecycleNode):
         d("autostart", True, "configure and activate at start (no lifecycle manager needed)")
         d("image_topic", "image_raw", "camera topic used when a request has no image")
         d("image_qos", "sensor_data", "QoS of the camera subscription: sensor_data | reliable | system_default")
+        d("image_transport", "raw", "camera message type: raw (sensor_msgs/Image) | compressed (sensor_msgs/CompressedImage)")
         d("frame_buffer", 30, "camera frames kept for lookup by stamp")
         d("frame_tolerance", 0.1, "max |stamp difference| [s] between a requested stamp and a buffered frame")
         d("scene_topic", "scene_state", "scene states (object names, boxes)")
@@ -143,7 +170,7 @@ class SpatialQueryNode(LifecycleNode):
         self._load_status = "not loaded (node not active)"
         self._load_stop = threading.Event()
         self._load_thread: Optional[threading.Thread] = None
-        self._frames: Deque[Image] = collections.deque(maxlen=30)
+        self._frames: Deque = collections.deque(maxlen=30)  # Image or CompressedImage (image_transport)
         self._scenes: Deque[SceneStateMsg] = collections.deque(maxlen=30)
         self._buf_lock = threading.Lock()
         self._subs = []
@@ -176,6 +203,8 @@ class SpatialQueryNode(LifecycleNode):
             errors.append("model must not be empty (e.g. 'embedded')")
         if self._p("image_qos") not in IMAGE_QOS:
             errors.append(f"image_qos {self._p('image_qos')!r} unknown; use one of {', '.join(IMAGE_QOS)}")
+        if self._p("image_transport") not in IMAGE_TRANSPORTS:
+            errors.append(f"image_transport {self._p('image_transport')!r} unknown; use one of {', '.join(IMAGE_TRANSPORTS)}")
         if int(self._p("frame_buffer")) < 1:
             errors.append("frame_buffer must be >= 1")
         if float(self._p("frame_tolerance")) < 0:
@@ -195,7 +224,7 @@ class SpatialQueryNode(LifecycleNode):
         events = SubscriptionEventCallbacks(incompatible_qos=lambda ev: self._incompatible_qos(image_topic, ev))
         self._subs = [
             self.create_subscription(
-                Image, image_topic, self._on_image, IMAGE_QOS[self._p("image_qos")],
+                IMAGE_TRANSPORTS[self._p("image_transport")], image_topic, self._on_image, IMAGE_QOS[self._p("image_qos")],
                 callback_group=self._topic_group, event_callbacks=events,
             ),
             self.create_subscription(SceneStateMsg, self._p("scene_topic"), self._on_scene, 10, callback_group=self._topic_group),
@@ -209,7 +238,7 @@ class SpatialQueryNode(LifecycleNode):
             self._annotated_pub = self.create_lifecycle_publisher(Image, "~/annotated", 5)
         self.get_logger().info(
             f"configured: model={self._p('model')!r} adapter={self._p('adapter')!r} image_topic={image_topic!r} "
-            f"({self._p('image_qos')}) follow_adapter_topic={self._p('follow_adapter_topic')}"
+            f"({self._p('image_transport')}, {self._p('image_qos')}) follow_adapter_topic={self._p('follow_adapter_topic')}"
         )
         return super().on_configure(state)
 
@@ -373,7 +402,7 @@ class SpatialQueryNode(LifecycleNode):
             "Set image_qos to match the camera (e.g. 'reliable' or 'sensor_data')."
         )
 
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg) -> None:  # Image or CompressedImage
         with self._buf_lock:
             self._frames.append(msg)
 
@@ -404,7 +433,7 @@ class SpatialQueryNode(LifecycleNode):
             self.get_logger().warning(f"set_adapter {req.path!r} failed: {resp.message}")
         return resp
 
-    def _frame_for(self, stamp_ns: int) -> Tuple[Optional[Image], str]:
+    def _frame_for(self, stamp_ns: int) -> Tuple[Optional[object], str]:
         topic = self.resolve_topic_name(str(self._p("image_topic")))
         with self._buf_lock:
             frames = list(self._frames)
@@ -473,9 +502,13 @@ class SpatialQueryNode(LifecycleNode):
             frame, from_topic = req.image, False
         resp.header = frame.header if (frame.header.frame_id or stamp_to_ns(frame.header.stamp)) else req.header
         try:
-            image = image_msg_to_rgb(frame)
+            if isinstance(frame, CompressedImage):
+                image = compressed_msg_to_rgb(frame)
+            else:
+                image = image_msg_to_rgb(frame)
         except ImageConversionError as e:
-            resp.success, resp.message = False, f"bad image: {e}"
+            kind = "compressed image" if isinstance(frame, CompressedImage) else "image"
+            resp.success, resp.message = False, f"bad {kind}: {e}"
             return
         if not image.flags.writeable:  # a view of the message buffer; torch wants writable arrays
             image = image.copy()

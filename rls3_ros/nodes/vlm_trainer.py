@@ -38,6 +38,14 @@ Parameters (defaults)
 - ``torch_threads`` (0): torch intra-op threads (0 = torch default).
 - ``samples_topic`` ("samples"), ``metrics_topic`` ("training_metrics"),
   ``adapter_topic`` ("adapter").
+- ``bag`` (""): a rosbag2 bag (directory or .mcap/.db3 file) of rls3_msgs/Sample ("" = none).
+  At start-up its valid, captioned samples are read (in bag-time order, with
+  :mod:`rls3_ros.bags.sample_reader`, the reader of ``rls3 finetune --bag``) into the sample
+  buffer (bounded by ``buffer_size``: the newest are kept, drops logged); a fine-tune goal with
+  ``use_buffer`` trains on them as on live samples, which keep arriving on ``samples_topic``.
+  A missing, truncated or corrupted bag, a bag without a Sample topic or without any valid
+  captioned sample stops the node at start (one line, exit code 2).
+- ``bag_topic`` (""): the Sample topic of ``bag`` to read ("" = every rls3_msgs/Sample topic).
 """
 
 from __future__ import annotations
@@ -105,8 +113,13 @@ class VlmTrainer(Node):
         d("metrics_topic", "training_metrics", "TrainingMetrics output")
         d("adapter_topic", "adapter", "AdapterInfo announcements (transient local)")
         d("torch_threads", 0, "torch intra-op threads (0 = torch default); 1 avoids stalls on a busy shared CPU")
+        d("bag", "", "rosbag2 bag of rls3_msgs/Sample whose captioned samples fill the buffer at start ('' = none)")
+        d("bag_topic", "", "Sample topic of the bag ('' = every rls3_msgs/Sample topic)")
         _set_torch_threads(self, int(self._p("torch_threads")))
         self._validate_parameters()
+        # the bag is read before the model is loaded: a bad bag fails the start at once
+        self._buffer: Deque[Sample] = collections.deque(maxlen=int(self._p("buffer_size")))
+        self._from_bag = self._load_bag()
 
         self.adapter_dir = os.path.abspath(str(self._p("adapter_dir")))
         lora = {}
@@ -126,7 +139,6 @@ class VlmTrainer(Node):
 
         self._serve_lock = threading.Lock()  # guards self._model (scoring and the swap)
         self._buf_lock = threading.Lock()
-        self._buffer: Deque[Sample] = collections.deque(maxlen=int(self._p("buffer_size")))
         self._received = 0
         self._valid = 0
         self._dropped = 0
@@ -149,7 +161,7 @@ class VlmTrainer(Node):
         )
         self.get_logger().info(
             f"vlm_trainer ready: buffer_size={self._p('buffer_size')} adapter_dir={self.adapter_dir!r} "
-            f"default_steps={self._p('default_steps')}"
+            f"default_steps={self._p('default_steps')} buffered={self.buffered()}"
         )
 
     def _declare(self, name, default, description):
@@ -172,8 +184,47 @@ class VlmTrainer(Node):
                 errors.append(f"{name} must be >= {lo} (got {self._p(name)})")
         if self._p("train_instance") not in ("reload", "copy", "in_place"):
             errors.append(f"train_instance must be reload | copy | in_place (got {self._p('train_instance')!r})")
+        if str(self._p("bag_topic")).strip() and not str(self._p("bag")).strip():
+            errors.append("bag_topic is set but bag is empty (give bag:=<path>)")
         if errors:
             raise NodeStartupError("; ".join(errors))
+
+    def _load_bag(self) -> int:
+        """Fill the buffer with the valid, captioned samples of parameter ``bag``; returns how
+        many were read into it. Raises NodeStartupError (one line) when the bag is unusable."""
+        bag = str(self._p("bag")).strip()
+        if not bag:
+            return 0
+        topic = str(self._p("bag_topic")).strip()
+        from rls3_ros.bags.bagio import BagError
+        from rls3_ros.bags.sample_reader import iter_samples
+
+        t0 = time.monotonic()
+        path = os.path.abspath(bag)
+        read = uncaptioned = 0
+        try:
+            # the buffer is a bounded deque: a bag larger than buffer_size keeps its newest samples
+            for s in iter_samples(path, topic=topic or None, only_valid=True):
+                if not s.relations:
+                    uncaptioned += 1
+                    continue
+                read += 1
+                self._buffer.append(s)
+        except Exception as e:  # noqa: BLE001 - any failure is a one-line startup error
+            self._buffer.clear()
+            why = str(e) if isinstance(e, BagError) else f"{type(e).__name__}: {e}"
+            raise NodeStartupError(f"cannot read samples from bag {bag!r}: {' '.join(why.split())}") from None
+        where = f"topic {topic!r}" if topic else "every rls3_msgs/Sample topic"
+        if read == 0:
+            raise NodeStartupError(f"bag {bag!r} ({where}) holds no valid captioned samples"
+                                   f"{f' ({uncaptioned} valid without relations)' if uncaptioned else ''}")
+        dropped = read - len(self._buffer)
+        self.get_logger().info(
+            f"loaded {len(self._buffer)} captioned samples from bag {path!r} ({where}) in {time.monotonic() - t0:.2f} s"
+            f"{f'; {uncaptioned} without relations skipped' if uncaptioned else ''}"
+            f"{f'; {dropped} oldest dropped (buffer_size {self._buffer.maxlen})' if dropped else ''}"
+        )
+        return len(self._buffer)
 
     def close(self) -> None:
         """Called by ``run_node`` on exit: stop a running fine-tune."""
