@@ -12,6 +12,10 @@ Arguments:
   namespace ("")     namespace of the whole graph
   agent ("")         override rl_sampler's agent (sac | ppo | random | miner); "" = from the file
   run_dir ("")       run directory of rl_sampler ("" = runs/<timestamp>); adapters go to <run_dir>/adapters
+  resume ("")        a run directory to continue from its last checkpoint (as ``rls3 launch training
+                     --resume``): rl_sampler gets run_dir + resume:=true + the run's settings from its
+                     config.yaml, vlm_trainer the checkpoint's adapter, the bridges the run's count;
+                     a directory without a checkpoint stops the launch with the reason
   image_topic (image_raw)  remap of the bridges' camera topic
 """
 
@@ -32,6 +36,16 @@ def _nodes(context, *args, **kwargs):
     agent = LaunchConfiguration("agent").perform(context)
     run_dir = LaunchConfiguration("run_dir").perform(context)
     image_topic = LaunchConfiguration("image_topic").perform(context)
+    resume = LaunchConfiguration("resume").perform(context)
+    resumed = None
+    if resume:
+        from rls3_ros.graph_launcher import resume_info
+
+        try:
+            resumed = resume_info(resume)
+        except ValueError as e:
+            raise RuntimeError(f"cannot resume: {e}") from None
+        run_dir, bridges = resumed.run_dir, resumed.n_envs
     if bridges < 1:
         raise RuntimeError("bridges must be >= 1")
     namespaces = [f"sim{i}" for i in range(bridges)] if bridges > 1 else [""]
@@ -47,6 +61,10 @@ def _nodes(context, *args, **kwargs):
     if run_dir:
         trainer_params.append({"adapter_dir": os.path.join(run_dir, "adapters")})
         sampler_params.append({"run_dir": run_dir})
+    if resumed is not None:  # the run's own settings, from its config.yaml
+        sampler_params.append({**resumed.sampler_values, "resume": True})
+        if resumed.adapter:
+            trainer_params.append({"adapter": resumed.adapter})
     if agent:
         sampler_params.append({"agent": agent})
     actions.append(Node(package="rls3_ros", executable="caption_oracle", name="caption_oracle",
@@ -70,6 +88,8 @@ def generate_launch_description():
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the whole graph"),
         DeclareLaunchArgument("agent", default_value="", description="sac | ppo | random | miner ('' = file)"),
         DeclareLaunchArgument("run_dir", default_value="", description="rl_sampler run directory"),
+        DeclareLaunchArgument("resume", default_value="",
+                              description="run directory to continue from its last checkpoint ('' = a new run)"),
         DeclareLaunchArgument("image_topic", default_value="image_raw", description="camera topic remap"),
         GroupAction([
             PushRosNamespace(LaunchConfiguration("namespace")),

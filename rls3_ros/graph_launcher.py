@@ -12,6 +12,13 @@ config/<graph>.yaml [-r __ns:=/<ns>] [-p ...]``.
   finishes its budget and exits with 0; then the other nodes are stopped and 0 is returned.
 - ``--respawn-bridges`` (training): a sim_bridge that dies is started again instead, and the
   rl_sampler gets ``bridge_lost:=wait`` (it reports the loss, waits for the bridge, goes on).
+- ``--resume runs/<ts>`` (training): continue that run from its last checkpoint (written by
+  rl_sampler after every fine-tune; a run stopped or killed at any point keeps the last complete
+  one). rl_sampler gets ``run_dir`` + ``resume:=true`` and the run's own settings back from its
+  ``config.yaml`` (agent, seed, schedule, rewards, eval sets: ``--set`` still overrides them, e.g.
+  a larger budget); vlm_trainer starts on the checkpoint's adapter (``adapter``); the number of
+  sim_bridges is the run's. Pass the same parameter files as the first launch (model, image
+  size, dataset key). A directory without a checkpoint is refused (one line, exit code 2).
 
 Graphs:
 - ``training``: ``--bridges N`` sim_bridges (namespaces sim0..simN-1 when N > 1, none when 1),
@@ -21,6 +28,7 @@ Graphs:
 Examples::
 
     rls3 launch training --bridges 2 --set rl_sampler.budget_valid_samples=200
+    rls3 launch training --resume runs/20250101-120000
     rls3 launch query --with-sim
 """
 
@@ -89,6 +97,96 @@ def graph_nodes(graph: str, bridges: int = 1, with_sim: bool = False, run_dir: s
             nodes.insert(0, NodeSpec("sim_bridge", "rls3_ros.nodes.sim_bridge"))
         return nodes
     raise ValueError(f"unknown graph {graph!r} (known: {', '.join(GRAPHS)})")
+
+
+# rl_sampler parameters restored from a run's config.yaml on resume: (section, key) -> parameter
+_RESUMED_PARAMS = {("run", "agent"): "agent", ("run", "seed"): "seed",
+                   ("agent", "learning_starts"): "learning_starts", ("agent", "k"): "miner_k"}
+for _k in ("T", "T0", "E", "eta", "fine_tune_steps", "replay_fraction", "budget_valid_samples", "budget_renders",
+           "max_iterations", "patience"):
+    _RESUMED_PARAMS[("loop", _k)] = _k
+for _k in ("reward_valid", "reward_invalid", "j2_metric", "j2_weight", "j2_clip", "max_relations", "j2_per_step"):
+    _RESUMED_PARAMS[("env", _k)] = _k
+for _k in ("test_scenes", "val_scenes", "replay_scenes", "replay_rare_keep", "moves_per_scene", "test_per_term",
+           "val_per_term"):
+    _RESUMED_PARAMS[("eval", _k)] = _k
+
+
+def _param_text(value) -> str:
+    """A value as ``-p name:=<text>`` (parsed as YAML by rcl): the type is kept."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    import json
+
+    return json.dumps(str(value))
+
+
+@dataclass
+class ResumeInfo:
+    run_dir: str  # absolute
+    checkpoint: str  # checkpoints/<name>
+    iteration: int
+    adapter: str  # "" = base model (checkpoint of iteration 0)
+    n_envs: int
+    sampler_values: Dict[str, object]  # rl_sampler parameters from the run's config.yaml
+    sampler_params: Dict[str, str]  # the same as ``-p`` text
+
+
+def resume_info(path: str) -> ResumeInfo:
+    """What a graph needs to continue the run in ``path`` (raises ValueError with a one-line reason).
+
+    Reads what rl_sampler wrote: ``checkpoints/LATEST`` -> ``ckpt-NNN/meta.json`` (iteration,
+    adapter of that fine-tune) and ``config.yaml`` (the run's settings)."""
+    import json
+
+    import yaml
+
+    if not os.path.isdir(path):
+        raise ValueError(f"{path} is not a directory")
+    run_dir = os.path.abspath(path)
+    ck = ""
+    try:  # the same rule as RunDir.latest_checkpoint (read-only: RunDir() would create directories)
+        with open(os.path.join(run_dir, "checkpoints", "LATEST")) as f:
+            name = f.read().strip()
+        if name and os.path.isdir(os.path.join(run_dir, "checkpoints", name)):
+            ck = os.path.join(run_dir, "checkpoints", name)
+    except OSError:
+        pass
+    if not ck:
+        raise ValueError(f"{path} has no checkpoint (no checkpoints/LATEST naming a complete checkpoint): "
+                         "nothing to resume; start a new run instead")
+    try:
+        with open(os.path.join(ck, "meta.json")) as f:
+            meta = json.load(f)
+        iteration = int(meta["iteration"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"checkpoint {ck} is unreadable (meta.json: {e})") from None
+    cfg_path = os.path.join(run_dir, "config.yaml")
+    try:
+        with open(cfg_path) as f:
+            cfg = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"{path} is not a run directory (config.yaml: {e})") from None
+    rc = cfg.get("run") if isinstance(cfg, dict) else None
+    if not isinstance(rc, dict):
+        raise ValueError(f"{cfg_path} has no 'run' section")
+    if not rc.get("graph"):
+        raise ValueError(f"{path} is a run of `rls3 train` (one process): continue it with `rls3 train --resume {path}`")
+    adapter = str(meta.get("adapter") or "")
+    if adapter and not os.path.isdir(adapter):  # the run directory was moved: same name under its adapters/
+        moved = os.path.join(run_dir, "adapters", os.path.basename(adapter.rstrip("/")))
+        if not os.path.isdir(moved):
+            raise ValueError(f"adapter {adapter} of checkpoint {os.path.basename(ck)} is missing")
+        adapter = moved
+    values = {}
+    for (section, key), name in _RESUMED_PARAMS.items():
+        sec = cfg.get(section)
+        if isinstance(sec, dict) and key in sec and sec[key] is not None:
+            values[name] = sec[key]
+    return ResumeInfo(run_dir, ck, iteration, adapter, int(rc.get("n_envs") or 1), values,
+                      {k: _param_text(v) for k, v in values.items()})
 
 
 def node_command(spec: NodeSpec, params_files: Sequence[str]) -> List[str]:
@@ -214,11 +312,15 @@ def cli_launch(argv: List[str]) -> int:
     ap.add_argument("graph", choices=GRAPHS)
     ap.add_argument("--params-file", action="append", default=[],
                     help="extra ROS parameter file(s) applied after config/<graph>.yaml")
-    ap.add_argument("--bridges", type=int, default=1, help="training: number of sim_bridges (namespaces sim0..)")
+    ap.add_argument("--bridges", type=int, default=None,
+                    help="training: number of sim_bridges (namespaces sim0..; default 1, or the resumed run's)")
     ap.add_argument("--with-sim", action="store_true", help="query: also start a sim_bridge as a demo camera")
     ap.add_argument("--respawn-bridges", action="store_true",
                     help="training: restart a sim_bridge that dies; rl_sampler waits for it (bridge_lost:=wait)")
     ap.add_argument("--run-dir", default="", help="training: run directory (default runs/<timestamp>)")
+    ap.add_argument("--resume", default="", metavar="RUN_DIR",
+                    help="training: continue the run in RUN_DIR from its last checkpoint (its own settings, "
+                         "the checkpoint's adapter; --set still overrides)")
     ap.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
                     help="override one parameter of one node, e.g. rl_sampler.budget_valid_samples=100")
     ap.add_argument("--log-dir", default="", help="also write each node's log to <dir>/<node>.log")
@@ -234,6 +336,27 @@ def cli_launch(argv: List[str]) -> int:
             print(f"rls3 launch: parameter file {f} not found", file=sys.stderr)
             return 2
     run_dir = args.run_dir
+    resume: Optional[ResumeInfo] = None
+    if args.resume:
+        if args.graph != "training":
+            print("rls3 launch: --resume applies to the training graph only", file=sys.stderr)
+            return 2
+        if run_dir and os.path.abspath(run_dir) != os.path.abspath(args.resume):
+            print("rls3 launch: give --resume RUN_DIR or --run-dir, not both", file=sys.stderr)
+            return 2
+        try:
+            resume = resume_info(args.resume)
+        except ValueError as e:
+            print(f"rls3 launch: cannot resume: {e}", file=sys.stderr)
+            return 2
+        if args.bridges is not None and args.bridges != resume.n_envs:
+            print(f"rls3 launch: cannot resume: {args.resume} was run with {resume.n_envs} sim_bridge(s), "
+                  f"not --bridges {args.bridges}", file=sys.stderr)
+            return 2
+        args.bridges = resume.n_envs
+        run_dir = resume.run_dir
+    if args.bridges is None:
+        args.bridges = 1
     try:
         specs = graph_nodes(args.graph, args.bridges, args.with_sim, "")
     except ValueError as e:
@@ -256,6 +379,13 @@ def cli_launch(argv: List[str]) -> int:
 
         run_dir = new_run_dir()
     specs = graph_nodes(args.graph, args.bridges, args.with_sim, os.path.abspath(run_dir) if run_dir else "")
+    if resume is not None:  # before --set: an explicit --set still wins
+        for s in specs:
+            if s.name == "rl_sampler":
+                s.params.update(resume.sampler_params)
+                s.params["resume"] = "true"
+            if s.name == "vlm_trainer" and resume.adapter:
+                s.params["adapter"] = resume.adapter
     if args.respawn_bridges:
         for s in specs:
             if s.name == "sim_bridge":
@@ -279,6 +409,9 @@ def cli_launch(argv: List[str]) -> int:
 
     old = signal.signal(signal.SIGTERM, on_term)
     try:
+        if resume is not None:
+            g._say("launch", f"resuming {resume.run_dir} from {os.path.basename(resume.checkpoint)} (iteration "
+                             f"{resume.iteration}, adapter {resume.adapter or 'base model'})")
         g.start()
         if run_dir:
             g._say("launch", f"run directory: {os.path.abspath(run_dir)}")
