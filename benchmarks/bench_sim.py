@@ -2,10 +2,16 @@
 
 Measures (all on this machine, CPU rendering, no shadows):
 - raw render frames/s (RGB + instance segmentation, no depth) at 224² and 448²;
-- ``apply`` moves/s at 224², raw (in-process backend) and through ``~/apply_action`` of a
-  sim_bridge in another process (each answer carries the rendered image). Both run the
-  SAME deterministic move sequence from the same scene (seed 0), in interleaved rounds, so
-  both do identical simulator work under the same CPU load; the ratio is the ROS overhead;
+- ``apply`` moves/s at 224² and at 448², raw (in-process backend) and through ``~/apply_action``
+  of a sim_bridge in another process started with that ``image_size`` (each answer carries the
+  rendered image). Both run the SAME deterministic move sequence from the same scene (seed 0),
+  in interleaved rounds, so both do identical simulator work under the same CPU load; the
+  ratio ROS / raw at each size is the ROS overhead (plus ms per call);
+- a render-only rate through ROS is NOT measured: sim_bridge has no service that renders
+  without moving (``reset_scene`` rebuilds the scene, ``apply_action`` moves). What is measured
+  instead is the ROS round trip with no simulator work: an ``apply_action`` bad request is
+  answered from the last render (scene + full image in the answer, topics published), so it
+  is the transport + serialisation cost of one image-carrying call at that size;
 - reset seconds, raw and through ``~/reset_scene``.
 
 Other processes share the CPU, so each rate is measured in rounds and reported as best
@@ -113,6 +119,14 @@ class _RosClient:
             raise RuntimeError(res.message)
         return bool(res.valid), msg_to_scene(res.scene)
 
+    def noop(self, object_id: str):
+        """A bad request (unknown receptacle): answered from the last render, no simulator work."""
+        req = self.ApplyAction.Request(action_type="place", object_id=object_id, receptacle_id="no_such_receptacle")
+        res = self.call(self.apply_c, req)
+        if res.success or res.image.height == 0:
+            raise RuntimeError(f"expected a bad_request answer carrying the image, got {res.message!r}")
+        return res
+
     def close(self):
         self.node.destroy_node()
         self.rclpy.try_shutdown()
@@ -134,7 +148,7 @@ def bench_apply(size: int, moves_per_round: int) -> dict:
         ros_scene = ros.reset(0)
         lo, hi = raw.placement_bounds()
         raw_rng, ros_rng = np.random.default_rng(0), np.random.default_rng(0)
-        rates = {"raw": [], "ros": []}
+        rates = {"raw": [], "ros": [], "ros_noop": []}
         valid = {"raw": 0, "ros": 0}
         n_raw = n_ros = 0
         for _ in range(ROUNDS):
@@ -151,6 +165,10 @@ def bench_apply(size: int, moves_per_round: int) -> dict:
                 valid["ros"] += ok
                 n_ros += 1
             rates["ros"].append(moves_per_round / (time.perf_counter() - t))
+            t = time.perf_counter()
+            for _ in range(moves_per_round):
+                ros.noop(ros_scene.objects[0].id)
+            rates["ros_noop"].append(moves_per_round / (time.perf_counter() - t))
         t = time.perf_counter()
         for k in range(3):
             raw.reset(100 + k)
@@ -166,6 +184,10 @@ def bench_apply(size: int, moves_per_round: int) -> dict:
             "ros_apply_per_s": _summary(rates["ros"]),
             "ratio_ros_over_raw": {"best": round(max(rates["ros"]) / max(rates["raw"]), 3),
                                    "median": round(float(np.median(np.array(rates["ros"]) / np.array(rates["raw"]))), 3)},
+            "ros_overhead_ms_per_call": {
+                "best": round(1000 * (1 / max(rates["ros"]) - 1 / max(rates["raw"])), 2),
+                "median": round(1000 * float(np.median(1 / np.array(rates["ros"]) - 1 / np.array(rates["raw"]))), 2)},
+            "ros_call_without_sim_per_s": _summary(rates["ros_noop"]),
             "valid_fraction": {"raw": round(valid["raw"] / n_raw, 3), "ros": round(valid["ros"] / n_ros, 3)},
             "reset_s": {"raw": round(raw_reset, 3), "ros": round(ros_reset, 3)},
         }
@@ -184,18 +206,27 @@ def main(argv=None) -> int:
     r224 = bench_render(224, per_round)
     r448 = bench_render(448, max(per_round // 2, 4))
     app = bench_apply(224, per_round)
+    app448 = bench_apply(448, max(per_round // 2, 4))
     result = {
         "what": "MuJoCo backend speed: raw render, and apply raw vs through sim_bridge services from another process",
         "cpu_count": os.cpu_count(),
         "load_average_1min_at_start": load0,
+        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
         "mujoco_gl": os.environ.get("MUJOCO_GL", "egl"),
         "render_224": r224,
         "render_448": r448,
         "apply_224": app,
+        "apply_448": app448,
+        "ratio_ros_over_raw_apply": {"224": app["ratio_ros_over_raw"], "448": app448["ratio_ros_over_raw"]},
+        "render_only_via_ros": "not measured: sim_bridge offers no service that renders without moving "
+                               "(reset_scene rebuilds the scene, apply_action moves); ros_call_without_sim_per_s is "
+                               "the image-carrying round trip with no simulator work (a bad request answered from "
+                               "the last render)",
         "rounds": ROUNDS,
         "note": "render = RGB + instance segmentation (no depth, no shadows). apply = settle physics + validity "
                 "segmentation + unoccluded render of the moved object + RGB of valid results; raw and ROS run the "
-                "same deterministic move sequence in interleaved rounds. best ~ machine speed, median ~ this run.",
+                "same deterministic move sequence in interleaved rounds (448: half the moves per round). "
+                "best ~ machine speed, median ~ this run.",
         "timestamp_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

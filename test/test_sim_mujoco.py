@@ -5,7 +5,8 @@ import threading
 import numpy as np
 import pytest
 
-from rls3_ros.sim.backend import BAD_REQUEST, FLOATING, OUT_OF_VIEW, OVERLAP, PLACE, SWAP, TELEPORT, MoveAction
+from rls3_ros.sim.backend import (BAD_REQUEST, FLOATING, OCCLUDED, OUT_OF_VIEW, OVERLAP, PLACE, SWAP, TELEPORT,
+                                  MoveAction)
 from rls3_ros.sim.factory import make_backend
 from rls3_ros.sim.objects import CATEGORIES, ROOM_CATEGORIES
 from rls3_ros.sim.rooms import SCENE_TYPES
@@ -24,6 +25,23 @@ def _positions(scene):
     return {o.id: o.position for o in scene.objects}
 
 
+def _projected_box(camera, o):
+    """Image box (u0, v0, u1, v1) of the projection of the 8 corners of ``o``'s world AABB."""
+    lo = np.array(o.position) - np.array(o.size) / 2
+    hi = np.array(o.position) + np.array(o.size) / 2
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    uv = camera.project(corners)
+    return (*uv.min(0), *uv.max(0))
+
+
+def _iou(a, b):
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
 def test_catalogue_has_enough_recognisable_categories():
     assert len(CATEGORIES) >= 12
     for room, cats in ROOM_CATEGORIES.items():
@@ -34,7 +52,7 @@ def test_catalogue_has_enough_recognisable_categories():
 @pytest.mark.parametrize("scene_type", SCENE_TYPES)
 def test_scenes_build_for_every_type_and_many_seeds(backend, scene_type):
     lo, hi = None, None
-    for seed in range(4):
+    for seed in range(8):
         s = backend.reset(seed, scene_type)
         assert s.scene_type == scene_type and s.seed == seed and s.backend == "mujoco"
         assert len(s.objects) == 3 and all(o.active for o in s.objects)
@@ -105,6 +123,37 @@ def test_segmentation_boxes_match_projected_3d_boxes(backend):
             assert area_mask_box >= 0.3 * area_proj, (o.id, area_mask_box, area_proj)
 
 
+def test_segmentation_boxes_agree_with_projected_3d_boxes_iou():
+    """For fully visible objects the segmentation box and the projected 3D-box box agree: IoU >= 0.4
+    each, median >= 0.6, and each object's box matches its own projection far better than any other
+    object's. (Round objects cap the IoU: the corners of a bowl's square AABB project outside its
+    round rim, measured 0.47-0.55 for bowls at 224 px in 24 scenes; flat-sided objects 0.7-0.9.) At 224 px,
+    so one pixel of quantisation does not dominate small objects."""
+    size = 224
+    b = make_backend("mujoco", image_size=size, seed=0)
+    ious, used = [], 0
+    try:
+        for seed in range(16):  # 4 scenes of each type
+            s = b.reset(seed)
+            for o in s.objects:
+                p = _projected_box(s.camera, o)
+                fully_in_image = p[0] >= 0 and p[1] >= 0 and p[2] <= size and p[3] <= size
+                if o.visible_fraction < 0.98 or not fully_in_image:
+                    continue  # partly hidden or cut by the image edge: the mask box is legitimately smaller
+                used += 1
+                own = _iou(o.bbox, p)
+                ious.append(own)
+                assert own >= 0.4, (seed, o.id, o.bbox, p, own)
+                for other in s.objects:
+                    if other.id != o.id:
+                        cross = _iou(o.bbox, _projected_box(s.camera, other))
+                        assert own > cross + 0.25, (seed, o.id, other.id, own, cross)
+    finally:
+        b.close()
+    assert used >= 30, used
+    assert float(np.median(ious)) >= 0.6, sorted(ious)
+
+
 def test_overlapping_teleport_is_rejected_and_scene_unchanged(backend):
     s = backend.reset(2)
     before_rgb = backend.render().rgb.copy()
@@ -140,26 +189,148 @@ def test_bad_requests_keep_the_scene(backend):
     assert _positions(backend.state()) == _positions(s)
 
 
-def test_stacked_object_settles_on_the_object_below(backend):
-    stackable = [c for c, cat in CATEGORIES.items() if cat.stackable_top]
-    for seed in range(40):
+def _stack_problems(top_placed, top, base, base_before):
+    """What is wrong with ``top`` resting on ``base`` (states after extra physics time) compared with
+    ``top_placed``/``base_before`` (states right after the accepted move); [] = it stayed on top."""
+    problems = []
+    gap = (top.position[2] - top.size[2] / 2) - (base.position[2] + base.size[2] / 2)
+    if abs(gap) > 0.01:
+        problems.append(f"bottom is {gap:+.3f} m from the support's top")
+    drift = float(np.hypot(top.position[0] - top_placed.position[0], top.position[1] - top_placed.position[1]))
+    if drift > 0.02:
+        problems.append(f"drifted {drift:.3f} m horizontally")
+    if any(abs(top.position[k] - base.position[k]) > base.size[k] / 2 for k in (0, 1)):
+        problems.append("centre no longer over the support")
+    if top.supported_by != base.id:
+        problems.append(f"supported by {top.supported_by!r}, not {base.id!r}")
+    if np.linalg.norm(np.subtract(base.position, base_before.position)) > 0.005:
+        problems.append("the support moved")
+    return problems
+
+
+def _stack_and_settle(backend, seed, base_id, top_id, seconds=2.0, reset=True):
+    """Stack ``top_id`` on ``base_id`` in scene ``seed`` (reset first unless ``reset`` is False); None
+    if the move is rejected (scene unchanged), else the accepted scene and the scene ``seconds`` of
+    physics later."""
+    s = backend.reset(seed) if reset else backend.state()
+    res = backend.apply(MoveAction(PLACE, top_id, position=s.object(base_id).position, receptacle_id=base_id))
+    if not res.valid:
+        return None
+    return res.scene, backend.settle(seconds)
+
+
+def test_stacked_objects_stay_on_top_after_more_physics(backend):
+    """Every accepted stack (all stackable-top base / other object pairs in 24 scenes) still rests on
+    its support after 2 s more physics: bottom within 1 cm of the support's top, < 2 cm drift,
+    centre over the support, support relation from contacts, support not moved."""
+    stackable = {c for c, cat in CATEGORIES.items() if cat.stackable_top}
+    stacks, failures = 0, []
+    for seed in range(24):
         s = backend.reset(seed)
-        bases = [o for o in s.objects if o.category in stackable]
-        if not bases:
-            continue
-        base = bases[0]
-        for top in sorted((o for o in s.objects if o.id != base.id), key=lambda o: o.size[2]):
-            res = backend.apply(MoveAction(PLACE, top.id, position=base.position, receptacle_id=base.id))
-            if not res.valid:
+        pairs = [(b.id, t.id) for b in s.objects if b.category in stackable for t in s.objects if t.id != b.id]
+        dirty = False  # a rejected move leaves the scene as it was: reset only after an accepted one
+        for base_id, top_id in pairs:
+            out = _stack_and_settle(backend, seed, base_id, top_id, reset=dirty)
+            if out is None:
                 continue
-            t = res.scene.object(top.id)
-            b = res.scene.object(base.id)
-            assert t.supported_by == base.id
-            assert t.position[2] - t.size[2] / 2 == pytest.approx(b.position[2] + b.size[2] / 2, abs=0.01)
-            # it stays: the same scene rendered again shows it in the same place
-            assert backend.state().object(top.id).position == t.position
-            return
-    pytest.fail("no stackable pair settled in 40 scenes")
+            dirty = True
+            placed, later = out
+            stacks += 1
+            assert placed.object(top_id).supported_by == base_id, (seed, top_id, placed.object(top_id).supported_by)
+            problems = _stack_problems(placed.object(top_id), later.object(top_id), later.object(base_id),
+                                       placed.object(base_id))
+            if problems:
+                failures.append((seed, top_id, base_id, problems))
+    assert stacks >= 20, stacks
+    assert not failures, failures
+
+
+def test_object_floating_above_its_would_be_support_is_rejected(backend):
+    """The negative of the stack test: the same object teleported to hang 15 cm above the support is
+    rejected as floating, and the scene is exactly as before."""
+    s = backend.reset(0)  # box_0 carries a plate in the stack test
+    base, top = s.object("box_0"), s.object("plate_0")
+    before_rgb = backend.render().rgb.copy()
+    above = (base.position[0], base.position[1], base.position[2] + base.size[2] / 2 + 0.15 + top.size[2] / 2)
+    res = backend.apply(MoveAction(TELEPORT, top.id, position=above))
+    assert not res.valid and res.reason == FLOATING, (res.reason, res.message)
+    assert _positions(backend.state()) == _positions(s)
+    assert np.array_equal(backend.render().rgb, before_rgb)
+    # while the same object stacked properly on the same support is accepted and stays there
+    placed, later = _stack_and_settle(backend, 0, base.id, top.id)
+    assert not _stack_problems(placed.object(top.id), later.object(top.id), later.object(base.id), placed.object(base.id))
+
+
+@pytest.mark.xfail(strict=True, reason="known validity hole: the 150-step (0.3 s) settle accepts a lemon still "
+                   "rocking on a cereal box; it rolls off within 2 s (found by the 60-seed stack survey)")
+def test_known_hole_accepted_rocking_stack_stays(backend):
+    """Seed 26: lemon_0 on cereal_0 is accepted, then falls to the nightstand under more physics. If the
+    validity check is fixed (the move rejected, or the lemon stays) this XPASSes and fails: drop the mark."""
+    out = _stack_and_settle(backend, 26, "cereal_0", "lemon_0")
+    if out is None:
+        return  # rejected: the hole is closed
+    placed, later = out
+    assert not _stack_problems(placed.object("lemon_0"), later.object("lemon_0"), later.object("cereal_0"),
+                               placed.object("cereal_0"))
+
+
+def _hide_behind(backend, seed):
+    """Deterministic occlusion set-up: the largest active object A goes onto the floor (the first valid
+    spot of a fixed grid), the smallest other one B is aimed just behind A along the camera ray through
+    A's centre (camera pose from the scene state). Returns (scene, B, behind_xy, beside_xy)."""
+    s = backend.reset(seed)
+    big = max(s.objects, key=lambda o: o.size[2] * max(o.size[0], o.size[1]))
+    small = min((o for o in s.objects if o.id != big.id), key=lambda o: o.size[2] * max(o.size[0], o.size[1]))
+    floor = next(r for r in backend.receptacles() if r[0] == "floor")
+    (fx0, fy0), (fx1, fy1) = floor[2], floor[3]
+    a = None
+    for fy in np.linspace(0.15, 0.6, 4):
+        for fx in (0.5, 0.3, 0.7, 0.15, 0.85):
+            res = backend.apply(MoveAction(PLACE, big.id, position=(fx0 + fx * (fx1 - fx0), fy0 + fy * (fy1 - fy0), 0.0),
+                                           receptacle_id="floor"))
+            if res.valid:
+                a = res.scene.object(big.id)
+                break
+        if a is not None:
+            break
+    assert a is not None, f"no floor spot for {big.id} in scene {seed}"
+    cam = np.array(s.camera.position)
+    ray = (np.array(a.position) - cam)[:2]
+    ray /= np.linalg.norm(ray)
+    behind = np.array(a.position[:2]) + ray * (max(a.size[:2]) / 2 + max(small.size[:2]) / 2 + 0.03)
+    side = np.array([-ray[1], ray[0]])
+    beside = behind + side * (max(a.size[:2]) + max(small.size[:2]))
+    return backend.state(), small, tuple(behind), tuple(beside)
+
+
+@pytest.mark.parametrize("seed", (2, 6, 11, 12))
+def test_object_placed_behind_a_larger_one_is_rejected_as_occluded(backend, seed):
+    s, small, behind, beside = _hide_behind(backend, seed)
+    before_rgb = backend.render().rgb.copy()
+    res = backend.apply(MoveAction(PLACE, small.id, position=(*behind, 0.0), receptacle_id="floor"))
+    assert not res.valid and res.reason == OCCLUDED, (res.reason, res.message)
+    after = backend.state()
+    assert _positions(after) == _positions(s)
+    assert [o.orientation for o in after.objects] == [o.orientation for o in s.objects]
+    assert after.container_ids == s.container_ids
+    assert np.array_equal(res.render.rgb, before_rgb) and np.array_equal(backend.render().rgb, before_rgb)
+    # control: the same object at the same depth but to the side of the occluder is accepted
+    res = backend.apply(MoveAction(PLACE, small.id, position=(*beside, 0.0), receptacle_id="floor"))
+    assert res.valid, (res.reason, res.message)
+    assert res.scene.object(small.id).visible_fraction >= backend.min_visible_fraction
+
+
+def test_occlusion_is_the_only_reason_for_the_hidden_placement():
+    """With the occlusion threshold off, the same hidden placement is accepted (it is physically fine
+    and in view) and its measured visible fraction lies below the default threshold 0.3."""
+    b = make_backend("mujoco", image_size=SIZE, seed=0, min_visible_fraction=0.0)
+    try:
+        _, small, behind, _ = _hide_behind(b, 11)
+        res = b.apply(MoveAction(PLACE, small.id, position=(*behind, 0.0), receptacle_id="floor"))
+        assert res.valid, (res.reason, res.message)
+        assert res.scene.object(small.id).visible_fraction < 0.3, res.scene.object(small.id)
+    finally:
+        b.close()
 
 
 def test_swap_brings_a_container_object_to_the_same_spot(backend):

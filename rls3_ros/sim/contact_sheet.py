@@ -11,30 +11,67 @@ import numpy as np
 _BOX_COLORS = ((255, 60, 60), (60, 220, 60), (70, 140, 255))
 
 
+def _overlap(a, b) -> int:
+    """Overlap area of two (x0, y0, x1, y1) rectangles."""
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+
+
+def label_rect(box, tw: int, th: int, width: int, height: int, taken: Sequence[tuple]) -> tuple:
+    """Where to put a ``tw`` x ``th`` text label for ``box``: the background rectangle
+    (x0, y0, x1, y1), always wholly inside the ``width`` x ``height`` tile and, when possible,
+    clear of the rectangles in ``taken`` (earlier labels, the title), so no label is cut by the
+    tile edge or painted over by another. Tries above the box, below it, inside its top, each
+    left- then right-aligned, then further rows up and down; else the least-covered spot."""
+    x0, y0, x1, y1 = (int(v) for v in box)
+    rw, rh = tw + 2, th + 4  # text plus a 1 px margin each side, baseline gap below
+    tops = [y0 - rh, y1, y0]  # above, below, inside the top of the box
+    tops += [y0 - rh * k for k in (2, 3)] + [y1 + rh * k for k in (1, 2)]
+    best, best_cost = None, None
+    for top in tops:
+        for left in (x0, x1 - rw):
+            lx = int(np.clip(left, 0, max(width - rw, 0)))
+            ly = int(np.clip(top, 0, max(height - rh, 0)))
+            r = (lx, ly, lx + rw, ly + rh)
+            cost = sum(_overlap(r, t) for t in taken)
+            if cost == 0:
+                return r
+            if best_cost is None or cost < best_cost:
+                best, best_cost = r, cost
+    return best
+
+
 def annotate(rgb: np.ndarray, scene, boxes: dict, title: str = "") -> np.ndarray:
-    """Draw each active object's 2D box and description on a copy of ``rgb``."""
+    """Draw each active object's 2D box and description on a copy of ``rgb``; labels stay inside
+    the image and do not cover each other or the title (see ``label_rect``)."""
     import cv2
 
     img = np.ascontiguousarray(rgb.copy())
-    s = img.shape[0] / 224.0
+    h, w = img.shape[:2]
+    s = h / 224.0
     fs = 0.33 * s
-    for k, o in enumerate(scene.objects):
+    taken: List[tuple] = []
+    if title:
+        (tw, th), _ = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, fs, 1)
+        taken.append((0, h - th - 5, tw + 4, h))
+    drawn = []
+    for k, o in enumerate(scene.objects):  # all boxes first, so no box line crosses a label
         box = boxes.get(o.id, o.bbox)
-        if box == (0, 0, 0, 0):
+        if tuple(box) == (0, 0, 0, 0):
             continue
         c = _BOX_COLORS[k % len(_BOX_COLORS)]
         x0, y0, x1, y1 = (int(v) for v in box)
         cv2.rectangle(img, (x0, y0), (x1 - 1, y1 - 1), c, max(1, int(round(s))))
-        label = o.description
+        drawn.append((o.description, box, c))
+    for label, box, c in drawn:
         (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, fs, 1)
-        ty = y0 - 2 if y0 - th - 3 >= 0 else min(y1 + th + 2, img.shape[0] - 2)
-        tx = int(np.clip(x0, 0, img.shape[1] - tw - 1))
-        cv2.rectangle(img, (tx, ty - th - 2), (tx + tw + 1, ty + 2), (0, 0, 0), -1)
-        cv2.putText(img, label, (tx, ty), cv2.FONT_HERSHEY_SIMPLEX, fs, c, 1, cv2.LINE_AA)
+        r = label_rect(box, tw, th, w, h, taken)
+        taken.append(r)
+        cv2.rectangle(img, (r[0], r[1]), (r[2] - 1, r[3] - 1), (0, 0, 0), -1)
+        cv2.putText(img, label, (r[0] + 1, r[3] - 3), cv2.FONT_HERSHEY_SIMPLEX, fs, c, 1, cv2.LINE_AA)
     if title:
-        (tw, th), _ = cv2.getTextSize(title, cv2.FONT_HERSHEY_SIMPLEX, fs, 1)
-        cv2.rectangle(img, (0, img.shape[0] - th - 5), (tw + 4, img.shape[0]), (0, 0, 0), -1)
-        cv2.putText(img, title, (2, img.shape[0] - 3), cv2.FONT_HERSHEY_SIMPLEX, fs, (255, 255, 255), 1, cv2.LINE_AA)
+        x0, y0, x1, y1 = taken[0]
+        cv2.rectangle(img, (x0, y0), (x1, y1), (0, 0, 0), -1)
+        cv2.putText(img, title, (2, h - 3), cv2.FONT_HERSHEY_SIMPLEX, fs, (255, 255, 255), 1, cv2.LINE_AA)
     return img
 
 

@@ -217,6 +217,17 @@ class MuJoCoBackend(SimulatorBackend):
     def apply(self, action: MoveAction) -> MoveResult:
         return self._call(self._apply, action)
 
+    def settle(self, seconds: float = 1.0) -> SceneState:
+        """Run the physics ``seconds`` of simulated time further with no move, re-render and
+        return the new state (boxes, visibility and supports from after the extra time).
+
+        Nothing is checked or undone: this lets a caller see whether the current scene is at
+        rest (a valid scene should not change) or what happens to it under gravity.
+        """
+        if not 0.0 <= float(seconds) <= 60.0:
+            raise ValueError(f"seconds must be in [0, 60], got {seconds!r}")
+        return self._call(self._settle, float(seconds))
+
     def placement_bounds(self) -> Tuple[Tuple[float, float, float], Tuple[float, float, float]]:
         """(low xyz, high xyz) of the region where active objects may be placed in view.
 
@@ -680,6 +691,18 @@ class MuJoCoBackend(SimulatorBackend):
             return MoveResult(False, reason, self._state(), prev, message=f"{moved}: {reason}")
         render = self._render_full(self._pending_seg)
         return MoveResult(True, "", self._state(), render, message=f"{moved} moved")
+
+    def _settle(self, seconds: float) -> SceneState:
+        import mujoco
+
+        if self._room is None:
+            raise RuntimeError("call reset() first")
+        n = int(round(seconds / self.timestep))
+        if n > 0:
+            mujoco.mj_step(self._model, self._data, nstep=n)
+        mujoco.mj_forward(self._model, self._data)
+        self._render_full()
+        return self._state()
 
     def _validate(self, a: MoveAction) -> str:
         return move_request_problem(a, self._active, self._container, lambda: {r.id for r in self._all_receptacles()})
