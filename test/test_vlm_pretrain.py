@@ -39,7 +39,8 @@ def test_cli_pretrain_mujoco_tiny_budget_then_cached(tmp_path, monkeypatch, caps
     from rls3_ros.vlm.factory import load_vlm
 
     monkeypatch.setenv("RLS3_MODEL_DIR", str(tmp_path / "models"))
-    args = ["--images", "16", "--test-images", "8", "--image-size", "64", "--minutes", "0.05", "--seed", "1"]
+    args = ["--model", "embedded", "--images", "16", "--test-images", "8", "--image-size", "64", "--minutes", "0.05",
+            "--seed", "1"]
     assert cli_pretrain(args) == 0
     out = tmp_path / "models" / "embedded"
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
@@ -54,3 +55,15 @@ def test_cli_pretrain_mujoco_tiny_budget_then_cached(tmp_path, monkeypatch, caps
     vlm = load_vlm("embedded")  # found through RLS3_MODEL_DIR
     assert vlm.host.base.config.image_size == 64
     assert str(out) in vlm.host.base_spec
+
+
+def test_cli_pretrain_builds_the_grounded_default(tmp_path, capsys):
+    out = tmp_path / "grounded"
+    args = ["--out", str(out), "--n-train", "12", "--n-test", "6", "--image-size", "64", "--minutes", "0.02"]
+    assert cli_pretrain(args) == 0  # no --model: the default VLM
+    m = json.loads((out / "pretrain_metrics.json").read_text())
+    assert (out / "model.safetensors").is_file() and m["steps"] > 0 and m["n_test"] == 6
+    assert json.loads((out / "config.json").read_text())["image_size"] == 64
+    capsys.readouterr()
+    assert cli_pretrain(args) == 0  # cached: skipped
+    assert "already in" in capsys.readouterr().out

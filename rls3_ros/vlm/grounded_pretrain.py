@@ -112,7 +112,7 @@ def pretrain_grounded(out_dir: Optional[Path] = None, minutes: float = 2.0, n_tr
 
     t0 = time.monotonic()
     res = vlm.train_steps(feats, items, max_steps, params, lr=lr, batch_size=batch_size, progress=progress,
-                          time_budget=max(5.0, minutes * 60.0), warmup=50)
+                          time_budget=max(5.0, minutes * 60.0) if minutes > 0 else 0.0, warmup=50)
     bar.close()
     t_train = time.monotonic() - t0
     for p in params:
@@ -152,6 +152,9 @@ def cli_grounded_pretrain(argv: Sequence[str]) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(default_dirs()[0]), help="output model directory (default: %(default)s)")
     p.add_argument("--minutes", type=float, default=2.0, help="training wall-clock budget (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=0,
+                   help="stop after this many optimiser steps (0 = the --minutes budget only); a step budget makes "
+                        "the result independent of the machine's load (default: %(default)s)")
     p.add_argument("--n-train", type=int, default=1200, help="training images rendered before imbalance")
     p.add_argument("--n-test", type=int, default=300, help="held-out images (other scene seeds)")
     p.add_argument("--image-size", type=int, default=160)
@@ -170,14 +173,19 @@ def cli_grounded_pretrain(argv: Sequence[str]) -> int:
     if (out / "config.json").is_file() and not a.force:
         print(f"grounded model already in {out} (use --force to rebuild)")
         return 0
+    if a.steps < 0:
+        p.error("--steps must be >= 0")
     for name, v in (("--minutes", a.minutes), ("--n-train", a.n_train), ("--n-test", a.n_test), ("--lr", a.lr)):
         if v <= 0:
             p.error(f"{name} must be > 0")
     if not 0 <= a.rare_keep <= 1:
         p.error("--rare-keep must be in [0, 1]")
-    pretrain_grounded(out, minutes=a.minutes, n_train=a.n_train, n_test=a.n_test, image_size=a.image_size,
+    # with --steps the learning-rate schedule follows the steps, not the clock
+    pretrain_grounded(out, minutes=0.0 if a.steps > 0 else a.minutes, n_train=a.n_train, n_test=a.n_test,
+                      image_size=a.image_size,
                       seed=a.seed, rare_keep=a.rare_keep, backend=a.backend, moves_per_scene=a.moves_per_scene,
-                      lr=a.lr, batch_size=a.batch_size, grounding_weight=a.grounding_weight, threads=a.threads)
+                      lr=a.lr, batch_size=a.batch_size, grounding_weight=a.grounding_weight, threads=a.threads,
+                      max_steps=a.steps if a.steps > 0 else 1_000_000)
     return 0
 
 

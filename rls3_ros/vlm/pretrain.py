@@ -210,10 +210,29 @@ def pretrain(out_dir: Path, minutes: float = 4.0, n_train: int = 2400, n_test: i
 
 
 def cli_pretrain(argv: Optional[List[str]] = None) -> int:
-    """``rls3 pretrain [--force] [--minutes M] ...``"""
+    """``rls3 pretrain [--model grounded|embedded] [--force] ...``: build and cache a base VLM.
+
+    ``--model grounded`` (default, the default VLM) runs ``rls3_ros.vlm.grounded_pretrain``;
+    ``--model embedded`` the fusion model below. Other options go to the chosen pretrainer.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    sel = argparse.ArgumentParser(add_help=False)
+    sel.add_argument("--model", default="grounded", choices=["grounded", "embedded"])
+    which, rest = sel.parse_known_args(argv)
+    if which.model == "grounded":
+        from rls3_ros.vlm.grounded_pretrain import cli_grounded_pretrain
+
+        if "-h" in rest or "--help" in rest:
+            print("rls3 pretrain [--model grounded|embedded] ...  (default grounded; options below)\n")
+        return cli_grounded_pretrain(rest)
+    return _cli_pretrain_embedded(rest)
+
+
+def _cli_pretrain_embedded(argv: List[str]) -> int:
+    """``rls3 pretrain --model embedded [--force] [--minutes M] ...``"""
     from rls3_ros.vlm.factory import model_dir
 
-    ap = argparse.ArgumentParser(prog="rls3 pretrain", description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="rls3 pretrain --model embedded", description=__doc__.split("\n\n")[0])
     ap.add_argument("--force", action="store_true", help="rebuild even if a pretrained base exists")
     ap.add_argument("--minutes", type=float, default=3.0, help="training wall-clock budget (default 3)")
     ap.add_argument("--out", default="", help="output directory (default: $RLS3_MODEL_DIR/embedded or "
