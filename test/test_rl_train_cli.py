@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import yaml
 
 from rls3_ros.rl.run_dir import RunDir
@@ -51,3 +52,14 @@ def test_quick_config_is_a_smaller_budget():
     assert quick["loop"]["budget_valid_samples"] < full["loop"]["budget_valid_samples"]
     assert full["run"]["agent"] == "sac"  # the paper's agent is the default
     assert load_train_config(sets=["loop.E=7"])["loop"]["E"] == 7
+
+
+def test_shipped_configs_validate():
+    """config/train.yaml as shipped (and its --quick section) passes validation: `make run` starts."""
+    from rls3_ros.rl.loop import validate_config
+    from rls3_ros.train_cli import apply_sets, load_train_config
+
+    for quick in (False, True):
+        validate_config(load_train_config(quick=quick))
+    with pytest.raises(ValueError, match="replay_rare_keep"):
+        validate_config(apply_sets(load_train_config(), ["eval.replay_rare_keep=1.5"]))

@@ -31,9 +31,9 @@ Parameters (defaults):
   ``max_iterations`` (0), ``patience`` (0): the scheduler (``rls3_ros.rl.scheduler``).
 - ``reward_valid`` (0.1), ``reward_invalid`` (-0.1), ``j2_metric`` ("loss"), ``j2_weight`` (1.0),
   ``j2_clip`` (3.0), ``max_relations`` (3), ``j2_per_step`` (false): the env's rewards.
-- ``test_scenes`` (60), ``val_scenes`` (24), ``replay_scenes`` (40), ``replay_rare_keep`` (0.0: the
+- ``test_scenes`` (150), ``val_scenes`` (24), ``replay_scenes`` (40), ``replay_rare_keep`` (0.0: the
   replay pool keeps the base's left/right-rich imbalance), ``moves_per_scene`` (4),
-  ``test_per_term`` (40), ``val_per_term`` (15): fixed sets, generated through the graph
+  ``test_per_term`` (80), ``val_per_term`` (15): fixed sets, generated through the graph
   from fixed seeds and cached (``RLS3_CACHE`` or ~/.cache/rls3_ros) under ``dataset_key``.
 - ``dataset_key`` ("ros-mujoco-160"): names the cached sets (change it with the bridges'
   backend or image size).
@@ -106,13 +106,13 @@ PARAMS: Dict[str, Any] = {
     "j2_clip": (3.0, "per-relation loss clip [nats]"),
     "max_relations": (3, "relations kept per sample (0 = all)"),
     "j2_per_step": (False, "reward each valid sample with its own VLM loss at its step (not the paper's T:1)"),
-    "test_scenes": (60, "scenes of the fixed test set"),
+    "test_scenes": (150, "scenes of the fixed test set"),
     "val_scenes": (24, "scenes of the validation set (used when patience > 0)"),
     "replay_scenes": (40, "scenes of the base replay pool"),
     "replay_rare_keep": (0.0, "replay pool: keep probability of relations with a term other than left/right "
                               "(the base's pre-training imbalance; 1.0 = natural distribution)"),
     "moves_per_scene": (4, "random moves per scene for the fixed sets"),
-    "test_per_term": (40, "relations per term kept in the test set"),
+    "test_per_term": (80, "relations per term kept in the test set"),
     "val_per_term": (15, "relations per term kept in the validation set"),
     "dataset_key": ("ros-mujoco-160", "cache key of the fixed sets"),
     "bridge_namespaces": ([""], "one sim_bridge per namespace"),

@@ -53,9 +53,9 @@ DEFAULT_CONFIG: Dict[str, Any] = {
         "j2_per_step": False,
     },
     "agent": {"learning_starts": 16, "k": 4},
-    "eval": {"test_scenes": 60, "val_scenes": 24, "replay_scenes": 40, "replay_rare_keep": 0.0,
+    "eval": {"test_scenes": 150, "val_scenes": 24, "replay_scenes": 40, "replay_rare_keep": 0.0,
              "moves_per_scene": 4,
-             "test_per_term": 40, "val_per_term": 15},
+             "test_per_term": 80, "val_per_term": 15},
 }
 DEFAULT_CONFIG["loop"].update({"budget_valid_samples": 1200, "max_iterations": 0, "patience": 0})
 
@@ -116,7 +116,10 @@ def validate_config(cfg: Dict[str, Any]) -> None:
     if unknown:
         errs.append(f"unknown eval parameter(s): {sorted(unknown)}")
     for k, v in cfg["eval"].items():
-        if not isinstance(v, int) or v < 0:
+        if k == "replay_rare_keep":
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
+                errs.append(f"eval.replay_rare_keep must be a probability in [0, 1] (got {v!r})")
+        elif not isinstance(v, int) or v < 0:
             errs.append(f"eval.{k} must be an integer >= 0 (got {v!r})")
     if int(cfg["eval"].get("test_scenes", 1)) < 1:
         errs.append("eval.test_scenes must be >= 1")
