@@ -46,6 +46,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
+from rls3_ros.rl.scheduler import SCHEDULER_PARAMS
+
 GRAPHS = ("training", "query")
 
 
@@ -102,8 +104,7 @@ def graph_nodes(graph: str, bridges: int = 1, with_sim: bool = False, run_dir: s
 # rl_sampler parameters restored from a run's config.yaml on resume: (section, key) -> parameter
 _RESUMED_PARAMS = {("run", "agent"): "agent", ("run", "seed"): "seed",
                    ("agent", "learning_starts"): "learning_starts", ("agent", "k"): "miner_k"}
-for _k in ("T", "T0", "E", "eta", "fine_tune_steps", "replay_fraction", "budget_valid_samples", "budget_renders",
-           "max_iterations", "patience"):
+for _k in SCHEDULER_PARAMS:
     _RESUMED_PARAMS[("loop", _k)] = _k
 for _k in ("reward_valid", "reward_invalid", "j2_metric", "j2_weight", "j2_clip", "max_relations", "j2_per_step"):
     _RESUMED_PARAMS[("env", _k)] = _k

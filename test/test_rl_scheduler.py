@@ -138,6 +138,19 @@ def test_replay_fraction_mixes_base_samples(parts, tmp_path):
         assert n_replay == min(n_gen, len(replay_ids))  # 0.5 of the mixed set
 
 
+def test_fine_tune_steps_per_generated_sample(parts, tmp_path):
+    loop = {"T": 3, "T0": 2, "E": 2, "eta": 1.0, "fine_tune_steps": 50, "fine_tune_steps_per_sample": 1.5,
+            "replay_fraction": 0.5, "budget_valid_samples": 0, "max_iterations": 3, "patience": 0}
+    runner, trainer, _, _ = make_runner(parts, tmp_path, loop)
+    runner.run_loop()
+    assert len(trainer.calls) == 3
+    for call, info in zip(trainer.calls, runner.sched.history[1:]):
+        # steps follow the generated samples of the batch (replay not counted), not fine_tune_steps
+        assert call["steps"] == max(1, round(1.5 * info.batch_samples)) != 50
+    with pytest.raises(ValueError, match="fine_tune_steps_per_sample"):
+        SchedulerConfig(fine_tune_steps_per_sample=-1.0).validate()
+
+
 def test_early_stopping_and_config_validation():
     from rls3_ros.rl.scheduler import Evaluator, Trainer, TrainOutcome
     from rls3_ros.rl.env import EpisodeRecord

@@ -27,6 +27,7 @@ Parameters (defaults):
 - ``agent`` ("sac"): sac | ppo | random | miner; ``seed`` (0); ``miner_k`` (4);
   ``learning_starts`` (16, SAC warm-up steps).
 - ``T`` (8), ``T0`` (6), ``E`` (4), ``eta`` (1.0), ``fine_tune_steps`` (40),
+  ``fine_tune_steps_per_sample`` (0.0: off),
   ``replay_fraction`` (0.3), ``budget_valid_samples`` (1200), ``budget_renders`` (0),
   ``max_iterations`` (0), ``patience`` (0): the scheduler (``rls3_ros.rl.scheduler``).
 - ``reward_valid`` (0.1), ``reward_invalid`` (-0.1), ``j2_metric`` ("loss"), ``j2_weight`` (1.0),
@@ -77,6 +78,7 @@ from rls3_msgs.srv import ApplyAction, CaptionScene, ResetScene, ScoreSamples
 
 from rls3_ros.nodes.conversions import msg_to_relation, msg_to_scene, sample_to_msg, scene_to_msg
 from rls3_ros.nodes.image_conversion import image_msg_to_rgb
+from rls3_ros.rl.scheduler import SCHEDULER_PARAMS
 from rls3_ros.nodes.node_main import NodeStartupError, run_node
 from rls3_ros.rl.env import SimSource, SimStep, bounds_from_scene
 from rls3_ros.rl.scheduler import Evaluator, SchedulerCallbacks, Trainer, TrainOutcome
@@ -94,6 +96,7 @@ PARAMS: Dict[str, Any] = {
     "E": (4, "episodes per fine-tuning iteration"),
     "eta": (1.0, "fraction of an episode's valid samples entering the fine-tuning batch"),
     "fine_tune_steps": (40, "optimiser steps per fine-tune"),
+    "fine_tune_steps_per_sample": (0.0, "when > 0: steps per generated sample in the batch instead of fine_tune_steps"),
     "replay_fraction": (0.3, "share of each fine-tuning set drawn from base data"),
     "budget_valid_samples": (1200, "stop after this many valid samples (0 = no limit)"),
     "budget_renders": (0, "stop after this many renders (0 = no limit)"),
@@ -365,9 +368,7 @@ class RlSampler(Node):
         try:
             from rls3_ros.rl.scheduler import SchedulerConfig
 
-            SchedulerConfig(**{k: p[k] for k in ("T", "T0", "E", "eta", "fine_tune_steps", "replay_fraction",
-                                                 "budget_valid_samples", "budget_renders", "max_iterations",
-                                                 "patience")}).validate()
+            SchedulerConfig(**{k: p[k] for k in SCHEDULER_PARAMS}).validate()
         except (ValueError, TypeError) as e:
             errs.append(str(e))
         if errs:
@@ -380,8 +381,7 @@ class RlSampler(Node):
             "run": {"agent": p["agent"], "seed": int(p["seed"]), "backend": "ros", "image_size": "bridge",
                     "n_envs": len(self.sources), "vlm": "vlm_trainer", "graph": True,
                     "bridge_namespaces": list(p["bridge_namespaces"])},
-            "loop": {k: p[k] for k in ("T", "T0", "E", "eta", "fine_tune_steps", "replay_fraction",
-                                       "budget_valid_samples", "budget_renders", "max_iterations", "patience")}
+            "loop": {k: p[k] for k in SCHEDULER_PARAMS}
             | {"min_delta": 0.0, "seed": int(p["seed"])},
             "env": {k: p[k] for k in ("reward_valid", "reward_invalid", "j2_metric", "j2_weight", "j2_clip",
                                       "max_relations", "j2_per_step")} | {"reward_no_relation": 0.0},

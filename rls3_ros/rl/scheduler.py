@@ -43,6 +43,11 @@ from rls3_ros.scene import Sample
 from rls3_ros.vlm.interface import Evaluation, FineTuneResult
 
 
+# the SchedulerConfig fields a node or a run's config.yaml carries (seed and min_delta come from elsewhere)
+SCHEDULER_PARAMS = ("T", "T0", "E", "eta", "fine_tune_steps", "fine_tune_steps_per_sample", "replay_fraction",
+                    "budget_valid_samples", "budget_renders", "max_iterations", "patience")
+
+
 @dataclass
 class SchedulerConfig:
     """Scheduler parameters (defaults = the main job's; see module docstring).
@@ -52,6 +57,9 @@ class SchedulerConfig:
     E (4): episodes per fine-tuning iteration.
     eta (1.0): fraction of an episode's valid samples entering the fine-tuning batch, (0, 1].
     fine_tune_steps (40): optimiser steps per fine-tune (passed to the trainer).
+    fine_tune_steps_per_sample (0.0): when > 0, a fine-tune takes round(this x generated samples in
+        its batch) steps instead (at least 1), so every sampler gets the same optimiser steps per
+        generated sample however its samples fall into batches (a fair comparison of samplers).
     replay_fraction (0.3): share of each fine-tuning set drawn from the base replay pool, [0, 1).
     budget_valid_samples (0): stop after this many valid samples (0 = no limit).
     budget_renders (0): stop after this many simulator renders (0 = no limit).
@@ -66,6 +74,7 @@ class SchedulerConfig:
     E: int = 4
     eta: float = 1.0
     fine_tune_steps: int = 40
+    fine_tune_steps_per_sample: float = 0.0
     replay_fraction: float = 0.3
     budget_valid_samples: int = 0
     budget_renders: int = 0
@@ -86,6 +95,8 @@ class SchedulerConfig:
             errs.append(f"eta must be in (0, 1] (got {self.eta})")
         if self.fine_tune_steps < 1:
             errs.append(f"fine_tune_steps must be >= 1 (got {self.fine_tune_steps})")
+        if not self.fine_tune_steps_per_sample >= 0.0:
+            errs.append(f"fine_tune_steps_per_sample must be >= 0 (got {self.fine_tune_steps_per_sample})")
         if not 0.0 <= self.replay_fraction < 1.0:
             errs.append(f"replay_fraction must be in [0, 1) (got {self.replay_fraction})")
         for k in ("budget_valid_samples", "budget_renders", "max_iterations", "patience"):
@@ -94,6 +105,12 @@ class SchedulerConfig:
         if errs:
             raise ValueError("bad scheduler config: " + "; ".join(errs))
         return self
+
+    def steps_for(self, n_generated: int) -> int:
+        """Optimiser steps of a fine-tune whose batch holds ``n_generated`` generated samples."""
+        if self.fine_tune_steps_per_sample > 0:
+            return max(1, int(round(self.fine_tune_steps_per_sample * n_generated)))
+        return self.fine_tune_steps
 
     @property
     def batch_target(self) -> int:
@@ -300,7 +317,7 @@ class Scheduler:
             for cb in self.callbacks:
                 cb.on_fine_tune_start(self, iteration, len(batch) + len(replay))
             t0 = time.monotonic()
-            out = self.trainer.fine_tune(batch + replay, c.fine_tune_steps, iteration)
+            out = self.trainer.fine_tune(batch + replay, c.steps_for(len(batch)), iteration)
             ft_s = time.monotonic() - t0
             self.total_fine_tune_s += ft_s
             self.iteration = iteration
