@@ -272,13 +272,13 @@ def cli_bench_learning(argv: List[str]) -> int:
     p.add_argument("--quick", action="store_true", help="plumbing check: 1 seed, tiny budget (< 5 min)")
     p.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=SAMPLERS)
     p.add_argument("--seeds", type=int, default=None, help="seeds per sampler (default 3, quick 1)")
-    p.add_argument("--budget", type=int, default=None, help="valid samples per run (default 240, quick 24)")
+    p.add_argument("--budget", type=int, default=None, help="valid samples per run (default 300, quick 24)")
     p.add_argument("--out", default="results", help="output directory (default results/)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a loop setting for every run, e.g. --set loop.E=2")
     a = p.parse_args(argv)
     seeds = list(range(a.seeds if a.seeds is not None else (1 if a.quick else 3)))
-    budget = a.budget if a.budget is not None else (24 if a.quick else 240)
+    budget = a.budget if a.budget is not None else (24 if a.quick else 300)
     doc = run_benchmark(a.samplers, seeds, budget, a.quick, Path(a.out), a.sets)
     print(f"\nbase accuracy {doc['base_accuracy']:.3f}")
     for name, s in doc["samplers"].items():
