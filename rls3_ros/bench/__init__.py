@@ -12,6 +12,8 @@ from typing import List
 
 BENCHMARKS = {
     "learning": ("rls3_ros.bench.learning", "cli_bench_learning", "RL-selected vs random data: accuracy per sampler"),
+    "behaviour": ("rls3_ros.bench.sampler_behaviour", "cli_bench_behaviour",
+                  "what each sampler did in a learning benchmark's runs, and the reward signal it had"),
     "speed": ("rls3_ros.bench.speed", "cli_bench_speed", "samples/s in-process vs ROS, bridge scaling, query latency"),
     "load": ("rls3_ros.bench.load", "cli_bench_load", "8 clients x 1,000 queries with an adapter swap"),
     "query": ("rls3_ros.query_bench", "cli_query_bench", "query latency: node vs direct model call"),

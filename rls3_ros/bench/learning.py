@@ -258,6 +258,12 @@ def run_benchmark(samplers: Sequence[str], seeds: Sequence[int], budget: int, qu
     (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
     plot(doc, out_dir)
     write_markdown(doc, out_dir / f"{name}.md")
+    if not quick:  # what each sampler did, from the same runs: appended to the benchmark's Markdown
+        from rls3_ros.bench.sampler_behaviour import run_analysis
+
+        run_analysis(runs_root, out_dir)
+        md = out_dir / f"{name}.md"
+        md.write_text(md.read_text().rstrip() + "\n\n" + (out_dir / "learning_behaviour.md").read_text())
     if not keep_runs:
         shutil.rmtree(runs_root, ignore_errors=True)
     from rls3_ros.bench.readme_results import is_repo_results, update_readme
