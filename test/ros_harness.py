@@ -142,3 +142,20 @@ def call_service(node, srv_type, name: str, request, timeout: float = 30.0):
         return spin_until_future(client.call_async(request), timeout, f"answer of {name}")
     finally:
         node.destroy_client(client)
+
+
+def startup_failure_problems(label: str, code: int, out: str, expected: str) -> list:
+    """What is wrong with a node start that should have been refused: exit 2 (any non-zero when
+    ``code`` 0 is the only failure), no traceback, exactly one 'startup failed' line naming ``expected``."""
+    problems = []
+    reason = [line for line in out.splitlines() if "startup failed" in line]
+    if code == 0:
+        problems.append(f"{label}: exit 0")
+    if "Traceback" in out:
+        problems.append(f"{label}: traceback:\n{out[-1500:]}")
+    if len(reason) != 1:
+        problems.append(f"{label}: expected one 'startup failed' line, got {len(reason)}:\n{out[-1500:]}")
+    elif expected not in reason[0]:
+        problems.append(f"{label}: reason {reason[0]!r} does not say {expected!r}")
+    return problems
+

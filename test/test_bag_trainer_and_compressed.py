@@ -26,7 +26,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from ros_harness import NodeProcess, poll_until, spin_until_future
+from ros_harness import NodeProcess, poll_until, spin_until_future, startup_failure_problems
 
 import vlm_test_model as tm
 from rls3_ros.bags.dataset_export import export_samples_to_bag
@@ -153,15 +153,9 @@ def test_trainer_with_a_missing_or_corrupt_bag_exits_2_with_one_line(tmp_path, r
         results = list(pool.map(lambda c: _run_trainer(c[0], env), cases))
     problems = []
     for (args, expected), (code, out) in zip(cases, results):
-        reason = [line for line in out.splitlines() if "startup failed" in line]
         if code != 2:
             problems.append(f"{args}: exit {code}, expected 2:\n{out[-1500:]}")
-        if "Traceback" in out:
-            problems.append(f"{args}: traceback:\n{out[-1500:]}")
-        if len(reason) != 1:
-            problems.append(f"{args}: expected one 'startup failed' line, got {len(reason)}:\n{out[-1500:]}")
-        elif expected not in reason[0]:
-            problems.append(f"{args}: reason {reason[0]!r} does not say {expected!r}")
+        problems += startup_failure_problems(str(args), code, out, expected)
         if "vlm_trainer ready" in out or "model 'py:" in out:
             problems.append(f"{args}: the model was loaded before the bag was checked:\n{out[-1500:]}")
     out = results[-1][1]

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from reliability_common import TEST_MODEL, node_env
+from ros_harness import startup_failure_problems
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -81,12 +82,5 @@ def test_every_node_refuses_bad_parameters_with_one_line_and_nonzero_exit(tmp_pa
         reason = [line for line in out.splitlines() if "startup failed" in line]
         shown = reason[0] if reason else out.strip().splitlines()[-1:] or ["(no output)"]
         print(f"  {module:15s} {' '.join(args)[-60:]:60s} -> exit {code}: {str(shown)[:150]}")
-        if code == 0:
-            problems.append(f"{module} {args}: exit 0")
-        if "Traceback" in out:
-            problems.append(f"{module} {args}: traceback:\n{out[-1500:]}")
-        if len(reason) != 1:
-            problems.append(f"{module} {args}: expected one 'startup failed' line, got {len(reason)}:\n{out[-1500:]}")
-        elif expected not in reason[0]:
-            problems.append(f"{module} {args}: reason {reason[0]!r} does not say {expected!r}")
+        problems += startup_failure_problems(f"{module} {args}", code, out, expected)
     assert not problems, "\n".join(problems)
