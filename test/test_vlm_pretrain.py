@@ -59,10 +59,10 @@ def test_cli_pretrain_mujoco_tiny_budget_then_cached(tmp_path, monkeypatch, caps
 
 def test_cli_pretrain_builds_the_grounded_default(tmp_path, capsys):
     out = tmp_path / "grounded"
-    args = ["--out", str(out), "--n-train", "12", "--n-test", "6", "--image-size", "64", "--minutes", "0.02"]
+    args = ["--out", str(out), "--n-train", "12", "--n-test", "6", "--image-size", "64", "--steps", "5"]
     assert cli_pretrain(args) == 0  # no --model: the default VLM
     m = json.loads((out / "pretrain_metrics.json").read_text())
-    assert (out / "model.safetensors").is_file() and m["steps"] > 0 and m["n_test"] == 6
+    assert (out / "model.safetensors").is_file() and m["steps"] == 5 and m["n_test"] == 6 and m["rare_keep"] == 0.0
     assert json.loads((out / "config.json").read_text())["image_size"] == 64
     capsys.readouterr()
     assert cli_pretrain(args) == 0  # cached: skipped

@@ -3,14 +3,16 @@
 Corpus: the same as ``rls3 pretrain`` (``rls3_ros.vlm.pretrain.render_corpus`` / ``imbalance``):
 MuJoCo scenes, a reset and random ``place`` moves per scene, captioned by the caption oracle
 with its hard negatives; deliberately imbalanced (relations whose terms are only left/right
-are all kept, any other relation with probability ``--rare-keep``, default 0.07). A held-out
+are all kept, any other relation with probability ``--rare-keep``, default 0.0: the base never
+sees a rare term, see models/grounded/README.md). A held-out
 set from other scene seeds keeps every relation; the per-term report is on it, with the
 multiple-choice chance level (1 / number of candidates).
 
 Training: all parameters of ``GroundedRelationModel`` (frozen EfficientNet features cached
-once), AdamW, warm-up + cosine over a wall-clock budget (``--minutes``), 1 torch thread.
+once), AdamW, warm-up + cosine over ``--steps`` optimiser steps (default 600; ``--steps 0``:
+over the wall-clock budget ``--minutes`` instead), 1 torch thread.
 
-Run: ``python -m rls3_ros.vlm.grounded_pretrain --out models/grounded --seed 0``
+Run: ``rls3 pretrain`` (defaults = the committed base in models/grounded; ``--out DIR``, ``--force``)
 Output: ``config.json``, ``model.safetensors``, ``pretrain_metrics.json`` in ``--out``
 (default ``$RLS3_MODEL_DIR/grounded``).
 """
@@ -152,14 +154,14 @@ def cli_grounded_pretrain(argv: Sequence[str]) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=str(default_dirs()[0]), help="output model directory (default: %(default)s)")
     p.add_argument("--minutes", type=float, default=2.0, help="training wall-clock budget (default: %(default)s)")
-    p.add_argument("--steps", type=int, default=0,
-                   help="stop after this many optimiser steps (0 = the --minutes budget only); a step budget makes "
-                        "the result independent of the machine's load (default: %(default)s)")
-    p.add_argument("--n-train", type=int, default=1200, help="training images rendered before imbalance")
+    p.add_argument("--steps", type=int, default=600,
+                   help="optimiser steps, the schedule follows them (0 = train for --minutes of wall clock instead); a "
+                        "step budget makes the result independent of the machine's load (default: %(default)s)")
+    p.add_argument("--n-train", type=int, default=1600, help="training images rendered before imbalance")
     p.add_argument("--n-test", type=int, default=300, help="held-out images (other scene seeds)")
     p.add_argument("--image-size", type=int, default=160)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rare-keep", type=float, default=0.07,
+    p.add_argument("--rare-keep", type=float, default=0.0,
                    help="keep probability of relations with a term other than left/right (default: %(default)s)")
     p.add_argument("--backend", default="mujoco", choices=["mujoco", "standin"])
     p.add_argument("--moves-per-scene", type=int, default=8)
