@@ -102,6 +102,11 @@ class GroundedConfig:
     hash_buckets: int = 64
     vocabulary: List[str] = field(default_factory=default_vocabulary)
 
+    def __post_init__(self) -> None:
+        # the grid is what the frozen encoder gives at this image size ("same" padding): never free
+        stride = {"stride8": 8, "stride16": 16, "stride32": 32}.get(self.image_stage, 16)
+        self.grid = -(-int(self.image_size) // stride)
+
     def to_json(self) -> str:
         return json.dumps(dict(asdict(self), family=FAMILY), indent=1)
 
