@@ -265,11 +265,14 @@ class GraphRun:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             try:
-                label, code = self.events.get(timeout=None if deadline is None else max(0.0, deadline - time.monotonic()))
+                # short waits: a blocking get() may not wake for a Ctrl-C the kernel hands to another thread
+                label, code = self.events.get(timeout=0.25)
             except queue.Empty:
-                self._say("launch", f"timeout after {timeout} s: stopping the graph")
-                self.stop()
-                return 124
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._say("launch", f"timeout after {timeout} s: stopping the graph")
+                    self.stop()
+                    return 124
+                continue
             if specs[label].respawn and not self._stopping:
                 why = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
                 self._say("launch", f"{label} died ({why}); respawning it")
