@@ -53,9 +53,9 @@ DEFAULT_CONFIG: Dict[str, Any] = {
         "j2_per_step": False,
     },
     "agent": {"learning_starts": 16, "k": 4},
-    "eval": {"test_scenes": 150, "val_scenes": 24, "replay_scenes": 40, "replay_rare_keep": 0.0,
+    "eval": {"test_scenes": 150, "val_scenes": 48, "replay_scenes": 40, "replay_rare_keep": 0.0,
              "moves_per_scene": 4,
-             "test_per_term": 80, "val_per_term": 15},
+             "test_per_term": 80, "val_per_term": 30},
 }
 DEFAULT_CONFIG["loop"].update({"budget_valid_samples": 1200, "max_iterations": 0, "patience": 0})
 
