@@ -411,6 +411,10 @@ def cli_launch(argv: List[str]) -> int:
     def on_term(signum, frame):
         raise KeyboardInterrupt
 
+    # Ctrl-C must stop the graph however this process was started: a shell's background job
+    # (`rls3 launch ... &`) or a parent that ignores or blocks SIGINT hands that state down.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    old_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     old = signal.signal(signal.SIGTERM, on_term)
     try:
         if resume is not None:
@@ -426,6 +430,7 @@ def cli_launch(argv: List[str]) -> int:
         return 130
     finally:
         signal.signal(signal.SIGTERM, old)
+        signal.signal(signal.SIGINT, old_int)
 
 
 if __name__ == "__main__":

@@ -35,8 +35,10 @@ class NodeProcess:
     that script. On exit the process gets SIGINT, then SIGTERM, then SIGKILL.
     """
 
-    def __init__(self, args: List[str], env: Dict[str, str], name: str, log_dir: Optional[Path] = None):
+    def __init__(self, args: List[str], env: Dict[str, str], name: str, log_dir: Optional[Path] = None,
+                 preexec_fn: Optional[Callable[[], None]] = None):
         self.args = [PYTHON, *args]
+        self.preexec_fn = preexec_fn
         self.env = env
         self.name = name
         root = Path(log_dir or env.get("ROS_HOME", "/tmp"))
@@ -47,7 +49,8 @@ class NodeProcess:
     def __enter__(self) -> "NodeProcess":
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.args, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=self.preexec_fn,
         )
         return self
 

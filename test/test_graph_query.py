@@ -46,3 +46,18 @@ def test_query_graph_answers_on_the_camera_frame(ros_env, tmp_path, rclpy_node):
     for pid in pids:
         poll_until(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
                    15, f"node {pid} to exit")
+
+
+def test_ctrl_c_stops_a_launcher_started_with_sigint_ignored(ros_env, tmp_path):
+    """A shell's background job (`rls3 launch query &`) starts with SIGINT ignored; Ctrl-C must still stop the graph."""
+    args = ["-m", "rls3_ros.graph_launcher", "query", "--set", "spatial_query.model=py:no_such_module:load"]
+    ignore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
+    with NodeProcess(args, dict(ros_env), "launch_sigign", preexec_fn=ignore_sigint) as p:
+        p.wait_for_output(r"\[spatial_query\].*not available", timeout=60)  # the node is up (and waits for a model)
+        pids = [int(m) for m in re.findall(r"\[launch\] started \S+ \(pid (\d+)\)", p.output())]
+        p.proc.send_signal(signal.SIGINT)
+        assert p.wait(timeout=40) == 130
+        assert "interrupted: stopping every node" in p.output()
+    for pid in pids:
+        poll_until(lambda: not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z",
+                   15, f"node {pid} to exit")
