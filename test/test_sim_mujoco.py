@@ -430,3 +430,31 @@ def test_several_backends_in_one_process_render_concurrently_and_agree():
             b.close()
     assert len(out[0]) == len(out[1]) == 2
     assert all(np.array_equal(a, b) for a, b in zip(out[0], out[1]))
+
+
+def test_renderer_reused_across_resets_renders_like_a_fresh_one():
+    """Resets keep one GL context (the renderer is rebound to each new model): the images,
+    segmentation and boxes of a scene must equal those of a backend that renders it first."""
+    warm = make_backend("mujoco", image_size=SIZE, seed=0)
+    try:
+        for s in (11, 12, 13):  # several models through the same context first
+            warm.reset(s)
+            warm.render()
+        warm.reset(21)
+        a = warm.render()
+        moved = warm.apply(MoveAction(SWAP, warm.state().active_objects()[0].id))
+    finally:
+        warm.close()
+    fresh = make_backend("mujoco", image_size=SIZE, seed=0)
+    try:
+        fresh.reset(21)
+        b = fresh.render()
+        moved_b = fresh.apply(MoveAction(SWAP, fresh.state().active_objects()[0].id))
+    finally:
+        fresh.close()
+    assert a.rgb.std() > 5, "the render is blank"
+    np.testing.assert_array_equal(a.rgb, b.rgb)
+    np.testing.assert_array_equal(a.segmentation, b.segmentation)
+    assert a.boxes == b.boxes
+    assert moved.valid == moved_b.valid
+    np.testing.assert_array_equal(moved.render.rgb, moved_b.render.rgb)

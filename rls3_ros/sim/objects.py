@@ -49,6 +49,41 @@ def robosuite_assets_dir() -> str:
     return path
 
 
+TEXTURE_MAX_PX = 256  # renders are 160-448 px: a texture repeated over part of the view needs no more
+
+
+def texture_dir(max_px: int = TEXTURE_MAX_PX) -> str:
+    """robosuite's textures downsampled to at most ``max_px`` per side (cached on disk once).
+
+    The full-size textures (up to 1450 px, 8 MB per scene) cost ~100 ms of GPU-context upload
+    and PNG decoding at every scene reset, more than the rest of a reset together; at the
+    render sizes used here the downsampled ones look the same (MuJoCo mipmaps them anyway).
+    Written atomically per file, so concurrent processes can share the cache.
+    """
+    src = os.path.join(robosuite_assets_dir(), "textures")
+    cache = os.environ.get("RLS3_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "rls3_ros"))
+    out = os.path.join(cache, f"textures-{int(max_px)}")
+    os.makedirs(out, exist_ok=True)
+    names = [n for n in os.listdir(src) if n.endswith(".png")]
+    missing = [n for n in names if not os.path.exists(os.path.join(out, n))]
+    if missing:
+        import tempfile
+
+        from PIL import Image
+
+        for n in missing:
+            with Image.open(os.path.join(src, n)) as im:
+                im = im.convert("RGBA" if im.mode in ("RGBA", "LA", "P") else "RGB")
+                if max(im.size) > max_px:
+                    s = max_px / max(im.size)
+                    im = im.resize((max(1, round(im.size[0] * s)), max(1, round(im.size[1] * s))), Image.LANCZOS)
+                fd, tmp = tempfile.mkstemp(dir=out, suffix=".png")
+                os.close(fd)
+                im.save(tmp)
+                os.replace(tmp, os.path.join(out, n))
+    return out
+
+
 def _fmt(values: Sequence[float]) -> str:
     return " ".join(f"{float(v):.5g}" for v in values)
 

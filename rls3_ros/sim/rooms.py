@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from rls3_ros.sim.objects import COLORS, ObjectSpec, build_object, choose_objects, robosuite_assets_dir
+from rls3_ros.sim.objects import COLORS, ObjectSpec, build_object, choose_objects, robosuite_assets_dir, texture_dir
 
 SCENE_TYPES: Tuple[str, ...] = ("kitchen", "living_room", "bedroom", "dining_room")
 
@@ -370,7 +370,7 @@ def build_room(seed: int, scene_type: str, image_size: int = 224, n_active: int 
     off = max(640, int(image_size))
     assets = robosuite_assets_dir()
     xml = f"""<mujoco model="rls3_{scene_type}_{seed}">
-  <compiler texturedir="{assets}/textures" meshdir="{assets}/objects/meshes" angle="degree" boundmass="0.02" boundinertia="1e-6"/>
+  <compiler texturedir="{texture_dir()}" meshdir="{assets}/objects/meshes" angle="degree" boundmass="0.02" boundinertia="1e-6"/>
   <option timestep="{timestep}" integrator="implicitfast" cone="elliptic" impratio="2"/>
   <size memory="20M"/>
   <visual>
