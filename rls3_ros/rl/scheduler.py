@@ -40,7 +40,7 @@ import numpy as np
 
 from rls3_ros.rl.env import EpisodeRecord
 from rls3_ros.scene import Sample
-from rls3_ros.vlm.interface import Evaluation, FineTuneResult
+from rls3_ros.vlm.interface import Evaluation, FineTuneResult, combo_key
 
 
 # the SchedulerConfig fields a node or a run's config.yaml carries (seed and min_delta come from elsewhere)
@@ -164,6 +164,8 @@ class IterationInfo:
     eval_s: float = 0.0  # time of this evaluation (test + val)
     total_fine_tune_s: float = 0.0  # cumulative time in fine-tuning
     total_eval_s: float = 0.0  # cumulative time in evaluation
+    # every evaluated split (test, val, tail, ...): accuracy, per term / combination accuracy and loss
+    splits: Dict[str, Dict[str, Any]] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -185,6 +187,14 @@ class SchedulerCallbacks:
         pass
 
 
+def split_record(ev: Evaluation) -> Dict[str, Any]:
+    """What the history keeps of one split's evaluation (JSON-ready)."""
+    return {"accuracy": float(ev.accuracy), "loss": float(ev.mean_loss), "n": int(ev.n),
+            "per_term": dict(ev.per_term), "per_term_loss": dict(ev.per_term_loss), "counts": dict(ev.counts),
+            "per_combo": dict(ev.per_combo), "per_combo_loss": dict(ev.per_combo_loss),
+            "combo_counts": dict(ev.combo_counts)}
+
+
 def _nan_if_none(x):
     return float("nan") if x is None else float(x)
 
@@ -199,8 +209,14 @@ class Scheduler:
         evaluator: Optional[Evaluator] = None,
         replay_pool: Sequence[Sample] = (),
         callbacks: Sequence[SchedulerCallbacks] = (),
+        extra_splits: Sequence[str] = (),
+        always_validate: bool = False,
     ):
         self.config = config.validate()
+        # splits evaluated after every fine-tune besides "test" (e.g. the tail split), and whether
+        # "val" is evaluated without early stopping (samplers that read the VLM's validation error)
+        self.extra_splits = tuple(extra_splits)
+        self.always_validate = bool(always_validate)
         self.trainer = trainer
         self.evaluator = evaluator
         self.replay_pool = list(replay_pool)
@@ -221,6 +237,8 @@ class Scheduler:
         self.stop_reason = ""
         self.history: List[IterationInfo] = []
         self.generated_terms: Dict[str, int] = {}
+        self.generated_combos: Dict[str, int] = {}
+        self.mode_counts: Dict[str, int] = {}
         self.invalid: Dict[str, int] = {}
         self.move_kinds: Dict[str, int] = {}
         self.j2_sum = 0.0
@@ -277,6 +295,10 @@ class Scheduler:
                 for r in s.relations:
                     for t in r.terms:
                         self.generated_terms[t] = self.generated_terms.get(t, 0) + 1
+                    ck = combo_key(r.terms)
+                    self.generated_combos[ck] = self.generated_combos.get(ck, 0) + 1
+            for k, v in record.mode_counts.items():
+                self.mode_counts[k] = self.mode_counts.get(k, 0) + v
             for k, v in record.invalid.items():
                 self.invalid[k] = self.invalid.get(k, 0) + v
             for k, v in record.move_kinds.items():
@@ -338,7 +360,17 @@ class Scheduler:
     def _evaluate_and_record(self, iteration, batch, n_replay, out, ft_s, adapter_path, terms=None) -> IterationInfo:
         t0 = time.monotonic()
         test = self.evaluator.evaluate("test") if self.evaluator else None
-        val = self.evaluator.evaluate("val") if (self.evaluator and self.config.patience) else None
+        val = self.evaluator.evaluate("val") if (self.evaluator and (self.config.patience or self.always_validate)) else None
+        splits: Dict[str, Any] = {}
+        for name, ev in (("test", test), ("val", val)):
+            if ev is not None:
+                splits[name] = split_record(ev)
+        for name in self.extra_splits:
+            if name in splits:
+                continue
+            ev = self.evaluator.evaluate(name) if self.evaluator else None
+            if ev is not None:
+                splits[name] = split_record(ev)
         eval_s = time.monotonic() - t0
         self.total_eval_s += eval_s
         val_acc = _nan_if_none(val.accuracy if val else None)
@@ -376,6 +408,7 @@ class Scheduler:
             eval_s=eval_s,
             total_fine_tune_s=self.total_fine_tune_s,
             total_eval_s=self.total_eval_s,
+            splits=splits,
         )
         self.history.append(info)
         for cb in self.callbacks:
@@ -410,6 +443,8 @@ class Scheduler:
                 "stop_reason": self.stop_reason,
                 "history": [h.to_dict() for h in self.history],
                 "generated_terms": dict(self.generated_terms),
+                "generated_combos": dict(self.generated_combos),
+                "mode_counts": dict(self.mode_counts),
                 "invalid": dict(self.invalid),
                 "move_kinds": dict(self.move_kinds),
                 "j2_sum": self.j2_sum,
@@ -430,6 +465,8 @@ class Scheduler:
             self.stop_reason = ""  # a resumed run continues; the owner decides if it was already finished
             self.history = [IterationInfo(**h) for h in d["history"]]
             self.generated_terms = dict(d["generated_terms"])
+            self.generated_combos = dict(d.get("generated_combos", {}))
+            self.mode_counts = dict(d.get("mode_counts", {}))
             self.invalid = dict(d["invalid"])
             self.move_kinds = dict(d["move_kinds"])
             self.wall_offset = float(d.get("wall_s", 0.0))

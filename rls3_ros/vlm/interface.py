@@ -38,6 +38,15 @@ class Evaluation:
     counts: Dict[str, int]  # term -> number of relations containing it
     mean_loss: float
     n: int
+    per_term_loss: Dict[str, float] = field(default_factory=dict)  # term -> mean loss of its relations
+    per_combo: Dict[str, float] = field(default_factory=dict)  # "above+in front" -> accuracy
+    combo_counts: Dict[str, int] = field(default_factory=dict)
+    per_combo_loss: Dict[str, float] = field(default_factory=dict)
+
+
+def combo_key(terms: Sequence[str]) -> str:
+    """One name per term combination, order-free: ("in front", "above") -> "above+in front"."""
+    return "+".join(sorted(terms))
 
 
 @dataclass
@@ -57,10 +66,19 @@ def evaluation_of(scores: Sequence[RelationScore]) -> Evaluation:
     """Accuracy overall and per term, and the mean loss, of relation scores."""
     per_hits: Dict[str, int] = {}
     per_n: Dict[str, int] = {}
+    per_loss: Dict[str, float] = {}
+    c_hits: Dict[str, int] = {}
+    c_n: Dict[str, int] = {}
+    c_loss: Dict[str, float] = {}
     for s in scores:
         for t in s.terms:
             per_n[t] = per_n.get(t, 0) + 1
             per_hits[t] = per_hits.get(t, 0) + int(s.correct)
+            per_loss[t] = per_loss.get(t, 0.0) + float(s.loss)
+        c = combo_key(s.terms)
+        c_n[c] = c_n.get(c, 0) + 1
+        c_hits[c] = c_hits.get(c, 0) + int(s.correct)
+        c_loss[c] = c_loss.get(c, 0.0) + float(s.loss)
     n = len(scores)
     return Evaluation(
         accuracy=float(np.mean([s.correct for s in scores])) if n else float("nan"),
@@ -68,6 +86,10 @@ def evaluation_of(scores: Sequence[RelationScore]) -> Evaluation:
         counts=per_n,
         mean_loss=float(np.mean([s.loss for s in scores])) if n else float("nan"),
         n=n,
+        per_term_loss={t: per_loss[t] / per_n[t] for t in per_n},
+        per_combo={c: c_hits[c] / c_n[c] for c in c_n},
+        combo_counts=c_n,
+        per_combo_loss={c: c_loss[c] / c_n[c] for c in c_n},
     )
 
 
