@@ -8,10 +8,13 @@ Every agent exposes the same small interface, so the scheduler never knows which
 - ``save(directory)`` / ``load(directory)``: the agent's state (SB3 model + SAC replay buffer,
   or the RNG of the random agent / miner).
 
-SAC (the paper's, the default) and PPO come from stable-baselines3 with small nets
-(``net_arch`` [64, 64]); SAC's warm-up (``learning_starts``) is short (default 2 episodes)
-because the toy RLS3 showed a long warm-up only delays the shift, and its entropy target is
-kept automatic so it does not collapse onto one side. ``random`` samples the same Box
+SAC (the paper's) and PPO come from stable-baselines3 with small nets (``net_arch`` [64, 64]).
+Made able to move within a few hundred steps (measured: with ``ent_coef="auto"`` alpha starts
+at 1.0 and ~645 updates left it >= 0.53, so SAC's policy stayed uniform): SAC's entropy
+coefficient starts at 0.05 (``auto_0.05``, still tuned automatically), it takes 4 gradient steps
+per env step, and its warm-up (``learning_starts``) is short. PPO collects 64 steps per update
+(10 epochs) and uses a tanh-squashed gSDE policy (a clipped Gaussian put a third of its
+coordinates on +-1). ``random`` samples the same Box
 uniformly (the paper's baseline). ``miner`` is the non-RL baseline: per step it tries ``k``
 random moves and keeps the one with the highest VLM loss (``RLS3Env.mine_step``).
 
@@ -32,7 +35,7 @@ import numpy as np
 
 from rls3_ros.rl.env import RLS3Env
 
-AGENTS = ("sac", "ppo", "random", "miner")
+AGENTS = ("sac", "ppo", "random", "miner", "upper", "teacher")
 
 
 def _noop() -> None:
@@ -252,8 +255,8 @@ class SACAgent(_SB3Agent):
             batch_size=int(k.get("batch_size", 64)),
             gamma=float(k.get("gamma", 0.95)),
             train_freq=1,
-            gradient_steps=int(k.get("gradient_steps", 1)),
-            ent_coef=k.get("ent_coef", "auto"),
+            gradient_steps=int(k.get("gradient_steps", 4)),
+            ent_coef=k.get("ent_coef", "auto_0.05"),
             policy_kwargs=policy_kwargs,
             seed=self.seed,
             device=device,
@@ -281,17 +284,18 @@ class PPOAgent(_SB3Agent):
 
         k = self.kwargs
         T = self.envs[0].T
-        n_steps = int(k.get("n_steps", 4 * T))
+        n_steps = int(k.get("n_steps", 64))
         return PPO(
             "MlpPolicy",
             self.vec,
-            learning_rate=float(k.get("learning_rate", 3e-4)),
+            learning_rate=float(k.get("learning_rate", 1e-3)),
             n_steps=n_steps,
             batch_size=int(k.get("batch_size", min(32, n_steps * len(self.envs)))),
-            n_epochs=int(k.get("n_epochs", 4)),
+            n_epochs=int(k.get("n_epochs", 10)),
             gamma=float(k.get("gamma", 0.95)),
-            ent_coef=float(k.get("ent_coef", 0.01)),
-            policy_kwargs=policy_kwargs,
+            ent_coef=float(k.get("ent_coef", 0.0)),
+            use_sde=True,  # state-dependent exploration with a tanh-squashed action: no mass piled on +-1
+            policy_kwargs={**policy_kwargs, "squash_output": True},
             seed=self.seed,
             device=device,
             verbose=0,
@@ -299,7 +303,7 @@ class PPOAgent(_SB3Agent):
 
 
 def make_agent(name: str, envs: Sequence[RLS3Env], seed: int = 0, **kwargs) -> Agent:
-    """``name`` in sac | ppo | random | miner; kwargs go to the agent (e.g. ``k`` for the miner,
+    """``name`` in sac | ppo | random | miner | upper | teacher; kwargs go to the agent (e.g. ``k`` for the miner,
     ``learning_starts`` for SAC)."""
     name = name.lower()
     if name == "sac":
@@ -310,4 +314,8 @@ def make_agent(name: str, envs: Sequence[RLS3Env], seed: int = 0, **kwargs) -> A
         return RandomAgent(envs, seed, **kwargs)
     if name == "miner":
         return MinerAgent(envs, seed, **kwargs)
+    if name in ("upper", "teacher"):
+        from rls3_ros.rl.mode_samplers import TeacherSampler, UpperBoundSampler
+
+        return (UpperBoundSampler if name == "upper" else TeacherSampler)(envs, seed, **kwargs)
     raise ValueError(f"unknown agent {name!r} (choose from {', '.join(AGENTS)})")

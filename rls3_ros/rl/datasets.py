@@ -130,6 +130,29 @@ def cached_split(
     """``generate_samples`` (+ ``balance_relations`` when ``per_term`` > 0), cached on disk."""
     key = json.dumps({"v": 1, "split": split, "n": n_scenes, "moves": moves_per_scene, "per_term": per_term,
                       "source": source_key, "scene_types": list(scene_types or [])}, sort_keys=True)
+
+    def make():
+        samples = generate_samples(source, captioner, split, n_scenes, moves_per_scene, scene_types)
+        return balance_relations(samples, per_term) if per_term else samples
+
+    return _cached(split, key, n_scenes, make, cache_dir, log)
+
+
+def cached_tail(source: SimSource, captioner: Callable, split: str, n_scenes: int, source_key: str,
+                per_combo: int = 60, scene_types: Optional[Sequence[str]] = None, cache_dir: Optional[str] = None,
+                log: Callable[[str], None] = lambda m: None) -> List[Sample]:
+    """The tail split (``rls3_ros.rl.tail_split``), generated once and cached like the others."""
+    from rls3_ros.rl.tail_split import generate_tail
+
+    key = json.dumps({"v": 1, "split": split, "n": n_scenes, "per_combo": per_combo, "source": source_key,
+                      "scene_types": list(scene_types or [])}, sort_keys=True)
+    return _cached(split, key, n_scenes,
+                   lambda: generate_tail(source, captioner, split, n_scenes, per_combo=per_combo,
+                                         scene_types=scene_types), cache_dir, log)
+
+
+def _cached(split: str, key: str, n_scenes: int, make: Callable[[], List[Sample]], cache_dir: Optional[str],
+            log: Callable[[str], None]) -> List[Sample]:
     h = hashlib.sha1(key.encode()).hexdigest()[:16]
     path = os.path.join(cache_dir or default_cache_dir(), "evalsets", f"{split}-{h}.pkl")
     if os.path.exists(path):
@@ -141,9 +164,7 @@ def cached_split(
         except Exception as e:  # corrupt cache: rebuild
             log(f"cache {path} unreadable ({e}); rebuilding")
     log(f"generating the {split} set ({n_scenes} scenes) once; cached at {path}")
-    samples = generate_samples(source, captioner, split, n_scenes, moves_per_scene, scene_types)
-    if per_term:
-        samples = balance_relations(samples, per_term)
+    samples = make()
     _atomic_pickle({"key": key, "samples": samples}, path)
     return samples
 

@@ -54,12 +54,13 @@ import numpy as np
 
 from rls3_ros.scene import Sample, SceneState, SpatialRelation
 from rls3_ros.sim.backend import PLACE, SWAP, MoveAction
+from rls3_ros.rl.modes import ACTION_DIM, mode_of
 from rls3_ros.vlm.interface import RelationScore
 
 N_SLOTS = 3
 N_SCENE_TYPES = 8
 SLOT_FEATURES_BASE = 8  # position(3) + size(3) + visible_fraction + stacked flag
-ACTION_DIM = 6
+OBS_TERMS = ("left", "right", "in front", "behind", "above", "below", "on", "under")
 TRAIN_SEED_STRIDE = 100_003  # scene seed = seed * stride + episode (test/val sets use seeds >= 1e9)
 
 Captioner = Callable[[SceneState], List[SpatialRelation]]
@@ -185,6 +186,9 @@ class EpisodeRecord:
     move_kinds: Dict[str, int] = field(default_factory=dict)
     wall_s: float = 0.0
     env_id: str = ""  # the env's run_id (which simulator / bridge produced the episode)
+    mode_counts: Dict[str, int] = field(default_factory=dict)  # generation mode -> steps (rls3_ros.rl.modes)
+    sample_modes: Dict[str, str] = field(default_factory=dict)  # sample id -> mode of the move that made it
+    j2_raw: float = float("nan")  # J2 before the per-iteration baseline (j2_baseline="iteration")
 
 
 def j2_from_scores(scores: Sequence[RelationScore], metric: str = "loss", clip: float = 5.0) -> float:
@@ -236,6 +240,9 @@ class RLS3Env(gym.Env):
         run_id: str = "rls3",
         max_relations: int = 0,
         j2_per_step: bool = False,
+        j2_baseline: str = "none",
+        observe_vlm: bool = False,
+        vlm_state: Optional[Callable[[], Tuple[int, Dict[str, float]]]] = None,
     ):
         super().__init__()
         if T < 1:
@@ -263,10 +270,17 @@ class RLS3Env(gym.Env):
         self.run_id = run_id
         self.max_relations = int(max_relations)
         self.j2_per_step = bool(j2_per_step)
+        if j2_baseline not in ("none", "iteration"):
+            raise ValueError(f"j2_baseline must be none | iteration (got {j2_baseline!r})")
+        self.j2_baseline = j2_baseline
+        self.observe_vlm = bool(observe_vlm)
+        # () -> (fine-tunes so far, per-term validation error of the current adapter); set by the runner
+        self.vlm_state = vlm_state
+        self._j2_stats: Tuple[int, int, float] = (-1, 0, 0.0)  # (iteration, n, mean) of raw J2
         self.reset_attempts = 5  # seeds tried when the simulator cannot build a scene
 
         self.slot_dim = self.n_categories + SLOT_FEATURES_BASE
-        obs_dim = N_SLOTS * self.slot_dim + N_SCENE_TYPES + 3 + 3
+        obs_dim = N_SLOTS * self.slot_dim + N_SCENE_TYPES + 3 + 3 + (len(OBS_TERMS) if self.observe_vlm else 0)
         self.observation_space = gym.spaces.Box(-10.0, 10.0, (obs_dim,), np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, (ACTION_DIM,), np.float32)
 
@@ -279,6 +293,8 @@ class RLS3Env(gym.Env):
         self._step_scores: List[RelationScore] = []
         self._invalid: Dict[str, int] = {}
         self._kinds: Dict[str, int] = {}
+        self._modes: Dict[str, int] = {}
+        self._sample_modes: Dict[str, str] = {}
         self._renders_at_reset = 0
         self._last_valid = 1.0
         self._return = 0.0
@@ -314,6 +330,8 @@ class RLS3Env(gym.Env):
         self._step_scores = []
         self._invalid = {}
         self._kinds = {}
+        self._modes = {}
+        self._sample_modes = {}
         self._last_valid = 1.0
         self._return = 0.0
         self._t_start = time.monotonic()
@@ -323,7 +341,13 @@ class RLS3Env(gym.Env):
         move = self.decode_action(action)
         res = self.source.apply(move)
         sample, reason = self._make_sample(res)
+        self._note_mode(mode_of(action), sample)
         return self._advance(sample, res, reason, move)
+
+    def _note_mode(self, mode: str, sample: Optional[Sample]) -> None:
+        self._modes[mode] = self._modes.get(mode, 0) + 1
+        if sample is not None:
+            self._sample_modes[sample.sample_id] = mode
 
     # ------------------------------------------------------------------ miner step
     def mine_step(self, k: int, rng: Optional[np.random.Generator] = None):
@@ -343,6 +367,7 @@ class RLS3Env(gym.Env):
             res = self.source.apply(move)
             self._kinds[self._kind_name(move)] = self._kinds.get(self._kind_name(move), 0) + 1
             s, why = self._make_sample(res, sub=len(cands))
+            self._note_mode(mode_of(a), s)
             if res.valid:
                 self._scene = res.scene
             if s is not None:
@@ -354,6 +379,7 @@ class RLS3Env(gym.Env):
             return self._advance(None, last, reason or "invalid", last_move, count_kind=False)
         losses = per_sample_loss(self.scorer(cands), self.j2_clip)
         best = max(cands, key=lambda s: losses.get(s.sample_id, -1.0))
+        self._sample_modes[self._sample_id(self._t)] = self._sample_modes.get(best.sample_id, "")
         best.sample_id = self._sample_id(self._t)
         return self._advance(best, SimStep(True, "", best.scene, best.image), "", last_move, count_kind=False)
 
@@ -425,6 +451,9 @@ class RLS3Env(gym.Env):
                 j2 = j2_from_scores(scores, self.j2_metric, self.j2_clip)
             elif self.scorer is not None:
                 j2 = 0.0
+            j2_raw = j2
+            if not math.isnan(j2) and self.j2_baseline == "iteration" and self._samples:
+                j2 = self._against_baseline(j2)
             if not math.isnan(j2) and not self.j2_per_step:
                 r += self.j2_weight * j2
             rec = EpisodeRecord(
@@ -441,12 +470,28 @@ class RLS3Env(gym.Env):
                 move_kinds=dict(self._kinds),
                 wall_s=time.monotonic() - self._t_start,
                 env_id=self.run_id,
+                mode_counts=dict(self._modes),
+                sample_modes=dict(self._sample_modes),
+                j2_raw=j2_raw,
             )
             info["j2"] = j2
             info["episode_record"] = rec
             if self.episode_hook is not None:
                 self.episode_hook(rec)
         return self._obs(), float(r), bool(done), False, info
+
+    def _against_baseline(self, j2: float) -> float:
+        """J2 minus the running mean of this adapter's episodes (the target stops moving as the
+        VLM learns: an episode is rewarded for being harder than the current model's average)."""
+        it = self.vlm_state()[0] if self.vlm_state is not None else 0
+        last_it, n, mean = self._j2_stats
+        if it != last_it:
+            n, mean = 0, 0.0
+        out = j2 - mean if n else 0.0
+        n += 1
+        mean += (j2 - mean) / n
+        self._j2_stats = (it, n, mean)
+        return out
 
     def decode_action(self, action) -> MoveAction:
         """Map a Box action in [-1, 1]^6 to a simulator move (see module docstring)."""
@@ -507,6 +552,10 @@ class RLS3Env(gym.Env):
         out[g + 3] = self._t / self.T
         out[g + 4] = len(self._samples) / self.T0
         out[g + 5] = self._last_valid
+        if self.observe_vlm:  # what the VLM currently gets wrong: per-term validation error
+            err = self.vlm_state()[1] if self.vlm_state is not None else {}
+            for i, t in enumerate(OBS_TERMS):
+                out[g + 6 + i] = float(err.get(t, 0.5))
         return np.clip(out, -10.0, 10.0)
 
     def close(self):

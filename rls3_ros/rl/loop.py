@@ -22,13 +22,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import numpy as np
 
 from rls3_ros.rl.agents import make_agent
-from rls3_ros.rl.datasets import cached_split, replay_pool, term_counts
+from rls3_ros.rl.datasets import cached_split, cached_tail, replay_pool, term_counts
 from rls3_ros.rl.env import BackendSource, RLS3Env, SimSource
 from rls3_ros.rl.report import plot_accuracy, write_report
 from rls3_ros.rl.run_dir import MetricsCallback, RunDir, load_pickle, save_pickle, write_yaml
 from rls3_ros.rl.scheduler import (Evaluator, IterationInfo, Scheduler, SchedulerCallbacks, SchedulerConfig,
                                    Trainer, TrainOutcome)
 from rls3_ros.scene import Sample
+
+LOOP_FEATURE_CACHE = 12_000  # images whose VLM features the loop keeps (eval sets + recent renders)
+TAIL_PER_COMBO = 80  # relations kept per term combination in the tail test split
+VAL_TAIL_PER_COMBO = 25
 
 DEFAULT_CONFIG: Dict[str, Any] = {
     "run": {
@@ -51,11 +55,14 @@ DEFAULT_CONFIG: Dict[str, Any] = {
         "j2_clip": 3.0,
         "max_relations": 3,
         "j2_per_step": False,
+        "j2_baseline": "none",
+        "observe_vlm": False,
     },
     "agent": {"learning_starts": 16, "k": 4},
     "eval": {"test_scenes": 150, "val_scenes": 48, "replay_scenes": 40, "replay_rare_keep": 0.0,
              "moves_per_scene": 4,
-             "test_per_term": 80, "val_per_term": 30},
+             "test_per_term": 80, "val_per_term": 30, "tail_scenes": 0, "val_tail_scenes": 0,
+             "extra_splits": []},
 }
 DEFAULT_CONFIG["loop"].update({"budget_valid_samples": 1200, "max_iterations": 0, "patience": 0})
 
@@ -95,14 +102,17 @@ def validate_config(cfg: Dict[str, Any]) -> None:
         errs.append(str(e))
         sc = None
     rc = cfg["run"]
-    if rc.get("agent") not in ("sac", "ppo", "random", "miner"):
-        errs.append(f"run.agent must be sac | ppo | random | miner (got {rc.get('agent')!r})")
+    if rc.get("agent") not in AGENT_KEYS:
+        errs.append(f"run.agent must be {' | '.join(AGENT_KEYS)} (got {rc.get('agent')!r})")
+    unknown = set(cfg["agent"]) - set(AGENT_SECTION_KEYS)
+    if unknown:
+        errs.append(f"unknown agent parameter(s): {sorted(unknown)} (known: {AGENT_SECTION_KEYS})")
     unknown = set(rc) - set(DEFAULT_CONFIG["run"])
     if unknown:
         errs.append(f"unknown run parameter(s): {sorted(unknown)}")
     env_params = set(inspect.signature(RLS3Env.__init__).parameters) - {"self", "source", "captioner", "scorer", "T",
                                                                          "T0", "seed", "scene_types", "episode_hook",
-                                                                         "run_id"}
+                                                                         "run_id", "vlm_state"}
     unknown = set(cfg["env"]) - env_params
     if unknown:
         errs.append(f"unknown env parameter(s): {sorted(unknown)} (known: {sorted(env_params)})")
@@ -116,6 +126,10 @@ def validate_config(cfg: Dict[str, Any]) -> None:
     if unknown:
         errs.append(f"unknown eval parameter(s): {sorted(unknown)}")
     for k, v in cfg["eval"].items():
+        if k == "extra_splits":
+            if not isinstance(v, (list, tuple)) or any(x not in ("tail", "val") for x in v):
+                errs.append(f"eval.extra_splits must be a list of: tail, val (got {v!r})")
+            continue
         if k == "replay_rare_keep":
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
                 errs.append(f"eval.replay_rare_keep must be a probability in [0, 1] (got {v!r})")
@@ -125,6 +139,30 @@ def validate_config(cfg: Dict[str, Any]) -> None:
         errs.append("eval.test_scenes must be >= 1")
     if errs:
         raise ValueError("bad configuration: " + "; ".join(errs))
+
+
+AGENT_KEYS = {  # which keys of the config's ``agent`` section each sampler takes
+    "sac": ("learning_starts", "ent_coef", "gradient_steps", "learning_rate", "batch_size", "gamma", "buffer_size"),
+    "ppo": ("n_steps", "learning_rate", "batch_size", "n_epochs", "gamma", "ent_coef"),
+    "random": (),
+    "miner": ("k",),
+    "upper": ("epsilon", "sharpness"),
+    "teacher": ("epsilon", "temperature", "alpha"),
+}
+AGENT_SECTION_KEYS = sorted({k for ks in AGENT_KEYS.values() for k in ks} | {"sac_ent_coef", "ppo_ent_coef",
+                                                                              "sac_learning_rate"})
+
+
+def agent_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The ``agent`` section's keys that the configured sampler takes (``sac_*``/``ppo_*`` prefixed
+    keys override the shared ones for that algorithm, so SAC's and PPO's entropy settings differ)."""
+    name = cfg["run"]["agent"]
+    sec = dict(cfg.get("agent") or {})
+    out = {k: v for k, v in sec.items() if k in AGENT_KEYS.get(name, ())}
+    for k, v in sec.items():
+        if k.startswith(name + "_") and k[len(name) + 1:] in AGENT_KEYS.get(name, ()):
+            out[k[len(name) + 1:]] = v
+    return out
 
 
 # ---------------------------------------------------------------------- in-process stages
@@ -179,23 +217,28 @@ class LoopRunner:
         self.log = log
         self.adapter_loader = adapter_loader
         self.metrics = MetricsCallback(run)
+        rc = cfg["run"]
+        mode_agent = rc["agent"] in ("upper", "teacher")
         self.sched = Scheduler(scheduler_config(cfg), trainer, evaluator, replay_pool,
-                               [self.metrics, *callbacks])
+                               [self.metrics, *callbacks], extra_splits=tuple(cfg["eval"].get("extra_splits") or ()),
+                               always_validate=mode_agent or bool(cfg["env"].get("observe_vlm")))
         for e in self.envs:
             e.episode_hook = self.sched.on_episode
-        rc = cfg["run"]
-        akw = dict(cfg.get("agent") or {})
-        if rc["agent"] != "miner":
-            akw.pop("k", None)
-        if rc["agent"] not in ("sac", "ppo"):
-            akw = {k: v for k, v in akw.items() if k == "k"}
-        else:
-            akw = {k: v for k, v in akw.items() if k != "k"}
-        self.agent = make_agent(rc["agent"], self.envs, seed=int(rc["seed"]), **akw)
+            e.vlm_state = self.vlm_state
+        self.agent = make_agent(rc["agent"], self.envs, seed=int(rc["seed"]), **agent_kwargs(cfg))
+        if isinstance(self.agent, SchedulerCallbacks):  # mode samplers learn from episodes and evaluations
+            self.sched.callbacks.append(self.agent)
         self._progress = progress
         self._bar = None
         self._ckpt_lock = threading.Lock()
         self.resumed_from = ""
+
+    def vlm_state(self):
+        """(fine-tunes so far, per-term validation error of the current adapter) for the envs."""
+        h = self.sched.history
+        val = h[-1].splits.get("val") if h else None
+        err = {t: 1.0 - a for t, a in (val or {}).get("per_term", {}).items()}
+        return self.sched.iteration, err
 
     # ---------------------------------------------------------------- checkpoint
     def checkpoint(self) -> str:
@@ -283,7 +326,14 @@ class LoopRunner:
                 "base_accuracy": base.test_accuracy, "final_accuracy": last.test_accuracy,
                 "best_iteration": s.best_iteration, "wall_s": s.wall_s, "session_s": time.monotonic() - t0,
                 "base_per_term": base.test_per_term, "final_per_term": last.test_per_term,
-                "generated_terms": dict(s.generated_terms)}
+                "generated_terms": dict(s.generated_terms), "generated_combos": dict(s.generated_combos),
+                "mode_counts": dict(s.mode_counts),
+                "mode_policy": list(getattr(self.agent, "history", None) or []),
+                "curve": [{"iteration": h.iteration, "renders": h.renders, "valid_samples": h.valid_samples,
+                           "test_accuracy": h.test_accuracy, "test_per_term": h.test_per_term,
+                           "splits": {k: {"accuracy": v["accuracy"], "per_term": v["per_term"],
+                                          "per_combo": v["per_combo"]} for k, v in h.splits.items()}}
+                          for h in s.history]}
 
     def _open_bar(self):
         from tqdm import tqdm
@@ -375,6 +425,9 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
         t0 = time.monotonic()
         vlm = load_model(rc["vlm"])  # "embedded", a model directory, or py:<module>:<fn>[:<arg>]
         log(f"VLM {rc['vlm']!r} loaded in {time.monotonic() - t0:.1f} s")
+    feats = getattr(vlm, "features", None)
+    if feats is not None and hasattr(feats, "capacity"):
+        feats.capacity = max(int(feats.capacity), LOOP_FEATURE_CACHE)
     lock = threading.RLock()
     seed = int(rc["seed"])
     oracle = CaptionOracle()
@@ -396,17 +449,28 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
     def det_captioner(scene):  # the eval sets must not depend on the run's caption RNG
         return det_oracle.caption_scene(scene)
 
+    needs_val = bool(int(cfg["loop"].get("patience", 0)) or rc["agent"] in ("upper", "teacher")
+                     or cfg["env"].get("observe_vlm") or "val" in (ev.get("extra_splits") or ()))
     splits = {
         "test": cached_split(sources[0], det_captioner, "test", int(ev["test_scenes"]), key,
                              int(ev["moves_per_scene"]), int(ev["test_per_term"]), scene_types, log=log),
         "val": cached_split(sources[0], det_captioner, "val", int(ev["val_scenes"]), key,
                             int(ev["moves_per_scene"]), int(ev["val_per_term"]), scene_types, log=log)
-        if int(cfg["loop"].get("patience", 0)) else [],
+        if needs_val else [],
     }
+    if int(ev.get("tail_scenes", 0)):
+        splits["tail"] = cached_tail(sources[0], det_captioner, "tail", int(ev["tail_scenes"]), key,
+                                     per_combo=TAIL_PER_COMBO, scene_types=scene_types, log=log)
+    if needs_val and int(ev.get("val_tail_scenes", 0)):  # validation mirrors both test splits
+        splits["val"] = list(splits["val"]) + cached_tail(sources[0], det_captioner, "val_tail",
+                                                          int(ev["val_tail_scenes"]), key, per_combo=VAL_TAIL_PER_COMBO,
+                                                          scene_types=scene_types, log=log)
     replay = replay_pool(sources[0], det_captioner, int(ev["replay_scenes"]), key, int(ev["moves_per_scene"]),
                          float(ev.get("replay_rare_keep", 0.0)), scene_types,
                          log=log) if float(cfg["loop"].get("replay_fraction", 0)) > 0 else []
-    log(f"test set: {sum(len(s.relations) for s in splits['test'])} relations {term_counts(splits['test'])}")
+    for name in ("test", "tail", "val"):
+        if splits.get(name):
+            log(f"{name} set: {sum(len(s.relations) for s in splits[name])} relations {term_counts(splits[name])}")
     for s in sources:
         s.renders = 0
     envc = cfg["env"]
