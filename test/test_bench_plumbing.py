@@ -9,20 +9,29 @@ from rls3_ros.bench.readme_results import END, START, update_readme
 
 def test_tiny_learning_benchmark_writes_stable_keys(tmp_path):
     # the small real test VLM (torch + peft) keeps this independent of `rls3 pretrain`
-    doc = run_benchmark(["random", "miner"], [0], budget=12, quick=True, out_dir=tmp_path, log=lambda m: None,
+    doc = run_benchmark(["random", "teacher", "miner"], [0], budget=12, quick=True, out_dir=tmp_path,
+                        log=lambda m: None, jobs=1,
                         overrides=["run.vlm=py:vlm_test_model:load", "run.image_size=64"])
     data = json.loads((tmp_path / "learning_quick.json").read_text())
-    assert data["budget"] == 12 and 0.0 <= data["base_accuracy"] <= 1.0
-    for name in ("random", "miner"):
-        finals = data["samplers"][name]["final_accuracy"]
+    assert data["budget"] == 12 and data["budget_unit"] == "renders" and 0.0 <= data["base_accuracy"] <= 1.0
+    assert data["split_sizes"]["test"] > 0 and data["split_sizes"]["tail"] > 0
+    for name in ("random", "teacher", "miner"):
+        s = data["samplers"][name]
+        finals = s["final_accuracy"]
         assert len(finals) == 1 and 0.0 <= finals[0] <= 1.0
-        curve = data["samplers"][name]["curves"][0]
-        assert curve[0]["iteration"] == 0 and curve[-1]["iteration"] >= 1  # at least one fine-tune happened
-        assert data["samplers"][name]["valid_samples"][0] >= 12
-    assert data["samplers"]["random"]["gain_ratio_vs_random"] in (1.0, None)
-    for f in ("learning_quick.md", "learning_curves.png", "learning_terms.png"):
+        for split in ("test", "tail"):
+            curve = s["curves"][split][0]
+            assert curve[0][0] == 0 and len(curve) >= 2  # the base, then at least one fine-tune
+            assert len(s["auc"][split]) == 1 and 0.0 <= s["auc"][split][0] <= 1.0
+            assert len(s["renders_to_random_final"][split]) == 1
+        assert s["renders"][0] >= 12
+    # random runs to 3R: its own curve gives the 2x / 3x reference points
+    assert data["samplers"]["random"]["renders"][0] >= 3 * 12
+    assert data["samplers"]["teacher"]["renders"][0] < data["samplers"]["random"]["renders"][0]
+    assert "vs_random" in data["samplers"]["teacher"]["paired"] and "vs_miner" in data["samplers"]["teacher"]["paired"]
+    for f in ("learning_quick.md", "learning_curves.png", "learning_terms.png", "learning_modes.png"):
         assert (tmp_path / f).stat().st_size > 0
-    assert doc["samplers"]["miner"]["renders"][0] > doc["samplers"]["random"]["renders"][0] / 2
+    assert set(doc["samplers"]) == {"random", "teacher", "miner"}
 
 
 def test_samples_to_reach_ignores_the_base_point():
