@@ -106,10 +106,11 @@ _RESUMED_PARAMS = {("run", "agent"): "agent", ("run", "seed"): "seed",
                    ("agent", "learning_starts"): "learning_starts", ("agent", "k"): "miner_k"}
 for _k in SCHEDULER_PARAMS:
     _RESUMED_PARAMS[("loop", _k)] = _k
-for _k in ("reward_valid", "reward_invalid", "j2_metric", "j2_weight", "j2_clip", "max_relations", "j2_per_step"):
+for _k in ("reward_valid", "reward_invalid", "j2_metric", "j2_weight", "j2_clip", "max_relations", "j2_per_step",
+           "j2_baseline", "observe_vlm"):
     _RESUMED_PARAMS[("env", _k)] = _k
 for _k in ("test_scenes", "val_scenes", "replay_scenes", "replay_rare_keep", "moves_per_scene", "test_per_term",
-           "val_per_term"):
+           "val_per_term", "val_tail_scenes"):
     _RESUMED_PARAMS[("eval", _k)] = _k
 
 

@@ -132,3 +132,30 @@ def test_launcher_refuses_bad_arguments(capsys, tmp_path, monkeypatch):
                                         "vlm_trainer", "rl_sampler"]
     assert specs[-1].params["bridge_namespaces"] == "['sim0','sim1','sim2']"
     assert [s.label for s in graph_nodes("query", with_sim=True)] == ["sim_bridge", "spatial_query"]
+
+
+def test_the_teacher_runs_over_the_graph_and_learns_from_its_evaluations(ros_env, tmp_path):
+    """The learning-progress teacher is a sampler like the others: same env, scheduler and nodes;
+    the graph evaluates the validation set (balanced + tail generator) after every fine-tune for it."""
+    params = tmp_path / "override.yaml"
+    params.write_text(tiny_training_override("teacher", 18, val_scenes=2, val_per_term=5, val_tail_scenes=2))
+    run_dir = tmp_path / "run"
+    args = ["-m", "rls3_ros.graph_launcher", "training", "--params-file", str(params), "--run-dir", str(run_dir),
+            "--timeout", "150"]
+    with NodeProcess(args, _env(ros_env, tmp_path), "launch_teacher") as p:
+        code = p.wait(timeout=170)
+        out = p.output()
+    assert code == 0, out[-4000:]
+    assert re.search(r"\[rl_sampler\].*agent teacher", out)
+    from rls3_ros.rl.run_dir import RunDir
+
+    run = RunDir(str(run_dir))
+    its = [m for m in run.read_metrics() if m["type"] == "iteration"]
+    assert len(its) >= 3
+    for it in its:  # the validation split, per term combination, after every fine-tune (and for the base)
+        assert it["splits"]["val"]["n"] > 0 and it["splits"]["val"]["per_combo_loss"]
+    ck = run.latest_checkpoint()
+    import json as _json
+
+    policy = _json.loads(Path(ck, "agent", "mode_policy.json").read_text())
+    assert abs(sum(policy.values()) - 1.0) < 1e-6 and len(policy) == 5

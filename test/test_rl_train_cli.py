@@ -30,6 +30,11 @@ def test_train_writes_a_complete_run_directory_and_resumes(tmp_path, monkeypatch
     assert os.path.getsize(run.plot_path) > 10_000
     report = open(run.report_path).read()
     assert "tuned (last)" in report and "agent: **ppo**" in report
+    # the loop's time split names every stage, and the simulator stage really took time
+    import re
+
+    m = re.search(r"simulator \(resets, moves, renders, validity\) ([0-9.]+) s", report)
+    assert m and float(m.group(1)) > 0 and "VLM scoring" in report and "fine-tuning" in report
     assert os.listdir(run.tb_dir)
     assert run.latest_checkpoint().endswith(f"ckpt-{len(its) - 1:03d}")
     # resuming a finished run changes nothing but the report

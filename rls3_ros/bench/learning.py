@@ -53,7 +53,7 @@ import numpy as np
 
 from rls3_ros.bench.paired import auc, mean_ci, paired, renders_to_reach, value_at
 
-SAMPLERS = ("random", "upper", "teacher", "sac", "sac-paper", "ppo", "miner")
+SAMPLERS = ("random", "upper", "teacher", "sac", "miner")  # also selectable: sac-paper, ppo
 REFERENCE = "random"
 REFERENCE_MULTIPLE = 3
 SPLITS = ("test", "tail")

@@ -4,11 +4,13 @@
    (sim_bridge + caption_oracle processes), and with 1, 2 and 4 parallel sim_bridges;
 2. query latency: a direct in-process model call vs the spatial_query node from another
    process (p50/p99), and p99 with 8 concurrent client processes (with an adapter swap);
-3. fine-tuning throughput of the embedded VLM (relations/s through the LoRA training step).
+3. fine-tuning throughput of the embedded VLM (relations/s through the LoRA training step);
+4. the whole in-process training loop (random and SAC): valid samples/s and the time split per
+   stage (simulator, captions, VLM scoring, fine-tuning, evaluation, agent).
 
 Writes ``results/speed.json`` (stable keys: ``samples_per_s_inprocess``, ``samples_per_s_ros``,
 ``query_direct_p50_ms``, ``query_p50_ms``, ``query_p99_ms``, ``query_p99_ms_8_clients``,
-``bridges_samples_per_s``), ``results/speed.md`` and ``results/speed_bridges.png``.
+``bridges_samples_per_s``, ``loop_samples_per_s``, ``loop_time_split``), ``results/speed.md`` and ``results/speed_bridges.png``.
 Measurements run one after the other so they do not share the CPU.
 """
 
@@ -79,6 +81,22 @@ def bench_fine_tune(image_size: int, n_samples: int, steps: int, seed: int = 0) 
     return out
 
 
+def bench_loop(agent: str, n_samples: int, log=print) -> Dict[str, Any]:
+    """The whole in-process RLS3 loop (``rls3 train``'s) for ``n_samples`` valid samples: samples/s
+    over the loop's own time (fixed sets cached beforehand) and its time split per stage."""
+    from rls3_ros.rl.loop import run_inprocess
+    from rls3_ros.train_cli import apply_sets, load_train_config
+
+    cfg = apply_sets(load_train_config(), [f"run.agent={agent}", f"loop.budget_valid_samples={n_samples}",
+                                           "loop.patience=0"])
+    with tempfile.TemporaryDirectory(prefix="rls3-speed-loop-") as tmp:
+        out = run_inprocess(cfg, tmp, progress=False, log=lambda m: None)
+    split = out["time_split"]
+    return {"agent": agent, "valid_samples": out["valid_samples"], "renders": out["renders"],
+            "loop_s": out["session_s"], "samples_per_s": out["valid_samples"] / out["session_s"],
+            "renders_per_s": out["renders"] / out["session_s"], "time_split": split}
+
+
 def plot_bridges(doc: Dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -111,6 +129,13 @@ def write_markdown(doc: Dict[str, Any], path: Path) -> None:
              f"| samples/s through the ROS graph (1 sim_bridge + caption_oracle) | {doc['samples_per_s_ros']:.1f} |",
              f"| ROS / in-process | {doc['ros_over_inprocess']:.2f} |"]
     lines += [f"| samples/s with {k} sim_bridge(s) | {v:.1f} |" for k, v in sorted(b.items(), key=lambda kv: int(kv[0]))]
+    for agent, lp in doc.get("loop", {}).items():
+        ts = lp["time_split"]
+        tot = sum(ts.values()) or 1.0
+        lines.append(f"| training loop in-process ({agent}): valid samples/s, renders/s | {lp['samples_per_s']:.1f}, "
+                     f"{lp['renders_per_s']:.1f} |")
+        lines.append(f"| loop time split ({agent}) | " + ", ".join(f"{k} {100 * v / tot:.0f} %" for k, v in ts.items())
+                     + " |")
     lines += [f"| query p50, direct model call | {doc['query_direct_p50_ms']:.1f} ms |",
               f"| query p50 / p99 through spatial_query (1 client) | {doc['query_p50_ms']:.1f} / {doc['query_p99_ms']:.1f} ms |",
               f"| query p50 / p99 with 8 client processes (adapter swap mid-run) | {doc['query_p50_ms_8_clients']:.1f} / {doc['query_p99_ms_8_clients']:.1f} ms |",
@@ -145,6 +170,17 @@ def run_speed(quick: bool, out_dir: Path, image_size: int = 224, log=print) -> D
     doc["samples_per_s_ros"] = doc["ros"]["1"]["samples_per_s"]
     doc["ros_over_inprocess"] = doc["samples_per_s_ros"] / doc["samples_per_s_inprocess"]
     doc["bridges_samples_per_s"] = {k: v["samples_per_s"] for k, v in doc["ros"].items()}
+    doc["loop"] = {}
+    for agent in ("random", "sac"):
+        log(f"[bench speed] the in-process training loop ({agent}, {40 if quick else 200} valid samples)")
+        doc["loop"][agent] = bench_loop(agent, 40 if quick else 200)
+    from rls3_ros.train_cli import load_train_config
+
+    main_agent = load_train_config()["run"]["agent"]
+    main = doc["loop"].get(main_agent) or doc["loop"]["sac"]
+    doc["loop_agent"] = main["agent"]
+    doc["loop_samples_per_s"] = main["samples_per_s"]
+    doc["loop_time_split"] = main["time_split"]
 
     nq = 40 if quick else 200
     log(f"[bench speed] query latency: {nq} direct calls and {nq} through the node, interleaved rounds")

@@ -24,17 +24,19 @@ Topics: publishes ``training_metrics`` (rls3_msgs/TrainingMetrics) after every e
 every fine-tune.
 
 Parameters (defaults):
-- ``agent`` ("sac"): sac | ppo | random | miner; ``seed`` (0); ``miner_k`` (4);
+- ``agent`` ("sac"): sac | ppo | random | miner | upper | teacher (``rls3_ros.rl.mode_samplers``);
+  ``seed`` (0); ``miner_k`` (4);
   ``learning_starts`` (16, SAC warm-up steps).
 - ``T`` (8), ``T0`` (6), ``E`` (4), ``eta`` (1.0), ``fine_tune_steps`` (40),
   ``fine_tune_steps_per_sample`` (0.0: off),
   ``replay_fraction`` (0.3), ``budget_valid_samples`` (1200), ``budget_renders`` (0),
   ``max_iterations`` (0), ``patience`` (0): the scheduler (``rls3_ros.rl.scheduler``).
 - ``reward_valid`` (0.1), ``reward_invalid`` (-0.1), ``j2_metric`` ("loss"), ``j2_weight`` (1.0),
-  ``j2_clip`` (3.0), ``max_relations`` (3), ``j2_per_step`` (false): the env's rewards.
+  ``j2_clip`` (3.0), ``max_relations`` (3), ``j2_per_step`` (false), ``j2_baseline`` ("none"),
+  ``observe_vlm`` (false): the env's rewards and observation.
 - ``test_scenes`` (150), ``val_scenes`` (24), ``replay_scenes`` (40), ``replay_rare_keep`` (0.0: the
   replay pool keeps the base's left/right-rich imbalance), ``moves_per_scene`` (4),
-  ``test_per_term`` (80), ``val_per_term`` (15): fixed sets, generated through the graph
+  ``test_per_term`` (80), ``val_per_term`` (15), ``val_tail_scenes`` (0): fixed sets, generated through the graph
   from fixed seeds and cached (``RLS3_CACHE`` or ~/.cache/rls3_ros) under ``dataset_key``.
 - ``dataset_key`` ("ros-mujoco-160"): names the cached sets (change it with the bridges'
   backend or image size).
@@ -87,7 +89,7 @@ from rls3_ros.vlm.interface import FineTuneResult, RelationScore, evaluation_of
 from rls3_ros.nodes.service_qos import SERVICE_QOS
 
 PARAMS: Dict[str, Any] = {
-    "agent": ("sac", "sampler: sac | ppo | random | miner"),
+    "agent": ("sac", "sampler: sac | ppo | random | miner | upper | teacher"),
     "seed": (0, "run seed"),
     "miner_k": (4, "miner: random candidates per step"),
     "learning_starts": (16, "SAC warm-up steps"),
@@ -109,6 +111,9 @@ PARAMS: Dict[str, Any] = {
     "j2_clip": (3.0, "per-relation loss clip [nats]"),
     "max_relations": (3, "relations kept per sample (0 = all)"),
     "j2_per_step": (False, "reward each valid sample with its own VLM loss at its step (not the paper's T:1)"),
+    "j2_baseline": ("none", "none | iteration: J2 minus the running mean of the current adapter's episodes"),
+    "observe_vlm": (False, "the agent observes the per-term validation error (evaluates val after every fine-tune)"),
+    "val_tail_scenes": (0, "validation: scenes of the tail generator added to the validation set"),
     "test_scenes": (150, "scenes of the fixed test set"),
     "val_scenes": (24, "scenes of the validation set (used when patience > 0)"),
     "replay_scenes": (40, "scenes of the base replay pool"),
@@ -351,8 +356,12 @@ class RlSampler(Node):
     def _validate(self) -> None:
         p = self.p
         errs = []
-        if p["agent"] not in ("sac", "ppo", "random", "miner"):
-            errs.append(f"agent must be sac | ppo | random | miner (got {p['agent']!r})")
+        from rls3_ros.rl.loop import AGENT_KEYS
+
+        if p["agent"] not in AGENT_KEYS:
+            errs.append(f"agent must be {' | '.join(AGENT_KEYS)} (got {p['agent']!r})")
+        if p["j2_baseline"] not in ("none", "iteration"):
+            errs.append(f"j2_baseline must be none | iteration (got {p['j2_baseline']!r})")
         if p["j2_metric"] not in ("loss", "error"):
             errs.append(f"j2_metric must be loss | error (got {p['j2_metric']!r})")
         if p["bridge_lost"] not in ("fail", "wait"):
@@ -384,10 +393,11 @@ class RlSampler(Node):
             "loop": {k: p[k] for k in SCHEDULER_PARAMS}
             | {"min_delta": 0.0, "seed": int(p["seed"])},
             "env": {k: p[k] for k in ("reward_valid", "reward_invalid", "j2_metric", "j2_weight", "j2_clip",
-                                      "max_relations", "j2_per_step")} | {"reward_no_relation": 0.0},
+                                      "max_relations", "j2_per_step", "j2_baseline", "observe_vlm")}
+            | {"reward_no_relation": 0.0},
             "agent": {"learning_starts": int(p["learning_starts"]), "k": int(p["miner_k"])},
             "eval": {k: p[k] for k in ("test_scenes", "val_scenes", "replay_scenes", "replay_rare_keep", "moves_per_scene",
-                                       "test_per_term", "val_per_term")},
+                                       "test_per_term", "val_per_term", "val_tail_scenes")},
         }
 
     # ------------------------------------------------------------------ worker
@@ -450,11 +460,18 @@ class RlSampler(Node):
         key = str(p["dataset_key"])
         log = self.get_logger().info
         src0 = self.sources[0]
+        needs_val = bool(int(p["patience"]) or p["agent"] in ("upper", "teacher") or p["observe_vlm"])
         splits = {"test": cached_split(src0, self.captioner, "test", int(ev["test_scenes"]), key,
                                        int(ev["moves_per_scene"]), int(ev["test_per_term"]), log=log),
                   "val": cached_split(src0, self.captioner, "val", int(ev["val_scenes"]), key,
                                       int(ev["moves_per_scene"]), int(ev["val_per_term"]), log=log)
-                  if int(p["patience"]) else []}
+                  if needs_val else []}
+        if needs_val and int(ev["val_tail_scenes"]):
+            from rls3_ros.rl.datasets import cached_tail
+            from rls3_ros.rl.loop import VAL_TAIL_PER_COMBO
+
+            splits["val"] = list(splits["val"]) + cached_tail(src0, self.captioner, "val_tail", int(ev["val_tail_scenes"]),
+                                                              key, per_combo=VAL_TAIL_PER_COMBO, log=log)
         replay = replay_pool(src0, self.captioner, int(ev["replay_scenes"]), key, int(ev["moves_per_scene"]),
                              float(ev["replay_rare_keep"]), log=log) if float(p["replay_fraction"]) > 0 else []
         log(f"test set: {sum(len(s.relations) for s in splits['test'])} relations {term_counts(splits['test'])}")

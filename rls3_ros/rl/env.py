@@ -189,6 +189,7 @@ class EpisodeRecord:
     mode_counts: Dict[str, int] = field(default_factory=dict)  # generation mode -> steps (rls3_ros.rl.modes)
     sample_modes: Dict[str, str] = field(default_factory=dict)  # sample id -> mode of the move that made it
     j2_raw: float = float("nan")  # J2 before the per-iteration baseline (j2_baseline="iteration")
+    timing: Dict[str, float] = field(default_factory=dict)  # stage -> seconds: sim (reset/moves/render), caption, score
 
 
 def j2_from_scores(scores: Sequence[RelationScore], metric: str = "loss", clip: float = 5.0) -> float:
@@ -295,6 +296,7 @@ class RLS3Env(gym.Env):
         self._kinds: Dict[str, int] = {}
         self._modes: Dict[str, int] = {}
         self._sample_modes: Dict[str, str] = {}
+        self._timing: Dict[str, float] = {}
         self._renders_at_reset = 0
         self._last_valid = 1.0
         self._return = 0.0
@@ -314,6 +316,7 @@ class RLS3Env(gym.Env):
         self._cur_type = self.scene_types[self._cur_episode % len(self.scene_types)] if self.scene_types else None
         self._renders_at_reset = self.source.renders
         res = None
+        t_reset = time.perf_counter()
         for attempt in range(self.reset_attempts):
             try:
                 res = self.source.reset(self._cur_seed, self._cur_type)
@@ -325,6 +328,7 @@ class RLS3Env(gym.Env):
                 self._cur_seed = (self._cur_seed + 104_729) % 1_000_000_000
         self._scene = res.scene
         self._cur_type = res.scene.scene_type
+        self._reset_timing = {"sim": time.perf_counter() - t_reset}
         self._t = 0
         self._samples = []
         self._step_scores = []
@@ -332,6 +336,7 @@ class RLS3Env(gym.Env):
         self._kinds = {}
         self._modes = {}
         self._sample_modes = {}
+        self._timing = dict(self._reset_timing)
         self._last_valid = 1.0
         self._return = 0.0
         self._t_start = time.monotonic()
@@ -339,10 +344,17 @@ class RLS3Env(gym.Env):
 
     def step(self, action):
         move = self.decode_action(action)
-        res = self.source.apply(move)
+        res = self._timed("sim", self.source.apply, move)
         sample, reason = self._make_sample(res)
         self._note_mode(mode_of(action), sample)
         return self._advance(sample, res, reason, move)
+
+    def _timed(self, stage: str, fn, *args):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self._timing[stage] = self._timing.get(stage, 0.0) + time.perf_counter() - t0
 
     def _note_mode(self, mode: str, sample: Optional[Sample]) -> None:
         self._modes[mode] = self._modes.get(mode, 0) + 1
@@ -364,7 +376,7 @@ class RLS3Env(gym.Env):
         for _ in range(max(1, int(k))):
             a = rng.uniform(-1, 1, ACTION_DIM).astype(np.float32)
             move = self.decode_action(a)
-            res = self.source.apply(move)
+            res = self._timed("sim", self.source.apply, move)
             self._kinds[self._kind_name(move)] = self._kinds.get(self._kind_name(move), 0) + 1
             s, why = self._make_sample(res, sub=len(cands))
             self._note_mode(mode_of(a), s)
@@ -377,7 +389,7 @@ class RLS3Env(gym.Env):
             last, last_move = res, move
         if not cands:
             return self._advance(None, last, reason or "invalid", last_move, count_kind=False)
-        losses = per_sample_loss(self.scorer(cands), self.j2_clip)
+        losses = per_sample_loss(self._timed("score", self.scorer, cands), self.j2_clip)
         best = max(cands, key=lambda s: losses.get(s.sample_id, -1.0))
         self._sample_modes[self._sample_id(self._t)] = self._sample_modes.get(best.sample_id, "")
         best.sample_id = self._sample_id(self._t)
@@ -394,7 +406,7 @@ class RLS3Env(gym.Env):
     def _make_sample(self, res: SimStep, sub: Optional[int] = None) -> Tuple[Optional[Sample], str]:
         if not res.valid:
             return None, (res.reason or "invalid").split(":")[0].strip() or "invalid"
-        rels = self.captioner(res.scene)
+        rels = self._timed("caption", self.captioner, res.scene)
         if self.max_relations and len(rels) > self.max_relations:
             idx = self._rng.choice(len(rels), self.max_relations, replace=False)
             rels = [rels[i] for i in sorted(idx)]
@@ -427,7 +439,7 @@ class RLS3Env(gym.Env):
             r = self.reward_valid
             self._last_valid = 1.0
             if self.j2_per_step and self.scorer is not None:
-                sc = list(self.scorer([sample]))
+                sc = list(self._timed("score", self.scorer, [sample]))
                 self._step_scores.extend(sc)
                 r += self.j2_weight * j2_from_scores(sc, self.j2_metric, self.j2_clip)
         elif reason == "no_relation":
@@ -447,7 +459,7 @@ class RLS3Env(gym.Env):
             scores: List[RelationScore] = []
             j2 = float("nan")
             if self.scorer is not None and self._samples:
-                scores = self._step_scores if self.j2_per_step else list(self.scorer(self._samples))
+                scores = self._step_scores if self.j2_per_step else list(self._timed("score", self.scorer, self._samples))
                 j2 = j2_from_scores(scores, self.j2_metric, self.j2_clip)
             elif self.scorer is not None:
                 j2 = 0.0
@@ -473,6 +485,7 @@ class RLS3Env(gym.Env):
                 mode_counts=dict(self._modes),
                 sample_modes=dict(self._sample_modes),
                 j2_raw=j2_raw,
+                timing=dict(self._timing),
             )
             info["j2"] = j2
             info["episode_record"] = rec

@@ -309,6 +309,7 @@ class LoopRunner:
         if self._progress:
             self._open_bar()
         t0 = time.monotonic()
+        stages0 = s.stage_totals()
         try:
             if not s.done():
                 self.agent.run(should_stop=s.done, safe_point=self._safe_point)
@@ -319,12 +320,15 @@ class LoopRunner:
             self.checkpoint()
         self.metrics.close()
         plot_accuracy(self.run)
-        write_report(self.run, {"wall_s": s.wall_s, "generated_terms": s.generated_terms})
+        write_report(self.run, {"wall_s": s.wall_s, "generated_terms": s.generated_terms,
+                                "time_split": s.time_split(time.monotonic() - t0, stages0)})
         base, last = s.history[0], s.history[-1]
+        loop_s = time.monotonic() - t0
         return {"run_dir": self.run.path, "stop_reason": s.stop_reason, "iterations": s.iteration,
                 "episodes": s.episodes, "renders": s.renders, "valid_samples": s.valid_samples,
                 "base_accuracy": base.test_accuracy, "final_accuracy": last.test_accuracy,
-                "best_iteration": s.best_iteration, "wall_s": s.wall_s, "session_s": time.monotonic() - t0,
+                "best_iteration": s.best_iteration, "wall_s": s.wall_s, "session_s": loop_s,
+                "time_split": s.time_split(loop_s, stages0),
                 "base_per_term": base.test_per_term, "final_per_term": last.test_per_term,
                 "generated_terms": dict(s.generated_terms), "generated_combos": dict(s.generated_combos),
                 "mode_counts": dict(s.mode_counts),

@@ -75,6 +75,18 @@ def _fmt(x, pct=False) -> str:
     return f"{100 * x:.1f} %" if pct else f"{x:.3f}"
 
 
+def _time_split_line(last: Dict[str, Any], split: Optional[Dict[str, float]]) -> str:
+    if not split:
+        return (f"- time split: fine-tuning {_num(last.get('total_fine_tune_s', 0)) / 60:.1f} min, evaluation "
+                f"{_num(last.get('total_eval_s', 0)) / 60:.1f} min, generation + scoring + agent (the rest)")
+    total = sum(split.values()) or 1.0
+    names = {"sim": "simulator (resets, moves, renders, validity)", "caption": "captions",
+             "score": "VLM scoring (features + J2)", "fine_tune": "fine-tuning", "eval": "evaluation",
+             "agent": "agent (policy, updates) and the rest"}
+    return "- time split of this session's loop: " + ", ".join(
+        f"{names.get(k, k)} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in split.items())
+
+
 def write_report(run: RunDir, extra: Optional[Dict[str, Any]] = None) -> str:
     """report.md: the tuned model (last and best iteration) against the base, per term."""
     metrics = run.read_metrics()
@@ -112,8 +124,7 @@ def write_report(run: RunDir, extra: Optional[Dict[str, Any]] = None) -> str:
         f"- wall time: {_num(wall) / 60:.1f} min; episodes: {last['episodes']}; renders: {last['renders']}; "
         f"valid samples: {last['valid_samples']} (of which {last['trained_samples']} entered fine-tuning); "
         f"valid/render = {last['valid_samples'] / max(1, last['renders']):.2f}",
-        f"- time split: fine-tuning {_num(last.get('total_fine_tune_s', 0)) / 60:.1f} min, evaluation "
-        f"{_num(last.get('total_eval_s', 0)) / 60:.1f} min, generation + scoring + agent (the rest of the wall time)",
+        _time_split_line(last, (extra or {}).get("time_split")),
         "",
         "## Test accuracy (fixed held-out set, balanced over terms and scene types)",
         "",

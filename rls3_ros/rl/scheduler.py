@@ -239,6 +239,7 @@ class Scheduler:
         self.generated_terms: Dict[str, int] = {}
         self.generated_combos: Dict[str, int] = {}
         self.mode_counts: Dict[str, int] = {}
+        self.stage_s: Dict[str, float] = {}  # env stages (sim, caption, score) -> seconds
         self.invalid: Dict[str, int] = {}
         self.move_kinds: Dict[str, int] = {}
         self.j2_sum = 0.0
@@ -254,6 +255,22 @@ class Scheduler:
     @property
     def wall_s(self) -> float:
         return self.wall_offset + time.monotonic() - self._t0
+
+    def stage_totals(self) -> Dict[str, float]:
+        """Cumulative seconds per stage (take one before a session, pass it to :meth:`time_split`)."""
+        out = {k: float(self.stage_s.get(k, 0.0)) for k in ("sim", "caption", "score")}
+        out["fine_tune"] = float(self.total_fine_tune_s)
+        out["eval"] = float(self.total_eval_s)
+        return out
+
+    def time_split(self, loop_s: float, since: Optional[Dict[str, float]] = None) -> Dict[str, float]:
+        """Seconds per stage of a loop session that ran ``loop_s`` (stage totals minus ``since``):
+        sim (resets, moves, renders, validity), caption, score (VLM features + J2), fine_tune, eval;
+        "agent" is the rest (policy, SB3 updates, bookkeeping)."""
+        now, since = self.stage_totals(), since or {}
+        out = {k: round(max(0.0, v - since.get(k, 0.0)), 3) for k, v in now.items()}
+        out["agent"] = round(max(0.0, loop_s - sum(out.values())), 3)
+        return out
 
     def budget_exhausted(self) -> bool:
         c = self.config
@@ -299,6 +316,8 @@ class Scheduler:
                     self.generated_combos[ck] = self.generated_combos.get(ck, 0) + 1
             for k, v in record.mode_counts.items():
                 self.mode_counts[k] = self.mode_counts.get(k, 0) + v
+            for k, v in record.timing.items():
+                self.stage_s[k] = self.stage_s.get(k, 0.0) + v
             for k, v in record.invalid.items():
                 self.invalid[k] = self.invalid.get(k, 0) + v
             for k, v in record.move_kinds.items():
@@ -445,6 +464,7 @@ class Scheduler:
                 "generated_terms": dict(self.generated_terms),
                 "generated_combos": dict(self.generated_combos),
                 "mode_counts": dict(self.mode_counts),
+                "stage_s": dict(self.stage_s),
                 "invalid": dict(self.invalid),
                 "move_kinds": dict(self.move_kinds),
                 "j2_sum": self.j2_sum,
@@ -467,6 +487,7 @@ class Scheduler:
             self.generated_terms = dict(d["generated_terms"])
             self.generated_combos = dict(d.get("generated_combos", {}))
             self.mode_counts = dict(d.get("mode_counts", {}))
+            self.stage_s = dict(d.get("stage_s", {}))
             self.invalid = dict(d["invalid"])
             self.move_kinds = dict(d["move_kinds"])
             self.wall_offset = float(d.get("wall_s", 0.0))
