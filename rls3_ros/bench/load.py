@@ -100,9 +100,8 @@ def make_swap_adapter(spec: str, directory: str, seed: int = 0) -> str:
     model = load_model(spec)
     host = getattr(model, "host", None)
     if host is None:  # any other SpatialVLM: a few real fine-tuning steps give a real adapter
-        from rls3_ros.bench.speed import _adapter_for_swap
 
-        return _adapter_for_swap(Path(directory).parent, spec, Path(directory).name)
+        return adapter_for_swap(Path(directory).parent, spec, Path(directory).name)
     host.ensure_adapter()
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -391,3 +390,23 @@ def cli_bench_load(argv: List[str]) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(cli_bench_load(sys.argv[1:]))
+
+
+def adapter_for_swap(tmp: Path, spec: str = "", name: str = "swap_adapter") -> str:
+    """A real LoRA adapter of the embedded base (a few steps on rendered samples) to swap to."""
+    from rls3_ros.spatial_answers import load_model
+    from rls3_ros.vlm.factory import DEFAULT_MODEL
+
+    spec = spec or DEFAULT_MODEL
+    from rls3_ros.query_bench import make_image
+    from rls3_ros.scene import CameraModel, ObjectState, Sample, SceneState, SpatialRelation
+
+    vlm = load_model(spec)
+    cam = CameraModel.look_at((0.0, -2.0, 1.5), (0.0, 0.0, 0.8), 128, 128, 60.0)
+    objs = [ObjectState("a", "box", "red box", (-0.3, 0, 0.8), active=True),
+            ObjectState("b", "box", "blue box", (0.3, 0, 0.8), active=True)]
+    rel = SpatialRelation("a", "b", "red box", "blue box", ["left"], caption="The red box is to the left of the blue box.",
+                          negatives=["The red box is to the right of the blue box."])
+    samples = [Sample(f"s{i}", make_image(128, 1000 + i), SceneState("x", "kitchen", 0, cam, objs), [rel]) for i in range(8)]
+    vlm.fine_tune(samples, 2)
+    return vlm.save_adapter(str(tmp / name))

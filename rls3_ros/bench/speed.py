@@ -151,7 +151,7 @@ def write_markdown(doc: Dict[str, Any], path: Path) -> None:
 
 def run_speed(quick: bool, out_dir: Path, image_size: int = 224, log=print) -> Dict[str, Any]:
     from rls3_ros.bench.generation import bench_inprocess, bench_ros
-    from rls3_ros.bench.load import run_load
+    from rls3_ros.bench.load import adapter_for_swap, run_load
     from rls3_ros.query_bench import run_bench
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -195,7 +195,7 @@ def run_speed(quick: bool, out_dir: Path, image_size: int = 224, log=print) -> D
     nl = 25 if quick else 125
     log(f"[bench speed] 8 client processes x {nl} queries with an adapter swap")
     with tempfile.TemporaryDirectory(prefix="rls3-speedl-") as tmp:
-        adapter = _adapter_for_swap(Path(tmp))
+        adapter = adapter_for_swap(Path(tmp))
         load = run_load(8, nl, DEFAULT_MODEL, adapter, out=None, image_size=128, workdir=str(Path(tmp) / "work"),
                         log=lambda m: None)
     doc["load"] = {k: load[k] for k in ("answered", "failed", "lost", "latency", "throughput_qps") if k in load}
@@ -216,23 +216,6 @@ def run_speed(quick: bool, out_dir: Path, image_size: int = 224, log=print) -> D
     if not quick and is_repo_results(out_dir):
         update_readme(out_dir)
     return doc
-
-
-def _adapter_for_swap(tmp: Path, spec: str = DEFAULT_MODEL, name: str = "swap_adapter") -> str:
-    """A real LoRA adapter of the embedded base (a few steps on rendered samples) to swap to."""
-    from rls3_ros.spatial_answers import load_model
-    from rls3_ros.query_bench import make_image
-    from rls3_ros.scene import CameraModel, ObjectState, Sample, SceneState, SpatialRelation
-
-    vlm = load_model(spec)
-    cam = CameraModel.look_at((0.0, -2.0, 1.5), (0.0, 0.0, 0.8), 128, 128, 60.0)
-    objs = [ObjectState("a", "box", "red box", (-0.3, 0, 0.8), active=True),
-            ObjectState("b", "box", "blue box", (0.3, 0, 0.8), active=True)]
-    rel = SpatialRelation("a", "b", "red box", "blue box", ["left"], caption="The red box is to the left of the blue box.",
-                          negatives=["The red box is to the right of the blue box."])
-    samples = [Sample(f"s{i}", make_image(128, 1000 + i), SceneState("x", "kitchen", 0, cam, objs), [rel]) for i in range(8)]
-    vlm.fine_tune(samples, 2)
-    return vlm.save_adapter(str(tmp / name))
 
 
 def cli_bench_speed(argv: List[str]) -> int:

@@ -35,9 +35,6 @@ import numpy as np
 
 from rls3_ros.rl.env import RLS3Env
 
-AGENTS = ("sac", "ppo", "random", "miner", "upper", "teacher")
-
-
 def _noop() -> None:
     pass
 
@@ -300,22 +297,3 @@ class PPOAgent(_SB3Agent):
             device=device,
             verbose=0,
         )
-
-
-def make_agent(name: str, envs: Sequence[RLS3Env], seed: int = 0, **kwargs) -> Agent:
-    """``name`` in sac | ppo | random | miner | upper | teacher; kwargs go to the agent (e.g. ``k`` for the miner,
-    ``learning_starts`` for SAC)."""
-    name = name.lower()
-    if name == "sac":
-        return SACAgent(envs, seed, **kwargs)
-    if name == "ppo":
-        return PPOAgent(envs, seed, **kwargs)
-    if name == "random":
-        return RandomAgent(envs, seed, **kwargs)
-    if name == "miner":
-        return MinerAgent(envs, seed, **kwargs)
-    if name in ("upper", "teacher"):
-        from rls3_ros.rl.mode_samplers import TeacherSampler, UpperBoundSampler
-
-        return (UpperBoundSampler if name == "upper" else TeacherSampler)(envs, seed, **kwargs)
-    raise ValueError(f"unknown agent {name!r} (choose from {', '.join(AGENTS)})")

@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from rls3_ros.rl.agents import make_agent
+from rls3_ros.rl.samplers import make_agent
 from rls3_ros.rl.datasets import cached_split, cached_tail, replay_pool, term_counts
 from rls3_ros.rl.env import BackendSource, RLS3Env, SimSource
 from rls3_ros.rl.report import plot_accuracy, write_report
