@@ -2,7 +2,7 @@
 
     rls3 train                      # full run (< 15 min on 2 CPU cores), writes runs/<timestamp>/
     rls3 train --quick              # ~2 min smoke run of the same pipeline
-    rls3 train --agent random       # the paper's baseline (also: ppo, miner)
+    rls3 train --agent random       # the paper's baseline (also: sac, ppo, miner, upper, teacher)
     rls3 train --resume runs/<ts>   # continue a stopped run from its last fine-tune
     rls3 train --config my.yaml --set loop.E=2 --set run.seed=3
 
@@ -75,7 +75,9 @@ def cli_train(argv: List[str]) -> int:
     ap = argparse.ArgumentParser(prog="rls3 train", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--quick", action="store_true", help="~2 min smoke run (the quick: section of the config)")
-    ap.add_argument("--agent", choices=("sac", "ppo", "random", "miner"), help="sampler (default: sac)")
+    from rls3_ros.rl.loop import AGENT_KEYS
+
+    ap.add_argument("--agent", choices=tuple(AGENT_KEYS), help="sampler (default: config/train.yaml's run.agent)")
     ap.add_argument("--seed", type=int, help="run seed")
     ap.add_argument("--config", default="", help="YAML overriding config/train.yaml")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
