@@ -9,7 +9,8 @@ height / step not matching the data, padded rows, empty image = camera topic wit
 4096x4096 claims with a few bytes, NaN/inf float images, a real 384x384 image).
 
 Every request must get an answer: success=false with a non-empty reason for a bad one, and
-success=true for every well-formed one (the oracle below says which is which). At the end the
+success=true for every well-formed one (the oracle below says which is which: e.g. images under
+16x16 px and a subject that is the reference are bad). At the end the
 node is alive, still answers a good query, and its RSS grew by less than 300 MB. Requests per
 kind are printed and written to results/fuzz_counts.json ("spatial_query").
 """
@@ -25,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reliability_common import TEST_MODEL, Counts, call_service, node_under_test, report_fuzz, rss_mb
+from rls3_ros.spatial_answers import MIN_IMAGE_SIDE
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -113,7 +115,7 @@ def _images(draw):
         data = vals.astype("<f4").tobytes()
     else:
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
-    ok = kind in ("valid", "valid_padded", "valid_large")
+    ok = kind in ("valid", "valid_padded", "valid_large") and min(h, w) >= MIN_IMAGE_SIDE
     if kind == "bad_encoding":
         enc = draw(st.one_of(st.sampled_from(["", "RGB8", "yuv422", "bayer_rggb8", "8UC3", "rgb16", "jpeg"]), _text))
     elif kind == "bigendian":
@@ -124,7 +126,7 @@ def _images(draw):
         data = data[: draw(st.integers(0, max(0, n - 1)))]
     elif kind == "data_long":  # more bytes than step*height: extra bytes are ignored, still a valid image
         data = data + bytes(draw(st.integers(1, 64)))
-        ok = True
+        ok = min(h, w) >= MIN_IMAGE_SIDE  # smaller ones are refused as too small
     elif kind == "huge_claim":
         h, w = draw(st.sampled_from([(4096, 4096), (4097, 4096), (65535, 65535), (2 ** 32 - 1, 2 ** 32 - 1), (1, 2 ** 31)]))
         step = draw(st.sampled_from([0, w * ch * isz, 2 ** 32 - 1]))
@@ -182,15 +184,15 @@ def _requests(draw):
 
     q = qt.strip().lower()
     ok = img_ok and q in ("where", "check", "what") and named(ref)
-    if q in ("where", "check"):
-        ok = ok and named(subj)
+    if q in ("where", "check"):  # two different objects
+        ok = ok and named(subj) and subj.strip().lower() != ref.strip().lower()
     if q in ("check", "what"):
         try:
             parse_relation(rel)
         except QueryError:
             ok = False
-    if q == "what":
-        ok = ok and any(c.strip() for c in cands)
+    if q == "what":  # a candidate that is the reference is not ranked
+        ok = ok and any(c.strip() and c.strip().lower() != ref.strip().lower() for c in cands)
     labels = [f"query_type:{qk}", f"subject:{sk}", f"reference:{rk}", f"relation:{lk}", f"candidates:{ck}",
               f"image:{ik}", f"header:{hk}"]
     return req, labels, ok

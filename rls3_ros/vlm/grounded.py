@@ -139,13 +139,20 @@ class GroundedRelationModel(nn.Module):
         nn.init.normal_(self.word_emb.weight, std=1.0)
 
     # -- text -----------------------------------------------------------------------------
+    @staticmethod
+    def words(description: str) -> List[str]:
+        """The words of a description the model embeds (lower case, no punctuation or articles)."""
+        out = []
+        for w in description.lower().replace("-", " ").split():
+            w = w.strip(".,;:!?\"'")
+            if w and w not in ("the", "a", "an"):
+                out.append(w)
+        return out
+
     def word_ids(self, description: str) -> List[int]:
         ids = []
         nv = len(self.config.vocabulary)
-        for w in description.lower().replace("-", " ").split():
-            w = w.strip(".,;:!?\"'")
-            if not w or w in ("the", "a", "an"):
-                continue
+        for w in self.words(description):
             i = self.word_index.get(w)
             ids.append(i if i is not None else nv + zlib.crc32(w.encode()) % self.config.hash_buckets)
         return ids or [nv + self.config.hash_buckets]
@@ -342,6 +349,17 @@ class GroundedVLM(SpatialVLM):
         self.replay_fraction = 0.0
         for p in self.base.parameters():
             p.requires_grad_(False)
+
+    def unknown_words(self, description: str) -> List[str]:
+        """Words outside the vocabulary: they only hash into buckets that pre-training never
+        used (its captions name objects with vocabulary words), so they carry no meaning."""
+        words = self.base.words(description)
+        if not words:  # only articles / punctuation: nothing to ground
+            return [description.strip()]
+        return [w for w in words if w not in self.base.word_index]
+
+    def vocabulary(self) -> List[str]:
+        return list(self.config.vocabulary)
 
     # -- helpers ------------------------------------------------------------------------------
     def parse(self, caption: str) -> Optional[Tuple[str, Tuple[str, ...], str]]:
