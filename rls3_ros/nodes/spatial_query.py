@@ -31,7 +31,10 @@ Topics
   text and its confidence.
 
 Parameters (defaults)
-- ``model`` ("grounded"): model spec for ``rls3_ros.spatial_answers.load_model``.
+- ``model`` ("grounded:serving"): model spec for ``rls3_ros.spatial_answers.load_model``. The
+  default is the serving base trained on every relation (models/grounded_serving/README.md,
+  per-term accuracy there); "grounded" is the deliberately weak base the RLS3 loop starts from,
+  the one to serve together with the loop's adapters (an adapter only loads on its own base).
 - ``adapter`` (""): adapter directory to load at activation ("" = base model).
 - ``autostart`` (true): configure + activate at start.
 - ``image_topic`` ("image_raw"), ``image_qos`` ("sensor_data" | "reliable" | "system_default").
@@ -154,7 +157,9 @@ class SpatialQueryNode(LifecycleNode):
     def __init__(self, node_name: str = "spatial_query", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         d = self._declare
-        d("model", "grounded", "model spec: 'grounded' (default), 'embedded', a model directory / HF id, or py:<module>:<fn>[:<arg>]")
+        d("model", "grounded:serving", "model spec: 'grounded:serving' (default: trained on every relation), 'grounded' "
+                                       "(the weak base of the RLS3 loop), 'embedded', a model directory / HF id, or "
+                                       "py:<module>:<fn>[:<arg>]")
         d("adapter", "", "LoRA adapter directory loaded at activation ('' = base model)")
         d("autostart", True, "configure and activate at start (no lifecycle manager needed)")
         d("image_topic", "image_raw", "camera topic used when a request has no image")
