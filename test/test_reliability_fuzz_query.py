@@ -4,9 +4,10 @@ One real node process (tiny real torch model, ``vlm_test_model``) in its own ROS
 in-process client sends hypothesis-generated requests over every field: query types (known,
 case/space variants, unknown, empty, unicode, 100 kB), object names (valid, empty, blank,
 unicode, 100 kB), relations (valid phrases, garbage), candidates, headers (any stamps), and
-images (every supported encoding, unsupported/empty encodings, big-endian flag, width /
-height / step not matching the data, padded rows, empty image = camera topic with no frames,
-4096x4096 claims with a few bytes, NaN/inf float images, a real 384x384 image).
+images (every supported encoding, images under the 16x16 px minimum, unsupported/empty
+encodings, big-endian flag, width / height / step not matching the data, padded rows, empty
+image = camera topic with no frames, 4096x4096 claims with a few bytes, NaN/inf float images,
+a real 384x384 image).
 
 Every request must get an answer: success=false with a non-empty reason for a bad one, and
 success=true for every well-formed one (the oracle below says which is which: e.g. images under
@@ -91,7 +92,7 @@ def _images(draw):
     """(kind, sensor_msgs/Image, expected_ok)."""
     from sensor_msgs.msg import Image
 
-    kind = draw(st.sampled_from(["valid", "valid_padded", "valid_large", "non_colour", "float_nan_inf",
+    kind = draw(st.sampled_from(["valid", "valid_padded", "valid_large", "too_small", "non_colour", "float_nan_inf",
                                  "bad_encoding", "bigendian", "step_too_small", "data_short", "data_long",
                                  "huge_claim", "zero_size", "empty_topic"]))
     msg = Image()
@@ -102,9 +103,11 @@ def _images(draw):
         enc = draw(st.sampled_from(["16UC1", "32FC1"]))
     if kind == "float_nan_inf":
         enc = "32FC1"
-    h, w = draw(st.integers(1, 48)), draw(st.integers(1, 48))
+    h, w = draw(st.integers(MIN_IMAGE_SIDE, 48)), draw(st.integers(MIN_IMAGE_SIDE, 48))
     if kind == "valid_large":
         h = w = 384
+    elif kind == "too_small":  # a well-formed image under the minimum size: refused
+        h, w = draw(st.sampled_from([(1, 1), (1, 64), (2, 1), (MIN_IMAGE_SIDE - 1, 48), (48, 3)]))
     isz, ch = _ENC[enc]
     row = w * ch * isz
     step = row + (draw(st.integers(1, 16)) if kind == "valid_padded" else 0)
@@ -115,7 +118,7 @@ def _images(draw):
         data = vals.astype("<f4").tobytes()
     else:
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
-    ok = kind in ("valid", "valid_padded", "valid_large") and min(h, w) >= MIN_IMAGE_SIDE
+    ok = kind in ("valid", "valid_padded", "valid_large")
     if kind == "bad_encoding":
         enc = draw(st.one_of(st.sampled_from(["", "RGB8", "yuv422", "bayer_rggb8", "8UC3", "rgb16", "jpeg"]), _text))
     elif kind == "bigendian":
@@ -126,7 +129,7 @@ def _images(draw):
         data = data[: draw(st.integers(0, max(0, n - 1)))]
     elif kind == "data_long":  # more bytes than step*height: extra bytes are ignored, still a valid image
         data = data + bytes(draw(st.integers(1, 64)))
-        ok = min(h, w) >= MIN_IMAGE_SIDE  # smaller ones are refused as too small
+        ok = True
     elif kind == "huge_claim":
         h, w = draw(st.sampled_from([(4096, 4096), (4097, 4096), (65535, 65535), (2 ** 32 - 1, 2 ** 32 - 1), (1, 2 ** 31)]))
         step = draw(st.sampled_from([0, w * ch * isz, 2 ** 32 - 1]))
