@@ -18,6 +18,9 @@ setup(
         # the default grounded base model, found by rls3_ros.vlm.grounded.default_dirs()
         # after a non-editable install (pip install . / colcon build)
         (f"share/{PACKAGE}/models/grounded", sorted(f for f in glob("models/grounded/*") if os.path.isfile(f))),
+        # the query server's default (model: grounded:serving), found the same way
+        (f"share/{PACKAGE}/models/grounded_serving",
+         sorted(f for f in glob("models/grounded_serving/*") if os.path.isfile(f))),
     ],
     package_data={PACKAGE: ["assets/*", "assets/**/*"]},
     include_package_data=True,

@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--candidates", nargs="*", default=[], help="what: candidate objects")
     p.add_argument("--type", dest="query_type", choices=QUERY_TYPES,
                    help="query type (default: where; check with --relation and --subject; what with --relation only)")
-    p.add_argument("--model", default="grounded", help="model spec (direct mode), default 'grounded'")
+    p.add_argument("--model", default="grounded:serving",
+                   help="model spec (direct mode), default 'grounded:serving' (the query server's model)")
     p.add_argument("--adapter", default="", help="LoRA adapter directory (direct mode)")
     p.add_argument("--via-ros", action="store_true", help="ask a running spatial_query node")
     p.add_argument("--service", default="/spatial_query/query", help="query service (--via-ros)")

@@ -21,6 +21,7 @@ from rls3_ros.vlm.interface import SpatialVLM
 QUERY_TYPES = ("where", "check", "what")
 MAX_TEXT_CHARS = 1000  # longest object name / relation accepted (a 100 kB name would stall the model)
 MAX_CANDIDATES = 256  # most 'what' candidates accepted per query
+MIN_IMAGE_SIDE = 16  # smallest image width and height [px] answered (a 1x1 or 64x1 image has no layout)
 
 
 class QueryError(ValueError):
@@ -89,17 +90,34 @@ def _match_object(name: str, known: Sequence[str]) -> bool:
     return any(n == k.strip().lower() for k in known)
 
 
-def check_object(role: str, name: str, known: Optional[Sequence[str]]) -> str:
-    """Validate an object name: non-empty, and one of ``known`` names when those are given."""
+def check_object(role: str, name: str, known: Optional[Sequence[str]], model: Optional[SpatialVLM] = None) -> str:
+    """Validate an object name: non-empty, and one of ``known`` names when those are given.
+
+    Without known names (no scene state for the image) the name must be one the ``model`` can
+    ground: every word of it in the model's vocabulary (``SpatialVLM.unknown_words``)."""
     n = (name or "").strip()
     if not n:
         raise QueryError(f"{role} is empty: name the object (e.g. 'mug')")
     if len(n) > MAX_TEXT_CHARS:
         raise QueryError(f"{role} name is too long ({len(n)} characters > {MAX_TEXT_CHARS})")
-    if known is not None and len(known) > 0 and not _match_object(n, known):
-        shown = ", ".join(sorted(set(known))[:20])
-        raise QueryError(f"unknown {role} {n!r}: not in the current scene (known objects: {shown})")
+    if known is not None and len(known) > 0:
+        if not _match_object(n, known):
+            shown = ", ".join(sorted(set(known))[:20])
+            raise QueryError(f"unknown {role} {n!r}: not in the current scene (known objects: {shown})")
+    elif model is not None:
+        unknown = list(model.unknown_words(n))
+        if unknown:
+            vocab = ", ".join(sorted(model.vocabulary())[:40]) or "?"
+            raise QueryError(
+                f"unknown {role} {n!r}: no scene state is known for this image and the model has never learnt "
+                f"the word(s) {', '.join(repr(w) for w in unknown)}; publish the camera's scene_state or "
+                f"describe the object with the model's words ({vocab})")
     return n
+
+
+def _same_object(a: str, b: str, object_key: Optional[Callable[[str], str]]) -> bool:
+    key = object_key or (lambda n: n.strip().lower())
+    return key(a) == key(b)
 
 
 def answer_query(
@@ -108,15 +126,20 @@ def answer_query(
     req: QueryRequest,
     known_objects: Optional[Sequence[str]] = None,
     default_candidates: Optional[Sequence[str]] = None,
+    object_key: Optional[Callable[[str], str]] = None,
 ) -> QueryAnswer:
     """Answer one query; never raises for a bad request (success=False + reason instead).
 
     ``known_objects``: names (ids, descriptions, categories) of the objects in the scene the
-    image shows, if known — names outside it are rejected. ``default_candidates``: 'what'
-    candidates to use when the request gives none.
+    image shows, if known — names outside it are rejected; without them, names with words the
+    model never learnt are rejected. ``default_candidates``: 'what' candidates to use when the
+    request gives none. ``object_key``: name -> identity of the object it names (e.g. the scene
+    object's id, so "mug_1" and "red mug" are the same object); default: the lower-cased name.
+    A subject that is the reference is refused; a 'what' candidate that is the reference is not
+    ranked. Images smaller than ``MIN_IMAGE_SIDE`` pixels on a side are refused.
     """
     try:
-        return _answer(model, image, req, known_objects, default_candidates)
+        return _answer(model, image, req, known_objects, default_candidates, object_key)
     except QueryError as e:
         return QueryAnswer(success=False, message=str(e), adapter=getattr(model, "adapter", "") if model else "")
     except (ValueError, KeyError) as e:  # the model rejected the inputs: still the asker's problem
@@ -125,7 +148,7 @@ def answer_query(
         return QueryAnswer(success=False, message=f"model failed: {type(e).__name__}: {e}", adapter=getattr(model, "adapter", ""))
 
 
-def _answer(model, image, req, known, default_candidates) -> QueryAnswer:
+def _answer(model, image, req, known, default_candidates, object_key=None) -> QueryAnswer:
     qt = (req.query_type or "").strip().lower()
     if qt not in QUERY_TYPES:
         raise QueryError(f"unknown query_type {req.query_type!r}; use one of: {', '.join(QUERY_TYPES)}")
@@ -136,10 +159,21 @@ def _answer(model, image, req, known, default_candidates) -> QueryAnswer:
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.shape[0] == 0 or img.shape[1] == 0 or img.dtype != np.uint8:
         raise QueryError(f"image must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
+    if img.shape[0] < MIN_IMAGE_SIDE or img.shape[1] < MIN_IMAGE_SIDE:
+        raise QueryError(f"image is too small ({img.shape[1]}x{img.shape[0]} px): width and height must be at least "
+                         f"{MIN_IMAGE_SIDE} px")
     adapter = model.adapter
-    reference = check_object("reference", req.reference, known)
+    reference = check_object("reference", req.reference, known, model)
+
+    def subject_of() -> str:
+        subject = check_object("subject", req.subject, known, model)
+        if _same_object(subject, reference, object_key):
+            raise QueryError(f"subject {subject!r} and reference {reference!r} are the same object: "
+                             "a relation needs two different objects")
+        return subject
+
     if qt == "where":
-        subject = check_object("subject", req.subject, known)
+        subject = subject_of()
         probs = {k: float(v) for k, v in model.where(img, subject, reference).items()}
         if not probs:
             raise QueryError("the model returned no term probabilities")
@@ -152,7 +186,7 @@ def _answer(model, image, req, known, default_candidates) -> QueryAnswer:
     terms = parse_relation(req.relation)
     relation = " and ".join(terms)
     if qt == "check":
-        subject = check_object("subject", req.subject, known)
+        subject = subject_of()
         holds, p = model.check(img, subject, relation, reference)
         phrase = T.relation_phrase(terms)
         answer = (f"Yes, the {subject} is {phrase} the {reference}." if holds
@@ -165,12 +199,15 @@ def _answer(model, image, req, known, default_candidates) -> QueryAnswer:
         raise QueryError(f"too many candidates ({len(req.candidates)} > {MAX_CANDIDATES})")
     cands = [c.strip() for c in req.candidates if c.strip()]
     if not cands:
-        cands = [c for c in (default_candidates or []) if c.strip().lower() != reference.lower()]
+        cands = [c for c in (default_candidates or []) if not _same_object(c, reference, object_key)]
         if not cands:
             raise QueryError("'what' needs candidates: none given and no scene objects known")
     else:
         for c in cands:
-            check_object("candidate", c, known)
+            check_object("candidate", c, known, model)
+        cands = [c for c in cands if not _same_object(c, reference, object_key)]
+        if not cands:
+            raise QueryError(f"'what' needs candidates other than the reference {reference!r}")
     ranked = [(str(c), float(s)) for c, s in model.what(img, relation, reference, cands)]
     if not ranked:
         raise QueryError("the model ranked no candidates")

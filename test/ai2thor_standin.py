@@ -5,16 +5,25 @@ It serves the REAL event metadata in ``test/data/ai2thor/instance_segmentation_m
 backend uses, computed in Unity's own frame (y up, left-handed) independently of the
 backend's conversion code:
 
-- ``reset(scene=...)`` -> event; ``step(action=..., **kw)`` -> event with
-  ``metadata["lastActionSuccess"]``/``errorMessage``/``actionReturn``;
+- ``reset(scene=...)`` -> an event whose metadata is the real event's, UNCHANGED (its
+  ``sceneName`` ``iTHOR_Kitchen_Val_09``, ``screenWidth``/``screenHeight`` 600, each object's
+  own ``visible`` flag: 17 visible): there is one real event, so whatever floor plan is asked
+  for, this is the scene served (``requested_scenes`` records what was asked);
+  ``step(action=..., **kw)`` -> event with ``metadata["lastActionSuccess"]``/``errorMessage``/
+  ``actionReturn``;
 - ``PlaceObjectAtPoint(objectId, position)``: the object's bottom goes to the highest
   receptacle surface under the point; fails if it would collide;
 - ``TeleportObject(objectId, position, rotation, forceAction)``: moves the pivot; without
   ``forceAction`` fails on collision; then the object falls onto the surface below;
 - ``GetSpawnCoordinatesAboveReceptacle(objectId, anywhere)``: points on its top surface;
-- frames: ``frame``, ``instance_segmentation_frame`` (each object's projected box painted
-  far-to-near in its segmentation colour), ``instance_detections2D`` ((x1, y1, x2, y2),
-  inclusive max), ``object_id_to_color``, ``depth_frame``.
+- ``visible``: only an object an action moved gets a new flag, as Unity would recompute it
+  (approximated: its box centre projects into the image, in front of the camera, within
+  AI2-THOR's default ``visibilityDistance`` of 1.5 m); every other object keeps the real one;
+- frames at the metadata's screen size: ``frame``, ``instance_segmentation_frame`` (each
+  object's projected box painted far-to-near in its segmentation colour),
+  ``instance_detections2D`` ((x1, y1, x2, y2), inclusive max), ``object_id_to_color``,
+  ``depth_frame``. With ``renderInstanceSegmentation=False`` (AI2-THOR's own flag) the
+  segmentation frame and ``instance_detections2D`` are None, as AI2-THOR sends them.
 """
 
 from __future__ import annotations
@@ -53,18 +62,22 @@ class Event:
         self.depth_frame = depth
 
 
+VISIBILITY_DISTANCE = 1.5  # AI2-THOR's default visibilityDistance [m]
+
+
 class StandInController:
-    def __init__(self, width: int = 300, height: int = 300):
-        self.width, self.height = width, height
+    def __init__(self, renderInstanceSegmentation: bool = True):  # noqa: N803 - AI2-THOR's own keyword
+        self.render_instance_segmentation = bool(renderInstanceSegmentation)
         self.actions: List[str] = []
+        self.requested_scenes: List[str] = []
         self._meta = None
+        self.width = self.height = 0
 
     # ---------------------------------------------------------------- api
     def reset(self, scene: str = "FloorPlan1", **kw) -> Event:
-        m = load_metadata()
-        m["sceneName"] = scene
-        m["screenWidth"], m["screenHeight"] = self.width, self.height
-        m["lastAction"], m["lastActionSuccess"], m["errorMessage"] = "Initialize", True, ""
+        self.requested_scenes.append(scene)
+        m = load_metadata()  # served as recorded: scene name, screen size, visibility, lastAction
+        self.width, self.height = int(m["screenWidth"]), int(m["screenHeight"])
         self._meta = m
         return self._event()
 
@@ -76,10 +89,20 @@ class StandInController:
         if handler is None:
             m["lastActionSuccess"], m["errorMessage"] = False, f"Invalid action: {action}"
         else:
+            before = {o["objectId"]: o["axisAlignedBoundingBox"]["center"] for o in m["objects"]}
             err = handler(**kw)
             if err:
                 m["lastActionSuccess"], m["errorMessage"] = False, err
+            for o in m["objects"]:  # Unity recomputes what it moved
+                if o["axisAlignedBoundingBox"]["center"] != before[o["objectId"]]:
+                    o["visible"] = self._seen(o)
         return self._event()
+
+    def _seen(self, o) -> bool:
+        c, _ = self._box(o)
+        u, v, z = self.project_unity(c[None])[0]
+        dist = float(np.linalg.norm(c - _v(self._meta["cameraPosition"])))
+        return bool(z > 0.05 and 0 <= u < self.width and 0 <= v < self.height and dist <= VISIBILITY_DISTANCE)
 
     def stop(self):
         pass
@@ -241,7 +264,7 @@ class StandInController:
             if len(xs):
                 seg[ys, xs] = colors[oid]
                 detections[oid] = np.array([xs.min(), ys.min(), xs.max(), ys.max()])
-        for o in m["objects"]:
-            o["visible"] = o["objectId"] in detections
         frame = (seg // 2 + 60).astype(np.uint8)
+        if not self.render_instance_segmentation:
+            seg, detections = None, None
         return Event(copy.deepcopy(m), frame, seg, detections, colors, depth)

@@ -241,3 +241,23 @@ def test_replay_loops_until_stopped_and_record_stops_after_duration(tmp_path, ro
     assert len(ids) == 8 and ids[0] == ids[3] == ids[6]  # the bag started over
     with BagReader(tmp_path / "empty") as b:  # nothing published: an empty but complete bag
         assert b.message_count == 0
+
+
+def test_rls3_replay_remap_uses_the_current_ros_syntax(tmp_path, ros_env):
+    """`rls3 replay --remap` on a bag written by the rosbags library: the frames arrive under the new
+    name and rcl prints no deprecated-remap-syntax warning (our options never reach rcl as argv)."""
+    from test_bag_io import write_rosbags_foreign_bag
+
+    write_rosbags_foreign_bag(tmp_path / "foreign", "mcap")
+    out = tmp_path / "remapped.json"
+    with probe([f"/camera/image_raw:{IMG}"], out, 4, ros_env) as pr:
+        pr.wait_for_output("PROBE READY")
+        with NodeProcess(["-m", "rls3_ros.cli", "replay", str(tmp_path / "foreign"), "--topics", "/robot/camera/image_raw",
+                          "--remap", "/robot/camera/image_raw:=/camera/image_raw", "--rate", "4",
+                          "--wait-for-subscribers", "20"], ros_env, "replayer") as rp:
+            assert rp.wait(60) == 0, rp.output()
+        assert pr.wait(30) == 0
+    log = rp.output()
+    assert "publishing /robot/camera/image_raw as /camera/image_raw" in log, log
+    assert "deprecated" not in log.lower(), log
+    assert len(read_arrivals(out)) == 4

@@ -4,12 +4,14 @@ One real node process (tiny real torch model, ``vlm_test_model``) in its own ROS
 in-process client sends hypothesis-generated requests over every field: query types (known,
 case/space variants, unknown, empty, unicode, 100 kB), object names (valid, empty, blank,
 unicode, 100 kB), relations (valid phrases, garbage), candidates, headers (any stamps), and
-images (every supported encoding, unsupported/empty encodings, big-endian flag, width /
-height / step not matching the data, padded rows, empty image = camera topic with no frames,
-4096x4096 claims with a few bytes, NaN/inf float images, a real 384x384 image).
+images (every supported encoding, images under the 16x16 px minimum, unsupported/empty
+encodings, big-endian flag, width / height / step not matching the data, padded rows, empty
+image = camera topic with no frames, 4096x4096 claims with a few bytes, NaN/inf float images,
+a real 384x384 image).
 
 Every request must get an answer: success=false with a non-empty reason for a bad one, and
-success=true for every well-formed one (the oracle below says which is which). At the end the
+success=true for every well-formed one (the oracle below says which is which: e.g. images under
+16x16 px and a subject that is the reference are bad). At the end the
 node is alive, still answers a good query, and its RSS grew by less than 300 MB. Requests per
 kind are printed and written to results/fuzz_counts.json ("spatial_query").
 """
@@ -25,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reliability_common import TEST_MODEL, Counts, call_service, node_under_test, report_fuzz, rss_mb
+from rls3_ros.spatial_answers import MIN_IMAGE_SIDE
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -89,7 +92,7 @@ def _images(draw):
     """(kind, sensor_msgs/Image, expected_ok)."""
     from sensor_msgs.msg import Image
 
-    kind = draw(st.sampled_from(["valid", "valid_padded", "valid_large", "non_colour", "float_nan_inf",
+    kind = draw(st.sampled_from(["valid", "valid_padded", "valid_large", "too_small", "non_colour", "float_nan_inf",
                                  "bad_encoding", "bigendian", "step_too_small", "data_short", "data_long",
                                  "huge_claim", "zero_size", "empty_topic"]))
     msg = Image()
@@ -100,9 +103,11 @@ def _images(draw):
         enc = draw(st.sampled_from(["16UC1", "32FC1"]))
     if kind == "float_nan_inf":
         enc = "32FC1"
-    h, w = draw(st.integers(1, 48)), draw(st.integers(1, 48))
+    h, w = draw(st.integers(MIN_IMAGE_SIDE, 48)), draw(st.integers(MIN_IMAGE_SIDE, 48))
     if kind == "valid_large":
         h = w = 384
+    elif kind == "too_small":  # a well-formed image under the minimum size: refused
+        h, w = draw(st.sampled_from([(1, 1), (1, 64), (2, 1), (MIN_IMAGE_SIDE - 1, 48), (48, 3)]))
     isz, ch = _ENC[enc]
     row = w * ch * isz
     step = row + (draw(st.integers(1, 16)) if kind == "valid_padded" else 0)
@@ -182,15 +187,15 @@ def _requests(draw):
 
     q = qt.strip().lower()
     ok = img_ok and q in ("where", "check", "what") and named(ref)
-    if q in ("where", "check"):
-        ok = ok and named(subj)
+    if q in ("where", "check"):  # two different objects
+        ok = ok and named(subj) and subj.strip().lower() != ref.strip().lower()
     if q in ("check", "what"):
         try:
             parse_relation(rel)
         except QueryError:
             ok = False
-    if q == "what":
-        ok = ok and any(c.strip() for c in cands)
+    if q == "what":  # a candidate that is the reference is not ranked
+        ok = ok and any(c.strip() and c.strip().lower() != ref.strip().lower() for c in cands)
     labels = [f"query_type:{qk}", f"subject:{sk}", f"reference:{rk}", f"relation:{lk}", f"candidates:{ck}",
               f"image:{ik}", f"header:{hk}"]
     return req, labels, ok

@@ -18,12 +18,13 @@ from rls3_ros.sim.ai2thor_backend import (
 from rls3_ros.sim.backend import BAD_REQUEST, FLOATING, OVERLAP, PLACE, SWAP, TELEPORT, MoveAction
 from rls3_ros.sim.factory import make_backend
 
-SIZE = 300
+SIZE = 600  # the real event's screenWidth / screenHeight
+SCENE_NAME = "iTHOR_Kitchen_Val_09"  # the real event's sceneName
 
 
 @pytest.fixture
 def thor():
-    c = StandInController(SIZE, SIZE)
+    c = StandInController()
     b = AI2ThorBackend(image_size=SIZE, seed=0, controller=c)
     b.reset(0)
     return b, c
@@ -155,3 +156,70 @@ def test_bad_requests_and_missing_ai2thor_are_explained(thor):
         make_backend("ai2thor")
     with pytest.raises(RuntimeError, match="pip install ai2thor"):
         make_backend("ai2thor", local_executable_path="/opt/thor/build")
+
+
+def test_standin_serves_the_real_event_metadata_unchanged():
+    c = StandInController()
+    ev = c.reset(scene="FloorPlan11")
+    assert ev.metadata == load_metadata()  # nothing overwritten: scene name, screen size, visibility
+    assert ev.metadata["sceneName"] == SCENE_NAME and c.requested_scenes == ["FloorPlan11"]
+    assert (ev.metadata["screenWidth"], ev.metadata["screenHeight"]) == (SIZE, SIZE)
+    assert sum(o["visible"] for o in ev.metadata["objects"]) == 17
+    assert ev.frame.shape == (SIZE, SIZE, 3)
+    off = StandInController(renderInstanceSegmentation=False).reset()
+    assert off.instance_segmentation_frame is None and off.instance_detections2D is None
+    assert off.metadata == load_metadata()
+
+
+@pytest.mark.parametrize("segmentation", [False, True])
+def test_backend_honours_the_real_visible_flag_and_scene_name(segmentation):
+    """With segmentation off nothing but AI2-THOR's ``visible`` flag says what is seen: the active
+    objects must be flagged visible ones (not e.g. the egg inside the fridge) and get captions."""
+    from rls3_ros.captions.oracle import CaptionOracle
+
+    by_id = {o["objectId"]: o for o in load_metadata()["objects"]}
+    flagged = {k for k, o in by_id.items() if o["visible"] and o["pickupable"]}
+    assert len(flagged) == 6
+    oracle = CaptionOracle()
+    for seed in range(4):
+        c = StandInController(renderInstanceSegmentation=segmentation)
+        b = AI2ThorBackend(image_size=SIZE, seed=seed, controller=c)
+        s = b.reset(seed)
+        assert s.scene_id == f"{SCENE_NAME}_{seed}"  # what Unity loaded, not the floor plan asked for
+        assert c.requested_scenes and c.requested_scenes[0].startswith("FloorPlan")
+        assert (s.camera.width, s.camera.height) == (SIZE, SIZE)
+        assert {o.id for o in s.objects} <= flagged, [o.id for o in s.objects]
+        for o in s.objects:
+            assert o.visible and o.visible_fraction > 0
+            x0, y0, x1, y1 = o.bbox
+            assert 0 <= x0 < x1 <= SIZE and 0 <= y0 < y1 <= SIZE, o.bbox
+        assert len(oracle.caption_scene(s, rng=seed)) >= 1
+        r = b.render()
+        assert set(r.boxes) == {o.id for o in s.objects}
+
+
+def test_moves_are_judged_by_the_visible_flag_without_segmentation():
+    c = StandInController(renderInstanceSegmentation=False)
+    b = AI2ThorBackend(image_size=SIZE, seed=0, controller=c)
+    s = b.reset(0)
+    counter = next(r for r in b.receptacles() if r[0].startswith("CounterTop|+00.93|+00.95|-00.21"))
+    tried = []
+    for obj in s.objects:  # some free spot on the counter in front of the camera
+        for x in np.linspace(counter[2][0] + 0.1, counter[3][0] - 0.1, 4):
+            for y in np.linspace(counter[2][1] + 0.1, counter[3][1] - 0.1, 4):
+                res = b.apply(MoveAction(PLACE, obj.id, position=(float(x), float(y), counter[1]),
+                                         receptacle_id=counter[0]))
+                tried.append(res.reason)
+                if res.valid:
+                    break
+            if res.valid:
+                break
+        if res.valid:
+            break
+    assert res.valid, tried  # before: every move "occluded" (no mask pixels without segmentation)
+    assert res.scene.object(obj.id).visible
+    # into the fridge region, far from the camera: Unity's flag turns false, the move is undone
+    fridge = next(r for r in b.receptacles() if r[0].startswith("Fridge"))
+    res = b.apply(MoveAction(PLACE, obj.id, position=None, receptacle_id=fridge[0]))
+    assert not res.valid and res.reason in ("occluded", "out_of_view"), (res.reason, res.message)
+    assert b.state().object(obj.id).position == pytest.approx(res.scene.object(obj.id).position)

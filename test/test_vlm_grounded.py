@@ -176,3 +176,25 @@ def test_committed_base_is_above_chance_on_new_renders(samples):
     acc_rare, chance_rare = part(False)
     assert acc_lr > chance_lr + 0.2, (acc_lr, chance_lr)
     assert acc_rare < acc_lr - 0.2, (acc_rare, acc_lr)
+
+
+def test_adapter_refuses_a_base_it_was_not_trained_on(samples, tmp_path, monkeypatch):
+    """An adapter records its base's weight fingerprint: the RLS3 loop's adapters (weak base) must
+    not load silently onto the query server's serving base."""
+    a = fresh_vlm(seed=4)
+    a.fine_tune(samples[:4], 3)
+    out = a.save_adapter(str(tmp_path / "ad"))
+    assert json.load(open(os.path.join(out, G.ADAPTER_META)))["base_fingerprint"] == a.base_fingerprint
+    other = fresh_vlm(seed=5)
+    with pytest.raises(ValueError, match="trained on another base model"):
+        other.load_adapter(out)
+    assert other.adapter == ""
+    same = fresh_vlm(seed=4)  # same weights, another instance: fits
+    same.load_adapter(out)
+    assert same.adapter == out
+
+    monkeypatch.setenv("RLS3_MODEL_DIR", str(tmp_path / "no_cache"))
+    serving, weak = G.load("serving"), G.load()
+    assert serving.base_spec.endswith(os.path.join("models", "grounded_serving"))
+    assert weak.base_spec.endswith(os.path.join("models", "grounded"))
+    assert serving.base_fingerprint != weak.base_fingerprint

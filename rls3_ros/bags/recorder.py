@@ -317,7 +317,8 @@ def record(opts: RecordOptions, ros_args: Optional[List[str]] = None, stop=None,
     own_stop = stop is None
     stop = stop if stop is not None else rosutil.StopFlag().install()
     context = rclpy.Context()
-    rclpy.init(args=ros_args, context=context, signal_handler_options=SignalHandlerOptions.NO)
+    rclpy.init(args=rosutil.init_args("rls3 record", ros_args), context=context,
+               signal_handler_options=SignalHandlerOptions.NO)
     queue = ByteBoundedQueue(opts.queue_bytes)
     node = None
     thread = None

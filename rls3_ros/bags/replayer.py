@@ -105,7 +105,8 @@ def replay(opts: ReplayOptions, ros_args: Optional[List[str]] = None, stop=None,
             conns = bag.connections_for(opts.topics)
             if not conns:
                 raise BagError(f"bag {str(opts.bag)!r} has no messages to replay")
-            rclpy.init(args=ros_args, context=context, signal_handler_options=SignalHandlerOptions.NO)
+            rclpy.init(args=rosutil.init_args("rls3 replay", ros_args), context=context,
+                       signal_handler_options=SignalHandlerOptions.NO)
             node = rclpy.create_node("rls3_replayer", context=context)
             logger = node.get_logger()
             pubs: Dict[int, object] = {}

@@ -20,6 +20,14 @@ from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, Qo
 _INFINITE = QosTime(2147483647, 4294967295)  # RMW_DURATION_INFINITE as rosbag2 writes it
 
 
+def init_args(program: str, ros_args: Optional[List[str]] = None) -> List[str]:
+    """The argv for ``rclpy.init``: the program name and only the ``--ros-args ...`` part.
+
+    Never ``None``: rclpy would then parse ``sys.argv``, where our own options such as
+    ``--remap /a:=/b`` look like rcl's deprecated remap syntax (a warning, and a real remap)."""
+    return [program, *(ros_args or [])]
+
+
 def import_msg_class(msgtype: str):
     """Python class of ``pkg/msg/Name`` (or ``pkg/Name``); ImportError with a clear reason."""
     parts = msgtype.split("/")

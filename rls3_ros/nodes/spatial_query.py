@@ -10,8 +10,10 @@ Services
   the request, or — when the request image is empty (width 0) — on the camera-topic frame
   nearest to ``header.stamp`` (within ``frame_tolerance``; the latest frame when the stamp
   is zero). The answer copies the header of the image used. Every bad request (unknown
-  query type, bad image, empty/unknown object name, unparsable relation, no model yet,
-  node not active) gets ``success=false`` and a reason; the node lives on.
+  query type, bad image, image smaller than 16x16 px, empty/unknown object name, subject
+  that is the reference, unparsable relation, no model yet, node not active) gets
+  ``success=false`` and a reason; the node lives on. Without a matching scene state, names
+  with words the model never learnt are refused (``SpatialVLM.unknown_words``).
 - ``~/set_adapter`` (rls3_msgs/srv/SetAdapter): switch the LoRA adapter ("" = base).
 
 Hot swap: a new adapter is loaded into a *new* model instance off the query path (in the
@@ -29,7 +31,10 @@ Topics
   text and its confidence.
 
 Parameters (defaults)
-- ``model`` ("grounded"): model spec for ``rls3_ros.spatial_answers.load_model``.
+- ``model`` ("grounded:serving"): model spec for ``rls3_ros.spatial_answers.load_model``. The
+  default is the serving base trained on every relation (models/grounded_serving/README.md,
+  per-term accuracy there); "grounded" is the deliberately weak base the RLS3 loop starts from,
+  the one to serve together with the loop's adapters (an adapter only loads on its own base).
 - ``adapter`` (""): adapter directory to load at activation ("" = base model).
 - ``autostart`` (true): configure + activate at start.
 - ``image_topic`` ("image_raw"), ``image_qos`` ("sensor_data" | "reliable" | "system_default").
@@ -41,7 +46,13 @@ Parameters (defaults)
   ``success=false`` ("bad compressed image: ...") and the node stays up.
 - ``frame_buffer`` (30): camera frames kept, looked up by stamp.
 - ``frame_tolerance`` (0.1): max |stamp difference| [s] when a request names a stamp.
-- ``scene_topic`` ("scene_state").
+- ``scene_topic`` ("scene_state"). A scene state whose camera info has no image size or focal
+  length (or NaN/inf numbers) is dropped on arrival with a throttled warning; it never reaches
+  a query.
+- ``scene_tolerance`` (0.1): max |stamp difference| [s] between the image a query uses (request
+  image or camera frame) and the scene state used for it (object names, 'what' candidates,
+  annotation boxes). Without a scene state that close, the query is answered from the image
+  alone (names not checked against a scene) and the answer's ``message`` says so.
 - ``follow_adapter_topic`` (true): switch to adapters announced on ``adapter_topic`` ("adapter").
 - ``publish_annotated`` (false).
 - ``load_retry_period`` (5.0): seconds between attempts while the model cannot be loaded.
@@ -146,7 +157,9 @@ class SpatialQueryNode(LifecycleNode):
     def __init__(self, node_name: str = "spatial_query", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         d = self._declare
-        d("model", "grounded", "model spec: 'grounded' (default), 'embedded', a model directory / HF id, or py:<module>:<fn>[:<arg>]")
+        d("model", "grounded:serving", "model spec: 'grounded:serving' (default: trained on every relation), 'grounded' "
+                                       "(the weak base of the RLS3 loop), 'embedded', a model directory / HF id, or "
+                                       "py:<module>:<fn>[:<arg>]")
         d("adapter", "", "LoRA adapter directory loaded at activation ('' = base model)")
         d("autostart", True, "configure and activate at start (no lifecycle manager needed)")
         d("image_topic", "image_raw", "camera topic used when a request has no image")
@@ -155,6 +168,7 @@ class SpatialQueryNode(LifecycleNode):
         d("frame_buffer", 30, "camera frames kept for lookup by stamp")
         d("frame_tolerance", 0.1, "max |stamp difference| [s] between a requested stamp and a buffered frame")
         d("scene_topic", "scene_state", "scene states (object names, boxes)")
+        d("scene_tolerance", 0.1, "max |stamp difference| [s] between a query's image and the scene state used for it")
         d("follow_adapter_topic", True, "switch to adapters announced by the trainer")
         d("adapter_topic", "adapter", "topic of the trainer's adapter announcements")
         d("publish_annotated", False, "publish ~/annotated images of each answer")
@@ -171,7 +185,8 @@ class SpatialQueryNode(LifecycleNode):
         self._load_stop = threading.Event()
         self._load_thread: Optional[threading.Thread] = None
         self._frames: Deque = collections.deque(maxlen=30)  # Image or CompressedImage (image_transport)
-        self._scenes: Deque[SceneStateMsg] = collections.deque(maxlen=30)
+        self._scenes: Deque[Tuple[int, SceneState]] = collections.deque(maxlen=30)  # (stamp ns, valid scene)
+        self._n_bad_scenes = 0
         self._buf_lock = threading.Lock()
         self._subs = []
         self._annotated_pub = None
@@ -209,6 +224,8 @@ class SpatialQueryNode(LifecycleNode):
             errors.append("frame_buffer must be >= 1")
         if float(self._p("frame_tolerance")) < 0:
             errors.append("frame_tolerance must be >= 0")
+        if float(self._p("scene_tolerance")) < 0:
+            errors.append("scene_tolerance must be >= 0")
         if float(self._p("load_retry_period")) <= 0:
             errors.append("load_retry_period must be > 0")
         if self._p("swap_mode") not in ("reload", "copy"):
@@ -407,8 +424,18 @@ class SpatialQueryNode(LifecycleNode):
             self._frames.append(msg)
 
     def _on_scene(self, msg: SceneStateMsg) -> None:
+        """Keep a scene state only if it converts (usable camera info, finite numbers): a bad
+        one is dropped here, so it can never fail a later query."""
+        try:
+            scene = msg_to_scene(msg)
+        except Exception as e:  # noqa: BLE001 - MessageConversionError and anything else: drop it
+            self._n_bad_scenes += 1
+            self.get_logger().warning(
+                f"dropped scene_state (stamp {stamp_to_ns(msg.header.stamp) / 1e9:.3f}, scene {msg.scene_id!r}): "
+                f"{' '.join(str(e).split())} ({self._n_bad_scenes} dropped so far)", throttle_duration_sec=5.0)
+            return
         with self._buf_lock:
-            self._scenes.append(msg)
+            self._scenes.append((stamp_to_ns(msg.header.stamp), scene))
 
     def _on_adapter_announced(self, msg: AdapterInfo) -> None:
         with self._model_lock:
@@ -451,16 +478,20 @@ class SpatialQueryNode(LifecycleNode):
                           f"{stamp_ns / 1e9:.3f} (buffer holds {len(frames)} frames, {lo:.3f}..{hi:.3f})")
         return best, ""
 
-    def _scene_for(self, stamp_ns: int, from_topic: bool) -> Optional[SceneState]:
+    def _scene_for(self, stamp_ns: int) -> Tuple[Optional[SceneState], str]:
+        """(the scene state nearest ``stamp_ns`` within ``scene_tolerance``, or None and why not)."""
         with self._buf_lock:
             scenes = list(self._scenes)
+        topic = self.resolve_topic_name(str(self._p("scene_topic")))
         if not scenes:
-            return None
-        if stamp_ns:
-            best = min(scenes, key=lambda s: abs(stamp_to_ns(s.header.stamp) - stamp_ns))
-            if abs(stamp_to_ns(best.header.stamp) - stamp_ns) <= float(self._p("frame_tolerance")) * 1e9:
-                return msg_to_scene(best)
-        return msg_to_scene(scenes[-1]) if from_topic else None
+            return None, f"no scene_state received on {topic!r}"
+        tol = float(self._p("scene_tolerance"))
+        best_ns, best = min(scenes, key=lambda s: abs(s[0] - stamp_ns))
+        dt = abs(best_ns - stamp_ns) / 1e9
+        if dt <= tol:
+            return best, ""
+        return None, (f"no scene_state on {topic!r} within {tol:.3f} s of the image stamp {stamp_ns / 1e9:.3f} "
+                      f"(nearest {dt:.3f} s away)")
 
     def _on_query(self, req: SpatialQuery.Request, resp: SpatialQuery.Response) -> SpatialQuery.Response:
         t0 = time.monotonic()
@@ -497,9 +528,8 @@ class SpatialQueryNode(LifecycleNode):
             if frame is None:
                 resp.success, resp.message = False, why
                 return
-            from_topic = True
         else:
-            frame, from_topic = req.image, False
+            frame = req.image
         resp.header = frame.header if (frame.header.frame_id or stamp_to_ns(frame.header.stamp)) else req.header
         try:
             if isinstance(frame, CompressedImage):
@@ -512,13 +542,21 @@ class SpatialQueryNode(LifecycleNode):
             return
         if not image.flags.writeable:  # a view of the message buffer; torch wants writable arrays
             image = image.copy()
-        scene = self._scene_for(stamp_to_ns(resp.header.stamp), from_topic)
+        scene, no_scene = self._scene_for(stamp_to_ns(resp.header.stamp))
         names = scene_object_names(scene) if scene is not None else None
         defaults = [o.description or o.id for o in scene.objects] if scene is not None else None
+
+        def object_key(name: str) -> str:  # "mug_1" and "red mug" name the same scene object
+            o = find_object(scene, name)
+            return f"id:{o.id}" if o is not None else name.strip().lower()
+
         q = QueryRequest(req.query_type, req.subject, req.reference, req.relation, list(req.candidates))
         with loaded.lock:
-            ans = answer_query(loaded.model, image, q, known_objects=names, default_candidates=defaults)
+            ans = answer_query(loaded.model, image, q, known_objects=names, default_candidates=defaults,
+                               object_key=object_key)
         resp.success, resp.message, resp.answer = ans.success, ans.message, ans.answer
+        if ans.success and scene is None:
+            resp.message = f"{ans.message}; answered from the image alone ({no_scene})"
         resp.adapter = loaded.adapter
         if not ans.success:
             return

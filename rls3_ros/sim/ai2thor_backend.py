@@ -13,8 +13,16 @@ Objects come from ``metadata["objects"]`` (``axisAlignedBoundingBox`` centre/siz
 ``position``/``size``); moves use ``PlaceObjectAtPoint``, ``TeleportObject`` and
 ``GetSpawnCoordinatesAboveReceptacle``; success is ``lastActionSuccess``; frames come
 from ``event.frame``, ``event.instance_segmentation_frame`` and
-``event.instance_detections2D`` (instance segmentation on). AI2-THOR boxes are
+``event.instance_detections2D`` (when instance segmentation is on). AI2-THOR boxes are
 (x1, y1, x2, y2) with inclusive max; ours are max-exclusive.
+
+Visibility honours AI2-THOR: an object is visible when its own ``visible`` flag says so (Unity's
+test: in view, not occluded, within ``visibilityDistance``) or when it has pixels in the
+instance segmentation. Without segmentation (``renderInstanceSegmentation=False``: no mask, no
+``instance_detections2D``) the flag alone decides, the 2D box is the projection of the object's
+3D box clipped to the image, and the validity checks use the flag instead of mask pixels. Active
+objects are drawn from the visible pickupable ones first. ``scene_id`` is the event's
+``sceneName`` (what Unity actually loaded) + ``_<seed>``; the camera size is the frame's.
 
 Limits (stated, not hidden): AI2-THOR has no state snapshot, so an invalid move is undone
 by teleporting the moved objects back (forceAction); the visible fraction is the mask
@@ -196,6 +204,37 @@ class AI2ThorBackend(SimulatorBackend):
         det = getattr(self._event, "instance_detections2D", None) or {}
         return {k: (int(v[0]), int(v[1]), int(v[2]) + 1, int(v[3]) + 1) for k, v in det.items()}
 
+    def _has_segmentation(self) -> bool:
+        """Does the current event carry instance segmentation (mask frame or 2D detections)?"""
+        ev = self._event
+        return getattr(ev, "instance_segmentation_frame", None) is not None or \
+            getattr(ev, "instance_detections2D", None) is not None
+
+    def _visible(self, oid: str) -> bool:
+        """AI2-THOR's own ``visible`` flag, or pixels of the object in the instance segmentation."""
+        if bool(self._objects()[oid].get("visible")):
+            return True
+        if oid in self._detections():
+            return True
+        mask = self._mask(oid)
+        return mask is not None and bool(mask.any())
+
+    def _box_2d(self, oid: str, cam: CameraModel) -> Tuple[int, int, int, int]:
+        """The object's 2D box: its detection, else (no segmentation, flagged visible) its projected
+        3D box clipped to the image, else (0, 0, 0, 0)."""
+        det = self._detections()
+        if oid in det:
+            return det[oid]
+        if self._has_segmentation() or not self._visible(oid):
+            return (0, 0, 0, 0)
+        pb = self._projected_box(oid, cam)
+        if pb is None:
+            return (0, 0, 0, 0)
+        (u0, v0), (u1, v1) = pb
+        x0, y0 = int(max(0, math.floor(u0))), int(max(0, math.floor(v0)))
+        x1, y1 = int(min(cam.width, math.ceil(u1))), int(min(cam.height, math.ceil(v1)))
+        return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else (0, 0, 0, 0)
+
     def _mask(self, oid: str) -> Optional[np.ndarray]:
         seg = getattr(self._event, "instance_segmentation_frame", None)
         colors = getattr(self._event, "object_id_to_color", None) or {}
@@ -226,6 +265,9 @@ class AI2ThorBackend(SimulatorBackend):
         area = max((u1 - u0) * (v1 - v0), 1e-9)
         w, h = cam.width, cam.height
         inside = max(0.0, min(u1, w) - max(u0, 0.0)) * max(0.0, min(v1, h) - max(v0, 0.0))
+        if not self._has_segmentation():  # no pixels to count: Unity's visible flag decides
+            seen = bool(self._objects()[oid].get("visible"))
+            return float(inside / area), int(round(inside)) if seen else 0, 1.0 if seen else 0.0
         frac = min(1.0, n / (self.fill_factor * max(inside, 1e-9))) if inside > 0 else 0.0
         return float(inside / area), n, float(frac)
 
@@ -245,9 +287,8 @@ class AI2ThorBackend(SimulatorBackend):
             self._rng = rng
             objs = sorted(self._objects().values(), key=lambda o: o["objectId"])
             pick = [o["objectId"] for o in objs if o.get("pickupable")]
-            det = self._detections()
-            seen = [o for o in pick if o in det]
-            unseen = [o for o in pick if o not in det]
+            seen = [o for o in pick if self._visible(o)]
+            unseen = [o for o in pick if o not in seen]
             rng.shuffle(seen)
             rng.shuffle(unseen)
             order = seen + unseen
@@ -263,20 +304,24 @@ class AI2ThorBackend(SimulatorBackend):
 
     def _camera(self) -> CameraModel:
         m = self._meta
-        w = int(m.get("screenWidth", self.image_size))
-        h = int(m.get("screenHeight", self.image_size))
+        frame = getattr(self._event, "frame", None)
+        if frame is not None and np.ndim(frame) >= 2:  # the image the camera really took
+            h, w = int(np.shape(frame)[0]), int(np.shape(frame)[1])
+        else:
+            w = int(m.get("screenWidth", self.image_size))
+            h = int(m.get("screenHeight", self.image_size))
         return camera_from_metadata(m, w, h)
 
     def _object_state(self, o: Dict[str, Any], cam: CameraModel, active: bool) -> ObjectState:
         c, s = object_box(o)
-        det = self._detections()
         _, n, frac = self._view_stats(o["objectId"], cam)
+        visible = self._visible(o["objectId"])
         parents = o.get("parentReceptacles") or []
         return ObjectState(
             id=o["objectId"], category=o["objectType"], description=self._describe(o),
             position=tuple(float(v) for v in c), orientation=unity_rotation_to_quat(o["rotation"]),
-            size=tuple(float(v) for v in s), bbox=det.get(o["objectId"], (0, 0, 0, 0)),
-            visible=o["objectId"] in det, visible_fraction=frac if o["objectId"] in det else 0.0,
+            size=tuple(float(v) for v in s), bbox=self._box_2d(o["objectId"], cam),
+            visible=visible, visible_fraction=frac if visible else 0.0,
             active=active, supported_by=parents[0] if parents else "",
         )
 
@@ -292,7 +337,8 @@ class AI2ThorBackend(SimulatorBackend):
         cam = self._camera()
         objs = self._objects()
         return SceneState(
-            scene_id=f"{self._plan}_{self._seed_now}", scene_type=self._scene_type, seed=self._seed_now,
+            scene_id=f"{self._meta.get('sceneName') or self._plan}_{self._seed_now}", scene_type=self._scene_type,
+            seed=self._seed_now,
             camera=cam, objects=[self._object_state(objs[a], cam, True) for a in self._active],
             container_ids=list(self._container), backend=self.name)
 
@@ -313,8 +359,8 @@ class AI2ThorBackend(SimulatorBackend):
                 seg[m] = i
         depth = getattr(ev, "depth_frame", None)
         depth = np.zeros((h, w), np.float32) if depth is None else np.asarray(depth, np.float32)
-        det = self._detections()
-        return Render(rgb=rgb, segmentation=seg, depth=depth, boxes={a: det.get(a, (0, 0, 0, 0)) for a in self._active})
+        cam = self._camera()
+        return Render(rgb=rgb, segmentation=seg, depth=depth, boxes={a: self._box_2d(a, cam) for a in self._active})
 
     def receptacles(self) -> List[Tuple[str, float, Tuple[float, float], Tuple[float, float]]]:
         with self._lock:

@@ -139,13 +139,20 @@ class GroundedRelationModel(nn.Module):
         nn.init.normal_(self.word_emb.weight, std=1.0)
 
     # -- text -----------------------------------------------------------------------------
+    @staticmethod
+    def words(description: str) -> List[str]:
+        """The words of a description the model embeds (lower case, no punctuation or articles)."""
+        out = []
+        for w in description.lower().replace("-", " ").split():
+            w = w.strip(".,;:!?\"'")
+            if w and w not in ("the", "a", "an"):
+                out.append(w)
+        return out
+
     def word_ids(self, description: str) -> List[int]:
         ids = []
         nv = len(self.config.vocabulary)
-        for w in description.lower().replace("-", " ").split():
-            w = w.strip(".,;:!?\"'")
-            if not w or w in ("the", "a", "an"):
-                continue
+        for w in self.words(description):
             i = self.word_index.get(w)
             ids.append(i if i is not None else nv + zlib.crc32(w.encode()) % self.config.hash_buckets)
         return ids or [nv + self.config.hash_buckets]
@@ -348,6 +355,18 @@ class GroundedVLM(SpatialVLM):
         self.replay_fraction = 0.0
         for p in self.base.parameters():
             p.requires_grad_(False)
+        self.base_fingerprint = base_fingerprint(self.base)
+
+    def unknown_words(self, description: str) -> List[str]:
+        """Words outside the vocabulary: they only hash into buckets that pre-training never
+        used (its captions name objects with vocabulary words), so they carry no meaning."""
+        words = self.base.words(description)
+        if not words:  # only articles / punctuation: nothing to ground
+            return [description.strip()]
+        return [w for w in words if w not in self.base.word_index]
+
+    def vocabulary(self) -> List[str]:
+        return list(self.config.vocabulary)
 
     # -- helpers ------------------------------------------------------------------------------
     def parse(self, caption: str) -> Optional[Tuple[str, Tuple[str, ...], str]]:
@@ -638,8 +657,8 @@ class GroundedVLM(SpatialVLM):
             try:
                 self.peft.save_pretrained(tmp)
                 with open(os.path.join(tmp, ADAPTER_META), "w") as f:
-                    json.dump({"family": FAMILY, "base": self.base_spec, "r": self.lora.r,
-                               "target_modules": list(self.lora.target_modules)}, f, indent=1)
+                    json.dump({"family": FAMILY, "base": self.base_spec, "base_fingerprint": self.base_fingerprint,
+                               "r": self.lora.r, "target_modules": list(self.lora.target_modules)}, f, indent=1)
                 old = None
                 if os.path.exists(directory):
                     old = directory + f".old-{uuid.uuid4().hex[:8]}"
@@ -668,6 +687,12 @@ class GroundedVLM(SpatialVLM):
                 raise ValueError(f"unreadable {ADAPTER_META} in {directory}: {e}") from e
             if meta.get("family") and meta["family"] != FAMILY:
                 raise ValueError(f"adapter in {directory} is for a {meta['family']!r} model, not {FAMILY!r}")
+            if meta.get("base_fingerprint") and meta["base_fingerprint"] != self.base_fingerprint:
+                raise ValueError(
+                    f"adapter in {directory} was trained on another base model ({meta.get('base', '?')}, weights "
+                    f"{meta['base_fingerprint']}) than this one ({self.base_spec}, weights {self.base_fingerprint}); "
+                    "an adapter only fits its own base: serve it with that base (e.g. the RLS3 loop's adapters with "
+                    "model 'grounded', not 'grounded:serving')")
         try:
             config = PeftConfig.from_pretrained(directory)
             weights = load_peft_weights(directory)
@@ -696,6 +721,15 @@ class GroundedVLM(SpatialVLM):
 
 
 # ------------------------------------------------------------------------------ persistence
+def base_fingerprint(model: GroundedRelationModel) -> str:
+    """Short hash of the base weights: an adapter records the base it was trained on."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def save_model(model: GroundedRelationModel, directory: Path, extra: Optional[Dict] = None) -> Path:
     """config.json + model.safetensors (+ pretrain_metrics.json), written atomically."""
     from safetensors.torch import save_file
@@ -742,20 +776,29 @@ def load_model(directory: Path) -> GroundedRelationModel:
     return model.eval()
 
 
-def default_dirs() -> List[Path]:
-    """Where ``load()`` looks, in order: $RLS3_MODEL_DIR/grounded (default
-    ~/.cache/rls3_ros/models/grounded); models/grounded of the source tree; then, for a
-    non-editable install (pip / colcon, setup.py data_files), <sys.prefix>/share/rls3_ros/models/grounded
-    and <ament share of rls3_ros>/models/grounded when ament_index_python is importable."""
+# Named grounded models: ``grounded:<name>`` / ``load("<name>")`` -> the model directory name.
+# "serving" is the base trained on every relation that the query server answers with
+# (models/grounded_serving/README.md); the plain "grounded" base is the deliberately weak one the
+# RLS3 loop and the learning benchmark start from (models/grounded/README.md).
+NAMED_MODELS = {"serving": "grounded_serving"}
+SERVING_BUILD = ("rls3 pretrain --out models/grounded_serving --seed 0 --n-train 1200 --n-test 300 "
+                 "--rare-keep 1.0 --steps 1000 --force")
+
+
+def default_dirs(name: str = "grounded") -> List[Path]:
+    """Where ``load()`` looks for model directory ``name``, in order: $RLS3_MODEL_DIR/<name> (default
+    ~/.cache/rls3_ros/models/<name>); models/<name> of the source tree; then, for a
+    non-editable install (pip / colcon, setup.py data_files), <sys.prefix>/share/rls3_ros/models/<name>
+    and <ament share of rls3_ros>/models/<name> when ament_index_python is importable."""
     import sys
 
     base = Path(os.environ.get("RLS3_MODEL_DIR", str(Path.home() / ".cache" / "rls3_ros" / "models")))
-    repo = Path(__file__).resolve().parents[2] / "models" / "grounded"
-    dirs = [base / "grounded", repo, Path(sys.prefix) / "share" / "rls3_ros" / "models" / "grounded"]
+    repo = Path(__file__).resolve().parents[2] / "models" / name
+    dirs = [base / name, repo, Path(sys.prefix) / "share" / "rls3_ros" / "models" / name]
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        dirs.append(Path(get_package_share_directory("rls3_ros")) / "models" / "grounded")
+        dirs.append(Path(get_package_share_directory("rls3_ros")) / "models" / name)
     except Exception:  # not importable, no AMENT_PREFIX_PATH, or rls3_ros not in the ament index
         pass
     unique: List[Path] = []
@@ -768,17 +811,20 @@ def default_dirs() -> List[Path]:
 def load(arg: str = "", lora: Optional[Dict] = None, **options) -> GroundedVLM:
     """Loader for ``py:rls3_ros.vlm.grounded:load[:<model dir>]``.
 
-    ``arg``: model directory ("" = first of ``default_dirs()`` holding a model).
+    ``arg``: model directory ("" = first of ``default_dirs()`` holding a model), or a name of
+    ``NAMED_MODELS`` ("serving": the first of ``default_dirs("grounded_serving")`` holding one).
     ``lora``: LoRA options (r, alpha, dropout, target_modules, learning_rate, batch_size).
     Other options: ``grounding_weight``, ``candidate_weight``, ``seed``.
     """
-    if arg:
+    if arg and arg not in NAMED_MODELS:
         directory = Path(arg)
     else:
-        found = [d for d in default_dirs() if (d / CONFIG).is_file()]
+        name = NAMED_MODELS.get(arg, "grounded")
+        found = [d for d in default_dirs(name) if (d / CONFIG).is_file()]
         if not found:
-            raise FileNotFoundError(f"no grounded base model in {[str(d) for d in default_dirs()]}; "
-                                    "build one with: rls3 pretrain (--model grounded)")
+            how = SERVING_BUILD if arg else "rls3 pretrain (--model grounded)"
+            raise FileNotFoundError(f"no grounded {arg or 'base'} model in {[str(d) for d in default_dirs(name)]}; "
+                                    f"build one with: {how}")
         directory = found[0]
     import peft  # noqa: F401  (now, not at the first adapter swap: the import takes seconds)
 

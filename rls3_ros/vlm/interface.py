@@ -130,6 +130,17 @@ class SpatialVLM(abc.ABC):
     ) -> List[Tuple[str, float]]:
         """Rank ``candidates`` for 'what is <relation> reference?', best first, with scores in [0, 1]."""
 
+    def unknown_words(self, description: str) -> List[str]:
+        """Words of an object description this model has never learnt (it cannot ground them).
+
+        Default ``[]``: a model that embeds any text. A query without a scene state to check
+        names against is refused when this is not empty."""
+        return []
+
+    def vocabulary(self) -> List[str]:
+        """The words this model knows for object descriptions ([] = any text; for messages)."""
+        return []
+
     @abc.abstractmethod
     def save_adapter(self, directory: str) -> str:
         """Save the active LoRA adapter in standard peft format (atomically); return the directory."""

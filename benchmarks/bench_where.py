@@ -1,0 +1,110 @@
+"""'Where' answers of the grounded bases, scored the way a robot sees them.
+
+    python benchmarks/bench_where.py [--n 300] [--models grounded grounded:serving]
+                                      [--out results/where_accuracy.json]
+
+Images: the pretraining held-out set (``render_corpus(n, seed 7919, 160 px)``: MuJoCo scenes of
+other seeds than any training image, every relation the caption oracle states). For every
+relation the model is asked "where is <subject> relative to <reference>?" exactly as the
+``spatial_query`` node answers it (``rls3_ros.spatial_answers.answer_query``: per axis the term
+with probability >= 0.5). Scores per model:
+
+- ``exact``: the answer's term set equals the oracle's;
+- ``per_term[t]``: among relations whose truth contains t, the fraction answered with t;
+- ``per_axis[a]``: the answer's term on axis a (vertical / depth / lateral, "none" included)
+  equals the truth's.
+
+This differs from the multiple-choice accuracy of ``pretrain_metrics.json`` (true caption among
+its hard negatives): an open answer must get every axis right at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+
+def axis_of(terms: Sequence[str]) -> Dict[str, str]:
+    from rls3_ros.captions import terms as T
+
+    out = {}
+    for name, axis in (("vertical", T.VERTICAL_TERMS), ("depth", T.DEPTH_TERMS), ("lateral", T.LATERAL_TERMS)):
+        out[name] = next((t for t in terms if t in axis), "none")
+    return out
+
+
+def score_answers(pairs: Sequence[tuple]) -> Dict[str, object]:
+    """pairs: (truth terms, answered terms) per relation -> exact, per_term, per_axis, n."""
+    per_term_hit: Dict[str, int] = {}
+    per_term_n: Dict[str, int] = {}
+    axis_hit = {"vertical": 0, "depth": 0, "lateral": 0}
+    exact = 0
+    for truth, ans in pairs:
+        exact += int(set(truth) == set(ans))
+        for t in truth:
+            per_term_n[t] = per_term_n.get(t, 0) + 1
+            per_term_hit[t] = per_term_hit.get(t, 0) + int(t in ans)
+        at, aa = axis_of(truth), axis_of(ans)
+        for k in axis_hit:
+            axis_hit[k] += int(at[k] == aa[k])
+    n = len(pairs)
+    return {"n": n, "exact": exact / n if n else float("nan"),
+            "per_term": {t: {"accuracy": per_term_hit[t] / per_term_n[t], "n": per_term_n[t]}
+                         for t in sorted(per_term_n, key=lambda t: -per_term_n[t])},
+            "per_axis": {k: v / n for k, v in axis_hit.items()} if n else {}}
+
+
+def where_pairs(model, samples) -> List[tuple]:
+    from rls3_ros.spatial_answers import QueryRequest, answer_query
+
+    out = []
+    for s in samples:
+        for r in s.relations:
+            ans = answer_query(model, s.image, QueryRequest("where", r.subject_description, r.reference_description))
+            if not ans.success:
+                raise RuntimeError(f"{s.sample_id}: {ans.message}")
+            out.append((list(r.terms), list(ans.terms)))
+    return out
+
+
+def main(argv=None) -> int:
+    import torch
+
+    from rls3_ros.spatial_answers import load_model
+    from rls3_ros.vlm.pretrain import render_corpus
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--n", type=int, default=300, help="held-out images (default 300 = the whole set)")
+    p.add_argument("--models", nargs="+", default=["grounded", "grounded:serving"])
+    p.add_argument("--out", default=str(REPO / "results" / "where_accuracy.json"))
+    a = p.parse_args(argv)
+    torch.set_num_threads(1)
+    t0 = time.monotonic()
+    samples = render_corpus(a.n, 7919, 160, "mujoco", moves_per_scene=8, desc="held-out images")
+    t_render = time.monotonic() - t0
+    res = {"images": len(samples), "relations": sum(len(s.relations) for s in samples),
+           "held_out": "render_corpus(n, seed 7919, 160 px): the pretraining held-out set", "models": {}}
+    for spec in a.models:
+        t = time.monotonic()
+        model = load_model(spec)
+        sc = score_answers(where_pairs(model, samples))
+        sc["seconds"] = round(time.monotonic() - t, 1)
+        res["models"][spec] = sc
+        print(f"{spec}: exact {sc['exact']:.3f} (n={sc['n']}); per axis "
+              + ", ".join(f"{k} {v:.3f}" for k, v in sc["per_axis"].items()) + "; per term "
+              + ", ".join(f"{t} {d['accuracy']:.2f}" for t, d in sc["per_term"].items()))
+    res["render_s"] = round(t_render, 1)
+    Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+    print(f"wrote {a.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
