@@ -113,9 +113,10 @@ def evaluate(recs: Sequence[Dict[str, Any]], grid: int, settings: G.LocatorSetti
         "box_iou_at_0_5": float((ious_a >= 0.5).mean()),
         "mean_confidence": float(np.mean(confs)),
         "ece": G.calibration_error(confs, hits),
-        "confident_share": float(np.mean(np.asarray(confs) >= 0.8)),
-        "pointing_accuracy_when_confident": float(np.mean([hh for hh, c in zip(hits, confs) if c >= 0.8]))
-        if any(c >= 0.8 for c in confs) else float("nan"),
+        "confidence_auc": G.ranking_auc(confs, hits),
+        "pointing_accuracy_confident_half": float(np.mean(np.asarray(hits)[np.argsort(confs)[len(confs) // 2:]])),
+        "pointing_accuracy_unconfident_half": float(np.mean(np.asarray(hits)[np.argsort(confs)[: len(confs) // 2]])),
+        "hits": [bool(x) for x in hits],
         "pointing_variants": {"local_soft_argmax": float(np.mean(hits)), "argmax_cell": float(np.mean(arg_hits)),
                               "global_soft_argmax": float(np.mean(glob_hits))},
         "baselines": {"random_point": float(np.mean(chance)), "image_centre_point": float(np.mean(centre_hits)),
@@ -124,14 +125,31 @@ def evaluate(recs: Sequence[Dict[str, Any]], grid: int, settings: G.LocatorSetti
     }
 
 
-def main_job_adapter(cfg: Dict[str, Any], run_path: Path, log=print) -> Tuple[str, Dict[str, Any]]:
-    """Run the main job (``rls3 train``'s loop, its configuration) into ``run_path``; its last adapter."""
+def sign_test_p(a: int, b: int) -> float:
+    """Exact two-sided sign test (binomial, p = 1/2) of a vs b discordant pairs."""
+    from math import comb
+
+    n, k = a + b, min(a, b)
+    if n == 0:
+        return 1.0
+    return float(min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n))
+
+
+def main_job_adapter(cfg: Dict[str, Any], run_path: Path, grounding_weight: Optional[float] = None,
+                     log=print) -> Tuple[str, Dict[str, Any]]:
+    """Run the main job (``rls3 train``'s loop, its configuration) into ``run_path``; its last adapter.
+    ``grounding_weight``: the fine-tuning's box-grounding loss weight (None = the model's default, 0.5)."""
     from rls3_ros.rl.loop import run_inprocess
     from rls3_ros.rl.run_dir import RunDir
 
+    vlm = None
+    if grounding_weight is not None:
+        from rls3_ros.vlm import grounded
+
+        vlm = grounded.load(grounding_weight=float(grounding_weight))
     log(f"[bench grounding] running the main job ({cfg['run']['agent']}, {cfg['loop']['budget_valid_samples']} valid "
         f"samples) for the tuned model -> {run_path}")
-    summary = run_inprocess(cfg, str(run_path), progress=False, log=lambda m: None)
+    summary = run_inprocess(cfg, str(run_path), progress=False, log=lambda m: None, vlm=vlm)
     path = RunDir(str(run_path)).adapter_path(int(summary["iterations"]))
     if not os.path.isfile(os.path.join(path, "adapter_config.json")):
         raise RuntimeError(f"the main job left no adapter at {path}")
@@ -178,13 +196,18 @@ def write_markdown(doc: Dict[str, Any], path: Path) -> None:
             ("box IoU, mean", "box_iou_mean", "{:.3f}"), ("box IoU, median", "box_iou_median", "{:.3f}"),
             ("boxes with IoU >= 0.5", "box_iou_at_0_5", "{:.3f}"),
             ("mean confidence", "mean_confidence", "{:.3f}"), ("calibration error (ECE)", "ece", "{:.3f}"),
-            ("share with confidence >= 0.8", "confident_share", "{:.3f}"),
-            ("pointing accuracy when confidence >= 0.8", "pointing_accuracy_when_confident", "{:.3f}")]
+            ("confidence AUC (hit ranked above miss)", "confidence_auc", "{:.3f}"),
+            ("pointing accuracy, more confident half", "pointing_accuracy_confident_half", "{:.3f}"),
+            ("pointing accuracy, less confident half", "pointing_accuracy_unconfident_half", "{:.3f}")]
     for label, key, fmt in rows:
         lines.append(f"| {label} | " + " | ".join(fmt.format(m[n][key]) for n in names) + " |")
     for label, key in (("point = attention argmax cell centre", "argmax_cell"),
                        ("point = soft-argmax over the whole grid", "global_soft_argmax")):
         lines.append(f"| {label} | " + " | ".join(f"{m[n]['pointing_variants'][key]:.3f}" for n in names) + " |")
+    p = doc.get("paired")
+    if p:
+        lines += ["", f"Paired over the same {p['n']} objects: {p['base_only']} hit only by the base, {p['tuned_only']} only "
+                  f"by the tuned model (exact two-sided sign test p = {p['sign_test_p']:.3f})."]
     b = m[names[0]]["baselines"]
     lines += ["", f"Baselines (no model): a uniformly random point lands in the box {b['random_point']:.3f} of the time "
               f"(the boxes' mean share of the image); the image centre {b['image_centre_point']:.3f}, its box IoU "
@@ -197,7 +220,8 @@ def write_markdown(doc: Dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
-def run_benchmark(out_dir: Path, quick: bool = False, adapter: str = "", log=print) -> Dict[str, Any]:
+def run_benchmark(out_dir: Path, quick: bool = False, adapter: str = "", grounding_weight: Optional[float] = None,
+                  log=print) -> Dict[str, Any]:
     import torch
 
     from rls3_ros.spatial_answers import load_model
@@ -217,10 +241,11 @@ def run_benchmark(out_dir: Path, quick: bool = False, adapter: str = "", log=pri
             import shutil
 
             shutil.rmtree(run_path)
-        adapter, tuned_summary = main_job_adapter(cfg, run_path, log)
+        adapter, tuned_summary = main_job_adapter(cfg, run_path, grounding_weight, log)
         tuned_from = (f"the main job's final adapter ({cfg['run']['agent']}, {tuned_summary['valid_samples']} valid samples, "
                       f"{tuned_summary['iterations']} fine-tunes; test accuracy {tuned_summary['base_accuracy']:.3f} -> "
-                      f"{tuned_summary['final_accuracy']:.3f})")
+                      f"{tuned_summary['final_accuracy']:.3f}"
+                      + (f", box-grounding loss weight {grounding_weight}" if grounding_weight is not None else "") + ")")
     vlm = load_model(cfg["run"]["vlm"])
     if not hasattr(vlm, "attention_maps"):
         raise SystemExit(f"model {cfg['run']['vlm']!r} does not ground descriptions (no attention maps)")
@@ -234,6 +259,9 @@ def run_benchmark(out_dir: Path, quick: bool = False, adapter: str = "", log=pri
     recs["tuned"] = attention_records(vlm, test, test_objs)
     models = {name: evaluate(r, grid, settings) for name, r in recs.items()}
     models["base"]["validation_pointing_accuracy"] = evaluate(base_val, grid, settings)["pointing_accuracy"]
+    hb, ht = models["base"].pop("hits"), models["tuned"].pop("hits")
+    b_only, t_only = sum(x and not y for x, y in zip(hb, ht)), sum(y and not x for x, y in zip(hb, ht))
+    paired = {"n": len(hb), "base_only": b_only, "tuned_only": t_only, "sign_test_p": sign_test_p(b_only, t_only)}
     doc = {
         "quick": quick, "vlm": cfg["run"]["vlm"], "image_size": int(cfg["run"]["image_size"]),
         "n_test_samples": len(test), "n_objects": len(test_objs), "n_val_objects": len(val_objs),
@@ -242,6 +270,8 @@ def run_benchmark(out_dir: Path, quick: bool = False, adapter: str = "", log=pri
         "tuned_adapter": adapter, "tuned_from": tuned_from, "tuned_run": tuned_summary and {
             k: tuned_summary[k] for k in ("run_dir", "iterations", "valid_samples", "base_accuracy", "final_accuracy")},
         "models": models,
+        "paired": paired,
+        "tuned_grounding_weight": grounding_weight,
         "wall_s": time.monotonic() - t0,
         "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -258,11 +288,15 @@ def cli_bench_grounding(argv: List[str]) -> int:
     p.add_argument("--quick", action="store_true", help="plumbing check: the quick sets and a 36-sample main job (~3 min)")
     p.add_argument("--adapter", default="", help="tuned model = this LoRA adapter (default: run the main job for it)")
     p.add_argument("--out", default="results", help="output directory (default results/)")
+    p.add_argument("--grounding-weight", type=float, default=None,
+                   help="ablation: box-grounding loss weight of the main job's fine-tuning (default: the model's, 0.5)")
     a = p.parse_args(argv)
-    doc = run_benchmark(Path(a.out), a.quick, a.adapter)
+    doc = run_benchmark(Path(a.out), a.quick, a.adapter, a.grounding_weight)
     for n, m in doc["models"].items():
         print(f"{n:>5}: pointing {m['pointing_accuracy']:.3f}  box IoU {m['box_iou_mean']:.3f} "
-              f"(>=0.5: {m['box_iou_at_0_5']:.3f})  ECE {m['ece']:.3f}  n={m['n']}")
+              f"(>=0.5: {m['box_iou_at_0_5']:.3f})  ECE {m['ece']:.3f}  confidence AUC {m['confidence_auc']:.3f}  n={m['n']}")
+    pr = doc["paired"]
+    print(f"paired: base-only hits {pr['base_only']}, tuned-only hits {pr['tuned_only']} (sign test p = {pr['sign_test_p']:.3f})")
     b = doc["models"]["base"]["baselines"]
     print(f"chance: random point {b['random_point']:.3f}, image centre {b['image_centre_point']:.3f}")
     if not doc["calibration_matches_code_defaults"]:

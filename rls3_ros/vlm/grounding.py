@@ -48,8 +48,8 @@ class LocatorSettings:
     window: int = 1  # cells on each side of the peak for the local soft-argmax (1 = 3 x 3)
     box_width: float = 0.125  # box size as a fraction of the image width ...
     box_height: float = 0.1375  # ... and height
-    conf_slope: float = 6.0  # confidence = sigmoid(conf_slope * window mass + conf_bias)
-    conf_bias: float = -2.5
+    conf_slope: float = 1.965  # confidence = sigmoid(conf_slope * window mass + conf_bias)
+    conf_bias: float = -1.19
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,6 +147,16 @@ def fit_confidence(masses: Sequence[float], hits: Sequence[bool], iterations: in
         if np.abs(step).max() < 1e-9:
             break
     return float(w[0]), float(w[1])
+
+
+def ranking_auc(scores: Sequence[float], hits: Sequence[bool]) -> float:
+    """Probability that a hit gets a higher score than a miss (ties count half); NaN without both."""
+    s, h = np.asarray(scores, float), np.asarray(hits, bool)
+    pos, neg = s[h], s[~h]
+    if pos.size == 0 or neg.size == 0:
+        return float("nan")
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (pos.size * neg.size))
 
 
 def calibration_error(confidences: Sequence[float], hits: Sequence[bool], bins: int = 10) -> float:
