@@ -275,7 +275,9 @@ def run_benchmark(out_dir: Path, quick: bool = False, adapter: str = "", groundi
         "wall_s": time.monotonic() - t0,
         "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "rls3 bench grounding" + (" --quick" if quick else ""),
+        "command": "rls3 bench grounding" + (" --quick" if quick else "")
+        + (f" --grounding-weight {grounding_weight:g}" if grounding_weight is not None else "")
+        + (f" --adapter {adapter}" if tuned_summary is None else ""),
     }
     name = "grounding_quick" if quick else "grounding"
     (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
