@@ -4,6 +4,9 @@
     client = SpatialQueryClient(node)                       # node: your rclpy Node
     a = client.where_is("mug", "lamp")                      # latest camera frame
     if a.success: print(a.answer, a.terms, a.probabilities)
+    mug = a.subject_location                                # the model's own grounding of "mug"
+    if mug.found: print(mug.box, mug.point, mug.confidence)  # pixels; (x0, y0, x1, y1), (u, v)
+    if mug.point_3d is not None: print(mug.point_3d, mug.frame_id)  # metres, camera optical frame
     b = client.is_related("mug", "left", "lamp", image=rgb_array)
     c = client.what_is("left", "lamp", ["mug", "book"])
 
@@ -32,17 +35,44 @@ from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.node import Node
 from rclpy.task import Future
 from rls3_msgs.srv import SpatialQuery
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from rls3_ros.nodes.image_conversion import numpy_to_image_msg
 from rls3_ros.nodes.service_qos import SERVICE_QOS
 
 ImageLike = Union[None, np.ndarray, Image]
+DepthLike = Union[None, np.ndarray, Image]
 
 
 class SpatialQueryError(RuntimeError):
     """The query could not be delivered or answered in time (not a refused query)."""
+
+
+@dataclass
+class ObjectLocation:
+    """Where the model found one object (``rls3_msgs/ObjectLocation`` as plain Python)."""
+
+    description: str = ""
+    found: bool = False  # False: not located (the node's message says why)
+    box: Tuple[int, int, int, int] = (0, 0, 0, 0)  # x_min, y_min, x_max, y_max [px], max exclusive
+    point: Tuple[float, float] = (0.0, 0.0)  # (u right, v down) [px]
+    confidence: float = 0.0  # probability that the point is on the object [0..1]
+    point_3d: Optional[Tuple[float, float, float]] = None  # camera optical frame [m]; None = unknown
+    frame_id: str = ""  # frame of point_3d
+    depth_source: str = ""  # depth_image | scene_state
+    point_stamped: Optional[object] = None  # the geometry_msgs/PointStamped itself (header copied from the image)
+
+
+def to_location(m) -> ObjectLocation:
+    """ObjectLocation from an ``rls3_msgs/ObjectLocation`` message."""
+    b = m.box
+    p3 = (float(m.point_3d.point.x), float(m.point_3d.point.y), float(m.point_3d.point.z)) if m.has_point_3d else None
+    return ObjectLocation(description=m.description, found=bool(m.found),
+                          box=(int(b.x_offset), int(b.y_offset), int(b.x_offset + b.width), int(b.y_offset + b.height)),
+                          point=(float(m.pixel.x), float(m.pixel.y)), confidence=float(m.confidence), point_3d=p3,
+                          frame_id=m.point_3d.header.frame_id if m.has_point_3d else "", depth_source=m.depth_source,
+                          point_stamped=m.point_3d if m.has_point_3d else None)
 
 
 @dataclass
@@ -53,6 +83,8 @@ class _Base:
     confidence: float
     header: Header
     adapter: str
+    subject_location: ObjectLocation = field(default_factory=ObjectLocation)  # "what": the best candidate
+    reference_location: ObjectLocation = field(default_factory=ObjectLocation)
 
 
 @dataclass
@@ -77,7 +109,8 @@ class WhatAnswer(_Base):
 
 def _base(r: SpatialQuery.Response) -> dict:
     return dict(success=bool(r.success), message=r.message, answer=r.answer, confidence=float(r.confidence),
-                header=r.header, adapter=r.adapter)
+                header=r.header, adapter=r.adapter, subject_location=to_location(r.subject_location),
+                reference_location=to_location(r.reference_location))
 
 
 def to_where(r: SpatialQuery.Response) -> WhereAnswer:
@@ -112,9 +145,13 @@ class SpatialQueryClient:
     @staticmethod
     def make_request(query_type: str, subject: str = "", reference: str = "", relation: str = "",
                      candidates: Sequence[str] = (), image: ImageLike = None,
-                     header: Optional[Header] = None) -> SpatialQuery.Request:
+                     header: Optional[Header] = None, camera_info: Optional[CameraInfo] = None,
+                     depth: DepthLike = None) -> SpatialQuery.Request:
         """A request; ``image``: RGB uint8 array, an Image message, or None (camera topic frame
-        at ``header.stamp``, latest if zero)."""
+        at ``header.stamp``, latest if zero). For 3D points with an image of your own:
+        ``camera_info`` (its intrinsics) and ``depth`` ((H, W) float32 metres / uint16 millimetres
+        array, or a 32FC1 / 16UC1 Image); otherwise the node uses its camera_info / depth topics or
+        its scene state."""
         req = SpatialQuery.Request()
         req.query_type, req.subject, req.reference, req.relation = query_type, subject, reference, relation
         req.candidates = list(candidates)
@@ -124,6 +161,13 @@ class SpatialQueryClient:
             req.image = image
         elif image is not None:
             req.image = numpy_to_image_msg(np.asarray(image), "rgb8", header)
+        if camera_info is not None:
+            req.camera_info = camera_info
+        if isinstance(depth, Image):
+            req.depth = depth
+        elif depth is not None:
+            d = np.asarray(depth)
+            req.depth = numpy_to_image_msg(d, "16UC1" if d.dtype == np.uint16 else "32FC1", header)
         return req
 
     def call_async(self, request: SpatialQuery.Request) -> Future:
@@ -162,29 +206,42 @@ class SpatialQueryClient:
 
     # -- the three questions -----------------------------------------------------------------
     def where_is(self, subject: str, reference: str, image: ImageLike = None, timeout: float = 5.0,
-                 header: Optional[Header] = None) -> WhereAnswer:
-        """Where is ``subject`` relative to ``reference``? -> terms + per-term probabilities."""
-        return to_where(self.call(self.make_request("where", subject, reference, image=image, header=header), timeout))
+                 header: Optional[Header] = None, camera_info: Optional[CameraInfo] = None,
+                 depth: DepthLike = None) -> WhereAnswer:
+        """Where is ``subject`` relative to ``reference``? -> terms + per-term probabilities, and
+        where each of them is (``subject_location``, ``reference_location``)."""
+        return to_where(self.call(self.make_request("where", subject, reference, image=image, header=header,
+                                                    camera_info=camera_info, depth=depth), timeout))
 
     def is_related(self, subject: str, relation: str, reference: str, image: ImageLike = None,
-                   timeout: float = 5.0, header: Optional[Header] = None) -> CheckAnswer:
+                   timeout: float = 5.0, header: Optional[Header] = None, camera_info: Optional[CameraInfo] = None,
+                   depth: DepthLike = None) -> CheckAnswer:
         """Is ``subject`` <relation> ``reference``? -> holds + confidence of that answer."""
-        return to_check(self.call(self.make_request("check", subject, reference, relation, image=image, header=header), timeout))
+        return to_check(self.call(self.make_request("check", subject, reference, relation, image=image, header=header,
+                                                    camera_info=camera_info, depth=depth), timeout))
 
     def what_is(self, relation: str, reference: str, candidates: Sequence[str] = (), image: ImageLike = None,
-                timeout: float = 5.0, header: Optional[Header] = None) -> WhatAnswer:
+                timeout: float = 5.0, header: Optional[Header] = None, camera_info: Optional[CameraInfo] = None,
+                depth: DepthLike = None) -> WhatAnswer:
         """What is <relation> ``reference``? -> candidates ranked best first (empty candidates:
-        the node uses the objects of its current scene state)."""
-        return to_what(self.call(self.make_request("what", "", reference, relation, candidates, image, header), timeout))
+        the node uses the objects of its current scene state); ``subject_location`` is the best's."""
+        return to_what(self.call(self.make_request("what", "", reference, relation, candidates, image, header,
+                                                   camera_info, depth), timeout))
 
     def where_is_async(self, subject: str, reference: str, image: ImageLike = None,
-                       header: Optional[Header] = None) -> Future:
-        return self._chain(self.make_request("where", subject, reference, image=image, header=header), to_where)
+                       header: Optional[Header] = None, camera_info: Optional[CameraInfo] = None,
+                       depth: DepthLike = None) -> Future:
+        return self._chain(self.make_request("where", subject, reference, image=image, header=header,
+                                             camera_info=camera_info, depth=depth), to_where)
 
     def is_related_async(self, subject: str, relation: str, reference: str, image: ImageLike = None,
-                         header: Optional[Header] = None) -> Future:
-        return self._chain(self.make_request("check", subject, reference, relation, image=image, header=header), to_check)
+                         header: Optional[Header] = None, camera_info: Optional[CameraInfo] = None,
+                         depth: DepthLike = None) -> Future:
+        return self._chain(self.make_request("check", subject, reference, relation, image=image, header=header,
+                                             camera_info=camera_info, depth=depth), to_check)
 
     def what_is_async(self, relation: str, reference: str, candidates: Sequence[str] = (), image: ImageLike = None,
-                      header: Optional[Header] = None) -> Future:
-        return self._chain(self.make_request("what", "", reference, relation, candidates, image, header), to_what)
+                      header: Optional[Header] = None, camera_info: Optional[CameraInfo] = None,
+                      depth: DepthLike = None) -> Future:
+        return self._chain(self.make_request("what", "", reference, relation, candidates, image, header,
+                                             camera_info, depth), to_what)

@@ -1,4 +1,4 @@
-"""Benchmarks: ``rls3 bench learning|speed|load|query`` -> results/<name>.json, .md, plots.
+"""Benchmarks: ``rls3 bench learning|speed|load|query|grounding`` -> results/<name>.json, .md, plots.
 
 Speed and accuracy targets live here, not in timed tests: each benchmark prints its numbers
 and writes them to files under ``results/``.
@@ -18,13 +18,15 @@ BENCHMARKS = {
     "load": ("rls3_ros.bench.load", "cli_bench_load", "8 clients x 1,000 queries with an adapter swap"),
     "query": ("rls3_ros.query_bench", "cli_query_bench", "query latency: node vs direct model call"),
     "soak": ("rls3_ros.bench.soak", "cli_bench_soak", "sim_bridge RSS over 1,000 resets/moves"),
+    "grounding": ("rls3_ros.bench.grounding", "cli_bench_grounding",
+                  "object locations: pointing accuracy and box IoU vs the oracle's boxes, base vs tuned"),
 }
 
 
 def cli_bench(argv: List[str]) -> int:
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in BENCHMARKS:
         lines = ["usage: rls3 bench <name> [--quick] [options]", "", "benchmarks:"]
-        lines += [f"  {n:<9} {h}" for n, (_, _, h) in BENCHMARKS.items()]
+        lines += [f"  {n:<10} {h}" for n, (_, _, h) in BENCHMARKS.items()]
         print("\n".join(lines), file=sys.stdout if argv[:1] in ([], ["-h"], ["--help"]) else sys.stderr)
         return 0 if argv[:1] in ([], ["-h"], ["--help"]) else 2
     module, func, _ = BENCHMARKS[argv[0]]

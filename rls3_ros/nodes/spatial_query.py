@@ -27,8 +27,18 @@ Topics
   and annotation boxes), ``adapter`` (rls3_msgs/AdapterInfo, transient local; when
   ``follow_adapter_topic``).
 - publishes ``~/annotated`` (sensor_msgs/Image, when ``publish_annotated``): the image with
-  the boxes of the named objects (when the matching scene state knows them), the answer
-  text and its confidence.
+  the boxes of the named objects (when the matching scene state knows them, solid), the
+  model's own predicted boxes and points (dashed, with their confidence), the answer text and
+  its confidence.
+- subscribes ``camera_info_topic`` (sensor_msgs/CameraInfo) and, when ``depth_topic`` is set,
+  a depth image (sensor_msgs/Image 32FC1 [m] / 16UC1 [mm], aligned with the colour image).
+
+Object locations (``subject_location`` / ``reference_location`` of every answer; for "what"
+the subject is the best candidate): 2D box, point and confidence from the model's own grounding
+(``SpatialVLM.locate``; the grounded model's attention map). A model without grounding answers
+with ``found=false`` and says so in ``message`` (the query still succeeds). With intrinsics and a
+depth, also a 3D point in the camera optical frame (``point_3d``, the image's header); where
+intrinsics and depth come from: ``rls3_ros.nodes.grounding_msgs``.
 
 Parameters (defaults)
 - ``model`` ("grounded:serving"): model spec for ``rls3_ros.spatial_answers.load_model``. The
@@ -58,6 +68,10 @@ Parameters (defaults)
 - ``load_retry_period`` (5.0): seconds between attempts while the model cannot be loaded.
 - ``swap_mode`` ("reload"): how a swap builds the new instance: "reload" (fresh model
   from the spec) or "copy" (deep copy of the current one, falling back to reload).
+- ``locate_objects`` (true): fill the object locations of each answer.
+- ``camera_info_topic`` ("camera_info"): intrinsics for the 3D points (QoS ``image_qos``).
+- ``depth_topic`` (""): depth images for the 3D points ("" = none: depth from the request's
+  depth image or the scene state's object poses only).
 - ``torch_threads`` (0): torch intra-op threads (0 = torch default). On a CPU shared with
   other busy processes, 1 avoids OpenMP stalls (measured: ~0.4 ms vs ~100 ms per query of a
   tiny model at load average 6 on 2 cores).
@@ -88,11 +102,12 @@ from rclpy.qos import (
 )
 from rls3_msgs.msg import AdapterInfo, SceneState as SceneStateMsg
 from rls3_msgs.srv import SetAdapter, SpatialQuery
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from rls3_ros.nodes.annotate import draw_annotation, find_object, scene_object_names
 from rls3_ros.nodes.conversions import msg_to_scene, stamp_to_ns
+from rls3_ros.nodes.grounding_msgs import GroundingInputs, fill_locations, labelled_locations
 from rls3_ros.nodes.image_conversion import MAX_PIXELS, ImageConversionError, image_msg_to_rgb, numpy_to_image_msg
 from rls3_ros.nodes.node_main import run_node
 from rls3_ros.scene import SceneState
@@ -175,6 +190,9 @@ class SpatialQueryNode(LifecycleNode):
         d("load_retry_period", 5.0, "seconds between model load attempts while it cannot be loaded")
         d("swap_mode", "reload", "reload (fresh instance from the spec) | copy (deep copy, fallback reload)")
         d("torch_threads", 0, "torch intra-op threads (0 = torch default); 1 avoids stalls on a busy shared CPU")
+        d("locate_objects", True, "answer with the subject's and reference's locations (2D box/point, 3D point)")
+        d("camera_info_topic", "camera_info", "camera intrinsics for the 3D points of the object locations")
+        d("depth_topic", "", "depth images (32FC1 m / 16UC1 mm) for the 3D points ('' = none)")
         _set_torch_threads(self, int(self._p("torch_threads")))
 
         self._model_lock = threading.Lock()  # guards self._loaded (the reference swap)
@@ -187,6 +205,7 @@ class SpatialQueryNode(LifecycleNode):
         self._frames: Deque = collections.deque(maxlen=30)  # Image or CompressedImage (image_transport)
         self._scenes: Deque[Tuple[int, SceneState]] = collections.deque(maxlen=30)  # (stamp ns, valid scene)
         self._n_bad_scenes = 0
+        self._grounding = GroundingInputs()
         self._buf_lock = threading.Lock()
         self._subs = []
         self._annotated_pub = None
@@ -246,6 +265,14 @@ class SpatialQueryNode(LifecycleNode):
             ),
             self.create_subscription(SceneStateMsg, self._p("scene_topic"), self._on_scene, 10, callback_group=self._topic_group),
         ]
+        self._grounding.resize(int(self._p("frame_buffer")))
+        if self._p("locate_objects"):
+            qos = IMAGE_QOS[self._p("image_qos")]
+            self._subs.append(self.create_subscription(CameraInfo, self._p("camera_info_topic"), self._grounding.on_camera_info,
+                                                       qos, callback_group=self._topic_group))
+            if str(self._p("depth_topic")).strip():
+                self._subs.append(self.create_subscription(Image, self._p("depth_topic"), self._grounding.on_depth, qos,
+                                                           callback_group=self._topic_group))
         if self._p("follow_adapter_topic"):
             self._subs.append(
                 self.create_subscription(AdapterInfo, self._p("adapter_topic"), self._on_adapter_announced, ADAPTER_QOS,
@@ -305,6 +332,7 @@ class SpatialQueryNode(LifecycleNode):
         with self._buf_lock:
             self._frames.clear()
             self._scenes.clear()
+        self._grounding.clear()
 
     # -- model loading -----------------------------------------------------------------------
     def _start_loader(self) -> None:
@@ -567,10 +595,23 @@ class SpatialQueryNode(LifecycleNode):
         resp.holds = bool(ans.holds)
         resp.ranked_candidates = [c for c, _ in ans.ranked]
         resp.candidate_scores = [float(s) for _, s in ans.ranked]
+        if self._p("locate_objects"):
+            self._locate(req, resp, loaded, image, scene, ans)
         if self._annotated_pub is not None:
-            self._publish_annotated(image, resp.header, scene, req, ans.answer, ans.confidence, ans.ranked)
+            self._publish_annotated(image, resp.header, scene, req, ans.answer, ans.confidence, ans.ranked,
+                                    labelled_locations([resp.subject_location, resp.reference_location]))
 
-    def _publish_annotated(self, image: np.ndarray, header: Header, scene, req, text, confidence, ranked) -> None:
+    def _locate(self, req, resp, loaded: LoadedModel, image: np.ndarray, scene, ans) -> None:
+        """Fill the subject's and reference's locations; notes on what is missing go to ``message``."""
+        subject = ans.ranked[0][0] if req.query_type.strip().lower() == "what" and ans.ranked else req.subject.strip()
+        with loaded.lock:
+            notes = fill_locations(resp, loaded.model, image, subject, req.reference.strip(), resp.header,
+                                   req.camera_info, req.depth, self._grounding, scene, float(self._p("frame_tolerance")))
+        if notes:
+            resp.message = f"{resp.message}; " + "; ".join(notes)
+
+    def _publish_annotated(self, image: np.ndarray, header: Header, scene, req, text, confidence, ranked,
+                           located=()) -> None:
         names = [req.subject, req.reference] if req.query_type.strip().lower() != "what" else [
             ranked[0][0] if ranked else "", req.reference]
         boxes = []
@@ -579,7 +620,8 @@ class SpatialQueryNode(LifecycleNode):
             if o is not None:
                 boxes.append((n, tuple(int(v) for v in o.bbox)))
         try:
-            self._annotated_pub.publish(numpy_to_image_msg(draw_annotation(image, boxes, text, confidence), "rgb8", header))
+            self._annotated_pub.publish(numpy_to_image_msg(draw_annotation(image, boxes, text, confidence, located),
+                                                           "rgb8", header))
         except Exception as e:  # noqa: BLE001 - annotation is best effort
             self.get_logger().warning(f"annotated image not published: {e}")
 

@@ -482,6 +482,31 @@ class GroundedVLM(SpatialVLM):
         p = self.axis_probs(image, [(c, reference) for c in cands])
         return sorted(((c, self._holds(pi, asked)) for c, pi in zip(cands, p)), key=lambda cp: -cp[1])
 
+    # -- grounding ------------------------------------------------------------------------------
+    def attention_maps(self, image: np.ndarray, descriptions: Sequence[str]) -> np.ndarray:
+        """(N, G*G) grounding attention of each description over ``image``'s feature grid (row-major
+        y, x), with the active adapter: the same attention the relation head reads."""
+        if not descriptions:
+            return np.zeros((0, self.config.grid ** 2), np.float32)
+        with self.lock, torch.no_grad():
+            feats = self.features([image]).float()
+            keys, values = self.base.keys_values(feats)
+            text = self.base.describe([d.lower() for d in descriptions])
+            logits, _, _ = self.base.ground(keys, values, torch.zeros(len(descriptions), dtype=torch.long), text)
+            return torch.softmax(logits, -1).numpy()
+
+    def locate_many(self, image: np.ndarray, descriptions: Sequence[str]) -> List:
+        from rls3_ros.vlm import grounding as Gr
+
+        h, w = np.asarray(image).shape[:2]
+        settings = getattr(self, "locator_settings", None) or Gr.DEFAULT_SETTINGS
+        return [Gr.locate_in_attention(a, self.config.grid, w, h, settings)
+                for a in self.attention_maps(image, list(descriptions))]
+
+    def locate(self, image: np.ndarray, description: str):
+        """Box, point and confidence of ``description`` from its attention map (``rls3_ros.vlm.grounding``)."""
+        return self.locate_many(image, [description])[0]
+
     # -- training -------------------------------------------------------------------------------
     def prepare(self, samples: Sequence[Sample], image_offset: int = 0) -> List[TrainItem]:
         """Training items of every relation of ``samples`` (image index = offset + sample position)."""

@@ -141,6 +141,16 @@ class SpatialVLM(abc.ABC):
         """The words this model knows for object descriptions ([] = any text; for messages)."""
         return []
 
+    def locate(self, image: np.ndarray, description: str):
+        """Where is the object described by ``description`` in ``image``, by the model's own grounding?
+        -> ``rls3_ros.vlm.grounding.Location`` (box (x0, y0, x1, y1) [px], point (u, v) [px],
+        confidence [0..1]), or None when the model does not ground descriptions (the default)."""
+        return None
+
+    def locate_many(self, image: np.ndarray, descriptions: Sequence[str]) -> List:
+        """``locate`` for several descriptions in one image (models may batch it)."""
+        return [self.locate(image, d) for d in descriptions]
+
     @abc.abstractmethod
     def save_adapter(self, directory: str) -> str:
         """Save the active LoRA adapter in standard peft format (atomically); return the directory."""
