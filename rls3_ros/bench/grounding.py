@@ -160,14 +160,14 @@ def splits(cfg: Dict[str, Any], log=print):
     """The loop's cached ``test`` and ``val`` splits (generated once with the loop's own keys)."""
     from rls3_ros.captions.oracle import CaptionOracle
     from rls3_ros.rl.datasets import cached_split
-    from rls3_ros.rl.loop import BackendSource
+    from rls3_ros.rl.loop import BackendSource, split_source_key
     from rls3_ros.sim.factory import make_backend
 
     rc, ev = cfg["run"], cfg["eval"]
     source = BackendSource(make_backend(rc["backend"], image_size=int(rc["image_size"]), seed=int(rc["seed"])))
     try:
         scene_types = rc.get("scene_types") or list(source.scene_types)
-        key = f"{rc['backend']}-{rc['image_size']}"
+        key = split_source_key(rc)
         oracle = CaptionOracle()
         cap = lambda scene: oracle.caption_scene(scene)  # noqa: E731 - the loop's deterministic captioner
         test = cached_split(source, cap, "test", int(ev["test_scenes"]), key, int(ev["moves_per_scene"]),

@@ -141,6 +141,15 @@ def validate_config(cfg: Dict[str, Any]) -> None:
         raise ValueError("bad configuration: " + "; ".join(errs))
 
 
+def split_source_key(run: Dict[str, Any]) -> str:
+    """Names the renders behind the cached fixed sets: backend, image size and the renderer's look
+    (a change of textures or lighting must not reuse sets rendered the old way)."""
+    from rls3_ros.sim.objects import TEXTURE_MAX_PX
+
+    look = f"-tex{TEXTURE_MAX_PX}" if run["backend"] == "mujoco" else ""
+    return f"{run['backend']}-{run['image_size']}{look}"
+
+
 AGENT_KEYS = {  # which keys of the config's ``agent`` section each sampler takes
     "sac": ("learning_starts", "ent_coef", "gradient_steps", "learning_rate", "batch_size", "gamma", "buffer_size"),
     "ppo": ("n_steps", "learning_rate", "batch_size", "n_epochs", "gamma", "ent_coef"),
@@ -447,7 +456,7 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
                for i in range(n_envs)]
     scene_types = rc.get("scene_types") or list(sources[0].scene_types)
     ev = cfg["eval"]
-    key = f"{rc['backend']}-{rc['image_size']}"
+    key = split_source_key(rc)
     det_oracle = CaptionOracle()
 
     def det_captioner(scene):  # the eval sets must not depend on the run's caption RNG
