@@ -42,13 +42,7 @@ def apply_ros_env(env: Mapping[str, str], monkeypatch) -> None:
             monkeypatch.setenv(k, v)
 
 
-def rss_mb(pid: int) -> float:
-    """Resident set size of ``pid`` in MB (VmRSS from /proc)."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError(f"no VmRSS for pid {pid}")
+from rls3_ros.bench.soak import rss_mb  # noqa: E402 - one VmRSS reader for the benchmark and the tests
 
 
 class Counts:

@@ -21,14 +21,9 @@ COLOURS = [(255, 64, 64), (64, 128, 255), (255, 200, 0), (0, 200, 120), (200, 0,
 
 def find_object(scene: Optional[SceneState], name: str) -> Optional[ObjectState]:
     """The scene object called ``name`` (id, description or category; case-insensitive)."""
-    if scene is None or not name:
-        return None
-    n = name.strip().lower()
-    for key in ("id", "description", "category"):
-        for o in scene.objects:
-            if str(getattr(o, key)).strip().lower() == n:
-                return o
-    return None
+    from rls3_ros.vlm.grounding import find_scene_object
+
+    return find_scene_object(scene, name)
 
 
 def scene_object_names(scene: Optional[SceneState]) -> list:
