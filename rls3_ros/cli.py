@@ -13,7 +13,7 @@ from typing import Dict, List, Optional, Tuple
 # name -> (module, function, one-line help)
 COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "launch": ("rls3_ros.graph_launcher", "cli_launch", "start the node graph: rls3 launch training|query"),
-    "pretrain": ("rls3_ros.vlm.pretrain", "cli_pretrain", "build and cache a base VLM (--model grounded (default) | embedded)"),
+    "pretrain": ("rls3_ros.vlm.pretrain_cli", "cli_pretrain", "build and cache a base VLM (--model grounded (default) | embedded)"),
     "train": ("rls3_ros.train_cli", "cli_train", "the RLS3 loop in one process (the main job)"),
     "finetune": ("rls3_ros.finetune_cli", "cli_finetune", "offline LoRA fine-tuning from a bag or caption dataset"),
     "query": ("rls3_ros.query_cli", "cli_query", "one spatial query: --image F --subject A --reference B"),

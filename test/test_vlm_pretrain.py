@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from rls3_ros.vlm.pretrain import COMMON_TERMS, cli_pretrain, imbalance
+from rls3_ros.vlm.pretrain import COMMON_TERMS, imbalance
+from rls3_ros.vlm.pretrain_cli import cli_pretrain
 from rls3_ros.vlm.standin import make_samples
 
 

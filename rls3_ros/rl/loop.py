@@ -401,7 +401,7 @@ def ensure_pretrained(vlm_name: str, log: Callable[[str], None] = print) -> None
             fn(vlm_name) if _takes_arg(fn) else fn()
             break
     else:
-        code = P.cli_pretrain(["--model", "embedded"])
+        code = P.cli_pretrain_embedded([])
         if code:
             raise RuntimeError(f"rls3 pretrain failed (exit {code})")
     if not (embedded_base_dir() / "config.json").is_file():

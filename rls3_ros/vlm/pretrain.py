@@ -209,26 +209,7 @@ def pretrain(out_dir: Path, minutes: float = 4.0, n_train: int = 2400, n_test: i
     return metrics
 
 
-def cli_pretrain(argv: Optional[List[str]] = None) -> int:
-    """``rls3 pretrain [--model grounded|embedded] [--force] ...``: build and cache a base VLM.
-
-    ``--model grounded`` (default, the default VLM) runs ``rls3_ros.vlm.grounded_pretrain``;
-    ``--model embedded`` the fusion model below. Other options go to the chosen pretrainer.
-    """
-    argv = list(sys.argv[1:] if argv is None else argv)
-    sel = argparse.ArgumentParser(add_help=False)
-    sel.add_argument("--model", default="grounded", choices=["grounded", "embedded"])
-    which, rest = sel.parse_known_args(argv)
-    if which.model == "grounded":
-        from rls3_ros.vlm.grounded_pretrain import cli_grounded_pretrain
-
-        if "-h" in rest or "--help" in rest:
-            print("rls3 pretrain [--model grounded|embedded] ...  (default grounded; options below)\n")
-        return cli_grounded_pretrain(rest)
-    return _cli_pretrain_embedded(rest)
-
-
-def _cli_pretrain_embedded(argv: List[str]) -> int:
+def cli_pretrain_embedded(argv: List[str]) -> int:
     """``rls3 pretrain --model embedded [--force] [--minutes M] ...``"""
     from rls3_ros.vlm.factory import model_dir
 
@@ -270,7 +251,3 @@ def _cli_pretrain_embedded(argv: List[str]) -> int:
     pretrain(out, minutes=a.minutes, n_train=a.images, n_test=a.test_images, image_size=a.image_size, seed=a.seed,
              rare_keep=a.rare_keep, backend=a.backend, image_stage=a.image_stage, infonce_weight=a.infonce_weight)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(cli_pretrain(sys.argv[1:]))
