@@ -335,22 +335,49 @@ class CaptionOracle:
         )
 
     # -- whole scene ------------------------------------------------------------------
+    def select_pairs(self, scene: SceneState, max_pairs: int = 0,
+                     rng: Union[None, int, random.Random, np.random.Generator] = None) -> List[SpatialRelation]:
+        """Relations (without negatives) for the selected pairs of ``scene`` (rules in
+        ``rls3_ros.captions.pairs``: eligible objects, one relation per unordered pair)."""
+        from rls3_ros.captions.pairs import PairRng, candidate_pairs
+
+        cfg = self.config
+        r = PairRng(rng) if rng is not None else None
+        rels: List[SpatialRelation] = []
+        for a_id, b_id in candidate_pairs(scene, cfg.require_visible, cfg.require_active):
+            if r is not None and r.coin():
+                a_id, b_id = b_id, a_id
+            try:
+                rel = self.relation(scene, a_id, b_id)
+            except CaptionError:
+                continue
+            if cfg.boundary_margin_deg > 0:
+                a, b = scene.object(a_id), scene.object(b_id)
+                g = self.geometry(scene, a, b)
+                if self.boundary_margin_deg(g, rel.terms, self.vertically_separated(a, b)) < cfg.boundary_margin_deg:
+                    continue
+            rels.append(rel)
+        if r is not None:
+            r.shuffle(rels)
+        if max_pairs > 0:
+            rels = rels[:max_pairs]
+        return rels
+
     def caption_scene(
         self,
         scene: SceneState,
         max_pairs: int = 0,
         rng: Union[None, int, random.Random, np.random.Generator] = None,
     ) -> List[SpatialRelation]:
-        """Caption the selected pairs of one image (see ``pairs.select_pairs``).
+        """Caption the selected pairs of one image (see :meth:`select_pairs`).
 
         ``max_pairs`` > 0 overrides ``config.max_pairs``. ``rng`` (seed, random.Random or
         numpy Generator) randomises which object of a pair is the subject and which pairs
         survive the cap; None keeps scene order (deterministic).
         """
         from rls3_ros.captions.negatives import hard_negatives
-        from rls3_ros.captions.pairs import select_pairs
 
-        rels = select_pairs(self, scene, max_pairs=max_pairs or self.config.max_pairs, rng=rng)
+        rels = self.select_pairs(scene, max_pairs=max_pairs or self.config.max_pairs, rng=rng)
         if self.config.negatives:
             for r in rels:
                 r.negatives = hard_negatives(r)

@@ -21,19 +21,16 @@ from __future__ import annotations
 import math
 import random
 from collections import Counter
-from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
 from rls3_ros.scene import ObjectState, SceneState, SpatialRelation
 
-if TYPE_CHECKING:  # pragma: no cover
-    from rls3_ros.captions.oracle import CaptionOracle
-
 RngLike = Union[None, int, random.Random, np.random.Generator]
 
 
-class _Rng:
+class PairRng:
     """Uniform wrapper over random.Random / numpy Generator / int seed."""
 
     def __init__(self, rng: RngLike) -> None:
@@ -84,32 +81,3 @@ def candidate_pairs(scene: SceneState, require_visible: bool = True, require_act
                 continue
             pairs.append((objs[i].id, objs[j].id))
     return pairs
-
-
-def select_pairs(
-    oracle: "CaptionOracle", scene: SceneState, max_pairs: int = 0, rng: RngLike = None
-) -> List[SpatialRelation]:
-    """Relations (without negatives) for the selected pairs of ``scene`` (rules above)."""
-    from rls3_ros.captions.oracle import CaptionError
-
-    cfg = oracle.config
-    r = _Rng(rng) if rng is not None else None
-    rels: List[SpatialRelation] = []
-    for a_id, b_id in candidate_pairs(scene, cfg.require_visible, cfg.require_active):
-        if r is not None and r.coin():
-            a_id, b_id = b_id, a_id
-        try:
-            rel = oracle.relation(scene, a_id, b_id)
-        except CaptionError:
-            continue
-        if cfg.boundary_margin_deg > 0:
-            a, b = scene.object(a_id), scene.object(b_id)
-            g = oracle.geometry(scene, a, b)
-            if oracle.boundary_margin_deg(g, rel.terms, oracle.vertically_separated(a, b)) < cfg.boundary_margin_deg:
-                continue
-        rels.append(rel)
-    if r is not None:
-        r.shuffle(rels)
-    if max_pairs > 0:
-        rels = rels[:max_pairs]
-    return rels
