@@ -143,10 +143,12 @@ def validate_config(cfg: Dict[str, Any]) -> None:
 
 def split_source_key(run: Dict[str, Any]) -> str:
     """Names the renders behind the cached fixed sets: backend, image size and the renderer's look
-    (a change of textures or lighting must not reuse sets rendered the old way)."""
+    (a change of textures or lighting must not reuse sets rendered the old way) and its physics revision
+    (a change of validity checks or contact physics changes which scenes a seed gives)."""
+    from rls3_ros.sim.mujoco_backend import PHYSICS_REVISION
     from rls3_ros.sim.objects import TEXTURE_MAX_PX
 
-    look = f"-tex{TEXTURE_MAX_PX}" if run["backend"] == "mujoco" else ""
+    look = f"-tex{TEXTURE_MAX_PX}-phys{PHYSICS_REVISION}" if run["backend"] == "mujoco" else ""
     return f"{run['backend']}-{run['image_size']}{look}"
 
 
