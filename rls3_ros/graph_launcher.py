@@ -46,8 +46,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from rls3_ros.rl.scheduler import SCHEDULER_PARAMS
-
 GRAPHS = ("training", "query")
 
 
@@ -101,19 +99,6 @@ def graph_nodes(graph: str, bridges: int = 1, with_sim: bool = False, run_dir: s
     raise ValueError(f"unknown graph {graph!r} (known: {', '.join(GRAPHS)})")
 
 
-# rl_sampler parameters restored from a run's config.yaml on resume: (section, key) -> parameter
-_RESUMED_PARAMS = {("run", "agent"): "agent", ("run", "seed"): "seed",
-                   ("agent", "learning_starts"): "learning_starts", ("agent", "k"): "miner_k"}
-for _k in SCHEDULER_PARAMS:
-    _RESUMED_PARAMS[("loop", _k)] = _k
-for _k in ("reward_valid", "reward_invalid", "j2_metric", "j2_weight", "j2_clip", "max_relations", "j2_per_step",
-           "j2_baseline", "observe_vlm"):
-    _RESUMED_PARAMS[("env", _k)] = _k
-for _k in ("test_scenes", "val_scenes", "replay_scenes", "replay_rare_keep", "moves_per_scene", "test_per_term",
-           "val_per_term", "val_tail_scenes"):
-    _RESUMED_PARAMS[("eval", _k)] = _k
-
-
 def _param_text(value) -> str:
     """A value as ``-p name:=<text>`` (parsed as YAML by rcl): the type is kept."""
     if isinstance(value, bool):
@@ -122,6 +107,8 @@ def _param_text(value) -> str:
         return repr(value)
     import json
 
+    if isinstance(value, (list, tuple)):  # a YAML flow sequence: [1.0, 2.0], ["a", "b"]
+        return json.dumps(list(value))
     return json.dumps(str(value))
 
 
@@ -182,11 +169,13 @@ def resume_info(path: str) -> ResumeInfo:
         if not os.path.isdir(moved):
             raise ValueError(f"adapter {adapter} of checkpoint {os.path.basename(ck)} is missing")
         adapter = moved
+    from rls3_ros.rl.config import RESUMED_PARAMS
+
     values = {}
-    for (section, key), name in _RESUMED_PARAMS.items():
+    for (section, key), name in RESUMED_PARAMS.items():  # the schema's keys the rl_sampler takes
         sec = cfg.get(section)
-        if isinstance(sec, dict) and key in sec and sec[key] is not None:
-            values[name] = sec[key]
+        if isinstance(sec, dict) and key in sec and sec[key] is not None and sec[key] != []:
+            values[name] = sec[key]  # (an empty list cannot be a -p value: it is the default anyway)
     return ResumeInfo(run_dir, ck, iteration, adapter, int(rc.get("n_envs") or 1), values,
                       {k: _param_text(v) for k, v in values.items()})
 
