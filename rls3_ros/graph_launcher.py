@@ -43,24 +43,10 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-GRAPHS = ("training", "query")
-
-
-@dataclass
-class NodeSpec:
-    name: str  # node name (as in the params file)
-    module: str
-    namespace: str = ""
-    params: Dict[str, str] = field(default_factory=dict)  # -p name:=value overrides
-    required_exit_ok: bool = False  # a clean exit (0) of this node ends the graph successfully
-    respawn: bool = False  # started again when it dies (instead of stopping the graph)
-
-    @property
-    def label(self) -> str:
-        return f"{self.namespace.strip('/')}/{self.name}" if self.namespace else self.name
+from rls3_ros.graph_spec import GRAPHS, NodeSpec, apply_sets, graph_nodes, parse_set  # noqa: F401 - re-exported
 
 
 def config_dir() -> str:
@@ -74,29 +60,6 @@ def config_dir() -> str:
         return os.path.join(get_package_share_directory("rls3_ros"), "config")
     except Exception:
         return os.path.join(sys.prefix, "share", "rls3_ros", "config")
-
-
-def graph_nodes(graph: str, bridges: int = 1, with_sim: bool = False, run_dir: str = "") -> List[NodeSpec]:
-    """The nodes of a graph (same composition as launch/<graph>.launch.py)."""
-    if graph == "training":
-        if bridges < 1:
-            raise ValueError("--bridges must be >= 1")
-        ns = [f"sim{i}" for i in range(bridges)] if bridges > 1 else [""]
-        nodes = [NodeSpec("sim_bridge", "rls3_ros.nodes.sim_bridge", n, {"seed": str(100 + i)}) for i, n in enumerate(ns)]
-        trainer = NodeSpec("vlm_trainer", "rls3_ros.nodes.vlm_trainer")
-        sampler = NodeSpec("rl_sampler", "rls3_ros.nodes.rl_sampler", required_exit_ok=True)
-        sampler.params["bridge_namespaces"] = "[" + ",".join(f"'{n}'" for n in ns) + "]"
-        if run_dir:
-            sampler.params["run_dir"] = run_dir
-            trainer.params["adapter_dir"] = os.path.join(run_dir, "adapters")
-        nodes += [NodeSpec("caption_oracle", "rls3_ros.nodes.caption_oracle"), trainer, sampler]
-        return nodes
-    if graph == "query":
-        nodes = [NodeSpec("spatial_query", "rls3_ros.nodes.spatial_query")]
-        if with_sim:
-            nodes.insert(0, NodeSpec("sim_bridge", "rls3_ros.nodes.sim_bridge"))
-        return nodes
-    raise ValueError(f"unknown graph {graph!r} (known: {', '.join(GRAPHS)})")
 
 
 def _param_text(value) -> str:
@@ -186,8 +149,10 @@ def node_command(spec: NodeSpec, params_files: Sequence[str]) -> List[str]:
         cmd += ["--params-file", f]
     if spec.namespace:
         cmd += ["-r", f"__ns:=/{spec.namespace.strip('/')}"]
+    for a, b in spec.remappings:
+        cmd += ["-r", f"{a}:={b}"]
     for k, v in spec.params.items():
-        cmd += ["-p", f"{k}:={v}"]
+        cmd += ["-p", f"{k}:={_param_text(v)}"]
     return cmd
 
 
@@ -317,6 +282,11 @@ def cli_launch(argv: List[str]) -> int:
                          "the checkpoint's adapter; --set still overrides)")
     ap.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
                     help="override one parameter of one node, e.g. rl_sampler.budget_valid_samples=100")
+    ap.add_argument("--namespace", default="", help="namespace of the whole graph (every name inside is relative)")
+    ap.add_argument("--image-topic", default="image_raw", help="camera topic (remapped onto the nodes' image_raw)")
+    ap.add_argument("--scene-topic", default="scene_state", help="query: scene-state topic")
+    ap.add_argument("--adapter", default="", help="query: LoRA adapter directory to serve")
+    ap.add_argument("--agent", default="", help="training: rl_sampler's agent ('' = from the parameter file)")
     ap.add_argument("--log-dir", default="", help="also write each node's log to <dir>/<node>.log")
     ap.add_argument("--timeout", type=float, default=0.0, help="stop the graph after this many seconds (0 = never)")
     args = ap.parse_args(argv)
@@ -351,45 +321,26 @@ def cli_launch(argv: List[str]) -> int:
         run_dir = resume.run_dir
     if args.bridges is None:
         args.bridges = 1
+    if args.graph == "training":
+        kw = dict(bridges=args.bridges, namespace=args.namespace, image_topic=args.image_topic, agent=args.agent,
+                  resume=resume, respawn_bridges=args.respawn_bridges)
+    else:
+        kw = dict(with_sim=args.with_sim, namespace=args.namespace, adapter=args.adapter, image_topic=args.image_topic,
+                  scene_topic=args.scene_topic)
     try:
-        specs = graph_nodes(args.graph, args.bridges, args.with_sim, "")
+        sets = [parse_set(item) for item in args.set]
+        apply_sets(graph_nodes(args.graph, **kw), sets)  # refused before a run directory is made
+        if args.graph == "training":
+            if not run_dir:  # created only once the arguments are known good
+                from rls3_ros.rl.run_dir import new_run_dir
+
+                run_dir = new_run_dir()
+            kw["run_dir"] = os.path.abspath(run_dir)
+        specs = graph_nodes(args.graph, **kw)
+        apply_sets(specs, sets)
     except ValueError as e:
         print(f"rls3 launch: {e}", file=sys.stderr)
         return 2
-    sets = []
-    for item in args.set:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            print(f"rls3 launch: --set expects NODE.PARAM=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        key, val = item.split("=", 1)
-        node, param = key.split(".", 1)
-        if not [s for s in specs if s.name == node or s.label == node]:
-            print(f"rls3 launch: no node {node!r} in the {args.graph} graph ({', '.join(s.label for s in specs)})",
-                  file=sys.stderr)
-            return 2
-        sets.append((node, param, val))
-    if args.graph == "training" and not run_dir:  # created only once the arguments are known good
-        from rls3_ros.rl.run_dir import new_run_dir
-
-        run_dir = new_run_dir()
-    specs = graph_nodes(args.graph, args.bridges, args.with_sim, os.path.abspath(run_dir) if run_dir else "")
-    if resume is not None:  # before --set: an explicit --set still wins
-        for s in specs:
-            if s.name == "rl_sampler":
-                s.params.update(resume.sampler_params)
-                s.params["resume"] = "true"
-            if s.name == "vlm_trainer" and resume.adapter:
-                s.params["adapter"] = resume.adapter
-    if args.respawn_bridges:
-        for s in specs:
-            if s.name == "sim_bridge":
-                s.respawn = True
-            if s.name == "rl_sampler":
-                s.params["bridge_lost"] = "wait"
-    for node, param, val in sets:
-        for s in specs:
-            if s.name == node or s.label == node:
-                s.params[param] = val
     env = dict(os.environ)
     env.setdefault("MUJOCO_GL", "egl")
     env.setdefault("HF_HUB_OFFLINE", "1")
