@@ -19,13 +19,10 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
-from launch.event_handlers import OnProcessExit
-from launch.events import Shutdown
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
 
-from rls3_ros.graph_spec import apply_sets, bool_arg, launch_node_kwargs, parse_set, query_graph, stops_graph
+from rls3_ros.graph_spec import apply_sets, bool_arg, launch_actions, parse_set, query_graph
 
 
 def _nodes(context, *args, **kwargs):
@@ -38,14 +35,7 @@ def _nodes(context, *args, **kwargs):
         apply_sets(specs, [parse_set(item) for item in arg("set").split()])
     except ValueError as e:
         raise RuntimeError(str(e)) from None
-    actions = []
-    for spec in specs:
-        node = Node(**launch_node_kwargs(spec, [arg("params_file")]))
-        actions.append(node)
-        if stops_graph(spec):
-            actions.append(RegisterEventHandler(OnProcessExit(
-                target_action=node, on_exit=[EmitEvent(event=Shutdown(reason=f"{spec.label} exited"))])))
-    return actions
+    return launch_actions(specs, [arg("params_file")])
 
 
 def generate_launch_description():

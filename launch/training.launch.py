@@ -26,13 +26,10 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, EmitEvent, OpaqueFunction, RegisterEventHandler
-from launch.event_handlers import OnProcessExit
-from launch.events import Shutdown
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
 
-from rls3_ros.graph_spec import apply_sets, bool_arg, launch_node_kwargs, parse_set, stops_graph, training_graph
+from rls3_ros.graph_spec import apply_sets, bool_arg, launch_actions, parse_set, training_graph
 
 
 def _nodes(context, *args, **kwargs):
@@ -54,14 +51,7 @@ def _nodes(context, *args, **kwargs):
         apply_sets(specs, [parse_set(item) for item in arg("set").split()])
     except ValueError as e:
         raise RuntimeError(str(e)) from None
-    actions = []
-    for spec in specs:
-        node = Node(**launch_node_kwargs(spec, [arg("params_file")]))
-        actions.append(node)
-        if stops_graph(spec):  # rl_sampler's exit ends the run (budget or failure); any other exit stops it too
-            actions.append(RegisterEventHandler(OnProcessExit(
-                target_action=node, on_exit=[EmitEvent(event=Shutdown(reason=f"{spec.label} exited"))])))
-    return actions
+    return launch_actions(specs, [arg("params_file")])
 
 
 def generate_launch_description():

@@ -1,9 +1,10 @@
 """``rls3 launch training|query``: start the node graph, each node its own process.
 
 Where ROS 2's ``launch`` package is not installed (it is not on PyPI), this starts the same
-graph as ``launch/training.launch.py`` / ``launch/query.launch.py`` from the same parameter
-files: every node runs as ``python -m rls3_ros.nodes.<node> --ros-args --params-file
-config/<graph>.yaml [-r __ns:=/<ns>] [-p ...]``.
+graph as ``launch/training.launch.py`` / ``launch/query.launch.py`` (both built from the nodes
+of ``rls3_ros.graph_spec``) from the same parameter files: every node runs as ``python -m
+rls3_ros.nodes.<node> --ros-args --params-file config/<graph>.yaml [-r __ns:=/<ns>] [-r a:=b]
+[-p ...]``. ``--namespace ns`` pushes the whole graph into ``ns`` (names inside are relative).
 
 - Output of every node is printed line by line, prefixed with ``[<namespace/>node]``.
 - Ctrl-C (SIGINT) or SIGTERM stops every node (SIGINT, then SIGTERM, then SIGKILL).

@@ -141,5 +141,24 @@ def stops_graph(spec: NodeSpec) -> bool:
     return not spec.respawn
 
 
+def launch_actions(specs: Sequence[NodeSpec], params_files: Sequence[str]) -> list:
+    """The launch file's actions: a ``launch_ros`` Node per spec, and a shutdown of the launch when a
+    node that :func:`stops_graph` exits (rl_sampler at the end of its budget, or any failure).
+    ``launch``/``launch_ros`` are imported here only: they exist in a ROS 2 install, not on PyPI."""
+    from launch.actions import EmitEvent, RegisterEventHandler
+    from launch.event_handlers import OnProcessExit
+    from launch.events import Shutdown
+    from launch_ros.actions import Node
+
+    actions: list = []
+    for spec in specs:
+        node = Node(**launch_node_kwargs(spec, params_files))
+        actions.append(node)
+        if stops_graph(spec):
+            actions.append(RegisterEventHandler(OnProcessExit(
+                target_action=node, on_exit=[EmitEvent(event=Shutdown(reason=f"{spec.label} exited"))])))
+    return actions
+
+
 def bool_arg(text: Optional[str]) -> bool:
     return str(text or "").strip().lower() in ("1", "true", "yes", "on")

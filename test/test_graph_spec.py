@@ -78,16 +78,18 @@ def _resumable(tmp_path):
 def test_launch_files_build_every_node_from_the_spec():
     for name, builder in (("training.launch.py", "training_graph"), ("query.launch.py", "query_graph")):
         tree = ast.parse((ROOT / "launch" / name).read_text())
-        calls = [n for n in ast.walk(tree) if isinstance(n, ast.Call)]
-        names = [getattr(c.func, "id", getattr(c.func, "attr", "")) for c in calls]
-        assert builder in names and "apply_sets" in names, name
-        nodes = [c for c in calls if getattr(c.func, "id", "") == "Node"]
-        assert len(nodes) == 1 and not nodes[0].args and len(nodes[0].keywords) == 1, name
-        inner = nodes[0].keywords[0].value  # Node(**launch_node_kwargs(spec, ...)): nothing besides the spec
-        assert nodes[0].keywords[0].arg is None and getattr(inner.func, "id", "") == "launch_node_kwargs", name
-        assert "PushRosNamespace" not in names  # the namespace is the spec's
+        names = [getattr(c.func, "id", getattr(c.func, "attr", "")) for c in ast.walk(tree) if isinstance(c, ast.Call)]
+        assert builder in names and "apply_sets" in names and "launch_actions" in names, name
+        assert "Node" not in names and "PushRosNamespace" not in names, name  # nodes and namespace: the spec's
         imports = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "rls3_ros.graph_spec"]
         assert imports, name
+    # the launch actions: one launch_ros Node per spec, from launch_node_kwargs only
+    tree = ast.parse(Path(G.__file__).read_text())
+    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "launch_actions")
+    nodes = [c for c in ast.walk(fn) if isinstance(c, ast.Call) and getattr(c.func, "id", "") == "Node"]
+    assert len(nodes) == 1 and not nodes[0].args and len(nodes[0].keywords) == 1
+    kw = nodes[0].keywords[0]
+    assert kw.arg is None and getattr(kw.value.func, "id", "") == "launch_node_kwargs"
 
 
 @pytest.mark.parametrize("variant", [
