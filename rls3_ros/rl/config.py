@@ -238,7 +238,7 @@ def _type_text(ann) -> str:
         return f"a list of: {_type_text(item).replace(' | ', ', ')}" if typing.get_origin(item) is Literal \
             else f"a list of {_type_text(item).replace('an ', '').replace('a ', '')}s"
     if typing.get_origin(ann) is Union:
-        return " or ".join(_type_text(a) for a in typing.get_args(ann))
+        return " or ".join(_type_text(a) for a in typing.get_args(ann) if a is not type(None))
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(ann, str(ann))
 
 
