@@ -24,7 +24,7 @@ setup(
     ],
     package_data={PACKAGE: ["assets/*", "assets/**/*"]},
     include_package_data=True,
-    install_requires=["setuptools"],
+    install_requires=["setuptools", "pydantic>=2"],
     zip_safe=False,
     maintainer="rls3_ros developers",
     maintainer_email="rls3@example.com",

@@ -1,9 +1,10 @@
 """``rls3 launch training|query``: start the node graph, each node its own process.
 
 Where ROS 2's ``launch`` package is not installed (it is not on PyPI), this starts the same
-graph as ``launch/training.launch.py`` / ``launch/query.launch.py`` from the same parameter
-files: every node runs as ``python -m rls3_ros.nodes.<node> --ros-args --params-file
-config/<graph>.yaml [-r __ns:=/<ns>] [-p ...]``.
+graph as ``launch/training.launch.py`` / ``launch/query.launch.py`` (both built from the nodes
+of ``rls3_ros.graph_spec``) from the same parameter files: every node runs as ``python -m
+rls3_ros.nodes.<node> --ros-args --params-file config/<graph>.yaml [-r __ns:=/<ns>] [-r a:=b]
+[-p ...]``. ``--namespace ns`` pushes the whole graph into ``ns`` (names inside are relative).
 
 - Output of every node is printed line by line, prefixed with ``[<namespace/>node]``.
 - Ctrl-C (SIGINT) or SIGTERM stops every node (SIGINT, then SIGTERM, then SIGKILL).
@@ -43,26 +44,10 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from rls3_ros.rl.scheduler import SCHEDULER_PARAMS
-
-GRAPHS = ("training", "query")
-
-
-@dataclass
-class NodeSpec:
-    name: str  # node name (as in the params file)
-    module: str
-    namespace: str = ""
-    params: Dict[str, str] = field(default_factory=dict)  # -p name:=value overrides
-    required_exit_ok: bool = False  # a clean exit (0) of this node ends the graph successfully
-    respawn: bool = False  # started again when it dies (instead of stopping the graph)
-
-    @property
-    def label(self) -> str:
-        return f"{self.namespace.strip('/')}/{self.name}" if self.namespace else self.name
+from rls3_ros.graph_spec import GRAPHS, NodeSpec, apply_sets, graph_nodes, parse_set  # noqa: F401 - re-exported
 
 
 def config_dir() -> str:
@@ -78,42 +63,6 @@ def config_dir() -> str:
         return os.path.join(sys.prefix, "share", "rls3_ros", "config")
 
 
-def graph_nodes(graph: str, bridges: int = 1, with_sim: bool = False, run_dir: str = "") -> List[NodeSpec]:
-    """The nodes of a graph (same composition as launch/<graph>.launch.py)."""
-    if graph == "training":
-        if bridges < 1:
-            raise ValueError("--bridges must be >= 1")
-        ns = [f"sim{i}" for i in range(bridges)] if bridges > 1 else [""]
-        nodes = [NodeSpec("sim_bridge", "rls3_ros.nodes.sim_bridge", n, {"seed": str(100 + i)}) for i, n in enumerate(ns)]
-        trainer = NodeSpec("vlm_trainer", "rls3_ros.nodes.vlm_trainer")
-        sampler = NodeSpec("rl_sampler", "rls3_ros.nodes.rl_sampler", required_exit_ok=True)
-        sampler.params["bridge_namespaces"] = "[" + ",".join(f"'{n}'" for n in ns) + "]"
-        if run_dir:
-            sampler.params["run_dir"] = run_dir
-            trainer.params["adapter_dir"] = os.path.join(run_dir, "adapters")
-        nodes += [NodeSpec("caption_oracle", "rls3_ros.nodes.caption_oracle"), trainer, sampler]
-        return nodes
-    if graph == "query":
-        nodes = [NodeSpec("spatial_query", "rls3_ros.nodes.spatial_query")]
-        if with_sim:
-            nodes.insert(0, NodeSpec("sim_bridge", "rls3_ros.nodes.sim_bridge"))
-        return nodes
-    raise ValueError(f"unknown graph {graph!r} (known: {', '.join(GRAPHS)})")
-
-
-# rl_sampler parameters restored from a run's config.yaml on resume: (section, key) -> parameter
-_RESUMED_PARAMS = {("run", "agent"): "agent", ("run", "seed"): "seed",
-                   ("agent", "learning_starts"): "learning_starts", ("agent", "k"): "miner_k"}
-for _k in SCHEDULER_PARAMS:
-    _RESUMED_PARAMS[("loop", _k)] = _k
-for _k in ("reward_valid", "reward_invalid", "j2_metric", "j2_weight", "j2_clip", "max_relations", "j2_per_step",
-           "j2_baseline", "observe_vlm"):
-    _RESUMED_PARAMS[("env", _k)] = _k
-for _k in ("test_scenes", "val_scenes", "replay_scenes", "replay_rare_keep", "moves_per_scene", "test_per_term",
-           "val_per_term", "val_tail_scenes"):
-    _RESUMED_PARAMS[("eval", _k)] = _k
-
-
 def _param_text(value) -> str:
     """A value as ``-p name:=<text>`` (parsed as YAML by rcl): the type is kept."""
     if isinstance(value, bool):
@@ -122,6 +71,8 @@ def _param_text(value) -> str:
         return repr(value)
     import json
 
+    if isinstance(value, (list, tuple)):  # a YAML flow sequence: [1.0, 2.0], ["a", "b"]
+        return json.dumps(list(value))
     return json.dumps(str(value))
 
 
@@ -182,11 +133,13 @@ def resume_info(path: str) -> ResumeInfo:
         if not os.path.isdir(moved):
             raise ValueError(f"adapter {adapter} of checkpoint {os.path.basename(ck)} is missing")
         adapter = moved
+    from rls3_ros.rl.config import RESUMED_PARAMS
+
     values = {}
-    for (section, key), name in _RESUMED_PARAMS.items():
+    for (section, key), name in RESUMED_PARAMS.items():  # the schema's keys the rl_sampler takes
         sec = cfg.get(section)
-        if isinstance(sec, dict) and key in sec and sec[key] is not None:
-            values[name] = sec[key]
+        if isinstance(sec, dict) and key in sec and sec[key] is not None and sec[key] != []:
+            values[name] = sec[key]  # (an empty list cannot be a -p value: it is the default anyway)
     return ResumeInfo(run_dir, ck, iteration, adapter, int(rc.get("n_envs") or 1), values,
                       {k: _param_text(v) for k, v in values.items()})
 
@@ -197,8 +150,10 @@ def node_command(spec: NodeSpec, params_files: Sequence[str]) -> List[str]:
         cmd += ["--params-file", f]
     if spec.namespace:
         cmd += ["-r", f"__ns:=/{spec.namespace.strip('/')}"]
+    for a, b in spec.remappings:
+        cmd += ["-r", f"{a}:={b}"]
     for k, v in spec.params.items():
-        cmd += ["-p", f"{k}:={v}"]
+        cmd += ["-p", f"{k}:={_param_text(v)}"]
     return cmd
 
 
@@ -328,6 +283,11 @@ def cli_launch(argv: List[str]) -> int:
                          "the checkpoint's adapter; --set still overrides)")
     ap.add_argument("--set", action="append", default=[], metavar="NODE.PARAM=VALUE",
                     help="override one parameter of one node, e.g. rl_sampler.budget_valid_samples=100")
+    ap.add_argument("--namespace", default="", help="namespace of the whole graph (every name inside is relative)")
+    ap.add_argument("--image-topic", default="image_raw", help="camera topic (remapped onto the nodes' image_raw)")
+    ap.add_argument("--scene-topic", default="scene_state", help="query: scene-state topic")
+    ap.add_argument("--adapter", default="", help="query: LoRA adapter directory to serve")
+    ap.add_argument("--agent", default="", help="training: rl_sampler's agent ('' = from the parameter file)")
     ap.add_argument("--log-dir", default="", help="also write each node's log to <dir>/<node>.log")
     ap.add_argument("--timeout", type=float, default=0.0, help="stop the graph after this many seconds (0 = never)")
     args = ap.parse_args(argv)
@@ -362,45 +322,26 @@ def cli_launch(argv: List[str]) -> int:
         run_dir = resume.run_dir
     if args.bridges is None:
         args.bridges = 1
+    if args.graph == "training":
+        kw = dict(bridges=args.bridges, namespace=args.namespace, image_topic=args.image_topic, agent=args.agent,
+                  resume=resume, respawn_bridges=args.respawn_bridges)
+    else:
+        kw = dict(with_sim=args.with_sim, namespace=args.namespace, adapter=args.adapter, image_topic=args.image_topic,
+                  scene_topic=args.scene_topic)
     try:
-        specs = graph_nodes(args.graph, args.bridges, args.with_sim, "")
+        sets = [parse_set(item) for item in args.set]
+        apply_sets(graph_nodes(args.graph, **kw), sets)  # refused before a run directory is made
+        if args.graph == "training":
+            if not run_dir:  # created only once the arguments are known good
+                from rls3_ros.rl.run_dir import new_run_dir
+
+                run_dir = new_run_dir()
+            kw["run_dir"] = os.path.abspath(run_dir)
+        specs = graph_nodes(args.graph, **kw)
+        apply_sets(specs, sets)
     except ValueError as e:
         print(f"rls3 launch: {e}", file=sys.stderr)
         return 2
-    sets = []
-    for item in args.set:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            print(f"rls3 launch: --set expects NODE.PARAM=VALUE, got {item!r}", file=sys.stderr)
-            return 2
-        key, val = item.split("=", 1)
-        node, param = key.split(".", 1)
-        if not [s for s in specs if s.name == node or s.label == node]:
-            print(f"rls3 launch: no node {node!r} in the {args.graph} graph ({', '.join(s.label for s in specs)})",
-                  file=sys.stderr)
-            return 2
-        sets.append((node, param, val))
-    if args.graph == "training" and not run_dir:  # created only once the arguments are known good
-        from rls3_ros.rl.run_dir import new_run_dir
-
-        run_dir = new_run_dir()
-    specs = graph_nodes(args.graph, args.bridges, args.with_sim, os.path.abspath(run_dir) if run_dir else "")
-    if resume is not None:  # before --set: an explicit --set still wins
-        for s in specs:
-            if s.name == "rl_sampler":
-                s.params.update(resume.sampler_params)
-                s.params["resume"] = "true"
-            if s.name == "vlm_trainer" and resume.adapter:
-                s.params["adapter"] = resume.adapter
-    if args.respawn_bridges:
-        for s in specs:
-            if s.name == "sim_bridge":
-                s.respawn = True
-            if s.name == "rl_sampler":
-                s.params["bridge_lost"] = "wait"
-    for node, param, val in sets:
-        for s in specs:
-            if s.name == node or s.label == node:
-                s.params[param] = val
     env = dict(os.environ)
     env.setdefault("MUJOCO_GL", "egl")
     env.setdefault("HF_HUB_OFFLINE", "1")

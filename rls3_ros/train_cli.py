@@ -6,8 +6,10 @@
     rls3 train --resume runs/<ts>   # continue a stopped run from its last fine-tune
     rls3 train --config my.yaml --set loop.E=2 --set run.seed=3
 
-Defaults come from ``config/train.yaml`` (shipped next to the package; ``--config`` overrides
-any subset), ``--quick`` applies its ``quick:`` section on top. The configuration actually
+Defaults come from the schema ``rls3_ros.rl.config`` (``python -m rls3_ros.rl.config`` lists every
+key), then ``config/train.yaml`` (shipped next to the package; ``--config`` overrides any subset),
+``--quick`` applies its ``quick:`` section on top, then ``--set``; the result is validated against
+the schema (a bad value names the key, the value and the allowed range; unknown keys are refused). The configuration actually
 used is written to ``runs/<ts>/config.yaml``; ``--resume`` reads it back from there.
 """
 
@@ -57,7 +59,7 @@ def apply_sets(cfg: Dict[str, Any], sets: List[str]) -> Dict[str, Any]:
 
 
 def load_train_config(config: str = "", quick: bool = False, sets: List[str] = ()) -> Dict[str, Any]:
-    from rls3_ros.rl.loop import DEFAULT_CONFIG, merge_config
+    from rls3_ros.rl.config import DEFAULT_CONFIG, merge_config
 
     cfg = merge_config(DEFAULT_CONFIG, {})
     quick_section: Dict[str, Any] = {}
@@ -75,7 +77,7 @@ def cli_train(argv: List[str]) -> int:
     ap = argparse.ArgumentParser(prog="rls3 train", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     ap.add_argument("--quick", action="store_true", help="~2 min smoke run (the quick: section of the config)")
-    from rls3_ros.rl.loop import AGENT_KEYS
+    from rls3_ros.rl.config import AGENT_KEYS
 
     ap.add_argument("--agent", choices=tuple(AGENT_KEYS), help="sampler (default: config/train.yaml's run.agent)")
     ap.add_argument("--seed", type=int, help="run seed")
@@ -92,7 +94,8 @@ def cli_train(argv: List[str]) -> int:
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    from rls3_ros.rl.loop import run_inprocess, validate_config
+    from rls3_ros.rl.config import validate_config
+    from rls3_ros.rl.loop import run_inprocess
     from rls3_ros.rl.run_dir import RunDir, new_run_dir, read_yaml
 
     def log(msg: str) -> None:

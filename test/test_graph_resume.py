@@ -97,7 +97,7 @@ def test_graph_killed_mid_fine_tune_stops_with_the_reason_and_resumes_from_the_l
     assert code == 0, out[-4000:]
     assert f"[launch] resuming {run_dir} from ckpt-001 (iteration 1, adapter {meta['adapter']})" in out
     sampler_cmd = re.search(r"\[launch\] started rl_sampler \(pid \d+\): (.*)", out).group(1)
-    assert f"-p run_dir:={run_dir}" in sampler_cmd and "-p resume:=true" in sampler_cmd
+    assert f"-p run_dir:=\"{run_dir}\"" in sampler_cmd and "-p resume:=true" in sampler_cmd
     assert re.search(rf"\[vlm_trainer\].*loaded in .*\(adapter '{re.escape(meta['adapter'])}'", out)
     assert re.search(r"\[rl_sampler\].*resumed from \S*ckpt-001: iteration 1,", out)
     assert not re.search(r"\[rl_sampler\].*evaluating the base model", out)
@@ -175,4 +175,4 @@ def test_resume_without_a_checkpoint_is_refused_in_one_line(tmp_path, capsys, mo
     assert info.adapter == str(ok / "adapters" / "iter_0002")
     assert info.sampler_params == {"agent": '"ppo"', "seed": "3", "E": "2", "eta": "0.5", "j2_metric": '"error"',
                                    "j2_per_step": "true", "learning_starts": "16", "miner_k": "4",
-                                   "test_scenes": "60"}
+                                   "test_scenes": "60", "min_delta": "0.0"}  # min_delta: a node parameter now

@@ -130,7 +130,7 @@ def test_launcher_refuses_bad_arguments(capsys, tmp_path, monkeypatch):
     specs = graph_nodes("training", bridges=3, run_dir="/r")
     assert [s.label for s in specs] == ["sim0/sim_bridge", "sim1/sim_bridge", "sim2/sim_bridge", "caption_oracle",
                                         "vlm_trainer", "rl_sampler"]
-    assert specs[-1].params["bridge_namespaces"] == "['sim0','sim1','sim2']"
+    assert specs[-1].params["bridge_namespaces"] == ["sim0", "sim1", "sim2"]
     assert [s.label for s in graph_nodes("query", with_sim=True)] == ["sim_bridge", "spatial_query"]
 
 

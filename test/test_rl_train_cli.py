@@ -48,7 +48,7 @@ def test_train_refuses_bad_input(tmp_path, capsys):
     assert cli_train(["--resume", str(tmp_path)]) == 2
     assert "not a run directory" in capsys.readouterr().err
     assert cli_train(["--set", "loop.bogus=1", "--out", str(tmp_path / "r"), "--no-pretrain"]) == 2
-    assert "unknown loop parameter" in capsys.readouterr().err
+    assert "unknown key loop.bogus" in capsys.readouterr().err
     assert cli_train(["--set", "loop.T0=50", "--out", str(tmp_path / "r2"), "--no-pretrain"]) == 2
 
 

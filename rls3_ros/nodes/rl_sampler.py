@@ -23,27 +23,21 @@ reason in the log, so ``rls3 launch`` stops the graph with that reason.
 Topics: publishes ``training_metrics`` (rls3_msgs/TrainingMetrics) after every episode and
 every fine-tune.
 
-Parameters (defaults):
-- ``agent`` ("sac"): sac | ppo | random | miner | upper | teacher (``rls3_ros.rl.mode_samplers``);
-  ``seed`` (0); ``miner_k`` (4);
-  ``learning_starts`` (16, SAC warm-up steps).
-- ``T`` (8), ``T0`` (6), ``E`` (4), ``eta`` (1.0), ``fine_tune_steps`` (40),
-  ``fine_tune_steps_per_sample`` (0.0: off),
-  ``replay_fraction`` (0.3), ``budget_valid_samples`` (1200), ``budget_renders`` (0),
-  ``max_iterations`` (0), ``patience`` (0): the scheduler (``rls3_ros.rl.scheduler``).
-- ``reward_valid`` (0.1), ``reward_invalid`` (-0.1), ``j2_metric`` ("loss"), ``j2_weight`` (1.0),
-  ``j2_clip`` (3.0), ``max_relations`` (3), ``j2_per_step`` (false), ``j2_baseline`` ("none"),
-  ``observe_vlm`` (false): the env's rewards and observation.
-- ``test_scenes`` (150), ``val_scenes`` (24), ``replay_scenes`` (40), ``replay_rare_keep`` (0.0: the
-  replay pool keeps the base's left/right-rich imbalance), ``moves_per_scene`` (4),
-  ``test_per_term`` (80), ``val_per_term`` (15), ``val_tail_scenes`` (0): fixed sets, generated through the graph
-  from fixed seeds and cached (``RLS3_CACHE`` or ~/.cache/rls3_ros) under ``dataset_key``.
-- ``dataset_key`` ("ros-mujoco-160"): names the cached sets (change it with the bridges'
-  backend or image size).
-- ``bridge_namespaces`` ([""]): one sim_bridge per namespace, e.g. ["sim0", "sim1"].
-- ``reset_service`` ("sim_bridge/reset_scene"), ``apply_service`` ("sim_bridge/apply_action"),
-  ``caption_service`` ("caption_oracle/caption_scene"), ``score_service``
-  ("vlm_trainer/score_samples"), ``fine_tune_action`` ("vlm_trainer/fine_tune").
+Parameters: the fields of the run-configuration schema ``rls3_ros.rl.config`` (``GraphRunConfig``)
+flattened, one parameter per key (``python -m rls3_ros.rl.config`` lists them with defaults,
+ranges and docs; ``ros2 param describe`` shows the same description and range). They are the
+``loop``/``env``/``agent``/``eval`` keys of ``rls3 train`` (``agent.k`` is ``miner_k``; ``seed``
+seeds both the run and the scheduler; keys unset by default keep the sampler's own default),
+plus the node's ``graph`` section:
+- ``dataset_key`` ("ros-mujoco-160"): names the cached fixed sets (change it with the bridges'
+  backend or image size); the sets are generated through the graph from fixed seeds and cached
+  (``RLS3_CACHE`` or ~/.cache/rls3_ros).
+- ``bridge_namespaces`` ([""]): one sim_bridge per namespace, e.g. ["sim0", "sim1"]; relative
+  names resolve in this node's namespace (a graph pushed into a namespace keeps working), a
+  leading "/" makes one absolute.
+- ``reset_service``, ``apply_service`` (relative to each bridge namespace), ``caption_service``,
+  ``score_service``, ``fine_tune_action``: the stages' names (relative: resolved in the node's
+  namespace).
 - ``placement_bounds`` ([]): [x0, y0, z0, x1, y1, z1] world box for place targets
   ([] = from the scene's objects).
 - ``run_dir`` (""): run directory ("" = runs/<timestamp>); ``resume`` (false): continue the
@@ -63,6 +57,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 import traceback
@@ -70,76 +65,74 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import rclpy
 from geometry_msgs.msg import Pose
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.action import ActionClient
 from rclpy.callback_groups import ReentrantCallbackGroup
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rls3_msgs.action import FineTune
 from rls3_msgs.msg import TrainingMetrics
 from rls3_msgs.srv import ApplyAction, CaptionScene, ResetScene, ScoreSamples
 
 from rls3_ros.nodes.conversions import msg_to_relation, msg_to_scene, sample_to_msg, scene_to_msg
 from rls3_ros.nodes.image_conversion import image_msg_to_rgb
-from rls3_ros.rl.scheduler import SCHEDULER_PARAMS
 from rls3_ros.nodes.node_main import NodeStartupError, run_node
+from rls3_ros.rl.config import NODE_PARAMS, NodeParam, config_from_params, needs_validation, to_dict
 from rls3_ros.rl.env import SimSource, SimStep, bounds_from_scene
 from rls3_ros.rl.scheduler import Evaluator, SchedulerCallbacks, Trainer, TrainOutcome
 from rls3_ros.scene import quat_to_matrix
 from rls3_ros.vlm.interface import FineTuneResult, RelationScore, evaluation_of
 from rls3_ros.nodes.service_qos import SERVICE_QOS
 
-PARAMS: Dict[str, Any] = {
-    "agent": ("sac", "sampler: sac | ppo | random | miner | upper | teacher"),
-    "seed": (0, "run seed"),
-    "miner_k": (4, "miner: random candidates per step"),
-    "learning_starts": (16, "SAC warm-up steps"),
-    "T": (8, "agent steps per episode"),
-    "T0": (6, "valid samples per episode (ends the episode early)"),
-    "E": (4, "episodes per fine-tuning iteration"),
-    "eta": (1.0, "fraction of an episode's valid samples entering the fine-tuning batch"),
-    "fine_tune_steps": (40, "optimiser steps per fine-tune"),
-    "fine_tune_steps_per_sample": (0.0, "when > 0: steps per generated sample in the batch instead of fine_tune_steps"),
-    "replay_fraction": (0.3, "share of each fine-tuning set drawn from base data"),
-    "budget_valid_samples": (1200, "stop after this many valid samples (0 = no limit)"),
-    "budget_renders": (0, "stop after this many renders (0 = no limit)"),
-    "max_iterations": (0, "stop after this many fine-tunes (0 = no limit)"),
-    "patience": (0, "early stopping patience in fine-tunes (0 = off)"),
-    "reward_valid": (0.1, "intrinsic reward of a valid sample"),
-    "reward_invalid": (-0.1, "intrinsic reward of an invalid move"),
-    "j2_metric": ("loss", "extrinsic reward: loss | error"),
-    "j2_weight": (1.0, "weight of J2 in the last step's reward"),
-    "j2_clip": (3.0, "per-relation loss clip [nats]"),
-    "max_relations": (3, "relations kept per sample (0 = all)"),
-    "j2_per_step": (False, "reward each valid sample with its own VLM loss at its step (not the paper's T:1)"),
-    "j2_baseline": ("none", "none | iteration: J2 minus the running mean of the current adapter's episodes"),
-    "observe_vlm": (False, "the agent observes the per-term validation error (evaluates val after every fine-tune)"),
-    "val_tail_scenes": (0, "validation: scenes of the tail generator added to the validation set"),
-    "test_scenes": (150, "scenes of the fixed test set"),
-    "val_scenes": (24, "scenes of the validation set (used when patience > 0)"),
-    "replay_scenes": (40, "scenes of the base replay pool"),
-    "replay_rare_keep": (0.0, "replay pool: keep probability of relations with a term other than left/right "
-                              "(the base's pre-training imbalance; 1.0 = natural distribution)"),
-    "moves_per_scene": (4, "random moves per scene for the fixed sets"),
-    "test_per_term": (80, "relations per term kept in the test set"),
-    "val_per_term": (15, "relations per term kept in the validation set"),
-    "dataset_key": ("ros-mujoco-160", "cache key of the fixed sets"),
-    "bridge_namespaces": ([""], "one sim_bridge per namespace"),
-    "reset_service": ("sim_bridge/reset_scene", "ResetScene service (relative to each namespace)"),
-    "apply_service": ("sim_bridge/apply_action", "ApplyAction service (relative to each namespace)"),
-    "caption_service": ("caption_oracle/caption_scene", "CaptionScene service"),
-    "score_service": ("vlm_trainer/score_samples", "ScoreSamples service"),
-    "fine_tune_action": ("vlm_trainer/fine_tune", "FineTune action"),
-    "placement_bounds": ([0.0], "[x0,y0,z0,x1,y1,z1] place-target box ([0.0] or [] = from the scene)"),
-    "run_dir": ("", "run directory ('' = runs/<timestamp>)"),
-    "resume": (False, "continue the run in run_dir from its last checkpoint"),
-    "bridge_lost": ("fail", "a sim_bridge stops answering: fail (stop the run) | wait (for it to come back)"),
-    "bridge_wait": (300.0, "bridge_lost=wait: how long to wait for the bridge to come back [s]"),
-    "service_timeout": (60.0, "timeout of one service call [s]"),
-    "fine_tune_timeout": (1800.0, "timeout of one fine-tune [s]"),
-    "wait_for_services": (60.0, "how long to wait for the services at start [s]"),
-    "score_chunk": (32, "samples per ScoreSamples call"),
-    "exit_when_done": (True, "shut down when the loop ends"),
-}
+_INT64 = (-(2 ** 63), 2 ** 63 - 1)
+_ARRAY_TYPES = {"list_str": Parameter.Type.STRING_ARRAY, "list_float": Parameter.Type.DOUBLE_ARRAY,
+                "list_int": Parameter.Type.INTEGER_ARRAY}
+
+
+def parameter_descriptor(p: NodeParam, with_range: bool = True) -> ParameterDescriptor:
+    """A schema field as a ROS parameter descriptor: its doc and (numbers) its range (ROS ranges are
+    inclusive: an exclusive bound is checked by the schema)."""
+    d = ParameterDescriptor(description=p.description)
+    if p.default is None:
+        d.dynamic_typing = True  # unset by default: any type the schema accepts
+    elif with_range and p.kind == "int" and (p.low is not None or p.high is not None):
+        lo = _INT64[0] if p.low is None else int(math.ceil(p.low))
+        hi = _INT64[1] if p.high is None else int(math.floor(p.high))
+        d.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=0)]
+    elif with_range and p.kind == "float" and (p.low is not None or p.high is not None):
+        lo = -sys.float_info.max if p.low is None else float(p.low)
+        hi = sys.float_info.max if p.high is None else float(p.high)
+        d.floating_point_range = [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
+    return d
+
+
+def declare_config_parameters(node: Node) -> Dict[str, Any]:
+    """Declare every parameter of the schema (``NODE_PARAMS``) on ``node``, validate the values
+    against the schema (``NodeStartupError`` naming the parameter, its value and the allowed range)
+    and attach the ranges; returns the validated values by parameter name."""
+    for p in NODE_PARAMS.values():
+        if isinstance(p.default, list) and not p.default:  # rclpy cannot infer an empty list's type
+            node.declare_parameter(p.name, _ARRAY_TYPES[p.kind], parameter_descriptor(p, False))
+        else:
+            node.declare_parameter(p.name, p.default, parameter_descriptor(p, False))
+    values = {}
+    for name in NODE_PARAMS:
+        try:
+            values[name] = node.get_parameter(name).value
+        except ParameterUninitializedException:  # a typed empty list left unset
+            values[name] = None
+    try:
+        cfg = config_from_params(values)
+    except ValueError as e:
+        raise NodeStartupError(str(e)) from None
+    for p in NODE_PARAMS.values():  # valid values: the ranges now hold for later `ros2 param set`
+        if p.default is not None and p.kind in ("int", "float") and (p.low is not None or p.high is not None):
+            d = parameter_descriptor(p)
+            d.type = node.describe_parameter(p.name).type
+            node.set_descriptor(p.name, d)
+    dump = cfg.model_dump()
+    return {name: dump[p.targets[0][0]][p.targets[0][1]] for name, p in NODE_PARAMS.items()}
 
 
 class StageError(RuntimeError):
@@ -147,8 +140,10 @@ class StageError(RuntimeError):
 
 
 def _join(ns: str, name: str) -> str:
-    ns = ns.strip("/")
-    return f"/{ns}/{name.lstrip('/')}" if ns else name
+    """``<ns>/<name>``, relative (resolved in the node's own namespace) unless ``ns`` starts with "/"."""
+    if not ns.strip("/"):
+        return name
+    return f"{ns.rstrip('/')}/{name.lstrip('/')}"
 
 
 class _Caller:
@@ -327,10 +322,7 @@ class RlSampler(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("rl_sampler", **kwargs)
-        for name, (default, doc) in PARAMS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=doc))
-        self.p = {name: self.get_parameter(name).value for name in PARAMS}
-        self._validate()
+        self.p = declare_config_parameters(self)
         self.group = ReentrantCallbackGroup()
         self._stop = threading.Event()
         self.caller = _Caller(self, float(self.p["service_timeout"]), self._stop)
@@ -353,52 +345,15 @@ class RlSampler(Node):
         self._worker = threading.Thread(target=self._work, name="rl_sampler-loop", daemon=True)
         self._worker.start()
 
-    def _validate(self) -> None:
-        p = self.p
-        errs = []
-        from rls3_ros.rl.loop import AGENT_KEYS
-
-        if p["agent"] not in AGENT_KEYS:
-            errs.append(f"agent must be {' | '.join(AGENT_KEYS)} (got {p['agent']!r})")
-        if p["j2_baseline"] not in ("none", "iteration"):
-            errs.append(f"j2_baseline must be none | iteration (got {p['j2_baseline']!r})")
-        if p["j2_metric"] not in ("loss", "error"):
-            errs.append(f"j2_metric must be loss | error (got {p['j2_metric']!r})")
-        if p["bridge_lost"] not in ("fail", "wait"):
-            errs.append(f"bridge_lost must be fail | wait (got {p['bridge_lost']!r})")
-        for k in ("service_timeout", "fine_tune_timeout", "wait_for_services", "bridge_wait"):
-            if float(p[k]) <= 0:
-                errs.append(f"{k} must be > 0")
-        b = list(p["placement_bounds"])
-        if len(b) not in (0, 1, 6):
-            errs.append(f"placement_bounds needs 6 numbers or none (got {len(b)})")
-        if p["resume"] and not p["run_dir"]:
-            errs.append("resume needs run_dir")
-        try:
-            from rls3_ros.rl.scheduler import SchedulerConfig
-
-            SchedulerConfig(**{k: p[k] for k in SCHEDULER_PARAMS}).validate()
-        except (ValueError, TypeError) as e:
-            errs.append(str(e))
-        if errs:
-            raise NodeStartupError("; ".join(errs))
-
     def config(self) -> Dict[str, Any]:
         """The run configuration in the same shape as ``rls3 train``'s config.yaml."""
         p = self.p
-        return {
-            "run": {"agent": p["agent"], "seed": int(p["seed"]), "backend": "ros", "image_size": "bridge",
-                    "n_envs": len(self.sources), "vlm": "vlm_trainer", "graph": True,
-                    "bridge_namespaces": list(p["bridge_namespaces"])},
-            "loop": {k: p[k] for k in SCHEDULER_PARAMS}
-            | {"min_delta": 0.0, "seed": int(p["seed"])},
-            "env": {k: p[k] for k in ("reward_valid", "reward_invalid", "j2_metric", "j2_weight", "j2_clip",
-                                      "max_relations", "j2_per_step", "j2_baseline", "observe_vlm")}
-            | {"reward_no_relation": 0.0},
-            "agent": {"learning_starts": int(p["learning_starts"]), "k": int(p["miner_k"])},
-            "eval": {k: p[k] for k in ("test_scenes", "val_scenes", "replay_scenes", "replay_rare_keep", "moves_per_scene",
-                                       "test_per_term", "val_per_term", "val_tail_scenes")},
-        }
+        cfg = to_dict(config_from_params(p))
+        cfg.pop("graph")
+        cfg["run"] = {"agent": p["agent"], "seed": int(p["seed"]), "backend": "ros", "image_size": "bridge",
+                      "n_envs": len(self.sources), "vlm": "vlm_trainer", "graph": True,
+                      "bridge_namespaces": list(p["bridge_namespaces"])}
+        return cfg
 
     # ------------------------------------------------------------------ worker
     def captioner(self, scene):
@@ -460,16 +415,19 @@ class RlSampler(Node):
         key = str(p["dataset_key"])
         log = self.get_logger().info
         src0 = self.sources[0]
-        needs_val = bool(int(p["patience"]) or p["agent"] in ("upper", "teacher") or p["observe_vlm"])
+        needs_val = needs_validation(cfg)
         splits = {"test": cached_split(src0, self.captioner, "test", int(ev["test_scenes"]), key,
                                        int(ev["moves_per_scene"]), int(ev["test_per_term"]), log=log),
                   "val": cached_split(src0, self.captioner, "val", int(ev["val_scenes"]), key,
                                       int(ev["moves_per_scene"]), int(ev["val_per_term"]), log=log)
                   if needs_val else []}
-        if needs_val and int(ev["val_tail_scenes"]):
-            from rls3_ros.rl.datasets import cached_tail
-            from rls3_ros.rl.loop import VAL_TAIL_PER_COMBO
+        from rls3_ros.rl.datasets import cached_tail
+        from rls3_ros.rl.loop import TAIL_PER_COMBO, VAL_TAIL_PER_COMBO
 
+        if int(ev["tail_scenes"]):
+            splits["tail"] = cached_tail(src0, self.captioner, "tail", int(ev["tail_scenes"]), key,
+                                         per_combo=TAIL_PER_COMBO, log=log)
+        if needs_val and int(ev["val_tail_scenes"]):
             splits["val"] = list(splits["val"]) + cached_tail(src0, self.captioner, "val_tail", int(ev["val_tail_scenes"]),
                                                               key, per_combo=VAL_TAIL_PER_COMBO, log=log)
         replay = replay_pool(src0, self.captioner, int(ev["replay_scenes"]), key, int(ev["moves_per_scene"]),

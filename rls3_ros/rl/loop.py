@@ -4,23 +4,25 @@ This is what ``rls3 train`` runs (and what the learning benchmark can call per s
 The ROS graph (``rls3_ros.nodes.rl_sampler``) reuses :class:`LoopRunner` with ROS-backed
 stages; only :func:`build_inprocess` is specific to the in-process run.
 
-Configuration: a nested dict (``config/train.yaml`` holds the defaults, documented there):
-``run`` (agent, seed, backend, image size, VLM, envs), ``loop`` (SchedulerConfig fields),
-``env`` (RLS3Env rewards), ``agent`` (agent kwargs), ``eval`` (test/val/replay set sizes).
+Configuration: a nested dict whose schema, defaults and validation are ``rls3_ros.rl.config``
+(``config/train.yaml`` holds the main job's values): ``run`` (agent, seed, backend, image size,
+VLM, envs), ``loop`` (SchedulerConfig fields), ``env`` (RLS3Env rewards), ``agent`` (agent kwargs),
+``eval`` (test/val/replay set sizes).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import threading
 import time
-from dataclasses import asdict, fields
+from dataclasses import fields
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from rls3_ros.rl.config import (AGENT_KEYS, AGENT_SECTION_KEYS, DEFAULT_CONFIG, agent_kwargs,  # noqa: F401 - re-exported
+                                merge_config, needs_validation, validate_config)
 from rls3_ros.rl.samplers import make_agent
 from rls3_ros.rl.datasets import cached_split, cached_tail, replay_pool, term_counts
 from rls3_ros.rl.env import BackendSource, RLS3Env, SimSource
@@ -34,48 +36,6 @@ LOOP_FEATURE_CACHE = 12_000  # images whose VLM features the loop keeps (eval se
 TAIL_PER_COMBO = 80  # relations kept per term combination in the tail test split
 VAL_TAIL_PER_COMBO = 25
 
-DEFAULT_CONFIG: Dict[str, Any] = {
-    "run": {
-        "agent": "sac",  # sac | ppo | random | miner
-        "seed": 0,
-        "backend": "mujoco",
-        "image_size": 160,
-        "scene_types": [],  # [] = all of the backend's
-        "n_envs": 1,  # in-process: one backend per env
-        "vlm": "grounded",
-        "torch_threads": 2,
-    },
-    "loop": {k: v for k, v in asdict(SchedulerConfig()).items()},
-    "env": {
-        "reward_valid": 0.1,
-        "reward_invalid": -0.1,
-        "reward_no_relation": 0.0,
-        "j2_metric": "loss",
-        "j2_weight": 1.0,
-        "j2_clip": 3.0,
-        "max_relations": 3,
-        "j2_per_step": False,
-        "j2_baseline": "none",
-        "observe_vlm": False,
-    },
-    "agent": {"learning_starts": 16, "k": 4},
-    "eval": {"test_scenes": 150, "val_scenes": 48, "replay_scenes": 40, "replay_rare_keep": 0.0,
-             "moves_per_scene": 4,
-             "test_per_term": 80, "val_per_term": 30, "tail_scenes": 0, "val_tail_scenes": 0,
-             "extra_splits": []},
-}
-DEFAULT_CONFIG["loop"].update({"budget_valid_samples": 1200, "max_iterations": 0, "patience": 0})
-
-
-def merge_config(base: Dict[str, Any], override: Dict[str, Any]) -> Dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in (override or {}).items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge_config(out[k], v)
-        else:
-            out[k] = v
-    return out
-
 
 def scheduler_config(cfg: Dict[str, Any]) -> SchedulerConfig:
     names = {f.name for f in fields(SchedulerConfig)}
@@ -84,61 +44,6 @@ def scheduler_config(cfg: Dict[str, Any]) -> SchedulerConfig:
     if unknown:
         raise ValueError(f"unknown loop parameter(s): {sorted(unknown)} (known: {sorted(names)})")
     return SchedulerConfig(**loop).validate()
-
-
-def validate_config(cfg: Dict[str, Any]) -> None:
-    """Raise ValueError naming every bad or unknown key (before anything heavy is loaded)."""
-    import inspect
-
-    errs = []
-    for section in ("run", "loop", "env", "agent", "eval"):
-        if not isinstance(cfg.get(section), dict):
-            errs.append(f"section {section!r} missing or not a mapping")
-    if errs:
-        raise ValueError("; ".join(errs))
-    try:
-        sc = scheduler_config(cfg)
-    except (ValueError, TypeError) as e:
-        errs.append(str(e))
-        sc = None
-    rc = cfg["run"]
-    if rc.get("agent") not in AGENT_KEYS:
-        errs.append(f"run.agent must be {' | '.join(AGENT_KEYS)} (got {rc.get('agent')!r})")
-    unknown = set(cfg["agent"]) - set(AGENT_SECTION_KEYS)
-    if unknown:
-        errs.append(f"unknown agent parameter(s): {sorted(unknown)} (known: {AGENT_SECTION_KEYS})")
-    unknown = set(rc) - set(DEFAULT_CONFIG["run"])
-    if unknown:
-        errs.append(f"unknown run parameter(s): {sorted(unknown)}")
-    env_params = set(inspect.signature(RLS3Env.__init__).parameters) - {"self", "source", "captioner", "scorer", "T",
-                                                                         "T0", "seed", "scene_types", "episode_hook",
-                                                                         "run_id", "vlm_state"}
-    unknown = set(cfg["env"]) - env_params
-    if unknown:
-        errs.append(f"unknown env parameter(s): {sorted(unknown)} (known: {sorted(env_params)})")
-    else:
-        e = cfg["env"]
-        if float(e.get("reward_valid", 1)) <= 0 or float(e.get("reward_invalid", -1)) >= 0:
-            errs.append("env.reward_valid must be > 0 and env.reward_invalid < 0")
-        if e.get("j2_metric", "loss") not in ("loss", "error"):
-            errs.append(f"env.j2_metric must be loss | error (got {e.get('j2_metric')!r})")
-    unknown = set(cfg["eval"]) - set(DEFAULT_CONFIG["eval"])
-    if unknown:
-        errs.append(f"unknown eval parameter(s): {sorted(unknown)}")
-    for k, v in cfg["eval"].items():
-        if k == "extra_splits":
-            if not isinstance(v, (list, tuple)) or any(x not in ("tail", "val") for x in v):
-                errs.append(f"eval.extra_splits must be a list of: tail, val (got {v!r})")
-            continue
-        if k == "replay_rare_keep":
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= float(v) <= 1.0:
-                errs.append(f"eval.replay_rare_keep must be a probability in [0, 1] (got {v!r})")
-        elif not isinstance(v, int) or v < 0:
-            errs.append(f"eval.{k} must be an integer >= 0 (got {v!r})")
-    if int(cfg["eval"].get("test_scenes", 1)) < 1:
-        errs.append("eval.test_scenes must be >= 1")
-    if errs:
-        raise ValueError("bad configuration: " + "; ".join(errs))
 
 
 def split_source_key(run: Dict[str, Any]) -> str:
@@ -150,30 +55,6 @@ def split_source_key(run: Dict[str, Any]) -> str:
 
     look = f"-tex{TEXTURE_MAX_PX}-phys{PHYSICS_REVISION}" if run["backend"] == "mujoco" else ""
     return f"{run['backend']}-{run['image_size']}{look}"
-
-
-AGENT_KEYS = {  # which keys of the config's ``agent`` section each sampler takes
-    "sac": ("learning_starts", "ent_coef", "gradient_steps", "learning_rate", "batch_size", "gamma", "buffer_size"),
-    "ppo": ("n_steps", "learning_rate", "batch_size", "n_epochs", "gamma", "ent_coef"),
-    "random": (),
-    "miner": ("k",),
-    "upper": ("epsilon", "sharpness"),
-    "teacher": ("epsilon", "temperature", "alpha"),
-}
-AGENT_SECTION_KEYS = sorted({k for ks in AGENT_KEYS.values() for k in ks} | {"sac_ent_coef", "ppo_ent_coef",
-                                                                              "sac_learning_rate"})
-
-
-def agent_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    """The ``agent`` section's keys that the configured sampler takes (``sac_*``/``ppo_*`` prefixed
-    keys override the shared ones for that algorithm, so SAC's and PPO's entropy settings differ)."""
-    name = cfg["run"]["agent"]
-    sec = dict(cfg.get("agent") or {})
-    out = {k: v for k, v in sec.items() if k in AGENT_KEYS.get(name, ())}
-    for k, v in sec.items():
-        if k.startswith(name + "_") and k[len(name) + 1:] in AGENT_KEYS.get(name, ()):
-            out[k[len(name) + 1:]] = v
-    return out
 
 
 # ---------------------------------------------------------------------- in-process stages
@@ -464,8 +345,7 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
     def det_captioner(scene):  # the eval sets must not depend on the run's caption RNG
         return det_oracle.caption_scene(scene)
 
-    needs_val = bool(int(cfg["loop"].get("patience", 0)) or rc["agent"] in ("upper", "teacher")
-                     or cfg["env"].get("observe_vlm") or "val" in (ev.get("extra_splits") or ()))
+    needs_val = needs_validation(cfg)
     splits = {
         "test": cached_split(sources[0], det_captioner, "test", int(ev["test_scenes"]), key,
                              int(ev["moves_per_scene"]), int(ev["test_per_term"]), scene_types, log=log),
