@@ -38,7 +38,7 @@ from rls3_msgs.srv import SpatialQuery
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from rls3_ros.nodes.image_conversion import numpy_to_image_msg
+from rls3_ros.image_codec import numpy_to_image_msg
 from rls3_ros.nodes.service_qos import SERVICE_QOS
 
 ImageLike = Union[None, np.ndarray, Image]

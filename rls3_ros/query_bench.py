@@ -149,7 +149,7 @@ def run_bench(spec: str, adapter: str, n: int, warmup: int, image_size: int, rou
               threads: int = 1, gap_s: float = 0.005) -> Dict:
     """Interleaved rounds (direct, node with image, node on camera frame; order rotated each
     round) so that CPU load from other processes hits the three alike."""
-    from rls3_ros.nodes.image_conversion import numpy_to_image_msg
+    from rls3_ros.image_codec import numpy_to_image_msg
 
     modes = ("direct", "node_request_image", "node_camera_frame")
     total = n + warmup

@@ -4,8 +4,8 @@ One mapping for both places that convert: rclpy messages (``rls3_ros.nodes.conve
 and rosbags typestore messages (``rls3_ros.bags.convert``, which must work without rclpy).
 Fields are read by attribute; messages are built through a ``types`` lookup (full type name,
 e.g. ``"std_msgs/msg/Header"`` -> a class whose constructor takes every field by keyword),
-which both libraries provide. Images are the caller's: the codec is given the two functions
-that turn an (H, W, 3) uint8 array into an Image message and an Image message into RGB.
+which both libraries provide. Images go through the one image codec, :mod:`rls3_ros.image_codec`
+(the Image class from the same ``types`` lookup), so a sample's image decodes alike everywhere.
 
 Conventions: headers stamped with ``scene.stamp_ns``, frame ``world`` for samples and scenes,
 ``camera_optical`` for the image and camera info, plumb_bob camera info without distortion,
@@ -19,6 +19,7 @@ from typing import Any, Callable, Optional, Tuple
 
 import numpy as np
 
+from rls3_ros.image_codec import IMAGE_TYPE, image_msg_to_rgb, numpy_to_image_msg
 from rls3_ros.scene import CameraModel, ObjectState, Sample, SceneState, SpatialRelation
 
 WORLD_FRAME = "world"
@@ -117,11 +118,11 @@ def msg_to_relation(m: Any) -> SpatialRelation:
     return SpatialRelation(**_relation_fields(m))
 
 
-def msg_to_sample(m: Any, image_to_rgb: Callable[[Any], np.ndarray]) -> Sample:
-    """Core sample of a message; ``image_to_rgb`` decodes its sensor_msgs/Image."""
+def msg_to_sample(m: Any) -> Sample:
+    """Core sample of a message (of either library); its image decoded to RGB by the codec."""
     return Sample(
         sample_id=m.sample_id,
-        image=image_to_rgb(m.image),
+        image=image_msg_to_rgb(m.image),
         scene=msg_to_scene(m.scene),
         relations=[msg_to_relation(r) for r in m.relations],
         valid=bool(m.valid),
@@ -134,19 +135,11 @@ def msg_to_sample(m: Any, image_to_rgb: Callable[[Any], np.ndarray]) -> Sample:
 class SceneMessageCodec:
     """Builds rls3_msgs messages of one message library and reads them back to core types.
 
-    ``types``: full type name -> message class. ``image_to_msg(rgb, header)``: an (H, W, 3)
-    uint8 array as a sensor_msgs/Image of that library. ``image_to_rgb(msg)``: the reverse.
+    ``types``: full type name -> message class (its sensor_msgs/Image class carries images).
     """
 
-    def __init__(
-        self,
-        types: MessageTypes,
-        image_to_msg: Callable[[np.ndarray, Any], Any],
-        image_to_rgb: Callable[[Any], np.ndarray],
-    ):
+    def __init__(self, types: MessageTypes):
         self.types = types
-        self.image_to_msg = image_to_msg
-        self.image_to_rgb = image_to_rgb
 
     # ------------------------------------------------------------ time / header
     def stamp(self, ns: int):
@@ -237,7 +230,7 @@ class SceneMessageCodec:
             sample_id=s.sample_id,
             episode=int(s.episode),
             step=int(s.step),
-            image=self.image_to_msg(img.astype(np.uint8, copy=False), image_header),
+            image=numpy_to_image_msg(img.astype(np.uint8, copy=False), "rgb8", image_header, self.types(IMAGE_TYPE)),
             scene=self.scene_to_msg(s.scene, header),
             relations=[self.relation_to_msg(r) for r in s.relations],
             valid=bool(s.valid),
@@ -245,4 +238,4 @@ class SceneMessageCodec:
         )
 
     def msg_to_sample(self, m: Any) -> Sample:
-        return msg_to_sample(m, self.image_to_rgb)
+        return msg_to_sample(m)

@@ -15,7 +15,7 @@ from sensor_msgs.msg import Image
 from ros_harness import NodeProcess, call_service, poll_until
 from rls3_ros.captions import CaptionOracle
 from rls3_ros.nodes.conversions import header_from_ns, msg_to_relation, scene_to_msg, stamp_to_ns
-from rls3_ros.nodes.image_conversion import image_msg_to_rgb, numpy_to_image_msg
+from rls3_ros.image_codec import image_msg_to_rgb, numpy_to_image_msg
 from rls3_ros.scene import CameraModel, ObjectState, SceneState
 
 NODE = ["-m", "rls3_ros.nodes.caption_oracle", "--ros-args", "-r", "__ns:=/cap"]

@@ -146,7 +146,7 @@ def test_readme_colcon_build_installs_a_node_that_answers(tmp_path):
             if k.startswith(("ROS_", "FASTDDS", "RMW_")):
                 os.environ[k] = v
         from rls3_msgs.srv import SpatialQuery
-        from rls3_ros.nodes.image_conversion import numpy_to_image_msg
+        from rls3_ros.image_codec import numpy_to_image_msg
 
         spinner = BackgroundSpinner("colcon_test_client")
         try:

@@ -93,7 +93,7 @@ def _query(node, **fields):
 
 
 def _image_msg(img, header=None):
-    from rls3_ros.nodes.image_conversion import numpy_to_image_msg
+    from rls3_ros.image_codec import numpy_to_image_msg
 
     return numpy_to_image_msg(img, "rgb8", header)
 
@@ -174,7 +174,7 @@ def test_camera_frames_by_stamp_scene_objects_and_annotated_image(graph, samples
     # annotated image: same header, boxes of the named objects drawn in the subject colour
     img = poll_until(lambda: next((m for m in annotated if m.header.stamp.sec == 1001), None), 10, "annotated image")
     from rls3_ros.nodes.annotate import COLOURS
-    from rls3_ros.nodes.image_conversion import image_msg_to_rgb
+    from rls3_ros.image_codec import image_msg_to_rgb
 
     arr = image_msg_to_rgb(img)
     assert arr.shape == samples[1].image.shape and not np.array_equal(arr, samples[1].image)
@@ -184,7 +184,8 @@ def test_camera_frames_by_stamp_scene_objects_and_annotated_image(graph, samples
 BAD_IMAGES = {
     "unsupported encoding": (dict(encoding="yuv422", width=8, height=8, step=16, data=bytes(128)), "unsupported encoding"),
     "size mismatch": (dict(encoding="rgb8", width=64, height=64, step=192, data=bytes(100)), "bytes"),
-    "big endian": (dict(encoding="rgb8", width=2, height=2, step=6, data=bytes(12), is_bigendian=1), "big-endian"),
+    "depth as the image": (dict(encoding="16UC1", width=8, height=8, step=16, data=bytes(128), is_bigendian=1),
+                           "16UC1 is not a colour image encoding"),
     "zero width with data": (dict(encoding="rgb8", width=0, height=4, step=0, data=bytes(12)), "empty image"),
     "short step": (dict(encoding="rgb8", width=4, height=4, step=4, data=bytes(64)), "step"),
 }

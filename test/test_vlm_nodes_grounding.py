@@ -128,7 +128,7 @@ def test_camera_frames_with_depth_topic_give_boxes_and_3d_points_in_the_optical_
     from rls3_msgs.srv import SpatialQuery
     from sensor_msgs.msg import CameraInfo, Image
 
-    from rls3_ros.nodes.image_conversion import numpy_to_image_msg
+    from rls3_ros.image_codec import numpy_to_image_msg
     from rls3_ros.vlm import grounding as Gr
 
     node = graph.node
@@ -181,7 +181,7 @@ def test_plain_client_with_its_own_image_gets_3d_points_from_the_scene_state(gra
     from rls3_msgs.srv import SpatialQuery
 
     from rls3_ros.nodes.conversions import scene_to_msg
-    from rls3_ros.nodes.image_conversion import numpy_to_image_msg
+    from rls3_ros.image_codec import numpy_to_image_msg
 
     node = graph.node
     pub = node.create_publisher(SceneState, "scene_state", 10)
@@ -237,7 +237,7 @@ def test_annotated_image_draws_the_predicted_locations(graph, frames):
 
     from rls3_ros.client import SpatialQueryClient
     from rls3_ros.nodes.annotate import draw_annotation
-    from rls3_ros.nodes.image_conversion import image_msg_to_rgb
+    from rls3_ros.image_codec import image_msg_to_rgb
 
     got = []
     sub = graph.node.create_subscription(Image, "/spatial_query/annotated", got.append,

@@ -5,8 +5,9 @@
         f.stamp_ns # header stamp (bag time if the header has none)
     frame = image_at("robot_bag", "/camera/image_raw", stamp_ns)   # exact stamp or nearest
 
-Image encodings rgb8/bgr8/rgba8/bgra8/mono8/mono16/16UC1/32FC1 are converted here (row
-padding honoured); others go through rosbags-image; compressed frames through cv2.imdecode.
+Frames are decoded by :mod:`rls3_ros.image_codec`, the codec the nodes use live: colour and
+mono encodings (rgb8, bgr8, rgba8, bgra8, mono8, mono16; row padding and byte order honoured)
+and jpeg/png CompressedImage; a depth or unknown encoding is a BagError naming it.
 """
 
 from __future__ import annotations
@@ -18,13 +19,8 @@ from typing import Iterator, List, Optional
 import numpy as np
 
 from rls3_ros.bags.bagio import BagError, BagReader
-from rls3_ros.bags.convert import (
-    COMPRESSED_IMAGE_TYPE,
-    IMAGE_TYPE,
-    BagConversionError,
-    header_stamp_ns,
-    image_to_rgb,
-)
+from rls3_ros.bags.convert import header_stamp_ns
+from rls3_ros.image_codec import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, ImageConversionError, image_msg_to_rgb
 
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
 
@@ -55,8 +51,8 @@ def _iter_msgs(path, topic):
 
 def _frame(path, conn, t, msg) -> BagFrame:
     try:
-        rgb = image_to_rgb(msg)
-    except BagConversionError as exc:
+        rgb = image_msg_to_rgb(msg)
+    except ImageConversionError as exc:
         raise BagError(f"bag {str(path)!r}: frame on {conn.topic} at {t}: {exc}") from None
     return BagFrame(conn.topic, header_stamp_ns(msg) or t, t, str(msg.header.frame_id), rgb)
 

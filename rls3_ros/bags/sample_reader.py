@@ -16,6 +16,7 @@ from typing import Iterator, List, Optional
 
 from rls3_ros.bags.bagio import BagError, BagReader
 from rls3_ros.bags.convert import SAMPLE_TYPE, BagConversionError, bagmsg_to_sample
+from rls3_ros.image_codec import ImageConversionError
 from rls3_ros.scene import Sample
 
 
@@ -46,7 +47,7 @@ def iter_samples(
             msg = bag.deserialize(raw, conn.msgtype)
             try:
                 s = bagmsg_to_sample(msg)
-            except BagConversionError as exc:
+            except (BagConversionError, ImageConversionError) as exc:
                 if skip_unconvertible:
                     continue
                 raise BagError(f"bag {str(path)!r}: sample {getattr(msg, 'sample_id', '?')!r} on {conn.topic}: {exc}") from None

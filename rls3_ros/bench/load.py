@@ -118,7 +118,7 @@ def _client_main(a) -> int:
     from rclpy.executors import SingleThreadedExecutor
     from rls3_msgs.srv import SpatialQuery
 
-    from rls3_ros.nodes.image_conversion import numpy_to_image_msg
+    from rls3_ros.image_codec import numpy_to_image_msg
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx)

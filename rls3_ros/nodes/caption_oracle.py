@@ -62,7 +62,7 @@ from sensor_msgs.msg import Image
 
 from rls3_ros.captions.oracle import CaptionOracle, OracleConfig
 from rls3_ros.nodes.conversions import msg_to_scene, relation_to_msg, stamp_to_ns
-from rls3_ros.nodes.image_conversion import image_msg_to_rgb, numpy_to_image_msg
+from rls3_ros.image_codec import image_msg_to_rgb, numpy_to_image_msg
 from rls3_ros.nodes.node_main import NodeStartupError, run_node
 from rls3_ros.scene import SceneState, SpatialRelation
 from rls3_ros.nodes.service_qos import SERVICE_QOS

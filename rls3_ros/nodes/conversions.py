@@ -1,7 +1,7 @@
 """rls3_msgs messages <-> core types of ``rls3_ros.scene``, as rclpy messages.
 
 The mapping itself is :mod:`rls3_ros.scene_msgs` (shared with the rclpy-free bag side);
-this module binds it to the rclpy message classes and the node image conversion.
+this module binds it to the rclpy message classes (images: :mod:`rls3_ros.image_codec`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from sensor_msgs.msg import CameraInfo
 from std_msgs.msg import Header
 
 from rls3_ros import scene_msgs
-from rls3_ros.nodes.image_conversion import image_msg_to_rgb, numpy_to_image_msg
 from rls3_ros.scene import CameraModel, ObjectState, Sample, SceneState, SpatialRelation
 from rls3_ros.scene_msgs import (  # noqa: F401  (re-exported for the nodes)
     CAMERA_FRAME,
@@ -39,11 +38,7 @@ def rclpy_message_type(name: str):
     return getattr(importlib.import_module(f"{package}.msg"), cls)
 
 
-_CODEC = scene_msgs.SceneMessageCodec(
-    rclpy_message_type,
-    image_to_msg=lambda rgb, header: numpy_to_image_msg(rgb, "rgb8", header),
-    image_to_rgb=image_msg_to_rgb,
-)
+_CODEC = scene_msgs.SceneMessageCodec(rclpy_message_type)
 
 
 def ns_to_stamp(ns: int) -> Time:

@@ -29,11 +29,9 @@ from rls3_msgs.msg import ObjectLocation
 from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
 from std_msgs.msg import Header
 
+from rls3_ros.image_codec import DEPTH_ENCODINGS, ImageConversionError, image_msg_to_numpy
 from rls3_ros.nodes.conversions import stamp_to_ns
-from rls3_ros.nodes.image_conversion import ImageConversionError, image_msg_to_numpy
 from rls3_ros.vlm import grounding as G
-
-DEPTH_ENCODINGS = ("32FC1", "16UC1")
 
 
 def intrinsics_from_camera_info(msg: Optional[CameraInfo]) -> Optional[G.Intrinsics]:

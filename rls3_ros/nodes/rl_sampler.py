@@ -76,7 +76,7 @@ from rls3_msgs.msg import TrainingMetrics
 from rls3_msgs.srv import ApplyAction, CaptionScene, ResetScene, ScoreSamples
 
 from rls3_ros.nodes.conversions import msg_to_relation, msg_to_scene, sample_to_msg, scene_to_msg
-from rls3_ros.nodes.image_conversion import image_msg_to_rgb
+from rls3_ros.image_codec import image_msg_to_rgb
 from rls3_ros.nodes.node_main import NodeStartupError, run_node
 from rls3_ros.rl.config import NODE_PARAMS, NodeParam, config_from_params, needs_validation, to_dict
 from rls3_ros.rl.env import SimSource, SimStep, bounds_from_scene

@@ -53,7 +53,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from rls3_ros.nodes.conversions import camera_info_msg, scene_to_msg
-from rls3_ros.nodes.image_conversion import numpy_to_image_msg
+from rls3_ros.image_codec import numpy_to_image_msg
 from rls3_ros.nodes.node_main import NodeStartupError, run_node
 from rls3_ros.sim.backend import ACTION_TYPES, BAD_REQUEST, MoveAction
 from rls3_ros.nodes.service_qos import SERVICE_QOS

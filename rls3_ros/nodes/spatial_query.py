@@ -51,7 +51,7 @@ Parameters (defaults)
 - ``image_transport`` ("raw"): "raw" subscribes ``image_topic`` as sensor_msgs/Image,
   "compressed" as sensor_msgs/CompressedImage (jpeg/png, e.g. a camera's or a replayed bag's
   ``.../image_raw/compressed``: give that topic as ``image_topic``). Compressed frames are
-  buffered as received and decoded (``cv2.imdecode``, the bag reader's decoder) only when a
+  buffered as received and decoded (``rls3_ros.image_codec``, as the bag reader does) only when a
   query uses one; headers are untouched. A frame that does not decode answers
   ``success=false`` ("bad compressed image: ...") and the node stays up.
 - ``frame_buffer`` (30): camera frames kept, looked up by stamp.
@@ -108,7 +108,7 @@ from std_msgs.msg import Header
 from rls3_ros.nodes.annotate import draw_annotation, find_object, scene_object_names
 from rls3_ros.nodes.conversions import msg_to_scene, stamp_to_ns
 from rls3_ros.nodes.grounding_msgs import GroundingInputs, fill_locations, labelled_locations
-from rls3_ros.nodes.image_conversion import MAX_PIXELS, ImageConversionError, image_msg_to_rgb, numpy_to_image_msg
+from rls3_ros.image_codec import ImageConversionError, image_msg_to_rgb, numpy_to_image_msg
 from rls3_ros.nodes.node_main import run_node
 from rls3_ros.scene import SceneState
 from rls3_ros.spatial_answers import QueryRequest, answer_query, check_adapter_dir, load_model
@@ -138,24 +138,6 @@ class LoadedModel:
 
 def _is_empty_image(msg: Image) -> bool:
     return msg.width == 0 and msg.height == 0 and len(msg.data) == 0
-
-
-def compressed_msg_to_rgb(msg: CompressedImage) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of a sensor_msgs/CompressedImage (jpeg/png; the bag reader's
-    ``cv2.imdecode`` decoder). Raises ImageConversionError with the reason."""
-    from rls3_ros.bags.convert import compressed_to_rgb
-
-    if len(msg.data) == 0:
-        raise ImageConversionError(f"empty compressed image (format {msg.format!r})")
-    try:
-        rgb = compressed_to_rgb(msg)
-    except Exception as e:  # noqa: BLE001 - BagConversionError, cv2.error: the reason goes to the caller
-        raise ImageConversionError(" ".join(str(e).split())) from None
-    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] * rgb.shape[1] == 0:
-        raise ImageConversionError(f"decoded image has shape {rgb.shape} (format {msg.format!r})")
-    if rgb.shape[0] * rgb.shape[1] > MAX_PIXELS:
-        raise ImageConversionError(f"image too large ({rgb.shape[1]}x{rgb.shape[0]} > {MAX_PIXELS} pixels)")
-    return rgb
 
 
 def _set_torch_threads(node, n: int) -> None:
@@ -560,10 +542,7 @@ class SpatialQueryNode(LifecycleNode):
             frame = req.image
         resp.header = frame.header if (frame.header.frame_id or stamp_to_ns(frame.header.stamp)) else req.header
         try:
-            if isinstance(frame, CompressedImage):
-                image = compressed_msg_to_rgb(frame)
-            else:
-                image = image_msg_to_rgb(frame)
+            image = image_msg_to_rgb(frame)  # Image or CompressedImage
         except ImageConversionError as e:
             kind = "compressed image" if isinstance(frame, CompressedImage) else "image"
             resp.success, resp.message = False, f"bad {kind}: {e}"
