@@ -97,10 +97,10 @@ def record_run(work: Path, env, name: str, storage: str, frames: int, rate: floa
                depth: int = 10) -> dict:
     bag = work / name
     prefix = f"/{name}"
-    rec = Proc(["-m", "rls3_ros.bags.recorder", "--topics", f"{prefix}/image_raw", f"{prefix}/scene_state", "--out", str(bag),
+    rec = Proc(["-m", "rls3_ros.ros.recorder", "--topics", f"{prefix}/image_raw", f"{prefix}/scene_state", "--out", str(bag),
                 "--storage", storage], env, work / f"{name}.rec.log")
     rec.wait_for("recording to")
-    pub_args = ["-m", "rls3_ros.bags.stream_publisher", "--prefix", prefix, "--count", str(frames), "--rate", str(rate), "--size", str(size),
+    pub_args = ["-m", "rls3_ros.ros.stream_publisher", "--prefix", prefix, "--count", str(frames), "--rate", str(rate), "--size", str(size),
                 "--depth", str(depth)]
     if backend:
         pub_args += ["--backend", backend]
@@ -151,11 +151,11 @@ def replay_run(work: Path, env, bag: Path, prefix: str, rate: float = 1.0) -> di
         msgs = [(c.topic, t) for c, t, _r in b.messages()]
     n = len(msgs)
     arrivals = work / f"arrivals_{bag.name}.json"
-    pr = Proc(["-m", "rls3_ros.bags.probe", "--out", str(arrivals), "--count", str(n), "--timeout", "300",
+    pr = Proc(["-m", "rls3_ros.ros.probe", "--out", str(arrivals), "--count", str(n), "--timeout", "300",
                "--topic", f"{prefix}/image_raw:sensor_msgs/msg/Image", "--topic", f"{prefix}/scene_state:rls3_msgs/msg/SceneState"],
               env, work / "probe.log")
     pr.wait_for("PROBE READY")
-    rp = Proc(["-m", "rls3_ros.bags.replayer", str(bag), "--rate", str(rate), "--wait-for-subscribers", "30"], env, work / "replay.log")
+    rp = Proc(["-m", "rls3_ros.ros.replayer", str(bag), "--rate", str(rate), "--wait-for-subscribers", "30"], env, work / "replay.log")
     code = rp.p.wait(600)
     rp.stop()
     m = re.search(r"lateness_p50_ms=([\d.]+) lateness_p99_ms=([\d.]+)", rp.out())

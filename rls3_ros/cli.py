@@ -19,8 +19,8 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "query": ("rls3_ros.query_cli", "cli_query", "one spatial query: --image F --subject A --reference B"),
     "sim": ("rls3_ros.cli", "cli_sim", "simulator tools: rls3 sim sheet --out F.png"),
     "captions": ("rls3_ros.captions.dataset_cli", "cli_captions", "a captioned dataset: --n N --out DIR"),
-    "record": ("rls3_ros.bags.recorder", "cli_record", "record topics to a rosbag2 (MCAP/sqlite3)"),
-    "replay": ("rls3_ros.bags.replayer", "cli_replay", "replay a rosbag2 with its original timing"),
+    "record": ("rls3_ros.ros.recorder", "cli_record", "record topics to a rosbag2 (MCAP/sqlite3)"),
+    "replay": ("rls3_ros.ros.replayer", "cli_replay", "replay a rosbag2 with its original timing"),
     "bag": ("rls3_ros.bags.bag_cli", "cli_bag", "bag tools: rls3 bag info|export|samples"),
     "bench": ("rls3_ros.bench", "cli_bench", "benchmarks: rls3 bench learning|speed [--quick]"),
 }

@@ -58,7 +58,7 @@ def test_query_node_answers_on_a_replayed_robot_bag(tmp_path, ros_env, rclpy_nod
         query.wait_for_output("model ready", 90)
         client = SpatialQueryClient(rclpy_node)
         assert client.wait_for_service(20)
-        replay = NodeProcess(["-m", "rls3_ros.bags.replayer", str(tmp_path / "robot"), "--remap", "/robot/camera/image_raw:=/image_raw",
+        replay = NodeProcess(["-m", "rls3_ros.ros.replayer", str(tmp_path / "robot"), "--remap", "/robot/camera/image_raw:=/image_raw",
                               "--rate", "5", "--wait-for-subscribers", "20"], env, "replayer")
         with replay:
             assert replay.wait(60) == 0, replay.output()

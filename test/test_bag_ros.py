@@ -18,8 +18,9 @@ from mcap_ros2.reader import read_ros2_messages
 from ros_harness import NodeProcess, poll_until
 
 from rls3_ros.bags.bagio import BagReader
-from rls3_ros.bags.convert import bagmsg_to_scene, image_to_numpy, stamp_to_ns
-from rls3_ros.bags.stream_publisher import frame, frame_index
+from rls3_ros.bags.convert import bagmsg_to_scene, stamp_to_ns
+from rls3_ros.image_codec import image_msg_to_numpy
+from rls3_ros.ros.stream_publisher import frame, frame_index
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,16 +33,16 @@ SPAN_TOL_MS = 40.0
 
 
 def recorder(args, env, name="recorder"):
-    return NodeProcess(["-m", "rls3_ros.bags.recorder", *args], env, name)
+    return NodeProcess(["-m", "rls3_ros.ros.recorder", *args], env, name)
 
 
 def publisher(prefix, count, rate, env, size=64, extra=()):
-    return NodeProcess(["-m", "rls3_ros.bags.stream_publisher", "--prefix", prefix, "--count", str(count), "--rate", str(rate),
+    return NodeProcess(["-m", "rls3_ros.ros.stream_publisher", "--prefix", prefix, "--count", str(count), "--rate", str(rate),
                         "--size", str(size), *extra], env, "publisher")
 
 
 def probe(topics, out, count, env, timeout=60, count_topic=""):
-    args = ["-m", "rls3_ros.bags.probe", "--out", str(out), "--count", str(count), "--timeout", str(timeout)]
+    args = ["-m", "rls3_ros.ros.probe", "--out", str(out), "--count", str(count), "--timeout", str(timeout)]
     if count_topic:
         args += ["--count-topic", count_topic]
     for t in topics:
@@ -50,7 +51,7 @@ def probe(topics, out, count, env, timeout=60, count_topic=""):
 
 
 def replayer(args, env):
-    return NodeProcess(["-m", "rls3_ros.bags.replayer", *args], env, "replayer")
+    return NodeProcess(["-m", "rls3_ros.ros.replayer", *args], env, "replayer")
 
 
 def read_arrivals(path: Path):
@@ -85,8 +86,8 @@ def test_record_replay_round_trip_mcap(tmp_path, ros_env):
         msgs = [(c.topic, t, raw) for c, t, raw in b.messages()]
         images = [b.deserialize(r, IMG) for tp, _, r in msgs if tp == "/rt/image_raw"]
         scenes = [bagmsg_to_scene(b.deserialize(r, SCENE)) for tp, _, r in msgs if tp == "/rt/scene_state"]
-    assert [frame_index(image_to_numpy(m)) for m in images] == list(range(n))  # none lost, in order
-    assert all(np.array_equal(image_to_numpy(m), frame(i, 64)) for i, m in enumerate(images))
+    assert [frame_index(image_msg_to_numpy(m)) for m in images] == list(range(n))  # none lost, in order
+    assert all(np.array_equal(image_msg_to_numpy(m), frame(i, 64)) for i, m in enumerate(images))
     assert [s.seed for s in scenes] == list(range(n))
     assert [stamp_to_ns(m.header.stamp) for m in images] == [s.stamp_ns for s in scenes]  # headers kept
 
@@ -126,7 +127,7 @@ def test_record_sqlite3_best_effort_max_messages(tmp_path, ros_env):
     assert sorted(p.name for p in bag.iterdir()) == ["metadata.yaml", "sq.db3"]
     with BagReader(bag) as b:
         assert b.message_count == 40 and b.topics == {"/be/image_raw": IMG}
-        idx = [frame_index(image_to_numpy(b.deserialize(r, IMG))) for _c, _t, r in b.messages()]
+        idx = [frame_index(image_msg_to_numpy(b.deserialize(r, IMG))) for _c, _t, r in b.messages()]
         qos = b.connections[0].ext.offered_qos_profiles
     assert idx == list(range(40))
     assert qos and qos[0].reliability.name == "BEST_EFFORT"  # the publisher's QoS stored in metadata
@@ -144,7 +145,7 @@ def test_sigterm_mid_stream_leaves_a_complete_bag(tmp_path, ros_env):
     assert not (tmp_path / "cut.partial").exists()
     with BagReader(bag) as b:
         n = b.topic_counts()["/cut/image_raw"]
-        idx = [frame_index(image_to_numpy(b.deserialize(r, IMG))) for c, _t, r in b.messages() if c.topic == "/cut/image_raw"]
+        idx = [frame_index(image_msg_to_numpy(b.deserialize(r, IMG))) for c, _t, r in b.messages() if c.topic == "/cut/image_raw"]
     assert n >= 1 and idx == list(range(idx[0], idx[0] + n))  # contiguous: nothing dropped in between
     assert f"/cut/image_raw: {n}" in rec.output()
 

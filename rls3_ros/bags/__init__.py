@@ -1,6 +1,8 @@
-"""rosbag2 record / replay / read for the project (via ``rosbags``).
+"""rosbag2 bag I/O for the project (via ``rosbags``), no ROS client library.
 
-Pure-Python parts (no rclpy): :mod:`.typestore`, :mod:`.bagio`, :mod:`.convert`,
-:mod:`.sample_reader`, :mod:`.dataset_export`, :mod:`.images`. ROS parts (rclpy):
-:mod:`.recorder` (``rls3 record``) and :mod:`.replayer` (``rls3 replay``).
+:mod:`.typestore` (message definitions), :mod:`.bagio` (reader, atomic writer),
+:mod:`.convert` (rosbags messages <-> core types; images through :mod:`rls3_ros.image_codec`),
+:mod:`.sample_reader`, :mod:`.dataset_export`, :mod:`.images` and :mod:`.bag_cli`
+(``rls3 bag``). Nothing here imports rclpy or ``rls3_ros.nodes`` (a test checks it); the
+rclpy parts, ``rls3 record`` / ``rls3 replay``, live in :mod:`rls3_ros.ros`.
 """

@@ -86,7 +86,7 @@ def replay(opts: ReplayOptions, ros_args: Optional[List[str]] = None, stop=None,
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from rclpy.signals import SignalHandlerOptions
 
-    from rls3_ros.bags import rosutil
+    from rls3_ros.ros import rosutil
 
     if opts.rate <= 0:
         raise BagError("--rate must be > 0")

@@ -1,6 +1,6 @@
 """Arrival probe: subscribe (raw CDR) to topics and log when each message arrives.
 
-    python -m rls3_ros.bags.probe --topic /cam/image_raw:sensor_msgs/msg/Image ... \
+    python -m rls3_ros.ros.probe --topic /cam/image_raw:sensor_msgs/msg/Image ... \
         --out arrivals.json [--count N] [--timeout S]
 
 Writes JSON ``{"arrivals": [[topic, monotonic_ns, nbytes, crc32, first 64 bytes hex], ...]}`` when N messages
@@ -32,7 +32,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rclpy.signals import SignalHandlerOptions
 
-    from rls3_ros.bags.rosutil import StopFlag, import_msg_class
+    from rls3_ros.ros.rosutil import StopFlag, import_msg_class
 
     stop = StopFlag().install()
     rclpy.init(signal_handler_options=SignalHandlerOptions.NO)

@@ -1,6 +1,6 @@
 """A camera-like test/benchmark stream: ``image_raw`` (rgb8) + ``scene_state`` at a fixed rate.
 
-    python -m rls3_ros.bags.stream_publisher --prefix /cam --rate 60 --count 300 --size 224
+    python -m rls3_ros.ros.stream_publisher --prefix /cam --rate 60 --count 300 --size 224
         [--backend mujoco] [--wait-subscribers 10]
 
 Frames are deterministic (:func:`frame`), so a bag can be checked message by message:
@@ -64,6 +64,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from rls3_msgs.msg import SceneState as SceneStateMsg
     from sensor_msgs.msg import Image
 
+    from rls3_ros.image_codec import numpy_to_image_msg
     from rls3_ros.nodes.conversions import CAMERA_FRAME, header_from_ns, scene_to_msg
 
     backend = None
@@ -103,13 +104,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             else:
                 img, scene = frame(i, a.size), None
             stamp = time.time_ns()
-            msg = Image()
-            msg.header = header_from_ns(stamp, CAMERA_FRAME)
-            msg.height, msg.width = img.shape[0], img.shape[1]
-            msg.encoding = "rgb8"
-            msg.step = img.shape[1] * 3
-            msg.data = img.tobytes()
-            pub_img.publish(msg)
+            pub_img.publish(numpy_to_image_msg(img, "rgb8", header_from_ns(stamp, CAMERA_FRAME), Image))
             if pub_scene is not None:
                 if scene is None:
                     scene = _scene(i, a.size, stamp)

@@ -168,7 +168,7 @@ class RecordResult:
 def _make_node(opts: RecordOptions, queue: ByteBoundedQueue, store, store_lock, stop, ros_context=None):
     from rclpy.node import Node
 
-    from rls3_ros.bags import rosutil
+    from rls3_ros.ros import rosutil
     from rls3_ros.bags.typestore import ensure_type
 
     class RecorderNode(Node):
@@ -302,7 +302,7 @@ def record(opts: RecordOptions, ros_args: Optional[List[str]] = None, stop=None,
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.signals import SignalHandlerOptions
 
-    from rls3_ros.bags import rosutil
+    from rls3_ros.ros import rosutil
 
     if opts.storage not in STORAGES:
         raise BagError(f"unknown storage {opts.storage!r} (use {' or '.join(STORAGES)})")
