@@ -14,7 +14,8 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        # YAML parameters and the Fast DDS localhost profile (rls3_ros.ros_isolation finds it there)
+        (f"share/{PACKAGE}/config", sorted(glob("config/*.yaml") + glob("config/*.xml"))),
         # the default grounded base model, found by rls3_ros.vlm.grounded.default_dirs()
         # after a non-editable install (pip install . / colcon build)
         (f"share/{PACKAGE}/models/grounded", sorted(f for f in glob("models/grounded/*") if os.path.isfile(f))),
@@ -22,8 +23,8 @@ setup(
         (f"share/{PACKAGE}/models/grounded_serving",
          sorted(f for f in glob("models/grounded_serving/*") if os.path.isfile(f))),
     ],
-    package_data={PACKAGE: ["assets/*", "assets/**/*"]},
-    include_package_data=True,
+    # runtime dependencies: requirements.txt (pinned pip wheels) and package.xml (rosdep keys
+    # + the pip-only list); test/test_packaging.py checks both against the code's imports
     install_requires=["setuptools", "pydantic>=2"],
     zip_safe=False,
     maintainer="rls3_ros developers",

@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from pathlib import Path
 from typing import Dict, Optional
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-FASTDDS_PROFILE = REPO_ROOT / "config" / "fastdds_localhost.xml"
+_PROFILE_NAME = "fastdds_localhost.xml"
+# the source tree's copy, else the one setup.py installs to <prefix>/share/rls3_ros/config/
+FASTDDS_PROFILE = next((p for p in (REPO_ROOT / "config" / _PROFILE_NAME,
+                                    Path(sys.prefix) / "share" / "rls3_ros" / "config" / _PROFILE_NAME) if p.is_file()),
+                       REPO_ROOT / "config" / _PROFILE_NAME)
 
 _counter = itertools.count()
 
