@@ -225,7 +225,7 @@ def run_benchmark(out_dir: Path, quick: bool = False, adapter: str = "", groundi
     import torch
 
     from rls3_ros.spatial_answers import load_model
-    from rls3_ros.train_cli import load_train_config
+    from rls3_ros.rl.config_files import load_train_config
 
     t0 = time.monotonic()
     cfg = load_train_config(quick=quick)

@@ -93,7 +93,7 @@ def _nan(x) -> float:
 
 def bench_config(sampler: str, seed: int, budget: int, quick: bool, overrides: Sequence[str] = ()) -> Dict[str, Any]:
     """The loop configuration of one benchmark run: the main job's, with the benchmark's protocol."""
-    from rls3_ros.train_cli import apply_sets, load_train_config
+    from rls3_ros.rl.config_files import apply_sets, load_train_config
 
     if sampler not in VARIANTS:
         raise ValueError(f"unknown sampler {sampler!r} (choose from {', '.join(VARIANTS)})")

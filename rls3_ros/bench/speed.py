@@ -85,7 +85,7 @@ def bench_loop(agent: str, n_samples: int, log=print) -> Dict[str, Any]:
     """The whole in-process RLS3 loop (``rls3 train``'s) for ``n_samples`` valid samples: samples/s
     over the loop's own time (fixed sets cached beforehand) and its time split per stage."""
     from rls3_ros.rl.loop import run_inprocess
-    from rls3_ros.train_cli import apply_sets, load_train_config
+    from rls3_ros.rl.config_files import apply_sets, load_train_config
 
     cfg = apply_sets(load_train_config(), [f"run.agent={agent}", f"loop.budget_valid_samples={n_samples}",
                                            "loop.patience=0"])
@@ -174,7 +174,7 @@ def run_speed(quick: bool, out_dir: Path, image_size: int = 224, log=print) -> D
     for agent in ("random", "sac"):
         log(f"[bench speed] the in-process training loop ({agent}, {40 if quick else 200} valid samples)")
         doc["loop"][agent] = bench_loop(agent, 40 if quick else 200)
-    from rls3_ros.train_cli import load_train_config
+    from rls3_ros.rl.config_files import load_train_config
 
     main_agent = load_train_config()["run"]["agent"]
     main = doc["loop"].get(main_agent) or doc["loop"]["sac"]
