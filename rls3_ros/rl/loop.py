@@ -44,6 +44,7 @@ DEFAULT_CONFIG: Dict[str, Any] = {
         "n_envs": 1,  # in-process: one backend per env
         "vlm": "grounded",
         "torch_threads": 2,
+        "sim_worker": True,  # in-process: simulators in worker processes, next scene built ahead (rl.sim_worker)
     },
     "loop": {k: v for k, v in asdict(SchedulerConfig()).items()},
     "env": {
@@ -419,13 +420,32 @@ def _takes_arg(fn) -> bool:
         return False
 
 
+def backend_params(rc: Dict[str, Any], seed: int) -> Dict[str, Any]:
+    """Constructor parameters of the loop's simulator backend (the loop uses RGB only: no depth pass)."""
+    params: Dict[str, Any] = {"image_size": int(rc["image_size"]), "seed": int(seed)}
+    if str(rc["backend"]).strip().lower() == "mujoco":
+        params["render_depth"] = False
+    return params
+
+
+def make_source(rc: Dict[str, Any], seed: int):
+    """The loop's simulator: a :class:`~rls3_ros.rl.sim_worker.PrefetchSource` (backends in worker
+    processes, the next scene built ahead) when ``run.sim_worker``, else a backend in this process."""
+    if rc.get("sim_worker", False):
+        from rls3_ros.rl.sim_worker import PrefetchSource
+
+        return PrefetchSource(rc["backend"], **backend_params(rc, seed))
+    from rls3_ros.sim.factory import make_backend
+
+    return BackendSource(make_backend(rc["backend"], **backend_params(rc, seed)))
+
+
 def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log: Callable[[str], None] = print,
                     vlm=None, pretrain: bool = True) -> LoopRunner:
     """Real MuJoCo backend(s) + caption oracle + embedded VLM, wired into a :class:`LoopRunner`."""
     import torch
 
     from rls3_ros.captions.oracle import CaptionOracle
-    from rls3_ros.sim.factory import make_backend
 
     rc = cfg["run"]
     torch.set_num_threads(int(rc.get("torch_threads", 2)))
@@ -452,8 +472,7 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
             return oracle.caption_scene(scene, rng=cap_rng)
 
     n_envs = max(1, int(rc.get("n_envs", 1)))
-    sources = [BackendSource(make_backend(rc["backend"], image_size=int(rc["image_size"]), seed=seed + i))
-               for i in range(n_envs)]
+    sources = [make_source(rc, seed + i) for i in range(n_envs)]
     scene_types = rc.get("scene_types") or list(sources[0].scene_types)
     ev = cfg["eval"]
     key = split_source_key(rc)
