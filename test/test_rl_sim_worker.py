@@ -115,3 +115,48 @@ def test_the_loop_learns_the_same_with_the_worker(tmp_path, monkeypatch):
         assert a[k] == b[k], k
     assert [c["test_accuracy"] for c in a["curve"]] == [c["test_accuracy"] for c in b["curve"]]
     assert a["iterations"] >= 2
+
+
+def test_features_are_computed_while_the_worker_simulates_and_scores_do_not_change():
+    """The loop's while_waiting hook puts each valid render's features into the grounded VLM's
+    cache during the next move; J2 scores from those cached features equal batched ones."""
+    import threading
+
+    import torch
+
+    from rls3_ros.rl.loop import feature_warmer
+    from rls3_ros.spatial_answers import load_model
+
+    torch.set_num_threads(1)
+    vlm = load_model("grounded")
+    cache = vlm.features
+    src = make_source({**RC, "image_size": 160, "sim_worker": True}, 0)
+    warmed = []
+
+    def spy(step):
+        before = len(cache._cache)
+        warm(step)
+        if len(cache._cache) > before:
+            warmed.append(step.image)
+
+    warm = feature_warmer(cache, threading.RLock())
+    src.while_waiting = spy
+    try:
+        env = RLS3Env(src, CaptionOracle().caption_scene, vlm.score, T=8, T0=8, seed=4)
+        rng = np.random.default_rng(2)
+        cache._cache.clear()
+        env.reset()
+        done = False
+        while not done:
+            _, _, done, _, info = env.step(rng.uniform(-1, 1, 6).astype(np.float32))
+        rec = info["episode_record"]
+        assert len(rec.samples) >= 3
+        # every valid render but the last was featurised while the next move ran
+        assert {hashlib.sha1(w.tobytes()).hexdigest() for w in warmed} >= {
+            hashlib.sha1(s.image.tobytes()).hexdigest() for s in rec.samples[:-1]}
+        cache._cache.clear()
+        batched = vlm.score(rec.samples)
+        assert [(s.sample_id, s.loss, s.correct) for s in batched] == [(s.sample_id, s.loss, s.correct)
+                                                                       for s in rec.scores]
+    finally:
+        src.close()

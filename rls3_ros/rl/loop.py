@@ -428,6 +428,23 @@ def backend_params(rc: Dict[str, Any], seed: int) -> Dict[str, Any]:
     return params
 
 
+def feature_warmer(features, lock) -> Callable:
+    """``PrefetchSource.while_waiting`` for the loop: the previous valid render's VLM features, put
+    in the model's feature cache while the worker simulates the next move (J2 scoring then finds
+    them). Skipped while a fine-tune or an evaluation holds the VLM lock."""
+
+    def warm(step) -> None:
+        if step is None or not step.valid:
+            return
+        if lock.acquire(blocking=False):
+            try:
+                features([step.image])
+            finally:
+                lock.release()
+
+    return warm
+
+
 def make_source(rc: Dict[str, Any], seed: int):
     """The loop's simulator: a :class:`~rls3_ros.rl.sim_worker.PrefetchSource` (backends in worker
     processes, the next scene built ahead) when ``run.sim_worker``, else a backend in this process."""
@@ -458,6 +475,8 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
         t0 = time.monotonic()
         vlm = load_model(rc["vlm"])  # "embedded", a model directory, or py:<module>:<fn>[:<arg>]
         log(f"VLM {rc['vlm']!r} loaded in {time.monotonic() - t0:.1f} s")
+    from rls3_ros.vlm.grounded import FeatureCache
+
     feats = getattr(vlm, "features", None)
     if feats is not None and hasattr(feats, "capacity"):
         feats.capacity = max(int(feats.capacity), LOOP_FEATURE_CACHE)
@@ -505,6 +524,8 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
             log(f"{name} set: {sum(len(s.relations) for s in splits[name])} relations {term_counts(splits[name])}")
     for s in sources:
         s.renders = 0
+        if hasattr(s, "while_waiting") and isinstance(feats, FeatureCache):
+            s.while_waiting = feature_warmer(feats, lock)
     envc = cfg["env"]
     scorer = LockedScorer(vlm, lock)
     envs = [RLS3Env(src, captioner, scorer, T=int(cfg["loop"]["T"]), T0=int(cfg["loop"]["T0"]), seed=seed * 1000 + i,

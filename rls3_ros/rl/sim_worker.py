@@ -7,7 +7,10 @@ its seed and scene type. :class:`PrefetchSource` keeps **two** backends, each in
 and alternates them by episode: while the env steps episode k on one, the other builds the scene
 of episode k+1 (the env says which through :meth:`PrefetchSource.prefetch` right after each
 reset). The main process (VLM scoring, fine-tuning, agent updates) and the simulator then run
-on different cores; moves stay synchronous (the agent's next action depends on their result).
+on different cores; moves stay synchronous (the agent's next action depends on their result),
+but while the worker simulates one, ``while_waiting`` runs here: the loop computes the VLM
+features of the previous valid render then (the feature cache hands them to the episode's J2
+scoring; the features are batch-invariant, so nothing changes but when they are computed).
 
 Determinism: a backend's reset re-seeds everything it draws from (``MuJoCoBackend._reset``), so
 a prefetched scene is the scene a serial :class:`~rls3_ros.rl.env.BackendSource` would build
@@ -25,7 +28,7 @@ import sys
 import threading
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 from rls3_ros.rl.env import Bounds, SimSource, SimStep
 from rls3_ros.sim.backend import MoveAction
@@ -141,6 +144,10 @@ class PrefetchSource(SimSource):
         self._bounds: Optional[Bounds] = None
         self.prefetch_hits = 0
         self.prefetch_misses = 0
+        # called with the previous move's SimStep (None after a reset) while a move is simulated in
+        # the worker: the loop computes that image's VLM features there (cached for J2 scoring)
+        self.while_waiting: Optional[Callable[[Optional[SimStep]], None]] = None
+        self._last_step: Optional[SimStep] = None
         try:
             self._scene_types, self._categories = self._workers[0].started()
             self._workers[1].started()
@@ -193,12 +200,20 @@ class PrefetchSource(SimSource):
                 self.prefetch_misses += 1
                 step, bounds = w.call("reset", *key)
             self._bounds = bounds
+            self._last_step = None
             self.renders += 1
             return step
 
     def apply(self, action: MoveAction) -> SimStep:
         with self._lock:
-            step = self._workers[self._active].call("apply", action)
+            w = self._workers[self._active]
+            w.send("apply", action)
+            try:
+                if self.while_waiting is not None:  # this process's work while the worker simulates
+                    self.while_waiting(self._last_step)
+            finally:
+                step = w._result()
+            self._last_step = step
             self.renders += 1
             return step
 
