@@ -160,3 +160,17 @@ def test_features_are_computed_while_the_worker_simulates_and_scores_do_not_chan
                                                                        for s in rec.scores]
     finally:
         src.close()
+
+
+def test_torch_leaves_the_simulator_workers_a_core(monkeypatch):
+    import os
+
+    from rls3_ros.rl.loop import loop_torch_threads
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert loop_torch_threads({"torch_threads": 2, "sim_worker": True}) == 1
+    assert loop_torch_threads({"torch_threads": 2, "sim_worker": False}) == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert loop_torch_threads({"torch_threads": 2, "sim_worker": True}) == 2
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert loop_torch_threads({"torch_threads": 2, "sim_worker": True}) == 1

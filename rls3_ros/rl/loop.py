@@ -44,7 +44,8 @@ DEFAULT_CONFIG: Dict[str, Any] = {
         "n_envs": 1,  # in-process: one backend per env
         "vlm": "grounded",
         "torch_threads": 2,
-        "sim_worker": True,  # in-process: simulators in worker processes, next scene built ahead (rl.sim_worker)
+        "sim_worker": True,  # in-process: simulators in worker processes, next scene built ahead (rl.sim_worker);
+        # torch then keeps a core free for them (at most cores - 1 threads, loop_torch_threads)
     },
     "loop": {k: v for k, v in asdict(SchedulerConfig()).items()},
     "env": {
@@ -428,6 +429,16 @@ def backend_params(rc: Dict[str, Any], seed: int) -> Dict[str, Any]:
     return params
 
 
+def loop_torch_threads(rc: Dict[str, Any]) -> int:
+    """Torch threads of the loop's process: ``run.torch_threads``, but with the simulator in worker
+    processes no more than the cores minus one (they simulate while torch works; two torch threads
+    sharing a core with a busy worker spin in OpenMP barriers: measured 5-10x slower steps)."""
+    threads = max(1, int(rc.get("torch_threads", 2)))
+    if rc.get("sim_worker", False):
+        threads = min(threads, max(1, (os.cpu_count() or 1) - 1))
+    return threads
+
+
 def feature_warmer(features, lock) -> Callable:
     """``PrefetchSource.while_waiting`` for the loop: the previous valid render's VLM features, put
     in the model's feature cache while the worker simulates the next move (J2 scoring then finds
@@ -465,7 +476,11 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
     from rls3_ros.captions.oracle import CaptionOracle
 
     rc = cfg["run"]
-    torch.set_num_threads(int(rc.get("torch_threads", 2)))
+    threads = loop_torch_threads(rc)
+    if threads != int(rc.get("torch_threads", 2)):
+        log(f"torch threads: {threads} (run.torch_threads={rc.get('torch_threads')}; the simulator workers use a core "
+            f"of {os.cpu_count()})")
+    torch.set_num_threads(threads)
     torch.manual_seed(int(rc["seed"]))
     if vlm is None:
         from rls3_ros.spatial_answers import load_model
