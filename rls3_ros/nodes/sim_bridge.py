@@ -263,7 +263,8 @@ class SimBridge(Node):
 
 def main(args: Optional[List[str]] = None) -> int:
     limit_malloc_arenas()  # before rclpy and the executor start their threads
-    return run_node(SimBridge, args)
+    # one executor thread: both services share one mutually exclusive group (the backend is serial)
+    return run_node(SimBridge, args, num_threads=1)
 
 
 if __name__ == "__main__":
