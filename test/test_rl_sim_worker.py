@@ -174,3 +174,38 @@ def test_torch_leaves_the_simulator_workers_a_core(monkeypatch):
     assert loop_torch_threads({"torch_threads": 2, "sim_worker": True}) == 2
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     assert loop_torch_threads({"torch_threads": 2, "sim_worker": True}) == 1
+
+
+def test_ctrl_c_leaves_no_worker_and_no_worker_traceback(tmp_path):
+    """Ctrl-C reaches the whole process group (a terminal): the workers ignore it, the loop's
+    process closes them, none is left behind and none prints a traceback."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "hold.py"
+    script.write_text(
+        "import time\n"
+        "from rls3_ros.rl.sim_worker import PrefetchSource\n"
+        "src = PrefetchSource('mujoco', image_size=32, seed=0, render_depth=False)\n"
+        "src.reset(1); src.prefetch(2, None)\n"
+        "print('pids', *[w.proc.pid for w in src._workers], flush=True)\n"
+        "try:\n"
+        "    time.sleep(60)\n"
+        "except KeyboardInterrupt:\n"
+        "    src.close()\n"
+        "    print('closed', flush=True)\n")
+    p = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True)
+    line = p.stdout.readline()
+    assert line.startswith("pids"), (line, p.stderr.read() if p.poll() is not None else "")
+    pids = [int(x) for x in line.split()[1:]]
+    os.killpg(p.pid, signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert "closed" in out
+    assert "Traceback" not in err, err
+    time.sleep(0.5)
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"

@@ -226,4 +226,7 @@ class PrefetchSource(SimSource):
 
 
 if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the loop's to handle: it closes its workers
     _serve(Connection(int(sys.argv[1])))
