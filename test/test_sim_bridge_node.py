@@ -32,6 +32,15 @@ def test_bridges_in_namespaces_answer_reset_and_apply(ros_env, rclpy_node):
         assert ra.scene.scene_type == "bedroom" and ra.scene.seed == 5 and len(ra.scene.objects) == 3
         assert (ra.image.width, ra.image.height, ra.image.encoding) == (64, 64, "rgb8")
         assert ra.scene.header.stamp == ra.image.header.stamp and ra.scene.header.frame_id == "world"
+        # the reset's own render is answered (no second render): the image a fresh render gives
+        import numpy as np
+
+        from rls3_ros.sim.factory import make_backend
+
+        with make_backend("mujoco", image_size=64, seed=1, render_depth=False) as local:
+            local.reset(5, "bedroom")
+            want = local.render().rgb
+        assert np.array_equal(np.frombuffer(bytes(ra.image.data), np.uint8).reshape(64, 64, 3), want)
         stamp = ra.image.header.stamp
         # the same frame went out on the topics with the one shared stamp
         poll_until(lambda: any(m.header.stamp == stamp for m in got["image"])

@@ -157,3 +157,46 @@ def test_a_model_without_grounding_locates_nothing():
     img = np.zeros((64, 64, 3), np.uint8)
     assert m.locate(img, "red mug") is None
     assert m.locate_many(img, ["red mug", "lamp"]) == [None, None]
+
+
+def test_locating_after_an_answer_reuses_its_forward_pass_exactly():
+    """``where`` then ``locate_many`` on the same image (the spatial_query node's order): the
+    locations come from the answer's own attention logits, bit for bit what a fresh pass gives;
+    another image, other descriptions or a changed adapter are computed afresh."""
+    from rls3_ros.query_bench import REFERENCE, SUBJECT, make_image
+    from rls3_ros.spatial_answers import load_model
+
+    torch.set_num_threads(1)
+    vlm = load_model("grounded")
+    im, other = make_image(128, seed=3), make_image(128, seed=4)
+    names = [SUBJECT, REFERENCE]
+    fresh = vlm.attention_maps(im, names)
+    calls = []
+    real = vlm.base.keys_values
+
+    def maps(image, descriptions):  # attention_maps, counting its own forward passes
+        calls.clear()
+        vlm.base.keys_values = lambda f: calls.append(1) or real(f)
+        try:
+            return vlm.attention_maps(image, descriptions), len(calls)
+        finally:
+            vlm.base.keys_values = real
+
+    try:
+        vlm.where(im, SUBJECT, REFERENCE)
+        got, n = maps(im, names)
+        assert n == 0 and np.array_equal(got, fresh)  # no second pass, the same maps
+        assert maps(im, names)[1] == 1  # the memo is used once
+        vlm.where(im, SUBJECT, REFERENCE)
+        assert maps(other, names)[1] == 1  # another image
+        vlm.where(im, SUBJECT, REFERENCE)
+        assert maps(im, [REFERENCE, SUBJECT])[1] == 1  # other descriptions
+        vlm.where(im, SUBJECT, REFERENCE)
+        vlm._ensure_adapter()  # weights change: the base's pass must not be reused
+        for p in vlm.base.parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.5)
+        got, n = maps(im, names)
+        assert n == 1 and not np.array_equal(got, fresh)
+    finally:
+        vlm.reset_adapter()

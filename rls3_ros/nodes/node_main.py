@@ -7,7 +7,7 @@ from typing import Callable, List, Optional
 
 import rclpy
 from rclpy.exceptions import NameValidationException, ParameterException
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 from rclpy.node import Node
 
 
@@ -19,7 +19,9 @@ def run_node(factory: Callable[[], Node], args: Optional[List[str]] = None, num_
     """Create the node from ``factory`` and spin it until Ctrl-C or shutdown; return an exit code.
 
     ``NodeStartupError`` raised by the factory is reported on stderr as one line (exit 2), so a
-    launcher shows why a node did not start instead of a traceback.
+    launcher shows why a node did not start instead of a traceback. ``num_threads`` <= 1: a
+    single-threaded executor (a node whose callbacks run one at a time anyway saves the thread
+    pool's hand-off on every request).
     """
     label = getattr(factory, "__name__", "node")
     try:
@@ -32,7 +34,7 @@ def run_node(factory: Callable[[], Node], args: Optional[List[str]] = None, num_
     code = 0
     try:
         node = factory()
-        executor = MultiThreadedExecutor(num_threads=num_threads)
+        executor = SingleThreadedExecutor() if num_threads <= 1 else MultiThreadedExecutor(num_threads=num_threads)
         executor.add_node(node)
         try:
             executor.spin()

@@ -188,6 +188,12 @@ class SimBridge(Node):
         self.scene_pub.publish(scene_msg)
         return scene_msg, img
 
+    def _render_after_reset(self):
+        """The render the reset just made (MuJoCo keeps it), else a new one."""
+        last = getattr(self.backend, "last_render", None)
+        render = last() if callable(last) else None
+        return render if render is not None else self.backend.render()
+
     # ------------------------------------------------------------------ services
     def _on_reset(self, request: ResetScene.Request, response: ResetScene.Response) -> ResetScene.Response:
         try:
@@ -199,7 +205,7 @@ class SimBridge(Node):
                 return response
             with self._lock:
                 scene = self.backend.reset(int(request.seed), scene_type)
-                render = self.backend.render()
+                render = self._render_after_reset()
                 response.scene, response.image = self._publish(scene, render.rgb)
             response.success = True
             response.message = f"scene {scene.scene_id}"
@@ -257,7 +263,8 @@ class SimBridge(Node):
 
 def main(args: Optional[List[str]] = None) -> int:
     limit_malloc_arenas()  # before rclpy and the executor start their threads
-    return run_node(SimBridge, args)
+    # one executor thread: both services share one mutually exclusive group (the backend is serial)
+    return run_node(SimBridge, args, num_threads=1)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,9 @@ class RunConfig(_Section):
     n_envs: int = _f(1, "parallel simulators (one backend each)", node=False, ge=1)
     vlm: str = _f("grounded", "model spec: grounded | embedded | clip:/dir | ... | py:mod:fn", node=False)
     torch_threads: int = _f(2, "torch intra-op threads", node=False, ge=1)
+    sim_worker: bool = _f(True, "in-process loop: simulators in worker processes, the next episode's scene built "
+                          "ahead (rls3_ros.rl.sim_worker); torch then keeps a core free (at most cores - 1 threads)",
+                          node=False)
 
 
 class LoopConfig(_Section):

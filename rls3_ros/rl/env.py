@@ -99,6 +99,9 @@ class SimSource(abc.ABC):
     def apply(self, action: MoveAction) -> SimStep:
         """Apply a move; an invalid one leaves the scene as it was."""
 
+    # Optional: ``prefetch(seed, scene_type)`` -- the env calls it after every reset with the next
+    # episode's scene, so a source can build it ahead (``rls3_ros.rl.sim_worker.PrefetchSource``).
+
     def placement_bounds(self, scene: SceneState) -> Bounds:
         """World box (lo, hi) where targets may be put. Default: around the scene's objects."""
         return bounds_from_scene(scene)
@@ -139,8 +142,11 @@ class BackendSource(SimSource):
     def reset(self, seed: int, scene_type: Optional[str] = None) -> SimStep:
         with self._lock:
             scene = self.backend.reset(int(seed), scene_type)
-            render = self.backend.render()
-            scene = self.backend.state()
+            last = getattr(self.backend, "last_render", None)
+            render = last() if callable(last) else None  # the reset rendered the scene already
+            if render is None:
+                render = self.backend.render()
+                scene = self.backend.state()
             self.renders += 1
         return SimStep(True, "", scene, render.rgb)
 
@@ -328,6 +334,10 @@ class RLS3Env(gym.Env):
                 self._cur_seed = (self._cur_seed + 104_729) % 1_000_000_000
         self._scene = res.scene
         self._cur_type = res.scene.scene_type
+        prefetch = getattr(self.source, "prefetch", None)
+        if prefetch is not None:  # a source that can build the next episode's scene ahead (rl.sim_worker)
+            nxt = self.scene_types[self.episode % len(self.scene_types)] if self.scene_types else None
+            prefetch(self.scene_seed(self.episode), nxt)
         self._reset_timing = {"sim": time.perf_counter() - t_reset}
         self._t = 0
         self._samples = []

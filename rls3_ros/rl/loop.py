@@ -302,16 +302,66 @@ def _takes_arg(fn) -> bool:
         return False
 
 
+def backend_params(rc: Dict[str, Any], seed: int) -> Dict[str, Any]:
+    """Constructor parameters of the loop's simulator backend (the loop uses RGB only: no depth pass)."""
+    params: Dict[str, Any] = {"image_size": int(rc["image_size"]), "seed": int(seed)}
+    if str(rc["backend"]).strip().lower() == "mujoco":
+        params["render_depth"] = False
+    return params
+
+
+def loop_torch_threads(rc: Dict[str, Any]) -> int:
+    """Torch threads of the loop's process: ``run.torch_threads``, but with the simulator in worker
+    processes no more than the cores minus one (they simulate while torch works; two torch threads
+    sharing a core with a busy worker spin in OpenMP barriers: measured 5-10x slower steps)."""
+    threads = max(1, int(rc.get("torch_threads", 2)))
+    if rc.get("sim_worker", False):
+        threads = min(threads, max(1, (os.cpu_count() or 1) - 1))
+    return threads
+
+
+def feature_warmer(features, lock) -> Callable:
+    """``PrefetchSource.while_waiting`` for the loop: the previous valid render's VLM features, put
+    in the model's feature cache while the worker simulates the next move (J2 scoring then finds
+    them). Skipped while a fine-tune or an evaluation holds the VLM lock."""
+
+    def warm(step) -> None:
+        if step is None or not step.valid:
+            return
+        if lock.acquire(blocking=False):
+            try:
+                features([step.image])
+            finally:
+                lock.release()
+
+    return warm
+
+
+def make_source(rc: Dict[str, Any], seed: int):
+    """The loop's simulator: a :class:`~rls3_ros.rl.sim_worker.PrefetchSource` (backends in worker
+    processes, the next scene built ahead) when ``run.sim_worker``, else a backend in this process."""
+    if rc.get("sim_worker", False):
+        from rls3_ros.rl.sim_worker import PrefetchSource
+
+        return PrefetchSource(rc["backend"], **backend_params(rc, seed))
+    from rls3_ros.sim.factory import make_backend
+
+    return BackendSource(make_backend(rc["backend"], **backend_params(rc, seed)))
+
+
 def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log: Callable[[str], None] = print,
                     vlm=None, pretrain: bool = True) -> LoopRunner:
     """Real MuJoCo backend(s) + caption oracle + embedded VLM, wired into a :class:`LoopRunner`."""
     import torch
 
     from rls3_ros.captions.oracle import CaptionOracle
-    from rls3_ros.sim.factory import make_backend
 
     rc = cfg["run"]
-    torch.set_num_threads(int(rc.get("torch_threads", 2)))
+    threads = loop_torch_threads(rc)
+    if threads != int(rc.get("torch_threads", 2)):
+        log(f"torch threads: {threads} (run.torch_threads={rc.get('torch_threads')}; the simulator workers use a core "
+            f"of {os.cpu_count()})")
+    torch.set_num_threads(threads)
     torch.manual_seed(int(rc["seed"]))
     if vlm is None:
         from rls3_ros.spatial_answers import load_model
@@ -321,6 +371,8 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
         t0 = time.monotonic()
         vlm = load_model(rc["vlm"])  # "embedded", a model directory, or py:<module>:<fn>[:<arg>]
         log(f"VLM {rc['vlm']!r} loaded in {time.monotonic() - t0:.1f} s")
+    from rls3_ros.vlm.grounded import FeatureCache
+
     feats = getattr(vlm, "features", None)
     if feats is not None and hasattr(feats, "capacity"):
         feats.capacity = max(int(feats.capacity), LOOP_FEATURE_CACHE)
@@ -335,8 +387,7 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
             return oracle.caption_scene(scene, rng=cap_rng)
 
     n_envs = max(1, int(rc.get("n_envs", 1)))
-    sources = [BackendSource(make_backend(rc["backend"], image_size=int(rc["image_size"]), seed=seed + i))
-               for i in range(n_envs)]
+    sources = [make_source(rc, seed + i) for i in range(n_envs)]
     scene_types = rc.get("scene_types") or list(sources[0].scene_types)
     ev = cfg["eval"]
     key = split_source_key(rc)
@@ -368,6 +419,8 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
             log(f"{name} set: {sum(len(s.relations) for s in splits[name])} relations {term_counts(splits[name])}")
     for s in sources:
         s.renders = 0
+        if hasattr(s, "while_waiting") and isinstance(feats, FeatureCache):
+            s.while_waiting = feature_warmer(feats, lock)
     envc = cfg["env"]
     scorer = LockedScorer(vlm, lock)
     envs = [RLS3Env(src, captioner, scorer, T=int(cfg["loop"]["T"]), T0=int(cfg["loop"]["T0"]), seed=seed * 1000 + i,

@@ -261,6 +261,11 @@ class MuJoCoBackend(SimulatorBackend):
     def apply(self, action: MoveAction) -> MoveResult:
         return self._call(self._apply, action)
 
+    def last_render(self) -> Optional[Render]:
+        """The render of the current scene made by the latest ``reset``/``apply``/``render`` (None
+        before the first scene): what ``render()`` would return, without rendering again."""
+        return self._call(lambda: self._last_render)
+
     def settle(self, seconds: float = 1.0) -> SceneState:
         """Run the physics ``seconds`` of simulated time further with no move, re-render and
         return the new state (boxes, visibility and supports from after the extra time).

@@ -349,6 +349,8 @@ class GroundedVLM(SpatialVLM):
         self.lock = threading.RLock()
         self.peft = None  # PeftModel wrapping self.base while an adapter is active
         self._adapter_path = ""
+        # (image key, descriptions, attention logits) of the last axis_probs pass (attention_maps reuses it)
+        self._att_memo: Optional[Tuple[str, List[str], torch.Tensor]] = None
         self._rng = np.random.default_rng(seed)
         self._parse_cache: Dict[str, Optional[Tuple[str, Tuple[str, ...], str]]] = {}
         self.replay: List[Sample] = []
@@ -442,10 +444,20 @@ class GroundedVLM(SpatialVLM):
         return out
 
     def axis_probs(self, image: np.ndarray, pairs: Sequence[Tuple[str, str]]) -> np.ndarray:
-        """(N, 11) per-axis probabilities for each (subject, reference) in ``image``."""
+        """(N, 11) per-axis probabilities for each (subject, reference) in ``image``.
+
+        The forward pass also grounds every subject and reference; those attention logits are kept
+        for the next :meth:`attention_maps` call on the same image and the same descriptions (a
+        query answered and then located: ``where`` + ``locate_many`` run one forward pass)."""
+        subj, ref = [p[0].lower() for p in pairs], [p[1].lower() for p in pairs]
         with self.lock, torch.no_grad():
             feats = self.features([image])
-            lp = self._axis_logp(feats, [0] * len(pairs), [p[0].lower() for p in pairs], [p[1].lower() for p in pairs])
+            if 0 < len(pairs) <= 2048:
+                lg, att_s, att_r = self.base(feats, torch.zeros(len(pairs), dtype=torch.long), subj, ref)
+                lp = axis_log_probs(lg)
+                self._att_memo = (image_key(image), subj + ref, torch.cat([att_s, att_r]))
+            else:
+                lp = self._axis_logp(feats, [0] * len(pairs), subj, ref)
         return lp.exp().numpy()
 
     def where(self, image: np.ndarray, subject: str, reference: str) -> Dict[str, float]:
@@ -489,6 +501,9 @@ class GroundedVLM(SpatialVLM):
         if not descriptions:
             return np.zeros((0, self.config.grid ** 2), np.float32)
         with self.lock, torch.no_grad():
+            memo, self._att_memo = self._att_memo, None  # used once: the weights may change after
+            if memo is not None and memo[1] == [d.lower() for d in descriptions] and memo[0] == image_key(image):
+                return torch.softmax(memo[2], -1).numpy()  # the same logits this pass would compute
             feats = self.features([image]).float()
             keys, values = self.base.keys_values(feats)
             text = self.base.describe([d.lower() for d in descriptions])
@@ -588,6 +603,7 @@ class GroundedVLM(SpatialVLM):
                     cancel: Optional[threading.Event] = None, time_budget: float = 0.0, warmup: int = 30,
                     weight_decay: float = 0.01) -> FineTuneResult:
         """AdamW with warm-up + cosine decay over ``steps`` (or over ``time_budget`` seconds when > 0)."""
+        self._att_memo = None
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
         t0 = time.monotonic()
         losses: List[float] = []
@@ -657,6 +673,7 @@ class GroundedVLM(SpatialVLM):
         from peft import get_peft_model
 
         if self.peft is None:
+            self._att_memo = None
             try:
                 self.peft = get_peft_model(self.base, self._peft_config())
             except ValueError as e:
@@ -664,6 +681,7 @@ class GroundedVLM(SpatialVLM):
             self.base.eval()
 
     def _unwrap(self) -> None:
+        self._att_memo = None
         if self.peft is not None:
             self.peft.unload()
             self.peft = None
@@ -738,6 +756,7 @@ class GroundedVLM(SpatialVLM):
                 raise ValueError(f"adapter in {directory} does not fit this model: {e}") from e
             self.base.eval()
             self._adapter_path = directory
+            self._att_memo = None
 
     def reset_adapter(self) -> None:
         with self.lock:
