@@ -14,7 +14,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        # YAML parameters and the Fast DDS localhost profile (rls3_ros.ros_isolation finds it there)
+        # YAML parameters and the Fast DDS localhost profile (rls3_ros.ros.isolation finds it there)
         (f"share/{PACKAGE}/config", sorted(glob("config/*.yaml") + glob("config/*.xml"))),
         # the default grounded base model, found by rls3_ros.vlm.grounded.default_dirs()
         # after a non-editable install (pip install . / colcon build)
@@ -33,12 +33,12 @@ setup(
     license="Apache-2.0",
     entry_points={
         "console_scripts": [
-            "rls3 = rls3_ros.cli:main",
-            "sim_bridge = rls3_ros.nodes.sim_bridge:main",
-            "caption_oracle = rls3_ros.nodes.caption_oracle:main",
-            "rl_sampler = rls3_ros.nodes.rl_sampler:main",
-            "vlm_trainer = rls3_ros.nodes.vlm_trainer:main",
-            "spatial_query = rls3_ros.nodes.spatial_query:main",
+            "rls3 = rls3_ros.cli.main:main",
+            "sim_bridge = rls3_ros.ros.nodes.sim_bridge:main",
+            "caption_oracle = rls3_ros.ros.nodes.caption_oracle:main",
+            "rl_sampler = rls3_ros.ros.nodes.rl_sampler:main",
+            "vlm_trainer = rls3_ros.ros.nodes.vlm_trainer:main",
+            "spatial_query = rls3_ros.ros.nodes.spatial_query:main",
         ],
     },
 )

@@ -34,7 +34,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from rls3_ros.ros_isolation import isolated_ros_env  # noqa: E402
+from rls3_ros.ros.isolation import isolated_ros_env  # noqa: E402
 
 PY = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")

@@ -71,14 +71,14 @@ def bench_render(size: int, frames: int) -> dict:
 
 class _RosClient:
     def __init__(self, size: int, root: Path):
-        from rls3_ros.ros_isolation import isolated_ros_env
+        from rls3_ros.ros.isolation import isolated_ros_env
 
         env = isolated_ros_env(root)
         os.environ.update({k: v for k, v in env.items() if k.startswith(("ROS_", "FASTDDS", "RMW_"))})
         self.log_path = root / "bridge.log"
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "rls3_ros.nodes.sim_bridge", "--ros-args", "-r", "__ns:=/bench",
+            [sys.executable, "-m", "rls3_ros.ros.nodes.sim_bridge", "--ros-args", "-r", "__ns:=/bench",
              "-p", f"image_size:={size}", "-p", "seed:=0"], env=env, stdout=self.log, stderr=subprocess.STDOUT)
         import rclpy
         from rls3_msgs.srv import ApplyAction, ResetScene
@@ -99,7 +99,7 @@ class _RosClient:
         return fut.result()
 
     def reset(self, seed: int):
-        from rls3_ros.nodes.conversions import msg_to_scene
+        from rls3_ros.ros.nodes.conversions import msg_to_scene
 
         r = self.call(self.reset_c, self.ResetScene.Request(seed=seed))
         if not r.success:
@@ -107,7 +107,7 @@ class _RosClient:
         return msg_to_scene(r.scene)
 
     def apply(self, a):
-        from rls3_ros.nodes.conversions import msg_to_scene
+        from rls3_ros.ros.nodes.conversions import msg_to_scene
 
         req = self.ApplyAction.Request(action_type=a.action_type, object_id=a.object_id)
         if a.position is not None:

@@ -6,7 +6,7 @@
 Images: the pretraining held-out set (``render_corpus(n, seed 7919, 160 px)``: MuJoCo scenes of
 other seeds than any training image, every relation the caption oracle states). For every
 relation the model is asked "where is <subject> relative to <reference>?" exactly as the
-``spatial_query`` node answers it (``rls3_ros.spatial_answers.answer_query``: per axis the term
+``spatial_query`` node answers it (``rls3_ros.vlm.answers.answer_query``: per axis the term
 with probability >= 0.5). Scores per model:
 
 - ``exact``: the answer's term set equals the oracle's;
@@ -62,7 +62,7 @@ def score_answers(pairs: Sequence[tuple]) -> Dict[str, object]:
 
 
 def where_pairs(model, samples) -> List[tuple]:
-    from rls3_ros.spatial_answers import QueryRequest, answer_query
+    from rls3_ros.vlm.answers import QueryRequest, answer_query
 
     out = []
     for s in samples:
@@ -77,7 +77,7 @@ def where_pairs(model, samples) -> List[tuple]:
 def main(argv=None) -> int:
     import torch
 
-    from rls3_ros.spatial_answers import load_model
+    from rls3_ros.vlm.answers import load_model
     from rls3_ros.vlm.pretrain import render_corpus
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -1,6 +1,6 @@
 """Query graph of rls3_ros for a real ROS 2 install (``ros2 launch rls3_ros query.launch.py``).
 
-The nodes come from ``rls3_ros.graph_spec`` (``query_graph``), the same description
+The nodes come from ``rls3_ros.ros.graph_spec`` (``query_graph``), the same description
 ``rls3 launch query`` starts, from the same parameter file (config/query.yaml): a spatial_query
 node answering SpatialQuery requests on a given image or on the latest frame of a camera topic
 (remap ``image_topic`` to your robot's camera), and optionally a sim_bridge as a demo camera.
@@ -22,7 +22,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 
-from rls3_ros.graph_spec import apply_sets, bool_arg, launch_actions, parse_set, query_graph
+from rls3_ros.ros.graph_spec import apply_sets, bool_arg, launch_actions, parse_set, query_graph
 
 
 def _nodes(context, *args, **kwargs):

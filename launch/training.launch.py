@@ -1,6 +1,6 @@
 """Training graph of rls3_ros for a real ROS 2 install (``ros2 launch rls3_ros training.launch.py``).
 
-The nodes, namespaces, parameters, remappings and respawn come from ``rls3_ros.graph_spec``
+The nodes, namespaces, parameters, remappings and respawn come from ``rls3_ros.ros.graph_spec``
 (``training_graph``), the same description ``rls3 launch training`` starts, from the same
 parameter file (config/training.yaml):
   - ``bridges`` sim_bridge nodes (namespaces sim0..simN-1 when N > 1),
@@ -29,7 +29,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 
-from rls3_ros.graph_spec import apply_sets, bool_arg, launch_actions, parse_set, training_graph
+from rls3_ros.ros.graph_spec import apply_sets, bool_arg, launch_actions, parse_set, training_graph
 
 
 def _nodes(context, *args, **kwargs):
@@ -38,7 +38,7 @@ def _nodes(context, *args, **kwargs):
 
     resumed = None
     if arg("resume"):
-        from rls3_ros.graph_launcher import resume_info
+        from rls3_ros.ros.launcher import resume_info
 
         try:
             resumed = resume_info(arg("resume"))

@@ -19,7 +19,7 @@ if os.environ.get("CI"):
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from rls3_ros.ros_isolation import isolated_ros_env  # noqa: E402
+from rls3_ros.ros.isolation import isolated_ros_env  # noqa: E402
 
 # Process-wide defaults before anything imports rclpy (logging is set up once per process).
 _SESSION_ROOT = Path(tempfile.mkdtemp(prefix="rls3-test-"))

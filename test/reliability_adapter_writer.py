@@ -17,7 +17,7 @@ import time
 import peft
 import torch
 
-from rls3_ros.spatial_answers import load_model
+from rls3_ros.vlm.answers import load_model
 
 
 def main() -> int:

@@ -17,7 +17,7 @@ from typing import Dict, Iterator, List, Mapping, Tuple
 
 import pytest
 
-from rls3_ros.ros_isolation import isolated_ros_env
+from rls3_ros.ros.isolation import isolated_ros_env
 
 TEST_DIR = Path(__file__).resolve().parent
 REPO = TEST_DIR.parent

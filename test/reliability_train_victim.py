@@ -51,11 +51,11 @@ def main() -> int:
 
     import vlm_test_model
     from rls3_ros.captions.oracle import CaptionOracle
-    from rls3_ros.rl import run_dir as run_dir_mod
-    from rls3_ros.rl.datasets import generate_samples
-    from rls3_ros.rl.env import BackendSource, RLS3Env
-    from rls3_ros.rl.loop import DEFAULT_CONFIG, InProcessEvaluator, InProcessTrainer, LoopRunner, LockedScorer, merge_config
-    from rls3_ros.rl.run_dir import RunDir, write_yaml
+    from rls3_ros.loop import run_dir as run_dir_mod
+    from rls3_ros.loop.datasets import generate_samples
+    from rls3_ros.loop.env import BackendSource, RLS3Env
+    from rls3_ros.loop.runner import DEFAULT_CONFIG, InProcessEvaluator, InProcessTrainer, LoopRunner, LockedScorer, merge_config
+    from rls3_ros.loop.run_dir import RunDir, write_yaml
     from rls3_ros.sim.factory import make_backend
 
     state = {"iteration": 0}

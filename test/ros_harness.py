@@ -30,7 +30,7 @@ def poll_until(predicate: Callable[[], object], timeout: float, what: str = "con
 class NodeProcess:
     """A real process (node or program) with its output in a log file.
 
-    ``args`` is the command after the interpreter, e.g. ``["-m", "rls3_ros.nodes.sim_bridge",
+    ``args`` is the command after the interpreter, e.g. ``["-m", "rls3_ros.ros.nodes.sim_bridge",
     "--ros-args", "-p", "image_size:=64"]``; a first element that is a path to a .py file runs
     that script. On exit the process gets SIGINT, then SIGTERM, then SIGKILL.
     """

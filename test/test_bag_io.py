@@ -26,7 +26,7 @@ from rls3_ros.bags.images import image_at, image_topics, iter_images
 from rls3_ros.ros.replayer import cli_replay
 from rls3_ros.bags.sample_reader import iter_samples, read_samples, sample_topics
 from rls3_ros.bags.typestore import base_typestore, newest_ros2_store, rls3_msg_dir
-from rls3_ros.scene import CameraModel, ObjectState, Sample, SceneState, SpatialRelation
+from rls3_ros.core.scene import CameraModel, ObjectState, Sample, SceneState, SpatialRelation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,7 +128,7 @@ def test_bag_samples_match_the_rclpy_node_conversions(tmp_path):
     from rclpy.serialization import deserialize_message, serialize_message
     from rls3_msgs.msg import Sample as SampleMsg
 
-    from rls3_ros.nodes.conversions import msg_to_sample, sample_to_msg
+    from rls3_ros.ros.nodes.conversions import msg_to_sample, sample_to_msg
 
     store = base_typestore()
     for s in make_samples(4, seed=3):
@@ -330,7 +330,7 @@ def test_cli_in_a_real_process_exits_nonzero_without_traceback(tmp_path, ros_env
 
 
 def test_bag_cli_exports_a_caption_dataset_and_reports(tmp_path, capsys):
-    from rls3_ros.bags.bag_cli import cli_bag
+    from rls3_ros.cli.bag import cli_bag
     from rls3_ros.captions.dataset import read_dataset, write_dataset
 
     write_dataset(make_samples(5), tmp_path / "ds", write_segmentation=False)
@@ -347,16 +347,16 @@ def test_bag_cli_exports_a_caption_dataset_and_reports(tmp_path, capsys):
 
 def test_no_bag_module_loads_rclpy_or_the_ros_layer():
     """Every module under rls3_ros/bags (found on disk, so a new one is covered), imported one
-    after another in a fresh interpreter: none loads rclpy, rls3_ros.nodes or rls3_ros.ros."""
+    after another in a fresh interpreter: none loads rclpy, rls3_ros.ros.nodes or rls3_ros.ros."""
     import rls3_ros.bags
 
     bag_dir = Path(rls3_ros.bags.__file__).parent
     modules = ["rls3_ros.bags"] + sorted(f"rls3_ros.bags.{f.stem}" for f in bag_dir.glob("*.py") if f.stem != "__init__")
-    assert {"rls3_ros.bags.bagio", "rls3_ros.bags.bag_cli", "rls3_ros.bags.convert"} <= set(modules)
+    assert {"rls3_ros.bags.bagio", "rls3_ros.bags.convert"} <= set(modules)
     code = ("import importlib, sys\n"
             f"for name in {modules!r}:\n"
             "    importlib.import_module(name)\n"
-            "    bad = sorted(m for m in sys.modules if m.split('.')[0] == 'rclpy' or m.startswith(('rls3_ros.nodes', 'rls3_ros.ros')))\n"
+            "    bad = sorted(m for m in sys.modules if m.split('.')[0] == 'rclpy' or m.startswith(('rls3_ros.ros.nodes', 'rls3_ros.ros')))\n"
             "    assert not bad, f'importing {name} loaded {bad[:5]}'\n"
             "print('checked', len(" + repr(modules) + "))\n")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

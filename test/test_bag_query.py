@@ -46,13 +46,13 @@ def test_query_node_answers_on_a_replayed_robot_bag(tmp_path, ros_env, rclpy_nod
     from builtin_interfaces.msg import Time
     from std_msgs.msg import Header
 
-    from rls3_ros.client import SpatialQueryClient
-    from rls3_ros.nodes.conversions import stamp_to_ns
+    from rls3_ros.ros.client import SpatialQueryClient
+    from rls3_ros.ros.nodes.conversions import stamp_to_ns
 
     frames = write_robot_bag(tmp_path / "robot")
     assert [np.array_equal(f.rgb, rgb) for f, (_t, rgb) in zip(iter_images(tmp_path / "robot"), frames)] == [True] * len(frames)
     env = dict(ros_env, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(TEST_DIR), str(TEST_DIR.parent), ros_env.get("PYTHONPATH", "")]))
-    query = NodeProcess(["-m", "rls3_ros.nodes.spatial_query", "--ros-args", "-p", f"model:={MODEL}", "-p", "image_topic:=/image_raw",
+    query = NodeProcess(["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-p", f"model:={MODEL}", "-p", "image_topic:=/image_raw",
                          "-p", "image_qos:=sensor_data", "-p", "frame_tolerance:=0.01"], env, "spatial_query")
     with query:
         query.wait_for_output("model ready", 90)

@@ -19,7 +19,7 @@ from ros_harness import NodeProcess, poll_until
 
 from rls3_ros.bags.bagio import BagReader
 from rls3_ros.bags.convert import bagmsg_to_scene, stamp_to_ns
-from rls3_ros.image_codec import image_msg_to_numpy
+from rls3_ros.core.image_codec import image_msg_to_numpy
 from rls3_ros.ros.stream_publisher import frame, frame_index
 
 pytestmark = pytest.mark.timeout(120)

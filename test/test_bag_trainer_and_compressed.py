@@ -82,13 +82,13 @@ def test_trainer_fills_its_buffer_from_a_bag_and_fine_tunes_on_it(tmp_path, ros_
     from rls3_msgs.msg import Sample as SampleMsg
 
     from rls3_ros.bags.sample_reader import read_samples
-    from rls3_ros.nodes.conversions import sample_to_msg
+    from rls3_ros.ros.nodes.conversions import sample_to_msg
 
     bag = tmp_path / "samples_bag"
     captioned = write_sample_bag(bag)
     assert len(read_samples(bag)) == 15  # the bag holds all of them; the node must filter
     env = _node_env(ros_env)
-    trainer = NodeProcess(["-m", "rls3_ros.nodes.vlm_trainer", "--ros-args", "-p", f"model:={MODEL}", "-p", f"bag:={bag}",
+    trainer = NodeProcess(["-m", "rls3_ros.ros.nodes.vlm_trainer", "--ros-args", "-p", f"model:={MODEL}", "-p", f"bag:={bag}",
                            "-p", "default_steps:=5", "-p", "batch_size:=4", "-p", "train_instance:=copy",
                            "-p", "buffer_size:=14", "-p", f"adapter_dir:={tmp_path / 'adapters'}"], env, "vlm_trainer",
                           log_dir=tmp_path)
@@ -125,7 +125,7 @@ def test_trainer_fills_its_buffer_from_a_bag_and_fine_tunes_on_it(tmp_path, ros_
 # -- (b) unusable bags stop the trainer with one line --------------------------------------
 
 def _run_trainer(args, env, timeout=120.0):
-    p = subprocess.run([sys.executable, "-m", "rls3_ros.nodes.vlm_trainer", "--ros-args", "-p", f"model:={MODEL}", *args],
+    p = subprocess.run([sys.executable, "-m", "rls3_ros.ros.nodes.vlm_trainer", "--ros-args", "-p", f"model:={MODEL}", *args],
                        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout)
     return p.returncode, p.stdout.decode("utf-8", "replace")
 
@@ -205,15 +205,15 @@ def test_query_node_answers_on_a_replayed_compressed_stream(tmp_path, ros_env, r
     from std_msgs.msg import Header
 
     from rls3_ros.bags.bagio import BagReader
-    from rls3_ros.client import SpatialQueryClient
-    from rls3_ros.nodes.conversions import stamp_to_ns
+    from rls3_ros.ros.client import SpatialQueryClient
+    from rls3_ros.ros.nodes.conversions import stamp_to_ns
 
     bag = tmp_path / "compressed_bag"
     frames = write_compressed_bag(bag)
     with BagReader(bag) as b:
         assert b.topics == {COMPRESSED_TOPIC: "sensor_msgs/msg/CompressedImage"}
     env = _node_env(ros_env)
-    query = NodeProcess(["-m", "rls3_ros.nodes.spatial_query", "--ros-args", "-p", f"model:={MODEL}",
+    query = NodeProcess(["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-p", f"model:={MODEL}",
                          "-p", "image_transport:=compressed", "-p", "image_topic:=/camera/image_raw/compressed",
                          "-p", "image_qos:=reliable", "-p", "frame_tolerance:=0.01"], env, "spatial_query", log_dir=tmp_path)
     with query:

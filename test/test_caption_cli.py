@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from rls3_ros.captions.dataset import read_dataset
-from rls3_ros.captions.dataset_cli import cli_captions
+from rls3_ros.cli.dataset import cli_captions
 from rls3_ros.captions.parse import parse_caption
 from rls3_ros.captions.oracle import CaptionOracle
 

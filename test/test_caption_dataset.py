@@ -8,7 +8,7 @@ import pytest
 from rls3_ros.captions import CaptionOracle
 from rls3_ros.captions.dataset import load_hf_dataset, scene_record, read_dataset, read_records, write_dataset
 from rls3_ros.captions.statistics import plot_statistics, relation_statistics, statistics_markdown
-from rls3_ros.scene import CameraModel, ObjectState, Sample, SceneState
+from rls3_ros.core.scene import CameraModel, ObjectState, Sample, SceneState
 
 
 def make_samples(n: int = 6):

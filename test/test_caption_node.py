@@ -14,11 +14,11 @@ from sensor_msgs.msg import Image
 
 from ros_harness import NodeProcess, call_service, poll_until
 from rls3_ros.captions import CaptionOracle
-from rls3_ros.nodes.conversions import header_from_ns, msg_to_relation, scene_to_msg, stamp_to_ns
-from rls3_ros.image_codec import image_msg_to_rgb, numpy_to_image_msg
-from rls3_ros.scene import CameraModel, ObjectState, SceneState
+from rls3_ros.ros.nodes.conversions import header_from_ns, msg_to_relation, scene_to_msg, stamp_to_ns
+from rls3_ros.core.image_codec import image_msg_to_rgb, numpy_to_image_msg
+from rls3_ros.core.scene import CameraModel, ObjectState, SceneState
 
-NODE = ["-m", "rls3_ros.nodes.caption_oracle", "--ros-args", "-r", "__ns:=/cap"]
+NODE = ["-m", "rls3_ros.ros.nodes.caption_oracle", "--ros-args", "-r", "__ns:=/cap"]
 
 
 def make_scene(stamp_ns: int) -> SceneState:
@@ -130,14 +130,14 @@ def test_node_captions_samples_of_a_real_sim_bridge(ros_env, rclpy_node):
     move of the bridge each come out as a captioned sample matching the bridge's scene."""
     from rls3_msgs.srv import ApplyAction, ResetScene
 
-    from rls3_ros.nodes.conversions import msg_to_scene
+    from rls3_ros.ros.nodes.conversions import msg_to_scene
 
     node = rclpy_node
     got = []
     node.create_subscription(SampleMsg, "/lab/samples", got.append, 10)
-    bridge_args = ["-m", "rls3_ros.nodes.sim_bridge", "--ros-args", "-r", "__ns:=/lab",
+    bridge_args = ["-m", "rls3_ros.ros.nodes.sim_bridge", "--ros-args", "-r", "__ns:=/lab",
                    "-p", "image_size:=64", "-p", "seed:=1"]
-    oracle_args = ["-m", "rls3_ros.nodes.caption_oracle", "--ros-args", "-r", "__ns:=/lab", "-p", "seed:=3"]
+    oracle_args = ["-m", "rls3_ros.ros.nodes.caption_oracle", "--ros-args", "-r", "__ns:=/lab", "-p", "seed:=3"]
     with NodeProcess(oracle_args, ros_env, "caption_oracle") as cap, \
             NodeProcess(bridge_args, ros_env, "sim_bridge") as sim:
         cap.wait_for_output("caption_oracle ready", timeout=60)

@@ -14,7 +14,7 @@ from rls3_ros.captions.negatives import hard_negatives, negative_triples
 from rls3_ros.captions.oracle import CaptionError, CaptionOracle, OracleConfig, ground_axes, pair_geometry
 from rls3_ros.captions.pairs import eligible_objects
 from rls3_ros.captions.parse import extract_terms, parse_caption
-from rls3_ros.scene import CameraModel, ObjectState, SceneState
+from rls3_ros.core.scene import CameraModel, ObjectState, SceneState
 
 SETTINGS = settings(max_examples=300, deadline=None)
 

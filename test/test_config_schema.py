@@ -1,4 +1,4 @@
-"""The one run-configuration schema (rls3_ros/rl/config.py): the shipped YAML files validate, the
+"""The one run-configuration schema (rls3_ros/loop/config.py): the shipped YAML files validate, the
 rl_sampler node's parameters are the schema's fields with the loop's defaults (declared in a real
 rclpy node), bad values and unknown keys are refused with the key named, and a field added to the
 schema becomes a node parameter with no other edit."""
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rls3_ros.rl import config as C
+from rls3_ros.loop import config as C
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -24,7 +24,7 @@ def _declared(node_name: str = "rl_sampler", overrides=()):
     import rclpy
     from rclpy.node import Node
 
-    from rls3_ros.nodes.rl_sampler import declare_config_parameters
+    from rls3_ros.ros.nodes.rl_sampler import declare_config_parameters
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
@@ -90,7 +90,7 @@ class _Extended(C.GraphRunConfig):
 
 
 def test_a_new_schema_field_becomes_a_node_parameter_without_other_edits(ros_env, monkeypatch):
-    import rls3_ros.nodes.rl_sampler as S
+    import rls3_ros.ros.nodes.rl_sampler as S
 
     params = C.node_params(_Extended)
     assert params["warmup_episodes"].default == 3 and params["warmup_episodes"].low == 0
@@ -104,7 +104,7 @@ def test_a_new_schema_field_becomes_a_node_parameter_without_other_edits(ros_env
 def test_bad_node_values_are_refused_with_the_parameter_and_range(ros_env):
     from rclpy.parameter import Parameter
 
-    from rls3_ros.nodes.node_main import NodeStartupError
+    from rls3_ros.ros.nodes.node_main import NodeStartupError
 
     for p, value, expected in (("E", 0, "E must be an integer >= 1 (got 0)"),
                                ("eta", 1.5, "eta must be a number in (0.0, 1.0] (got 1.5)"),
@@ -127,13 +127,13 @@ def test_bad_set_is_refused_with_the_key_named():
 
 def test_the_schema_covers_its_consumers():
     """The loop section is the scheduler's config and the env section the env's keyword arguments."""
-    from rls3_ros.rl.env import RLS3Env
-    from rls3_ros.rl.scheduler import SchedulerConfig
+    from rls3_ros.loop.env import RLS3Env
+    from rls3_ros.loop.scheduler import SchedulerConfig
 
     assert set(C.LoopConfig.model_fields) == {f.name for f in fields(SchedulerConfig)}
     env_kwargs = set(inspect.signature(RLS3Env.__init__).parameters)
     assert set(C.EnvConfig.model_fields) <= env_kwargs
-    from rls3_ros.rl.samplers import make_agent  # noqa: F401 - every sampler name is buildable
+    from rls3_ros.loop.samplers import make_agent  # noqa: F401 - every sampler name is buildable
 
     assert set(C.AGENT_KEYS) == set(C.AGENTS)
     assert C.agent_kwargs({"run": {"agent": "sac"}, "agent": {"ent_coef": 0.1, "sac_ent_coef": "auto", "k": 3}}) \

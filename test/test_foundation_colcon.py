@@ -29,7 +29,7 @@ import numpy as np
 import pytest
 
 from ros_harness import BackgroundSpinner, poll_until, spin_until_future
-from rls3_ros.ros_isolation import isolated_ros_env
+from rls3_ros.ros.isolation import isolated_ros_env
 
 pytestmark = pytest.mark.timeout(900)
 REPO = Path(__file__).resolve().parent.parent
@@ -146,7 +146,7 @@ def test_readme_colcon_build_installs_a_node_that_answers(tmp_path):
             if k.startswith(("ROS_", "FASTDDS", "RMW_")):
                 os.environ[k] = v
         from rls3_msgs.srv import SpatialQuery
-        from rls3_ros.image_codec import numpy_to_image_msg
+        from rls3_ros.core.image_codec import numpy_to_image_msg
 
         spinner = BackgroundSpinner("colcon_test_client")
         try:

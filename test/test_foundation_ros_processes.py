@@ -46,7 +46,7 @@ def test_service_process_answers_client_process(ros_env, tmp_path):
 
 
 def test_isolated_runs_use_their_own_domain(ros_env, tmp_path):
-    from rls3_ros.ros_isolation import isolated_ros_env
+    from rls3_ros.ros.isolation import isolated_ros_env
 
     other = isolated_ros_env(tmp_path / "other")
     assert other["ROS_DOMAIN_ID"] != ros_env["ROS_DOMAIN_ID"]

@@ -19,7 +19,7 @@ def test_query_graph_answers_on_the_camera_frame(ros_env, tmp_path, rclpy_node):
 
     env = dict(ros_env)
     env["PYTHONPATH"] = os.pathsep.join([str(TEST_DIR), env.get("PYTHONPATH", "")]).strip(os.pathsep)
-    args = ["-m", "rls3_ros.graph_launcher", "query", "--with-sim", "--set", "spatial_query.model=py:vlm_test_model:load",
+    args = ["-m", "rls3_ros.ros.launcher", "query", "--with-sim", "--set", "spatial_query.model=py:vlm_test_model:load",
             "--set", "sim_bridge.image_size=64", "--set", "spatial_query.image_qos=reliable",
             "--set", "sim_bridge.image_qos=reliable"]
     with NodeProcess(args, env, "launch_query") as p:
@@ -50,7 +50,7 @@ def test_query_graph_answers_on_the_camera_frame(ros_env, tmp_path, rclpy_node):
 
 def test_ctrl_c_stops_a_launcher_started_with_sigint_ignored(ros_env, tmp_path):
     """A shell's background job (`rls3 launch query &`) starts with SIGINT ignored; Ctrl-C must still stop the graph."""
-    args = ["-m", "rls3_ros.graph_launcher", "query", "--set", "spatial_query.model=py:no_such_module:load"]
+    args = ["-m", "rls3_ros.ros.launcher", "query", "--set", "spatial_query.model=py:no_such_module:load"]
     ignore_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731
     with NodeProcess(args, dict(ros_env), "launch_sigign", preexec_fn=ignore_sigint) as p:
         p.wait_for_output(r"\[spatial_query\].*not available", timeout=60)  # the node is up (and waits for a model)

@@ -65,7 +65,7 @@ def test_graph_killed_mid_fine_tune_stops_with_the_reason_and_resumes_from_the_l
     params = tmp_path / "override.yaml"
     params.write_text(tiny_training_override("sac", BUDGET, learning_starts=4))
     run_dir = tmp_path / "run"
-    launch = ["-m", "rls3_ros.graph_launcher", "training", "--params-file", str(params)]
+    launch = ["-m", "rls3_ros.ros.launcher", "training", "--params-file", str(params)]
 
     # -- 1. the first launch; SIGKILL the vlm_trainer in the middle of fine-tune 2
     first = launch + ["--run-dir", str(run_dir), "--set", f"rl_sampler.fine_tune_steps={STEPS}", "--timeout", "150"]
@@ -127,7 +127,7 @@ def test_resume_without_a_checkpoint_is_refused_in_one_line(tmp_path, capsys, mo
     run = tmp_path / "runs" / "no_ckpt"
     (run / "checkpoints").mkdir(parents=True)
     (run / "metrics.jsonl").write_text("")
-    proc = subprocess.run([sys.executable, "-m", "rls3_ros.graph_launcher", "training", "--resume", str(run)],
+    proc = subprocess.run([sys.executable, "-m", "rls3_ros.ros.launcher", "training", "--resume", str(run)],
                           env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -137,7 +137,7 @@ def test_resume_without_a_checkpoint_is_refused_in_one_line(tmp_path, capsys, mo
                                                                                                  "metrics.jsonl"]
 
     # other unusable directories, same contract (in-process)
-    from rls3_ros.graph_launcher import cli_launch, resume_info
+    from rls3_ros.ros.launcher import cli_launch, resume_info
 
     monkeypatch.chdir(tmp_path)
     (run / "checkpoints" / "LATEST").write_text("ckpt-003\n")  # names a checkpoint that is not there

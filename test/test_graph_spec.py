@@ -1,4 +1,4 @@
-"""One graph spec (rls3_ros/graph_spec.py) behind both `rls3 launch` and launch/*.launch.py.
+"""One graph spec (rls3_ros/ros/graph_spec.py) behind both `rls3 launch` and launch/*.launch.py.
 
 `launch`/`launch_ros` are not installable here, so the launch files are checked as far as this
 machine allows: they build every node from the spec (AST), and what a launch_ros Node gets from
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rls3_ros import graph_spec as G
-from rls3_ros.graph_launcher import node_command, resume_info
+from rls3_ros.ros import graph_spec as G
+from rls3_ros.ros.launcher import node_command, resume_info
 
 from ros_harness import NodeProcess
 from tiny_training_graph import tiny_training_override
@@ -81,7 +81,7 @@ def test_launch_files_build_every_node_from_the_spec():
         names = [getattr(c.func, "id", getattr(c.func, "attr", "")) for c in ast.walk(tree) if isinstance(c, ast.Call)]
         assert builder in names and "apply_sets" in names and "launch_actions" in names, name
         assert "Node" not in names and "PushRosNamespace" not in names, name  # nodes and namespace: the spec's
-        imports = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "rls3_ros.graph_spec"]
+        imports = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "rls3_ros.ros.graph_spec"]
         assert imports, name
     # the launch actions: one launch_ros Node per spec, from launch_node_kwargs only
     tree = ast.parse(Path(G.__file__).read_text())
@@ -135,7 +135,7 @@ def test_the_training_graph_works_pushed_into_a_namespace_with_two_bridges(ros_e
     env = dict(ros_env)
     env["PYTHONPATH"] = os.pathsep.join([str(TEST_DIR), env.get("PYTHONPATH", "")]).strip(os.pathsep)
     env["RLS3_CACHE"] = str(tmp_path / "cache")
-    args = ["-m", "rls3_ros.graph_launcher", "training", "--namespace", "team1", "--bridges", "2",
+    args = ["-m", "rls3_ros.ros.launcher", "training", "--namespace", "team1", "--bridges", "2",
             "--params-file", str(params), "--run-dir", str(run_dir), "--timeout", "150"]
     with NodeProcess(args, env, "launch_ns") as p:
         code = p.wait(timeout=170)
@@ -145,7 +145,7 @@ def test_the_training_graph_works_pushed_into_a_namespace_with_two_bridges(ros_e
                   "team1/rl_sampler"):
         assert re.search(rf"^\[{re.escape(label)}\] ", out, re.M), f"no output from {label}"
     assert re.search(r"\[team1/rl_sampler\].*graph ready: 2 sim_bridge", out)
-    from rls3_ros.rl.run_dir import RunDir
+    from rls3_ros.loop.run_dir import RunDir
 
     episodes = [m for m in RunDir(str(run_dir)).read_metrics() if m["type"] == "episode"]
     assert sum(int(m["valid"]) for m in episodes) >= 6, episodes[:2]

@@ -41,7 +41,7 @@ def test_training_graph_runs_the_loop_over_ros(ros_env, tmp_path):
     params = tmp_path / "override.yaml"
     params.write_text(tiny_training_override("sac", 12, learning_starts=4))
     run_dir = tmp_path / "run"
-    args = ["-m", "rls3_ros.graph_launcher", "training", "--bridges", "2", "--params-file", str(params),
+    args = ["-m", "rls3_ros.ros.launcher", "training", "--bridges", "2", "--params-file", str(params),
             "--run-dir", str(run_dir), "--timeout", "150"]
     with NodeProcess(args, _env(ros_env, tmp_path), "launch_training") as p:
         code = p.wait(timeout=170)
@@ -54,7 +54,7 @@ def test_training_graph_runs_the_loop_over_ros(ros_env, tmp_path):
     assert re.search(r"\[rl_sampler\].*graph ready: 2 sim_bridge", out)
     assert re.search(r"\[rl_sampler\].*done \(budget\)", out)
     # the loop ran through the vlm_trainer's fine-tune action and wrote the run directory
-    from rls3_ros.rl.run_dir import RunDir
+    from rls3_ros.loop.run_dir import RunDir
 
     run = RunDir(str(run_dir))
     its = [m for m in run.read_metrics() if m["type"] == "iteration"]
@@ -76,7 +76,7 @@ def test_training_graph_runs_the_loop_over_ros(ros_env, tmp_path):
 def test_a_node_that_dies_stops_the_graph_with_its_reason(ros_env, tmp_path):
     params = tmp_path / "override.yaml"
     params.write_text(tiny_training_override("random", 12, learning_starts=4))
-    args = ["-m", "rls3_ros.graph_launcher", "training", "--params-file", str(params), "--run-dir",
+    args = ["-m", "rls3_ros.ros.launcher", "training", "--params-file", str(params), "--run-dir",
             str(tmp_path / "run"), "--set", "rl_sampler.T0=99", "--timeout", "60"]
     with NodeProcess(args, _env(ros_env, tmp_path), "launch_bad") as p:
         code = p.wait(timeout=90)
@@ -91,7 +91,7 @@ def test_a_node_that_dies_stops_the_graph_with_its_reason(ros_env, tmp_path):
 def test_ctrl_c_stops_every_node(ros_env, tmp_path):
     params = tmp_path / "override.yaml"
     params.write_text(tiny_training_override("random", 100000, learning_starts=4))
-    args = ["-m", "rls3_ros.graph_launcher", "training", "--params-file", str(params), "--run-dir",
+    args = ["-m", "rls3_ros.ros.launcher", "training", "--params-file", str(params), "--run-dir",
             str(tmp_path / "run")]
     with NodeProcess(args, _env(ros_env, tmp_path), "launch_sigint") as p:
         p.wait_for_output(r"\[rl_sampler\].*evaluating the base model", timeout=90)
@@ -117,7 +117,7 @@ def test_launch_files_are_valid_python():
 
 
 def test_launcher_refuses_bad_arguments(capsys, tmp_path, monkeypatch):
-    from rls3_ros.graph_launcher import cli_launch, graph_nodes
+    from rls3_ros.ros.launcher import cli_launch, graph_nodes
 
     monkeypatch.chdir(tmp_path)
     assert cli_launch(["training", "--set", "nobody.x=1"]) == 2
@@ -140,14 +140,14 @@ def test_the_teacher_runs_over_the_graph_and_learns_from_its_evaluations(ros_env
     params = tmp_path / "override.yaml"
     params.write_text(tiny_training_override("teacher", 18, val_scenes=2, val_per_term=5, val_tail_scenes=2))
     run_dir = tmp_path / "run"
-    args = ["-m", "rls3_ros.graph_launcher", "training", "--params-file", str(params), "--run-dir", str(run_dir),
+    args = ["-m", "rls3_ros.ros.launcher", "training", "--params-file", str(params), "--run-dir", str(run_dir),
             "--timeout", "150"]
     with NodeProcess(args, _env(ros_env, tmp_path), "launch_teacher") as p:
         code = p.wait(timeout=170)
         out = p.output()
     assert code == 0, out[-4000:]
     assert re.search(r"\[rl_sampler\].*agent teacher", out)
-    from rls3_ros.rl.run_dir import RunDir
+    from rls3_ros.loop.run_dir import RunDir
 
     run = RunDir(str(run_dir))
     its = [m for m in run.read_metrics() if m["type"] == "iteration"]

@@ -1,4 +1,4 @@
-"""The one image codec (rls3_ros.image_codec): every encoding round-trips through rclpy and
+"""The one image codec (rls3_ros.core.image_codec): every encoding round-trips through rclpy and
 rosbags messages, little- and big-endian, packed and padded rows; RGB agrees with rosbags.image
 (an independent implementation); bad messages raise a clear error naming the problem; the
 codec imports no ROS."""
@@ -13,7 +13,7 @@ from rosbags.image import message_to_cvimage
 from rosbags.typesys import Stores, get_typestore
 from sensor_msgs.msg import CompressedImage, Image
 
-from rls3_ros.image_codec import (
+from rls3_ros.core.image_codec import (
     ENCODINGS,
     RGB_ENCODINGS,
     ImageConversionError,
@@ -161,7 +161,7 @@ def test_a_short_last_row_padding_is_accepted():
 
 
 def test_codec_imports_no_ros():
-    code = ("import sys, rls3_ros.image_codec; "
+    code = ("import sys, rls3_ros.core.image_codec; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('rclpy', 'sensor_msgs', 'std_msgs', 'rls3_msgs')]; "
             "assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -45,7 +45,7 @@ def test_killed_sim_bridge_is_reported_respawned_and_the_run_goes_on(tmp_path):
     params = tmp_path / "override.yaml"
     params.write_text(tiny_training_override("random", 21, service_timeout=8.0, bridge_wait=120.0))
     run_dir = tmp_path / "run"
-    args = ["-m", "rls3_ros.graph_launcher", "training", "--params-file", str(params), "--run-dir", str(run_dir),
+    args = ["-m", "rls3_ros.ros.launcher", "training", "--params-file", str(params), "--run-dir", str(run_dir),
             "--respawn-bridges", "--timeout", "250"]
     with NodeProcess(args, env, "launch_respawn", log_dir=tmp_path) as p:
         p.wait_for_output(r"\[rl_sampler\].*fine-tune 1:", 150)  # the loop is running over the graph
@@ -65,7 +65,7 @@ def test_killed_sim_bridge_is_reported_respawned_and_the_run_goes_on(tmp_path):
     assert re.search(r"\[rl_sampler\].*done \(budget\)", out), out[-3000:]
     assert "[launch] rl_sampler finished (exit 0)" in out
     assert "Traceback" not in out
-    from rls3_ros.rl.run_dir import RunDir
+    from rls3_ros.loop.run_dir import RunDir
 
     metrics = RunDir(str(run_dir)).read_metrics()
     eps = [m for m in metrics if m["type"] == "episode"]

@@ -60,7 +60,7 @@ def test_trainer_node_killed_mid_fine_tune_leaves_complete_adapters_and_restarts
     from rls3_msgs.action import FineTune
     from rls3_msgs.srv import ScoreSamples
 
-    from rls3_ros.nodes.conversions import sample_to_msg
+    from rls3_ros.ros.nodes.conversions import sample_to_msg
 
     env = node_env(tmp_path)
     apply_ros_env(env, monkeypatch)
@@ -69,7 +69,7 @@ def test_trainer_node_killed_mid_fine_tune_leaves_complete_adapters_and_restarts
     goal_samples = [sample_to_msg(s) for s in samples]
 
     def trainer(name, adapter=""):
-        return NodeProcess(["-m", "rls3_ros.nodes.vlm_trainer", "--ros-args", "-p", f"model:={TEST_MODEL}",
+        return NodeProcess(["-m", "rls3_ros.ros.nodes.vlm_trainer", "--ros-args", "-p", f"model:={TEST_MODEL}",
                             "-p", f"adapter_dir:={adapters}"] + (["-p", f"adapter:={adapter}"] if adapter else []),
                            env, name, log_dir=tmp_path)
 
@@ -143,7 +143,7 @@ def _lora_b_values(path: Path):
 def test_adapter_write_killed_midway_never_leaves_a_half_written_adapter(tmp_path):
     from peft import PeftModel
 
-    from rls3_ros.spatial_answers import load_model
+    from rls3_ros.vlm.answers import load_model
 
     env = node_env(tmp_path)
     adapters = tmp_path / "adapters"

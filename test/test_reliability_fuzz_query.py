@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from reliability_common import TEST_MODEL, Counts, call_service, node_under_test, report_fuzz, rss_mb
-from rls3_ros.spatial_answers import MIN_IMAGE_SIDE
+from rls3_ros.vlm.answers import MIN_IMAGE_SIDE
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -43,7 +43,7 @@ GOOD_RELATIONS = ["left", "to the left of", "right", "above", "below", "in front
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz_query")
-    args = ["-m", "rls3_ros.nodes.spatial_query", "--ros-args", "-p", f"model:={TEST_MODEL}",
+    args = ["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-p", f"model:={TEST_MODEL}",
             "-p", "image_qos:=reliable", "-p", "follow_adapter_topic:=false"]
     with node_under_test(root, args, "spatial_query", "fuzz_query_client") as (proc, ros_node):
         from rls3_msgs.srv import SpatialQuery
@@ -150,7 +150,7 @@ def _requests(draw):
     from rls3_msgs.srv import SpatialQuery
     from std_msgs.msg import Header
 
-    from rls3_ros.spatial_answers import MAX_TEXT_CHARS, QueryError, parse_relation
+    from rls3_ros.vlm.answers import MAX_TEXT_CHARS, QueryError, parse_relation
 
     def named(x):  # a usable object name: not blank, not oversize (refused with a reason)
         return x.strip() != "" and len(x.strip()) <= MAX_TEXT_CHARS
@@ -204,7 +204,7 @@ def _requests(draw):
 
 # -- the test ---------------------------------------------------------------------------------
 def _good_request():
-    from rls3_ros.client import SpatialQueryClient
+    from rls3_ros.ros.client import SpatialQueryClient
 
     img = np.full((64, 64, 3), 230, np.uint8)
     img[10:20, 5:15] = (220, 30, 30)

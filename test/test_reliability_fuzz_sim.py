@@ -47,7 +47,7 @@ _text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters
 @pytest.fixture(scope="module")
 def bridge(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz_sim")
-    args = ["-m", "rls3_ros.nodes.sim_bridge", "--ros-args", "-p", f"image_size:={SIZE}", "-p", "seed:=3"]
+    args = ["-m", "rls3_ros.ros.nodes.sim_bridge", "--ros-args", "-p", f"image_size:={SIZE}", "-p", "seed:=3"]
     with node_under_test(root, args, "sim_bridge", "fuzz_sim_client") as (proc, ros_node):
         from rls3_msgs.srv import ApplyAction, ResetScene
 

@@ -66,7 +66,7 @@ def _cases(tmp: Path):
 
 
 def _run(module: str, args, env, timeout=120.0):
-    p = subprocess.run([sys.executable, "-m", f"rls3_ros.nodes.{module}", "--ros-args", *args], env=env,
+    p = subprocess.run([sys.executable, "-m", f"rls3_ros.ros.nodes.{module}", "--ros-args", *args], env=env,
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout)
     return p.returncode, p.stdout.decode("utf-8", "replace")
 

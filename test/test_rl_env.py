@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from rls3_ros.captions.oracle import CaptionOracle
-from rls3_ros.rl.env import (ACTION_DIM, BackendSource, RLS3Env, j2_from_scores, per_sample_loss)
+from rls3_ros.loop.env import (ACTION_DIM, BackendSource, RLS3Env, j2_from_scores, per_sample_loss)
 from rls3_ros.sim.backend import PLACE, SWAP
 from rls3_ros.vlm.interface import RelationScore
 

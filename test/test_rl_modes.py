@@ -9,11 +9,11 @@ import pytest
 
 from rls3_ros.bench.paired import auc, mean_ci, paired, renders_to_reach, value_at
 from rls3_ros.captions.oracle import CaptionOracle
-from rls3_ros.rl.env import BackendSource, RLS3Env
-from rls3_ros.rl.mode_samplers import TeacherSampler, UpperBoundSampler
-from rls3_ros.rl.modes import MODES, UNIFORM_SHARE, mode_action, mode_of
-from rls3_ros.rl.tail_split import balance_combos, generate_tail, is_tail
-from rls3_ros.scene import SceneState, SpatialRelation
+from rls3_ros.loop.env import BackendSource, RLS3Env
+from rls3_ros.loop.mode_samplers import TeacherSampler, UpperBoundSampler
+from rls3_ros.loop.modes import MODES, UNIFORM_SHARE, mode_action, mode_of
+from rls3_ros.loop.tail_split import balance_combos, generate_tail, is_tail
+from rls3_ros.core.scene import SceneState, SpatialRelation
 from rls3_ros.vlm.interface import RelationScore, combo_key, evaluation_of
 
 
@@ -57,9 +57,9 @@ def _rel(terms, h_deg=0.0, s="a", r="b"):
 
 
 def test_tail_rule_is_the_pre_registered_one():
-    from rls3_ros.scene import ObjectState
+    from rls3_ros.core.scene import ObjectState
 
-    from rls3_ros.scene import CameraModel
+    from rls3_ros.core.scene import CameraModel
 
     objs = [ObjectState(id=i, category=c, description=c, position=(0.0, 0.0, 0.0), visible_fraction=v)
             for i, c, v in (("a", "mug", 1.0), ("b", "lamp", 0.5), ("c", "cup", 1.0))]

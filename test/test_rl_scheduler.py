@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from rls3_ros.captions.oracle import CaptionOracle
-from rls3_ros.rl.env import BackendSource, RLS3Env
-from rls3_ros.rl.loop import (DEFAULT_CONFIG, InProcessEvaluator, InProcessTrainer, LoopRunner, LockedScorer,
+from rls3_ros.loop.env import BackendSource, RLS3Env
+from rls3_ros.loop.runner import (DEFAULT_CONFIG, InProcessEvaluator, InProcessTrainer, LoopRunner, LockedScorer,
                               merge_config)
-from rls3_ros.rl.datasets import balance_relations, generate_samples, term_counts
-from rls3_ros.rl.run_dir import RunDir, write_yaml
-from rls3_ros.rl.scheduler import Scheduler, SchedulerConfig
+from rls3_ros.loop.datasets import balance_relations, generate_samples, term_counts
+from rls3_ros.loop.run_dir import RunDir, write_yaml
+from rls3_ros.loop.scheduler import Scheduler, SchedulerConfig
 
 
 @pytest.fixture(scope="module")
@@ -152,9 +152,9 @@ def test_fine_tune_steps_per_generated_sample(parts, tmp_path):
 
 
 def test_early_stopping_and_config_validation():
-    from rls3_ros.rl.scheduler import Evaluator, Trainer, TrainOutcome
-    from rls3_ros.rl.env import EpisodeRecord
-    from rls3_ros.scene import Sample
+    from rls3_ros.loop.scheduler import Evaluator, Trainer, TrainOutcome
+    from rls3_ros.loop.env import EpisodeRecord
+    from rls3_ros.core.scene import Sample
     from rls3_ros.vlm.interface import Evaluation, FineTuneResult
 
     class FlatEval(Evaluator):

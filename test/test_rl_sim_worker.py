@@ -1,4 +1,4 @@
-"""The loop's simulator in worker processes (``rls3_ros.rl.sim_worker``): the same samples as the
+"""The loop's simulator in worker processes (``rls3_ros.loop.sim_worker``): the same samples as the
 serial in-process backend, move for move, and the same learning curve through the whole loop
 (real MuJoCo in real child processes, the caption oracle, a real tiny torch VLM)."""
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from rls3_ros.captions.oracle import CaptionOracle
-from rls3_ros.rl.env import BackendSource, RLS3Env
-from rls3_ros.rl.loop import backend_params, make_source
-from rls3_ros.rl.sim_worker import PrefetchSource
+from rls3_ros.loop.env import BackendSource, RLS3Env
+from rls3_ros.loop.runner import backend_params, make_source
+from rls3_ros.loop.sim_worker import PrefetchSource
 from rls3_ros.sim.factory import make_backend
 
 RC = {"backend": "mujoco", "image_size": 64}
@@ -96,8 +96,8 @@ def test_reset_reuses_the_resets_render_and_depth_is_skipped():
 def test_the_loop_learns_the_same_with_the_worker(tmp_path, monkeypatch):
     """The whole in-process loop (random agent, tiny VLM): identical samples, fine-tunes and
     test accuracies with the simulator in worker processes and in this process."""
-    from rls3_ros.rl.loop import run_inprocess
-    from rls3_ros.train_cli import apply_sets, load_train_config
+    from rls3_ros.loop.runner import run_inprocess
+    from rls3_ros.cli.train import apply_sets, load_train_config
 
     monkeypatch.setenv("RLS3_CACHE", str(tmp_path / "cache"))
     sets = ["run.vlm=py:vlm_test_model:load", "run.image_size=64", "run.torch_threads=1", "run.agent=random",
@@ -124,8 +124,8 @@ def test_features_are_computed_while_the_worker_simulates_and_scores_do_not_chan
 
     import torch
 
-    from rls3_ros.rl.loop import feature_warmer
-    from rls3_ros.spatial_answers import load_model
+    from rls3_ros.loop.runner import feature_warmer
+    from rls3_ros.vlm.answers import load_model
 
     torch.set_num_threads(1)
     vlm = load_model("grounded")
@@ -165,7 +165,7 @@ def test_features_are_computed_while_the_worker_simulates_and_scores_do_not_chan
 def test_torch_leaves_the_simulator_workers_a_core(monkeypatch):
     import os
 
-    from rls3_ros.rl.loop import loop_torch_threads
+    from rls3_ros.loop.runner import loop_torch_threads
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     assert loop_torch_threads({"torch_threads": 2, "sim_worker": True}) == 1
@@ -188,7 +188,7 @@ def test_ctrl_c_leaves_no_worker_and_no_worker_traceback(tmp_path):
     script = tmp_path / "hold.py"
     script.write_text(
         "import time\n"
-        "from rls3_ros.rl.sim_worker import PrefetchSource\n"
+        "from rls3_ros.loop.sim_worker import PrefetchSource\n"
         "src = PrefetchSource('mujoco', image_size=32, seed=0, render_depth=False)\n"
         "src.reset(1); src.prefetch(2, None)\n"
         "print('pids', *[w.proc.pid for w in src._workers], flush=True)\n"

@@ -8,8 +8,8 @@ import os
 import pytest
 import yaml
 
-from rls3_ros.rl.run_dir import RunDir
-from rls3_ros.train_cli import cli_train, load_train_config
+from rls3_ros.loop.run_dir import RunDir
+from rls3_ros.cli.train import cli_train, load_train_config
 
 TINY = ["--set", "run.vlm=py:vlm_test_model:load", "--set", "run.image_size=64", "--set", "run.torch_threads=1",
         "--set", "loop.T=3", "--set", "loop.T0=2", "--set", "loop.E=2", "--set", "loop.fine_tune_steps=1",
@@ -61,8 +61,8 @@ def test_quick_config_is_a_smaller_budget():
 
 def test_shipped_configs_validate():
     """config/train.yaml as shipped (and its --quick section) passes validation: `make run` starts."""
-    from rls3_ros.rl.loop import validate_config
-    from rls3_ros.train_cli import apply_sets, load_train_config
+    from rls3_ros.loop.runner import validate_config
+    from rls3_ros.cli.train import apply_sets, load_train_config
 
     for quick in (False, True):
         validate_config(load_train_config(quick=quick))

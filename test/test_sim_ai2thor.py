@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from ai2thor_standin import StandInController, load_metadata
 
-from rls3_ros.scene import quat_to_matrix
+from rls3_ros.core.scene import quat_to_matrix
 from rls3_ros.sim.ai2thor_backend import (
     AI2ThorBackend,
     camera_from_metadata,

@@ -5,7 +5,7 @@ import math
 import pytest
 from ros_harness import NodeProcess, call_service, poll_until
 
-BRIDGE = ["-m", "rls3_ros.nodes.sim_bridge", "--ros-args"]
+BRIDGE = ["-m", "rls3_ros.ros.nodes.sim_bridge", "--ros-args"]
 
 
 def _bridge(ns, seed, env, extra=()):

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from rls3_ros.captions import terms as T
-from rls3_ros.scene import Sample
+from rls3_ros.core.scene import Sample
 from rls3_ros.vlm import grounded as G
 from rls3_ros.vlm.grounded_pretrain import _render, imbalance, pretrain_grounded
 
@@ -147,7 +147,7 @@ def test_tiny_pretrain_from_scratch_and_loader(samples, tmp_path):
     assert set(m["held_out"]["per_term"]) <= set(T.TERMS)
     assert (tmp_path / "g" / "config.json").is_file() and (tmp_path / "g" / "model.safetensors").is_file()
     assert json.loads((tmp_path / "g" / "pretrain_metrics.json").read_text())["steps"] == 40
-    from rls3_ros.spatial_answers import load_model
+    from rls3_ros.vlm.answers import load_model
 
     vlm = load_model(f"py:rls3_ros.vlm.grounded:load:{tmp_path / 'g'}")
     assert isinstance(vlm, G.GroundedVLM)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from rls3_ros.scene import CameraModel, ObjectState, SceneState
+from rls3_ros.core.scene import CameraModel, ObjectState, SceneState
 from rls3_ros.vlm import grounding as G
 
 pytestmark = pytest.mark.timeout(300)
@@ -163,8 +163,8 @@ def test_locating_after_an_answer_reuses_its_forward_pass_exactly():
     """``where`` then ``locate_many`` on the same image (the spatial_query node's order): the
     locations come from the answer's own attention logits, bit for bit what a fresh pass gives;
     another image, other descriptions or a changed adapter are computed afresh."""
-    from rls3_ros.query_bench import REFERENCE, SUBJECT, make_image
-    from rls3_ros.spatial_answers import load_model
+    from rls3_ros.bench.query import REFERENCE, SUBJECT, make_image
+    from rls3_ros.vlm.answers import load_model
 
     torch.set_num_threads(1)
     vlm = load_model("grounded")

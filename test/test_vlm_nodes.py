@@ -17,7 +17,7 @@ import torch
 
 import vlm_test_model as tm
 from ros_harness import BackgroundSpinner, NodeProcess, call_service, poll_until, spin_until_future
-from rls3_ros.ros_isolation import isolated_ros_env
+from rls3_ros.ros.isolation import isolated_ros_env
 
 TEST_DIR = Path(__file__).resolve().parent
 REPO = TEST_DIR.parent
@@ -48,16 +48,16 @@ def graph(tmp_path_factory):
             mp.setenv(k, v)
     adapter_dir = root / "adapters"
     trainer = NodeProcess(
-        ["-m", "rls3_ros.nodes.vlm_trainer", "--ros-args", "-p", f"model:={MODEL}", "-p", f"adapter_dir:={adapter_dir}",
+        ["-m", "rls3_ros.ros.nodes.vlm_trainer", "--ros-args", "-p", f"model:={MODEL}", "-p", f"adapter_dir:={adapter_dir}",
          "-p", "default_steps:=40", "-p", "buffer_size:=50", "-p", "batch_size:=8", "-p", "learning_rate:=0.02"],
         env, "vlm_trainer", log_dir=root)
     query = NodeProcess(
-        ["-m", "rls3_ros.nodes.spatial_query", "--ros-args", "-p", f"model:={MODEL}", "-p", "publish_annotated:=true",
+        ["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-p", f"model:={MODEL}", "-p", "publish_annotated:=true",
          "-p", "image_qos:=reliable", "-p", "frame_tolerance:=0.05"], env, "spatial_query", log_dir=root)
     with trainer, query:
         spinner = BackgroundSpinner("vlm_nodes_test_client")
         try:
-            from rls3_ros.client import SpatialQueryClient
+            from rls3_ros.ros.client import SpatialQueryClient
 
             client = SpatialQueryClient(spinner.node, QUERY)
             trainer.wait_for_output("vlm_trainer ready", 60)
@@ -93,7 +93,7 @@ def _query(node, **fields):
 
 
 def _image_msg(img, header=None):
-    from rls3_ros.image_codec import numpy_to_image_msg
+    from rls3_ros.core.image_codec import numpy_to_image_msg
 
     return numpy_to_image_msg(img, "rgb8", header)
 
@@ -137,7 +137,7 @@ def test_camera_frames_by_stamp_scene_objects_and_annotated_image(graph, samples
     from rls3_msgs.msg import SceneState
     from sensor_msgs.msg import Image
 
-    from rls3_ros.nodes.conversions import scene_to_msg
+    from rls3_ros.ros.nodes.conversions import scene_to_msg
 
     node = graph.node
     img_pub = node.create_publisher(Image, "image_raw", 10)
@@ -173,8 +173,8 @@ def test_camera_frames_by_stamp_scene_objects_and_annotated_image(graph, samples
 
     # annotated image: same header, boxes of the named objects drawn in the subject colour
     img = poll_until(lambda: next((m for m in annotated if m.header.stamp.sec == 1001), None), 10, "annotated image")
-    from rls3_ros.nodes.annotate import COLOURS
-    from rls3_ros.image_codec import image_msg_to_rgb
+    from rls3_ros.ros.nodes.annotate import COLOURS
+    from rls3_ros.core.image_codec import image_msg_to_rgb
 
     arr = image_msg_to_rgb(img)
     assert arr.shape == samples[1].image.shape and not np.array_equal(arr, samples[1].image)
@@ -223,7 +223,7 @@ def test_bad_queries_are_refused_with_reasons(graph, samples, case, fields, reas
     if header.stamp.sec == 42:  # a scene state with this stamp makes the object names known
         from rls3_msgs.msg import SceneState
 
-        from rls3_ros.nodes.conversions import scene_to_msg
+        from rls3_ros.ros.nodes.conversions import scene_to_msg
 
         pub = graph.node.create_publisher(SceneState, "scene_state", 10)
         poll_until(lambda: pub.get_subscription_count() > 0, 20, "scene subscription")
@@ -306,7 +306,7 @@ def _score(node, sample_msgs):
 
 
 def test_score_samples_answers_and_refuses(graph, samples):
-    from rls3_ros.nodes.conversions import sample_to_msg
+    from rls3_ros.ros.nodes.conversions import sample_to_msg
 
     msgs = [sample_to_msg(s) for s in samples[:4]]
     r = _score(graph.node, msgs)
@@ -341,7 +341,7 @@ def test_fine_tune_adapter_loads_with_plain_peft_and_changes_answers(graph, samp
     from rls3_msgs.msg import AdapterInfo, Sample, TrainingMetrics
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-    from rls3_ros.nodes.conversions import sample_to_msg
+    from rls3_ros.ros.nodes.conversions import sample_to_msg
 
     node = graph.node
     metrics, announced = [], []
@@ -405,7 +405,7 @@ def test_fine_tune_cancel_and_score_stays_responsive(graph, samples):
     from action_msgs.msg import GoalStatus
     from rls3_msgs.action import FineTune
 
-    from rls3_ros.nodes.conversions import sample_to_msg
+    from rls3_ros.ros.nodes.conversions import sample_to_msg
 
     node = graph.node
     feedback = []
@@ -446,12 +446,12 @@ def test_model_missing_at_start_then_appears_and_lifecycle_transitions(graph, sa
     pub.publish(AdapterInfo(path=announced, iteration=3))
     base_dir = tmp_path / "late_base"
     name = "sq_late"
-    with NodeProcess(["-m", "rls3_ros.nodes.spatial_query", "--ros-args", "-r", f"__node:={name}",
+    with NodeProcess(["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-r", f"__node:={name}",
                       "-p", f"model:=py:vlm_test_model:load:{base_dir}", "-p", "load_retry_period:=0.3",
                       "-p", "adapter_topic:=late_adapter"], graph.env, name, log_dir=graph.root) as proc:
         proc.wait_for_output("not available", 60)
         proc.wait_for_output("announced adapter .* will be loaded with the model", 30)
-        from rls3_ros.client import SpatialQueryClient
+        from rls3_ros.ros.client import SpatialQueryClient
 
         client = SpatialQueryClient(graph.node, f"/{name}/query")
         assert client.wait_for_service(20)
@@ -482,7 +482,7 @@ def test_rls3_query_via_ros_asks_the_running_node(graph, samples, tmp_path, caps
 
     from PIL import Image as PILImage
 
-    from rls3_ros.query_cli import cli_query
+    from rls3_ros.cli.query import cli_query
 
     png = tmp_path / "q.png"
     PILImage.fromarray(samples[0].image).save(png)
@@ -497,10 +497,10 @@ def test_rls3_query_via_ros_asks_the_running_node(graph, samples, tmp_path, caps
 
 
 def test_bad_parameters_are_reported_at_startup(graph):
-    with NodeProcess(["-m", "rls3_ros.nodes.vlm_trainer", "--ros-args", "-r", "__node:=bad_trainer", "-p",
+    with NodeProcess(["-m", "rls3_ros.ros.nodes.vlm_trainer", "--ros-args", "-r", "__node:=bad_trainer", "-p",
                       f"model:={MODEL}", "-p", "buffer_size:=0", "-p", "train_instance:=sideways"],
                      graph.env, "bad_trainer", log_dir=graph.root) as trainer, \
-            NodeProcess(["-m", "rls3_ros.nodes.spatial_query", "--ros-args", "-r", "__node:=bad_query", "-p",
+            NodeProcess(["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-r", "__node:=bad_query", "-p",
                          f"model:={MODEL}", "-p", "image_qos:=fastest", "-p", "frame_buffer:=0"],
                         graph.env, "bad_query", log_dir=graph.root) as query:
         assert trainer.wait(60) == 2
@@ -508,7 +508,7 @@ def test_bad_parameters_are_reported_at_startup(graph):
         assert "buffer_size must be >= 1" in out and "train_instance must be" in out and "Traceback" not in out
         query.wait_for_output("bad parameter: image_qos 'fastest' unknown", 60)
         query.wait_for_output("bad parameter: frame_buffer must be >= 1", 10)
-        from rls3_ros.client import SpatialQueryClient
+        from rls3_ros.ros.client import SpatialQueryClient
 
         client = SpatialQueryClient(graph.node, "/bad_query/query")
         assert client.wait_for_service(20)
@@ -521,7 +521,7 @@ def test_buffer_drops_oldest_and_clear_buffer(graph, samples):
     from rls3_msgs.action import FineTune
     from rls3_msgs.msg import Sample
 
-    from rls3_ros.nodes.conversions import sample_to_msg
+    from rls3_ros.ros.nodes.conversions import sample_to_msg
 
     extra = tm.make_samples(60, seed=11)  # buffer_size is 50 in this graph
     pub = graph.node.create_publisher(Sample, "samples", 100)
@@ -555,7 +555,7 @@ def test_incompatible_camera_qos_is_logged(graph):
 
 
 def test_client_async_variants_resolve_to_answers(graph, samples):
-    from rls3_ros.client import CheckAnswer, WhatAnswer, WhereAnswer
+    from rls3_ros.ros.client import CheckAnswer, WhatAnswer, WhereAnswer
 
     img = samples[0].image
     futures = [graph.client.where_is_async("red square", "blue square", image=img),

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import vlm_test_model as tm
-from rls3_ros.query_cli import cli_query
+from rls3_ros.cli.query import cli_query
 
 MODEL = "py:vlm_test_model:load"
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from ros_harness import BackgroundSpinner, NodeProcess, call_service, poll_until, spin_until_future
-from rls3_ros.ros_isolation import isolated_ros_env
+from rls3_ros.ros.isolation import isolated_ros_env
 
 pytestmark = pytest.mark.timeout(180)
 REPO = Path(__file__).resolve().parent.parent
@@ -37,8 +37,8 @@ def test_embedded_model_through_trainer_and_query_nodes(base_dir, tmp_path):
     from rls3_msgs.action import FineTune
     from rls3_msgs.srv import ScoreSamples
 
-    from rls3_ros.client import SpatialQueryClient
-    from rls3_ros.nodes.conversions import sample_to_msg
+    from rls3_ros.ros.client import SpatialQueryClient
+    from rls3_ros.ros.nodes.conversions import sample_to_msg
     from rls3_ros.vlm.embedded import SpatialMatchModel
     from rls3_ros.vlm.standin import make_samples
 
@@ -55,9 +55,9 @@ def test_embedded_model_through_trainer_and_query_nodes(base_dir, tmp_path):
     rel = s.relations[0]
     adapters = tmp_path / "adapters"
     try:
-        with NodeProcess(["-m", "rls3_ros.nodes.vlm_trainer", "--ros-args", "-p", f"model:={spec}",
+        with NodeProcess(["-m", "rls3_ros.ros.nodes.vlm_trainer", "--ros-args", "-p", f"model:={spec}",
                           "-p", f"adapter_dir:={adapters}", "-p", "torch_threads:=1"], env, "trainer", log_dir=tmp_path) as tr, \
-                NodeProcess(["-m", "rls3_ros.nodes.spatial_query", "--ros-args", "-p", f"model:={spec}",
+                NodeProcess(["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-p", f"model:={spec}",
                              "-p", "torch_threads:=1"], env, "query", log_dir=tmp_path) as q:
             spinner = BackgroundSpinner("embedded_test_client")
             try:

@@ -30,7 +30,7 @@ import pytest
 import torch
 
 from ros_harness import BackgroundSpinner, NodeProcess, call_service, poll_until, spin_until_future
-from rls3_ros.ros_isolation import isolated_ros_env
+from rls3_ros.ros.isolation import isolated_ros_env
 
 pytestmark = pytest.mark.timeout(180)
 REPO = Path(__file__).resolve().parent.parent
@@ -93,14 +93,14 @@ def graph(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with NodeProcess(["-m", "rls3_ros.nodes.vlm_trainer", "--ros-args", "-p", "model:=grounded",
+        with NodeProcess(["-m", "rls3_ros.ros.nodes.vlm_trainer", "--ros-args", "-p", "model:=grounded",
                           "-p", f"adapter_dir:={adapters}", "-p", "torch_threads:=1"], env, "vlm_trainer",
                          log_dir=root) as trainer, \
-                NodeProcess(["-m", "rls3_ros.nodes.spatial_query", "--ros-args", "-p", "model:=grounded",
+                NodeProcess(["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-p", "model:=grounded",
                              "-p", "torch_threads:=1"], env, "spatial_query", log_dir=root) as query:
             spinner = BackgroundSpinner("grounded_nodes_test_client")
             try:
-                from rls3_ros.client import SpatialQueryClient
+                from rls3_ros.ros.client import SpatialQueryClient
                 from rls3_ros.vlm import grounded as G
 
                 local = G.load()  # what `model: grounded` resolves to, in this process
@@ -139,7 +139,7 @@ def _decided(probs) -> bool:
 
 def test_query_node_answers_like_the_grounded_model_in_process(graph, renders):
     from rls3_ros.captions import terms as T
-    from rls3_ros.spatial_answers import predicted_terms
+    from rls3_ros.vlm.answers import predicted_terms
     from rls3_ros.vlm import grounded as G
 
     local = {"": graph.local}
@@ -175,7 +175,7 @@ def test_trainer_fine_tunes_grounded_and_query_node_follows_under_a_query_stream
     from rls3_msgs.srv import ScoreSamples
     from safetensors.torch import load_file
 
-    from rls3_ros.nodes.conversions import msg_to_sample, sample_to_msg
+    from rls3_ros.ros.nodes.conversions import msg_to_sample, sample_to_msg
     from rls3_ros.vlm import grounded as G
 
     node, client = graph.node, graph.client

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from ros_harness import BackgroundSpinner, NodeProcess, poll_until, spin_until_future
-from rls3_ros.ros_isolation import isolated_ros_env
+from rls3_ros.ros.isolation import isolated_ros_env
 
 pytestmark = pytest.mark.timeout(240)
 REPO = Path(__file__).resolve().parent.parent
@@ -67,7 +67,7 @@ def graph(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with NodeProcess(["-m", "rls3_ros.nodes.spatial_query", "--ros-args", "-p", "model:=grounded",
+        with NodeProcess(["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-p", "model:=grounded",
                           "-p", "torch_threads:=1", "-p", "image_qos:=reliable", "-p", "depth_topic:=depth/image_raw",
                           "-p", "publish_annotated:=true", "-p", "frame_tolerance:=0.05"], env, "spatial_query",
                          log_dir=root) as query:
@@ -93,7 +93,7 @@ def _header(sec: int, frame_id: str = "world"):
 
 
 def _camera_info(scene, header):
-    from rls3_ros.nodes.conversions import camera_info_msg
+    from rls3_ros.ros.nodes.conversions import camera_info_msg
 
     return camera_info_msg(scene.camera, header)  # frame_id: the camera optical frame
 
@@ -128,7 +128,7 @@ def test_camera_frames_with_depth_topic_give_boxes_and_3d_points_in_the_optical_
     from rls3_msgs.srv import SpatialQuery
     from sensor_msgs.msg import CameraInfo, Image
 
-    from rls3_ros.image_codec import numpy_to_image_msg
+    from rls3_ros.core.image_codec import numpy_to_image_msg
     from rls3_ros.vlm import grounding as Gr
 
     node = graph.node
@@ -180,8 +180,8 @@ def test_plain_client_with_its_own_image_gets_3d_points_from_the_scene_state(gra
     from rls3_msgs.msg import SceneState
     from rls3_msgs.srv import SpatialQuery
 
-    from rls3_ros.nodes.conversions import scene_to_msg
-    from rls3_ros.image_codec import numpy_to_image_msg
+    from rls3_ros.ros.nodes.conversions import scene_to_msg
+    from rls3_ros.core.image_codec import numpy_to_image_msg
 
     node = graph.node
     pub = node.create_publisher(SceneState, "scene_state", 10)
@@ -207,7 +207,7 @@ def test_plain_client_with_its_own_image_gets_3d_points_from_the_scene_state(gra
 
 
 def test_client_helper_sends_its_own_intrinsics_and_depth_and_what_locates_the_best_candidate(graph, frames):
-    from rls3_ros.client import SpatialQueryClient
+    from rls3_ros.ros.client import SpatialQueryClient
     from rls3_ros.vlm import grounding as Gr
 
     client = SpatialQueryClient(graph.node)
@@ -235,9 +235,9 @@ def test_annotated_image_draws_the_predicted_locations(graph, frames):
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
 
-    from rls3_ros.client import SpatialQueryClient
-    from rls3_ros.nodes.annotate import draw_annotation
-    from rls3_ros.image_codec import image_msg_to_rgb
+    from rls3_ros.ros.client import SpatialQueryClient
+    from rls3_ros.ros.nodes.annotate import draw_annotation
+    from rls3_ros.core.image_codec import image_msg_to_rgb
 
     got = []
     sub = graph.node.create_subscription(Image, "/spatial_query/annotated", got.append,
@@ -259,7 +259,7 @@ def test_annotated_image_draws_the_predicted_locations(graph, frames):
 
 
 def test_model_without_grounding_answers_with_empty_locations_and_says_so(tmp_path, frames):
-    from rls3_ros.client import SpatialQueryClient
+    from rls3_ros.ros.client import SpatialQueryClient
 
     env = _env(tmp_path)
     mp = pytest.MonkeyPatch()
@@ -267,7 +267,7 @@ def test_model_without_grounding_answers_with_empty_locations_and_says_so(tmp_pa
         if k.startswith(("ROS_", "FASTDDS", "RMW_")):
             mp.setenv(k, v)
     try:
-        with NodeProcess(["-m", "rls3_ros.nodes.spatial_query", "--ros-args", "-p", "model:=py:vlm_test_model:load",
+        with NodeProcess(["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-p", "model:=py:vlm_test_model:load",
                           "-p", "torch_threads:=1"], env, "spatial_query_tiny", log_dir=tmp_path) as q:
             q.wait_for_output("model ready", 60)
             spinner = BackgroundSpinner("grounding_tiny_client")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rls3_ros.vlm.pretrain import COMMON_TERMS, imbalance
-from rls3_ros.vlm.pretrain_cli import cli_pretrain
+from rls3_ros.cli.pretrain import cli_pretrain
 from rls3_ros.vlm.standin import make_samples
 
 

@@ -2,7 +2,7 @@
 
 One real ``spatial_query`` process (``model:=grounded``, the committed weak base: its vocabulary
 is what matters here, not its accuracy) in its own ROS domain; the client is a plain rclpy node
-in this process (service calls and publishers only, not ``rls3_ros.client``). Images and scene
+in this process (service calls and publishers only, not ``rls3_ros.ros.client``). Images and scene
 states are real MuJoCo renders.
 
 1. A ``scene_state`` without usable camera info is dropped on arrival (throttled warning): no
@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from ros_harness import BackgroundSpinner, NodeProcess, call_service, poll_until
-from rls3_ros.ros_isolation import isolated_ros_env
+from rls3_ros.ros.isolation import isolated_ros_env
 
 TEST_DIR = Path(__file__).resolve().parent
 REPO = TEST_DIR.parent
@@ -61,7 +61,7 @@ def node(tmp_path_factory):
         if k.startswith(("ROS_", "FASTDDS", "RMW_")):
             mp.setenv(k, v)
     try:
-        with NodeProcess(["-m", "rls3_ros.nodes.spatial_query", "--ros-args", "-p", "model:=grounded",
+        with NodeProcess(["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-p", "model:=grounded",
                           "-p", "image_qos:=reliable", "-p", "torch_threads:=1", "-p", "follow_adapter_topic:=false"],
                          env, "spatial_query", log_dir=root) as proc:
             spinner = BackgroundSpinner("outside_in_client")
@@ -102,7 +102,7 @@ def _image(rgb, header=None):
 
 
 def _scene_msg(scene, header):
-    from rls3_ros.nodes.conversions import scene_to_msg
+    from rls3_ros.ros.nodes.conversions import scene_to_msg
 
     return scene_to_msg(scene, header)
 

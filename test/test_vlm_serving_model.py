@@ -2,7 +2,7 @@
 
 ``rls3 launch query`` (config/query.yaml, nothing overridden) in a real process; a plain rclpy
 client (a node, a ``SpatialQuery`` service client, hand-built ``sensor_msgs/Image`` messages; not
-``rls3_ros.client``) asks "where is A relative to B?" for every relation the caption oracle
+``rls3_ros.ros.client``) asks "where is A relative to B?" for every relation the caption oracle
 states on held-out MuJoCo images (scene seeds of the pretraining held-out range, never trained
 on). Its answers must be the serving model's (same terms as ``grounded:serving`` in-process),
 clearly better than the weak training base on the same images, and consistent with the figures
@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from ros_harness import BackgroundSpinner, NodeProcess, call_service
-from rls3_ros.ros_isolation import isolated_ros_env
+from rls3_ros.ros.isolation import isolated_ros_env
 
 REPO = Path(__file__).resolve().parent.parent
 STATED = REPO / "results" / "where_accuracy.json"
@@ -56,7 +56,7 @@ def test_plain_client_gets_the_serving_models_accuracy_from_rls3_launch_query(tm
     from rls3_msgs.srv import SpatialQuery
 
     from rls3_ros.captions import terms as T
-    from rls3_ros.spatial_answers import QueryRequest, answer_query, load_model
+    from rls3_ros.vlm.answers import QueryRequest, answer_query, load_model
     from rls3_ros.vlm.pretrain import render_corpus
 
     torch.set_num_threads(1)
@@ -74,7 +74,7 @@ def test_plain_client_gets_the_serving_models_accuracy_from_rls3_launch_query(tm
             mp.setenv(k, v)
     answers = []
     try:
-        with NodeProcess(["-m", "rls3_ros.graph_launcher", "query"], env, "launch_query", log_dir=tmp_path) as p:
+        with NodeProcess(["-m", "rls3_ros.ros.launcher", "query"], env, "launch_query", log_dir=tmp_path) as p:
             p.wait_for_output(r"\[spatial_query\].*model ready", timeout=120)
             spinner = BackgroundSpinner("plain_query_client")
             try:

@@ -5,7 +5,7 @@ peft format (atomically) and loads them back, like the project's real models, bu
 milliseconds: a 2-layer CNN for the image, hashed character trigrams for the object names
 and a 2-layer head giving one independent probability per relation term.
 
-Loader for the nodes' ``model`` parameter (see ``rls3_ros.nodes.vlm_loading``):
+Loader for the nodes' ``model`` parameter (see ``rls3_ros.ros.nodes.vlm_loading``):
 ``py:vlm_test_model:load`` (in-memory base, seed 0) or ``py:vlm_test_model:load:<dir>``
 (base weights saved by ``save_base(<dir>)``; a missing directory raises FileNotFoundError,
 which is how the tests exercise "model not present at start").
@@ -28,7 +28,7 @@ import peft  # noqa: F401 - imported with the model, not at the first fine-tune 
 import torch
 from torch import nn
 
-from rls3_ros.scene import CameraModel, ObjectState, Sample, SceneState, SpatialRelation
+from rls3_ros.core.scene import CameraModel, ObjectState, Sample, SceneState, SpatialRelation
 from rls3_ros.vlm.interface import FineTuneResult, ProgressCallback, RelationScore, SpatialVLM
 
 from rls3_ros.captions.terms import TERMS as _ORACLE_TERMS, make_caption

@@ -1,9 +1,9 @@
-"""rosbags message objects <-> core types of ``rls3_ros.scene`` (no rclpy).
+"""rosbags message objects <-> core types of ``rls3_ros.core.scene`` (no rclpy).
 
-The scene/sample mapping is :mod:`rls3_ros.scene_msgs`, the same one the rclpy node layer
-(``rls3_ros.nodes.conversions``) uses, bound here to a rosbags typestore: a sample exported
+The scene/sample mapping is :mod:`rls3_ros.core.scene_msgs`, the same one the rclpy node layer
+(``rls3_ros.ros.nodes.conversions``) uses, bound here to a rosbags typestore: a sample exported
 here and read by an rclpy node gives the same core objects as one published by the node
-layer. Images (Image and CompressedImage) go through :mod:`rls3_ros.image_codec`, the codec
+layer. Images (Image and CompressedImage) go through :mod:`rls3_ros.core.image_codec`, the codec
 the nodes use, so a frame decodes to the same array live and on replay.
 """
 
@@ -13,9 +13,9 @@ from typing import Any, Optional
 
 from rosbags.typesys.store import Typestore
 
-from rls3_ros.image_codec import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE  # noqa: F401  (re-exported)
-from rls3_ros.scene import CameraModel, ObjectState, Sample, SceneState, SpatialRelation
-from rls3_ros.scene_msgs import (  # noqa: F401  (re-exported for the bag modules)
+from rls3_ros.core.image_codec import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE  # noqa: F401  (re-exported)
+from rls3_ros.core.scene import CameraModel, ObjectState, Sample, SceneState, SpatialRelation
+from rls3_ros.core.scene_msgs import (  # noqa: F401  (re-exported for the bag modules)
     CAMERA_FRAME,
     WORLD_FRAME,
     MessageConversionError,
@@ -45,7 +45,7 @@ def make_header(store: Typestore, ns: int, frame_id: str = WORLD_FRAME):
 
 # ---------------------------------------------------------------- scene / samples
 def bag_codec(store: Typestore) -> SceneMessageCodec:
-    """The core-type mapping of :mod:`rls3_ros.scene_msgs` bound to the typestore's classes."""
+    """The core-type mapping of :mod:`rls3_ros.core.scene_msgs` bound to the typestore's classes."""
     return SceneMessageCodec(lambda name: store.types[name])
 
 

@@ -13,7 +13,7 @@ from typing import Iterable
 
 from rls3_ros.bags.bagio import AtomicBagWriter, BagError
 from rls3_ros.bags.convert import SAMPLE_TYPE, make_header, sample_to_bagmsg
-from rls3_ros.scene import Sample
+from rls3_ros.core.scene import Sample
 
 DEFAULT_TOPIC = "/rls3/samples"
 # bag time of samples whose scene has no stamp: a fixed epoch + 1 ms per sample

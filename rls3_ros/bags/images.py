@@ -5,7 +5,7 @@
         f.stamp_ns # header stamp (bag time if the header has none)
     frame = image_at("robot_bag", "/camera/image_raw", stamp_ns)   # exact stamp or nearest
 
-Frames are decoded by :mod:`rls3_ros.image_codec`, the codec the nodes use live: colour and
+Frames are decoded by :mod:`rls3_ros.core.image_codec`, the codec the nodes use live: colour and
 mono encodings (rgb8, bgr8, rgba8, bgra8, mono8, mono16; row padding and byte order honoured)
 and jpeg/png CompressedImage; a depth or unknown encoding is a BagError naming it.
 """
@@ -20,7 +20,7 @@ import numpy as np
 
 from rls3_ros.bags.bagio import BagError, BagReader
 from rls3_ros.bags.convert import header_stamp_ns
-from rls3_ros.image_codec import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, ImageConversionError, image_msg_to_rgb
+from rls3_ros.core.image_codec import COMPRESSED_IMAGE_TYPE, IMAGE_TYPE, ImageConversionError, image_msg_to_rgb
 
 IMAGE_TYPES = (IMAGE_TYPE, COMPRESSED_IMAGE_TYPE)
 

@@ -16,8 +16,8 @@ from typing import Iterator, List, Optional
 
 from rls3_ros.bags.bagio import BagError, BagReader
 from rls3_ros.bags.convert import SAMPLE_TYPE, BagConversionError, bagmsg_to_sample
-from rls3_ros.image_codec import ImageConversionError
-from rls3_ros.scene import Sample
+from rls3_ros.core.image_codec import ImageConversionError
+from rls3_ros.core.scene import Sample
 
 
 def sample_topics(path: os.PathLike | str) -> List[str]:

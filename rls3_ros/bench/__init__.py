@@ -16,7 +16,7 @@ BENCHMARKS = {
                   "what each sampler did in a learning benchmark's runs, and the reward signal it had"),
     "speed": ("rls3_ros.bench.speed", "cli_bench_speed", "samples/s in-process vs ROS, bridge scaling, query latency"),
     "load": ("rls3_ros.bench.load", "cli_bench_load", "8 clients x 1,000 queries with an adapter swap"),
-    "query": ("rls3_ros.query_bench", "cli_query_bench", "query latency: node vs direct model call"),
+    "query": ("rls3_ros.bench.query", "cli_query_bench", "query latency: node vs direct model call"),
     "soak": ("rls3_ros.bench.soak", "cli_bench_soak", "sim_bridge RSS over 1,000 resets/moves"),
     "grounding": ("rls3_ros.bench.grounding", "cli_bench_grounding",
                   "object locations: pointing accuracy and box IoU vs the oracle's boxes, base vs tuned"),

@@ -21,9 +21,9 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from rls3_ros.ros_isolation import isolated_ros_env
+from rls3_ros.ros.isolation import isolated_ros_env
 from rls3_ros.sim.backend import PLACE, SWAP, MoveAction
-from rls3_ros.nodes.service_qos import SERVICE_QOS
+from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
 
 
 def random_moves(scene, bounds, rng: np.random.Generator, n: int) -> List[MoveAction]:
@@ -122,7 +122,7 @@ def bench_ros(n_per_bridge: int, image_size: int, bridges: int, seed: int = 0, w
     """Samples/s through ``bridges`` sim_bridge processes + one caption_oracle process."""
     import subprocess
 
-    from rls3_ros.nodes.conversions import msg_to_scene
+    from rls3_ros.ros.nodes.conversions import msg_to_scene
     from rls3_ros.sim.factory import make_backend
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="rls3-genbench-"))
@@ -135,12 +135,12 @@ def bench_ros(n_per_bridge: int, image_size: int, bridges: int, seed: int = 0, w
             log = open(workdir / f"bridge{i}.log", "wb")
             logs.append(log)
             procs.append(subprocess.Popen(
-                [sys.executable, "-m", "rls3_ros.nodes.sim_bridge", "--ros-args", "-r", f"__ns:={ns}",
+                [sys.executable, "-m", "rls3_ros.ros.nodes.sim_bridge", "--ros-args", "-r", f"__ns:={ns}",
                  "-p", f"image_size:={image_size}", "-p", f"seed:={seed + i}"],
                 env=env, stdout=log, stderr=subprocess.STDOUT))
         log = open(workdir / "oracle.log", "wb")
         logs.append(log)
-        procs.append(subprocess.Popen([sys.executable, "-m", "rls3_ros.nodes.caption_oracle"],
+        procs.append(subprocess.Popen([sys.executable, "-m", "rls3_ros.ros.nodes.caption_oracle"],
                                       env=env, stdout=log, stderr=subprocess.STDOUT))
         import os
 

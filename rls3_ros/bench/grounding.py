@@ -139,8 +139,8 @@ def main_job_adapter(cfg: Dict[str, Any], run_path: Path, grounding_weight: Opti
                      log=print) -> Tuple[str, Dict[str, Any]]:
     """Run the main job (``rls3 train``'s loop, its configuration) into ``run_path``; its last adapter.
     ``grounding_weight``: the fine-tuning's box-grounding loss weight (None = the model's default, 0.5)."""
-    from rls3_ros.rl.loop import run_inprocess
-    from rls3_ros.rl.run_dir import RunDir
+    from rls3_ros.loop.runner import run_inprocess
+    from rls3_ros.loop.run_dir import RunDir
 
     vlm = None
     if grounding_weight is not None:
@@ -159,8 +159,8 @@ def main_job_adapter(cfg: Dict[str, Any], run_path: Path, grounding_weight: Opti
 def splits(cfg: Dict[str, Any], log=print):
     """The loop's cached ``test`` and ``val`` splits (generated once with the loop's own keys)."""
     from rls3_ros.captions.oracle import CaptionOracle
-    from rls3_ros.rl.datasets import cached_split
-    from rls3_ros.rl.loop import BackendSource, split_source_key
+    from rls3_ros.loop.datasets import cached_split
+    from rls3_ros.loop.runner import BackendSource, split_source_key
     from rls3_ros.sim.factory import make_backend
 
     rc, ev = cfg["run"], cfg["eval"]
@@ -224,8 +224,8 @@ def run_benchmark(out_dir: Path, quick: bool = False, adapter: str = "", groundi
                   log=print) -> Dict[str, Any]:
     import torch
 
-    from rls3_ros.spatial_answers import load_model
-    from rls3_ros.rl.config_files import load_train_config
+    from rls3_ros.vlm.answers import load_model
+    from rls3_ros.loop.config_files import load_train_config
 
     t0 = time.monotonic()
     cfg = load_train_config(quick=quick)

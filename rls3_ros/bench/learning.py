@@ -13,7 +13,7 @@ The protocol (fixed before any sampler ran; change it only with a new results fi
 - **Two test splits, generated once before any sampler runs** and never trained on:
   ``test`` — the balanced split (700 scenes, relations balanced over the eight terms, >= 1,500
   relations; regressions show here); ``tail`` — the pre-registered hard cases of
-  :mod:`rls3_ros.rl.tail_split` (vertical and three-term combinations, near sector boundaries,
+  :mod:`rls3_ros.loop.tail_split` (vertical and three-term combinations, near sector boundaries,
   occlusion), produced by a generator of its own, not by any sampler's actions or the env's
   decoder. Validation (what the mode samplers read) mirrors both on other seeds.
 - **Headlines** per split: accuracy at ``R`` (and paired difference to random at ``R`` and to
@@ -93,7 +93,7 @@ def _nan(x) -> float:
 
 def bench_config(sampler: str, seed: int, budget: int, quick: bool, overrides: Sequence[str] = ()) -> Dict[str, Any]:
     """The loop configuration of one benchmark run: the main job's, with the benchmark's protocol."""
-    from rls3_ros.rl.config_files import apply_sets, load_train_config
+    from rls3_ros.loop.config_files import apply_sets, load_train_config
 
     if sampler not in VARIANTS:
         raise ValueError(f"unknown sampler {sampler!r} (choose from {', '.join(VARIANTS)})")
@@ -254,7 +254,7 @@ def write_markdown(doc: Dict[str, Any], path: Path) -> None:
              f"Machine: {doc['host']['cpus']} CPUs ({doc['host']['machine']}), {doc.get('jobs', 1)} runs at a time, "
              f"wall {doc['wall_s'] / 60:.1f} min.", "",
              f"Test splits (fixed before any sampler ran): balanced **{doc['split_sizes'].get('test', 0)}** relations, "
-             f"tail **{doc['split_sizes'].get('tail', 0)}** relations (rls3_ros/rl/tail_split.py). Base accuracy: "
+             f"tail **{doc['split_sizes'].get('tail', 0)}** relations (rls3_ros/loop/tail_split.py). Base accuracy: "
              f"balanced {doc['base_split_accuracy'].get('test', float('nan')):.3f}, "
              f"tail {doc['base_split_accuracy'].get('tail', float('nan')):.3f}.", "",
              "Random with more renders (mean [95 % interval] over seeds):", "",
@@ -284,7 +284,7 @@ def write_markdown(doc: Dict[str, Any], path: Path) -> None:
             f"{doc['samplers'][n]['per_term_at_budget'].get(t, {}).get('mean', float('nan')):.3f}" for n in names) + " |")
     lines += ["", "How each sampler spent its renders (share of steps per generation mode, mean over seeds):", "",
               "| mode | " + " | ".join(names) + " |", "| --- | " + " | ".join("---" for _ in names) + " |"]
-    from rls3_ros.rl.modes import MODES
+    from rls3_ros.loop.modes import MODES
 
     for m in MODES:
         lines.append(f"| {m} | " + " | ".join(f"{doc['samplers'][n]['mode_share_mean'].get(m, 0):.2f}" for n in names) + " |")
@@ -334,7 +334,7 @@ def plot(doc: Dict[str, Any], out_dir: Path) -> None:
     fig.savefig(out_dir / "learning_curves.png", dpi=110)
     plt.close(fig)
 
-    from rls3_ros.rl.modes import MODES
+    from rls3_ros.loop.modes import MODES
 
     names = list(doc["samplers"])
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.4))
@@ -398,7 +398,7 @@ def plot(doc: Dict[str, Any], out_dir: Path) -> None:
 def _one_run(job: Dict[str, Any]) -> Dict[str, Any]:
     """One benchmark run (in a worker process)."""
     os.environ.setdefault("MUJOCO_GL", "egl")
-    from rls3_ros.rl.loop import run_inprocess
+    from rls3_ros.loop.runner import run_inprocess
 
     t = time.monotonic()
     summary = run_inprocess(job["cfg"], job["run_path"], progress=False, log=lambda m: None)
@@ -409,8 +409,8 @@ def _one_run(job: Dict[str, Any]) -> Dict[str, Any]:
 
 def prepare_sets(cfg: Dict[str, Any], log=print) -> Dict[str, int]:
     """Generate (or load) the fixed evaluation sets once, before any sampler runs."""
-    from rls3_ros.rl.loop import build_inprocess
-    from rls3_ros.rl.run_dir import RunDir
+    from rls3_ros.loop.runner import build_inprocess
+    from rls3_ros.loop.run_dir import RunDir
     import tempfile
 
     cfg = json.loads(json.dumps(cfg))

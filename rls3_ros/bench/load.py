@@ -25,7 +25,7 @@ Writes ``--out`` (JSON) and prints a summary. Exit code 0 when nothing failed or
 """
 
 from __future__ import annotations
-from rls3_ros.nodes.service_qos import SERVICE_QOS
+from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
 
 import argparse
 import json
@@ -95,7 +95,7 @@ def make_swap_adapter(spec: str, directory: str, seed: int = 0) -> str:
     random values (so the swapped model really answers differently)."""
     import torch
 
-    from rls3_ros.spatial_answers import load_model
+    from rls3_ros.vlm.answers import load_model
 
     model = load_model(spec)
     host = getattr(model, "host", None)
@@ -118,7 +118,7 @@ def _client_main(a) -> int:
     from rclpy.executors import SingleThreadedExecutor
     from rls3_msgs.srv import SpatialQuery
 
-    from rls3_ros.image_codec import numpy_to_image_msg
+    from rls3_ros.core.image_codec import numpy_to_image_msg
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
@@ -182,7 +182,7 @@ def run_load(n_clients: int = 8, n_queries: int = 1000, model: str = "grounded",
              workdir: Optional[str] = None, log=print) -> Dict[str, Any]:
     """Run the load benchmark (see module docstring); returns the result dict (also written to
     ``out`` unless None)."""
-    from rls3_ros.ros_isolation import isolated_ros_env
+    from rls3_ros.ros.isolation import isolated_ros_env
 
     tmp_ctx = tempfile.TemporaryDirectory(prefix="rls3-load-") if workdir is None else None
     root = Path(workdir or tmp_ctx.name)
@@ -197,7 +197,7 @@ def run_load(n_clients: int = 8, n_queries: int = 1000, model: str = "grounded",
         log(f"making a swap adapter for {spec!r} ...")
         adapter = make_swap_adapter(spec, str(root / "swap_adapter"))
     node_log = open(root / "spatial_query.log", "wb")
-    node = subprocess.Popen([sys.executable, "-m", "rls3_ros.nodes.spatial_query", "--ros-args",
+    node = subprocess.Popen([sys.executable, "-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args",
                              "-p", f"model:={spec}", "-p", "follow_adapter_topic:=false", "-p", "image_qos:=reliable"],
                             env=env, stdout=node_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     clients: List[subprocess.Popen] = []
@@ -394,12 +394,12 @@ if __name__ == "__main__":
 
 def adapter_for_swap(tmp: Path, spec: str = "", name: str = "swap_adapter") -> str:
     """A real LoRA adapter of the embedded base (a few steps on rendered samples) to swap to."""
-    from rls3_ros.spatial_answers import load_model
+    from rls3_ros.vlm.answers import load_model
     from rls3_ros.vlm.factory import DEFAULT_MODEL
 
     spec = spec or DEFAULT_MODEL
-    from rls3_ros.query_bench import make_image
-    from rls3_ros.scene import CameraModel, ObjectState, Sample, SceneState, SpatialRelation
+    from rls3_ros.bench.query import make_image
+    from rls3_ros.core.scene import CameraModel, ObjectState, Sample, SceneState, SpatialRelation
 
     vlm = load_model(spec)
     cam = CameraModel.look_at((0.0, -2.0, 1.5), (0.0, 0.0, 0.8), 128, 128, 60.0)

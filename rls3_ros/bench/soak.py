@@ -71,8 +71,8 @@ def run_soak(ops: int = 1000, image_size: int = 64, reset_every: int = 4, trim: 
     from rclpy.executors import SingleThreadedExecutor
     from rls3_msgs.srv import ApplyAction, ResetScene
 
-    from rls3_ros.nodes.service_qos import SERVICE_QOS
-    from rls3_ros.ros_isolation import isolated_ros_env
+    from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
+    from rls3_ros.ros.isolation import isolated_ros_env
 
     if ops < 1 or reset_every < 1 or sample_every < 1:
         raise ValueError("ops, reset_every and sample_every must be >= 1")
@@ -82,7 +82,7 @@ def run_soak(ops: int = 1000, image_size: int = 64, reset_every: int = 4, trim: 
     env = isolated_ros_env(root)
     here = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join([p for p in (here, env.get("PYTHONPATH", "")) if p])
-    args = [sys.executable, "-m", "rls3_ros.nodes.sim_bridge", "--ros-args", "-p", f"image_size:={image_size}",
+    args = [sys.executable, "-m", "rls3_ros.ros.nodes.sim_bridge", "--ros-args", "-p", f"image_size:={image_size}",
             "-p", "image_qos:=reliable"]
     if not trim:
         args += ["-p", "trim_memory:=false"]

@@ -36,9 +36,9 @@ def bench_fine_tune(image_size: int, n_samples: int, steps: int, seed: int = 0) 
 
     from rls3_ros.bench.generation import random_moves
     from rls3_ros.captions.oracle import CaptionOracle
-    from rls3_ros.scene import Sample
+    from rls3_ros.core.scene import Sample
     from rls3_ros.sim.factory import make_backend
-    from rls3_ros.spatial_answers import load_model
+    from rls3_ros.vlm.answers import load_model
 
     backend = make_backend("mujoco", image_size=image_size, seed=seed)
     oracle = CaptionOracle()
@@ -84,8 +84,8 @@ def bench_fine_tune(image_size: int, n_samples: int, steps: int, seed: int = 0) 
 def bench_loop(agent: str, n_samples: int, log=print) -> Dict[str, Any]:
     """The whole in-process RLS3 loop (``rls3 train``'s) for ``n_samples`` valid samples: samples/s
     over the loop's own time (fixed sets cached beforehand) and its time split per stage."""
-    from rls3_ros.rl.loop import run_inprocess
-    from rls3_ros.rl.config_files import apply_sets, load_train_config
+    from rls3_ros.loop.runner import run_inprocess
+    from rls3_ros.loop.config_files import apply_sets, load_train_config
 
     cfg = apply_sets(load_train_config(), [f"run.agent={agent}", f"loop.budget_valid_samples={n_samples}",
                                            "loop.patience=0"])
@@ -152,7 +152,7 @@ def write_markdown(doc: Dict[str, Any], path: Path) -> None:
 def run_speed(quick: bool, out_dir: Path, image_size: int = 224, log=print) -> Dict[str, Any]:
     from rls3_ros.bench.generation import bench_inprocess, bench_ros
     from rls3_ros.bench.load import adapter_for_swap, run_load
-    from rls3_ros.query_bench import run_bench
+    from rls3_ros.bench.query import run_bench
 
     out_dir.mkdir(parents=True, exist_ok=True)
     load0 = os.getloadavg()[0]
@@ -174,7 +174,7 @@ def run_speed(quick: bool, out_dir: Path, image_size: int = 224, log=print) -> D
     for agent in ("random", "sac"):
         log(f"[bench speed] the in-process training loop ({agent}, {40 if quick else 200} valid samples)")
         doc["loop"][agent] = bench_loop(agent, 40 if quick else 200)
-    from rls3_ros.rl.config_files import load_train_config
+    from rls3_ros.loop.config_files import load_train_config
 
     main_agent = load_train_config()["run"]["agent"]
     main = doc["loop"].get(main_agent) or doc["loop"]["sac"]

@@ -39,7 +39,7 @@ from typing import Any, Dict, Iterable, Iterator, List, Optional, Union
 import numpy as np
 from PIL import Image
 
-from rls3_ros.scene import Sample, SceneState, SpatialRelation
+from rls3_ros.core.scene import Sample, SceneState, SpatialRelation
 
 SAMPLES_FILE = "samples.jsonl"
 IMAGES_DIR = "images"

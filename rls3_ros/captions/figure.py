@@ -9,7 +9,7 @@ from typing import Union
 import numpy as np
 
 from rls3_ros.captions.oracle import ground_axes
-from rls3_ros.scene import Sample
+from rls3_ros.core.scene import Sample
 
 COLOURS = ["tab:red", "tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
 

@@ -12,7 +12,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
-from rls3_ros.scene import Sample
+from rls3_ros.core.scene import Sample
 
 COMMON_TERMS = ("left", "right")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import List, Sequence, Tuple
 
 from rls3_ros.captions import terms as T
-from rls3_ros.scene import SpatialRelation
+from rls3_ros.core.scene import SpatialRelation
 
 Triple = Tuple[str, Tuple[str, ...], str]
 

@@ -60,7 +60,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from rls3_ros.captions import terms as T
-from rls3_ros.scene import CameraModel, ObjectState, SceneState, SpatialRelation
+from rls3_ros.core.scene import CameraModel, ObjectState, SceneState, SpatialRelation
 
 
 class CaptionError(ValueError):

@@ -25,7 +25,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from rls3_ros.scene import ObjectState, SceneState, SpatialRelation
+from rls3_ros.core.scene import ObjectState, SceneState, SpatialRelation
 
 RngLike = Union[None, int, random.Random, np.random.Generator]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterable, List, Sequence, Union
 
 from rls3_ros.captions import terms as T
-from rls3_ros.scene import Sample, SpatialRelation
+from rls3_ros.core.scene import Sample, SpatialRelation
 
 
 def _relations(items: Iterable[Union[Sample, SpatialRelation]]) -> List[SpatialRelation]:

@@ -36,7 +36,7 @@ def frame_index(img: np.ndarray) -> int:
 
 
 def _scene(i: int, size: int, stamp_ns: int):
-    from rls3_ros.scene import CameraModel, ObjectState, SceneState
+    from rls3_ros.core.scene import CameraModel, ObjectState, SceneState
 
     cam = CameraModel.look_at((0.0, -2.0, 1.5), (0.0, 0.0, 0.8), size, size, 60.0)
     objs = [
@@ -64,8 +64,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     from rls3_msgs.msg import SceneState as SceneStateMsg
     from sensor_msgs.msg import Image
 
-    from rls3_ros.image_codec import numpy_to_image_msg
-    from rls3_ros.nodes.conversions import CAMERA_FRAME, header_from_ns, scene_to_msg
+    from rls3_ros.core.image_codec import numpy_to_image_msg
+    from rls3_ros.ros.nodes.conversions import CAMERA_FRAME, header_from_ns, scene_to_msg
 
     backend = None
     if a.backend:

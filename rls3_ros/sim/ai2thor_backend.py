@@ -39,7 +39,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from rls3_ros.scene import CameraModel, ObjectState, SceneState, matrix_to_quat
+from rls3_ros.core.scene import CameraModel, ObjectState, SceneState, matrix_to_quat
 from rls3_ros.sim.backend import (
     BAD_REQUEST,
     FLOATING,

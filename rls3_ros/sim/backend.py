@@ -12,7 +12,7 @@ from typing import Callable, Collection, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from rls3_ros.scene import SceneState, Vec3
+from rls3_ros.core.scene import SceneState, Vec3
 
 SWAP = "swap"
 TELEPORT = "teleport"

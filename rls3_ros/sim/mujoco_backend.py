@@ -33,7 +33,7 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 
 import numpy as np  # noqa: E402
 
-from rls3_ros.scene import CameraModel, ObjectState, SceneState  # noqa: E402
+from rls3_ros.core.scene import CameraModel, ObjectState, SceneState  # noqa: E402
 from rls3_ros.sim.backend import (  # noqa: E402
     BAD_REQUEST,
     FLOATING,

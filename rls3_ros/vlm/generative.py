@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rls3_ros.scene import Sample, SpatialRelation
+from rls3_ros.core.scene import Sample, SpatialRelation
 from rls3_ros.vlm import queries as Q
 from rls3_ros.vlm.interface import FineTuneResult, ProgressCallback, RelationScore, SpatialVLM
 from rls3_ros.vlm.lora import AdapterHost, HostedAdapter, LoraSettings

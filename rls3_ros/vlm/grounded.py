@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rls3_ros.captions import terms as T
-from rls3_ros.scene import Sample, SpatialRelation
+from rls3_ros.core.scene import Sample, SpatialRelation
 from rls3_ros.vlm.interface import FineTuneResult, ProgressCallback, RelationScore, SpatialVLM
 
 FAMILY = "grounded"

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from rls3_ros.captions.imbalance import imbalance, term_counts
-from rls3_ros.scene import Sample
+from rls3_ros.core.scene import Sample
 
 
 def _render(n: int, seed: int, image_size: int, backend: str, moves: int, desc: str) -> List[Sample]:

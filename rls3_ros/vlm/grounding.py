@@ -17,7 +17,7 @@ turns it into a :class:`Location`:
 
 3D: ``back_project`` a pixel with pinhole intrinsics and a depth (from a depth image around the
 point, ``depth_at``, or the camera-frame depth of the object's pose in a scene state,
-``scene_depth``). Frames follow ``rls3_ros.scene``: camera optical frame, x right, y down,
+``scene_depth``). Frames follow ``rls3_ros.core.scene``: camera optical frame, x right, y down,
 z forward, metres.
 """
 

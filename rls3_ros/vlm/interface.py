@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from rls3_ros.scene import Sample, SpatialRelation
+from rls3_ros.core.scene import Sample, SpatialRelation
 
 
 @dataclass

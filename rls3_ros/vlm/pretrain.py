@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from rls3_ros.scene import Sample
+from rls3_ros.core.scene import Sample
 
 from rls3_ros.captions.imbalance import COMMON_TERMS, imbalance, term_counts  # noqa: F401 (re-exported)
 

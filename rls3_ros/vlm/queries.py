@@ -12,7 +12,7 @@ import re
 from typing import Dict, List, Sequence, Tuple
 
 from rls3_ros.captions import terms as T
-from rls3_ros.scene import SpatialRelation
+from rls3_ros.core.scene import SpatialRelation
 
 
 def candidate_term_sets(include_support: bool = True) -> List[Tuple[str, ...]]:

@@ -13,7 +13,7 @@ from typing import List, Optional, Sequence
 import cv2
 import numpy as np
 
-from rls3_ros.scene import CameraModel, ObjectState, Sample, SceneState
+from rls3_ros.core.scene import CameraModel, ObjectState, Sample, SceneState
 
 COLORS = {
     "red": (200, 40, 40), "green": (40, 170, 60), "blue": (40, 70, 210), "yellow": (230, 210, 40),

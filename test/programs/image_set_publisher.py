@@ -14,7 +14,7 @@ TOPIC = "/test/codec_images"
 
 def image_cases():
     """[(name, encoding, array, big_endian, step)], deterministic."""
-    from rls3_ros.image_codec import ENCODINGS
+    from rls3_ros.core.image_codec import ENCODINGS
 
     rng = np.random.default_rng(7)
     cases = []
@@ -42,8 +42,8 @@ def main(argv=None):
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
 
-    from rls3_ros.image_codec import numpy_to_image_msg
-    from rls3_ros.nodes.node_main import run_node
+    from rls3_ros.core.image_codec import numpy_to_image_msg
+    from rls3_ros.ros.nodes.node_main import run_node
 
     cases = image_cases()
     msgs = [numpy_to_image_msg(arr, enc, Header(frame_id=name), Image, big_endian=be, step=step)

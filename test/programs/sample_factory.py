@@ -4,7 +4,7 @@ import hashlib
 
 import numpy as np
 
-from rls3_ros.scene import CameraModel, ObjectState, Sample, SceneState, SpatialRelation
+from rls3_ros.core.scene import CameraModel, ObjectState, Sample, SceneState, SpatialRelation
 
 
 def make_sample(size: int = 224) -> Sample:

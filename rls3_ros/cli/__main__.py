@@ -1,0 +1,3 @@
+from rls3_ros.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,299 @@
+"""Samplers that drive :class:`~rls3_ros.loop.env.RLS3Env` episodes: SAC, PPO, random, miner.
+
+Every agent exposes the same small interface, so the scheduler never knows which one runs:
+
+- ``run(should_stop, safe_point)``: act in the env(s) until ``should_stop()`` is true;
+  ``safe_point()`` is called whenever the agent's own state is consistent (after an SB3
+  transition has been stored), so a pending checkpoint can be written there;
+- ``save(directory)`` / ``load(directory)``: the agent's state (SB3 model + SAC replay buffer,
+  or the RNG of the random agent / miner).
+
+SAC (the paper's) and PPO come from stable-baselines3 with small nets (``net_arch`` [64, 64]).
+Made able to move within a few hundred steps (measured: with ``ent_coef="auto"`` alpha starts
+at 1.0 and ~645 updates left it >= 0.53, so SAC's policy stayed uniform): SAC's entropy
+coefficient starts at 0.05 (``auto_0.05``, still tuned automatically), it takes 4 gradient steps
+per env step, and its warm-up (``learning_starts``) is short. PPO collects 64 steps per update
+(10 epochs) and uses a tanh-squashed gSDE policy (a clipped Gaussian put a third of its
+coordinates on +-1). ``random`` samples the same Box
+uniformly (the paper's baseline). ``miner`` is the non-RL baseline: per step it tries ``k``
+random moves and keeps the one with the highest VLM loss (``RLS3Env.mine_step``).
+
+Several envs (e.g. several ``sim_bridge``s) are stepped in parallel by :class:`ThreadVecEnv`
+(one thread per env; their steps are I/O: renders and service calls).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from rls3_ros.loop.env import RLS3Env
+
+def _noop() -> None:
+    pass
+
+
+class ThreadVecEnv:
+    """SB3 ``DummyVecEnv`` whose ``step_wait`` steps every env in its own thread."""
+
+    def __new__(cls, env_fns):
+        from stable_baselines3.common.vec_env import DummyVecEnv
+
+        class _ThreadVecEnv(DummyVecEnv):
+            def __init__(self, fns):
+                super().__init__(fns)
+                self._pool = ThreadPoolExecutor(max_workers=max(1, len(self.envs)), thread_name_prefix="rls3-env")
+
+            def step_wait(self):
+                if len(self.envs) == 1:
+                    return super().step_wait()
+
+                def one(i):
+                    obs, rew, term, trunc, info = self.envs[i].step(self.actions[i])
+                    done = term or trunc
+                    info["TimeLimit.truncated"] = trunc and not term
+                    if done:
+                        info["terminal_observation"] = obs
+                        obs, reset_info = self.envs[i].reset()
+                        self.reset_infos[i] = reset_info
+                    return obs, rew, done, info
+
+                results = list(self._pool.map(one, range(len(self.envs))))
+                for i, (obs, rew, done, info) in enumerate(results):
+                    self.buf_rews[i], self.buf_dones[i], self.buf_infos[i] = rew, done, info
+                    self._save_obs(i, obs)
+                return (self._obs_from_buf(), np.copy(self.buf_rews), np.copy(self.buf_dones), list(self.buf_infos))
+
+            def close(self):
+                self._pool.shutdown(wait=False)
+                super().close()
+
+        return _ThreadVecEnv(env_fns)
+
+
+class Agent:
+    """Common interface (see module docstring)."""
+
+    name = "agent"
+
+    def __init__(self, envs: Sequence[RLS3Env], seed: int = 0, **kwargs):
+        if not envs:
+            raise ValueError("an agent needs at least one env")
+        self.envs = list(envs)
+        self.seed = int(seed)
+
+    def run(self, should_stop: Callable[[], bool], safe_point: Callable[[], None] = _noop) -> None:
+        raise NotImplementedError
+
+    def save(self, directory: str) -> None:
+        raise NotImplementedError
+
+    def load(self, directory: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class _LoopAgent(Agent):
+    """Agents that need no learner: a plain loop per env (threads when several)."""
+
+    def __init__(self, envs, seed=0, **kwargs):
+        super().__init__(envs, seed)
+        self.rngs = [np.random.default_rng([self.seed, i]) for i in range(len(self.envs))]
+        self._lock = threading.Lock()
+
+    def _act(self, i: int, env: RLS3Env):
+        a = self.rngs[i].uniform(-1.0, 1.0, env.action_space.shape).astype(np.float32)
+        return env.step(a)
+
+    def _loop(self, i, should_stop, safe_point):
+        env = self.envs[i]
+        env.reset()
+        while not should_stop():
+            _, _, term, trunc, _ = self._act(i, env)
+            if term or trunc:
+                with self._lock:
+                    safe_point()
+                if should_stop():
+                    break
+                env.reset()
+
+    def run(self, should_stop, safe_point=_noop):
+        if len(self.envs) == 1:
+            self._loop(0, should_stop, safe_point)
+            return
+        errors: List[BaseException] = []
+
+        def target(i):
+            try:
+                self._loop(i, should_stop, safe_point)
+            except BaseException as e:  # surfaced below
+                errors.append(e)
+
+        threads = [threading.Thread(target=target, args=(i,), name=f"rls3-{self.name}-{i}") for i in range(len(self.envs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        if errors:
+            raise errors[0]
+
+    def save(self, directory):
+        os.makedirs(directory, exist_ok=True)
+        with open(os.path.join(directory, "rng.pkl"), "wb") as f:
+            pickle.dump([r.bit_generator.state for r in self.rngs], f)
+        with open(os.path.join(directory, "agent.json"), "w") as f:
+            json.dump({"agent": self.name, "seed": self.seed}, f)
+
+    def load(self, directory):
+        with open(os.path.join(directory, "rng.pkl"), "rb") as f:
+            states = pickle.load(f)
+        for r, s in zip(self.rngs, states):
+            r.bit_generator.state = s
+
+
+class RandomAgent(_LoopAgent):
+    """Uniform random actions in the same Box (the paper's baseline)."""
+
+    name = "random"
+
+
+class MinerAgent(_LoopAgent):
+    """Hard-example miner (non-RL): best of ``k`` random moves by VLM loss, every step."""
+
+    name = "miner"
+
+    def __init__(self, envs, seed=0, k: int = 4, **kwargs):
+        super().__init__(envs, seed)
+        if k < 1:
+            raise ValueError(f"miner k must be >= 1 (got {k})")
+        self.k = int(k)
+
+    def _act(self, i, env):
+        return env.mine_step(self.k, self.rngs[i])
+
+
+class _SB3Agent(Agent):
+    algo = None
+
+    def __init__(self, envs, seed=0, net_arch=(64, 64), device="cpu", **kwargs):
+        super().__init__(envs, seed)
+        env_list = self.envs
+        self.vec = ThreadVecEnv([(lambda e=e: e) for e in env_list])
+        self.vec.seed(self.seed)
+        self.kwargs = dict(kwargs)
+        self.model = self._make(dict(net_arch=list(net_arch)), device)
+        self._resumed = False
+
+    def _make(self, policy_kwargs, device):
+        raise NotImplementedError
+
+    def run(self, should_stop, safe_point=_noop):
+        from stable_baselines3.common.callbacks import BaseCallback
+
+        agent = self
+
+        class _Stop(BaseCallback):
+            def _on_step(self) -> bool:
+                if agent.safe_on_step:
+                    safe_point()
+                return not should_stop()
+
+            def _on_rollout_end(self) -> None:
+                if not agent.safe_on_step:
+                    safe_point()
+
+        self.model.learn(total_timesteps=10**12, callback=_Stop(), reset_num_timesteps=not self._resumed,
+                         progress_bar=False)
+        self._resumed = True
+
+    # SAC stores its transition after on_step: checkpoint at rollout end (1 step) instead.
+    safe_on_step = True
+
+    def save(self, directory):
+        os.makedirs(directory, exist_ok=True)
+        self.model.save(os.path.join(directory, "model.zip"))
+        with open(os.path.join(directory, "agent.json"), "w") as f:
+            json.dump({"agent": self.name, "seed": self.seed, "num_timesteps": int(self.model.num_timesteps)}, f)
+
+    def load(self, directory):
+        cls = type(self.model)
+        self.model = cls.load(os.path.join(directory, "model.zip"), env=self.vec, device="cpu")
+        self._resumed = True
+
+    def close(self):
+        self.vec.close()
+
+
+class SACAgent(_SB3Agent):
+    """Soft Actor-Critic (the paper's agent)."""
+
+    name = "sac"
+    safe_on_step = False
+
+    def _make(self, policy_kwargs, device):
+        from stable_baselines3 import SAC
+
+        k = self.kwargs
+        T = self.envs[0].T
+        return SAC(
+            "MlpPolicy",
+            self.vec,
+            learning_rate=float(k.get("learning_rate", 1e-3)),
+            buffer_size=int(k.get("buffer_size", 20_000)),
+            learning_starts=int(k.get("learning_starts", 2 * T)),
+            batch_size=int(k.get("batch_size", 64)),
+            gamma=float(k.get("gamma", 0.95)),
+            train_freq=1,
+            gradient_steps=int(k.get("gradient_steps", 4)),
+            ent_coef=k.get("ent_coef", "auto_0.05"),
+            policy_kwargs=policy_kwargs,
+            seed=self.seed,
+            device=device,
+            verbose=0,
+        )
+
+    def save(self, directory):
+        super().save(directory)
+        self.model.save_replay_buffer(os.path.join(directory, "replay_buffer.pkl"))
+
+    def load(self, directory):
+        super().load(directory)
+        rb = os.path.join(directory, "replay_buffer.pkl")
+        if os.path.exists(rb):
+            self.model.load_replay_buffer(rb)
+
+
+class PPOAgent(_SB3Agent):
+    """Proximal Policy Optimisation (on-policy; a partial rollout is not checkpointed)."""
+
+    name = "ppo"
+
+    def _make(self, policy_kwargs, device):
+        from stable_baselines3 import PPO
+
+        k = self.kwargs
+        T = self.envs[0].T
+        n_steps = int(k.get("n_steps", 64))
+        return PPO(
+            "MlpPolicy",
+            self.vec,
+            learning_rate=float(k.get("learning_rate", 1e-3)),
+            n_steps=n_steps,
+            batch_size=int(k.get("batch_size", min(32, n_steps * len(self.envs)))),
+            n_epochs=int(k.get("n_epochs", 10)),
+            gamma=float(k.get("gamma", 0.95)),
+            ent_coef=float(k.get("ent_coef", 0.0)),
+            use_sde=True,  # state-dependent exploration with a tanh-squashed action: no mass piled on +-1
+            policy_kwargs={**policy_kwargs, "squash_output": True},
+            seed=self.seed,
+            device=device,
+            verbose=0,
+        )

@@ -1,0 +1,455 @@
+"""The RLS3 loop in one process: simulator + oracle + VLM + agent + scheduler + run directory.
+
+This is what ``rls3 train`` runs (and what the learning benchmark can call per sampler).
+The ROS graph (``rls3_ros.ros.nodes.rl_sampler``) reuses :class:`LoopRunner` with ROS-backed
+stages; only :func:`build_inprocess` is specific to the in-process run.
+
+Configuration: a nested dict whose schema, defaults and validation are ``rls3_ros.loop.config``
+(``config/train.yaml`` holds the main job's values): ``run`` (agent, seed, backend, image size,
+VLM, envs), ``loop`` (SchedulerConfig fields), ``env`` (RLS3Env rewards), ``agent`` (agent kwargs),
+``eval`` (test/val/replay set sizes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import fields
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from rls3_ros.loop.config import (AGENT_KEYS, AGENT_SECTION_KEYS, DEFAULT_CONFIG, agent_kwargs,  # noqa: F401 - re-exported
+                                merge_config, needs_validation, validate_config)
+from rls3_ros.loop.samplers import make_agent
+from rls3_ros.loop.datasets import cached_split, cached_tail, replay_pool, term_counts
+from rls3_ros.loop.env import BackendSource, RLS3Env, SimSource
+from rls3_ros.loop.report import plot_accuracy, write_report
+from rls3_ros.loop.run_dir import MetricsCallback, RunDir, load_pickle, save_pickle, write_yaml
+from rls3_ros.loop.scheduler import (Evaluator, IterationInfo, Scheduler, SchedulerCallbacks, SchedulerConfig,
+                                   Trainer, TrainOutcome)
+from rls3_ros.core.scene import Sample
+
+LOOP_FEATURE_CACHE = 12_000  # images whose VLM features the loop keeps (eval sets + recent renders)
+TAIL_PER_COMBO = 80  # relations kept per term combination in the tail test split
+VAL_TAIL_PER_COMBO = 25
+
+
+def scheduler_config(cfg: Dict[str, Any]) -> SchedulerConfig:
+    names = {f.name for f in fields(SchedulerConfig)}
+    loop = cfg.get("loop", {})
+    unknown = set(loop) - names
+    if unknown:
+        raise ValueError(f"unknown loop parameter(s): {sorted(unknown)} (known: {sorted(names)})")
+    return SchedulerConfig(**loop).validate()
+
+
+def split_source_key(run: Dict[str, Any]) -> str:
+    """Names the renders behind the cached fixed sets: backend, image size and the renderer's look
+    (a change of textures or lighting must not reuse sets rendered the old way) and its physics revision
+    (a change of validity checks or contact physics changes which scenes a seed gives)."""
+    from rls3_ros.sim.mujoco_backend import PHYSICS_REVISION
+    from rls3_ros.sim.objects import TEXTURE_MAX_PX
+
+    look = f"-tex{TEXTURE_MAX_PX}-phys{PHYSICS_REVISION}" if run["backend"] == "mujoco" else ""
+    return f"{run['backend']}-{run['image_size']}{look}"
+
+
+# ---------------------------------------------------------------------- in-process stages
+class LockedScorer:
+    """The VLM's ``score`` behind the loop lock (no scoring while a fine-tune runs)."""
+
+    def __init__(self, vlm, lock):
+        self.vlm, self.lock = vlm, lock
+
+    def __call__(self, samples):
+        with self.lock:
+            return self.vlm.score(samples)
+
+
+class InProcessTrainer(Trainer):
+    def __init__(self, vlm, run: RunDir, lock, progress: Optional[Callable[[int, int, float], None]] = None):
+        self.vlm, self.run, self.lock, self.progress = vlm, run, lock, progress
+
+    def fine_tune(self, samples, steps, iteration) -> TrainOutcome:
+        with self.lock:
+            res = self.vlm.fine_tune(samples, steps, progress=self.progress)
+            path = self.vlm.save_adapter(self.run.adapter_path(iteration))
+        return TrainOutcome(res, path)
+
+
+class InProcessEvaluator(Evaluator):
+    def __init__(self, vlm, splits: Dict[str, Sequence[Sample]], lock):
+        self.vlm, self.splits, self.lock = vlm, splits, lock
+
+    def evaluate(self, split):
+        data = self.splits.get(split)
+        if not data:
+            return None
+        with self.lock:
+            return self.vlm.evaluate(data)
+
+
+# ---------------------------------------------------------------------- the runner
+class LoopRunner:
+    """Runs envs + agent + scheduler, checkpoints after every fine-tune, resumes.
+
+    Stages (in-process or ROS) come in through the constructor; the runner owns the run
+    directory, the checkpoint protocol and the progress bar.
+    """
+
+    def __init__(self, cfg: Dict[str, Any], run: RunDir, envs: Sequence[RLS3Env], trainer: Trainer,
+                 evaluator: Optional[Evaluator], replay_pool: Sequence[Sample] = (),
+                 adapter_loader: Optional[Callable[[str], None]] = None,
+                 callbacks: Sequence[SchedulerCallbacks] = (), progress: bool = True,
+                 log: Callable[[str], None] = print):
+        self.cfg, self.run, self.envs = cfg, run, list(envs)
+        self.log = log
+        self.adapter_loader = adapter_loader
+        self.metrics = MetricsCallback(run)
+        rc = cfg["run"]
+        mode_agent = rc["agent"] in ("upper", "teacher")
+        self.sched = Scheduler(scheduler_config(cfg), trainer, evaluator, replay_pool,
+                               [self.metrics, *callbacks], extra_splits=tuple(cfg["eval"].get("extra_splits") or ()),
+                               always_validate=mode_agent or bool(cfg["env"].get("observe_vlm")))
+        for e in self.envs:
+            e.episode_hook = self.sched.on_episode
+            e.vlm_state = self.vlm_state
+        self.agent = make_agent(rc["agent"], self.envs, seed=int(rc["seed"]), **agent_kwargs(cfg))
+        if isinstance(self.agent, SchedulerCallbacks):  # mode samplers learn from episodes and evaluations
+            self.sched.callbacks.append(self.agent)
+        self._progress = progress
+        self._bar = None
+        self._ckpt_lock = threading.Lock()
+        self.resumed_from = ""
+
+    def vlm_state(self):
+        """(fine-tunes so far, per-term validation error of the current adapter) for the envs."""
+        h = self.sched.history
+        val = h[-1].splits.get("val") if h else None
+        err = {t: 1.0 - a for t, a in (val or {}).get("per_term", {}).items()}
+        return self.sched.iteration, err
+
+    # ---------------------------------------------------------------- checkpoint
+    def checkpoint(self) -> str:
+        with self._ckpt_lock, self.sched.lock:
+            it = self.sched.iteration
+
+            def writer(d):
+                save_pickle(os.path.join(d, "scheduler.pkl"), self.sched.state_dict())
+                envs = [{"episode": e.episodes_done, "rng": e._rng.bit_generator.state} for e in self.envs]
+                save_pickle(os.path.join(d, "envs.pkl"), envs)
+                self.agent.save(os.path.join(d, "agent"))
+                last = self.sched.history[-1] if self.sched.history else None
+                with open(os.path.join(d, "meta.json"), "w") as f:
+                    json.dump({"iteration": it, "adapter": last.adapter_path if last else "",
+                               "metrics_size": self.run.metrics_size(), "episodes": self.sched.episodes,
+                               "time": time.time()}, f)
+
+            path = self.run.write_checkpoint(f"ckpt-{it:03d}", writer)
+            self.sched.checkpoint_pending = False
+            return path
+
+    def fine_tune_progress(self, step: int, total: int, loss: float) -> None:
+        """Trainer progress callback: shows the fine-tune's step and loss on the progress bar."""
+        if self._bar is not None:
+            self._bar.set_description(f"rls3 {self.cfg['run']['agent']} (fine-tune {self.sched.iteration + 1}: "
+                                      f"step {step}/{total}, loss {loss:.3f})")
+            self._bar.refresh()
+
+    def _safe_point(self) -> None:
+        if self.sched.checkpoint_pending:
+            self.checkpoint()
+
+    def resume(self) -> bool:
+        """Load the latest checkpoint (if any): scheduler, envs, agent, adapter, metrics."""
+        ck = self.run.latest_checkpoint()
+        if not ck:
+            return False
+        with open(os.path.join(ck, "meta.json")) as f:
+            meta = json.load(f)
+        self.run.truncate_metrics(int(meta["metrics_size"]))
+        self.sched.load_state_dict(load_pickle(os.path.join(ck, "scheduler.pkl")))
+        envs = load_pickle(os.path.join(ck, "envs.pkl"))
+        for e, s in zip(self.envs, envs):
+            e.episode = e.episodes_done = int(s["episode"])
+            e._rng.bit_generator.state = s["rng"]
+        self.agent.load(os.path.join(ck, "agent"))
+        if meta.get("adapter") and self.adapter_loader is not None:
+            self.adapter_loader(meta["adapter"])
+        # TensorBoard: drop events logged after the checkpoint
+        self.metrics.close()
+        self.metrics.__init__(self.run, purge_step=self.sched.episodes + 1)
+        self.sched.callbacks[0] = self.metrics
+        self.resumed_from = ck
+        self.log(f"resumed from {ck}: iteration {self.sched.iteration}, {self.sched.episodes} episodes, "
+                 f"{self.sched.valid_samples} valid samples")
+        return True
+
+    # ---------------------------------------------------------------- run
+    def run_loop(self) -> Dict[str, Any]:
+        s = self.sched
+        if not s.history:
+            self.log("evaluating the base model on the test set")
+            s.evaluate_base()
+            self.checkpoint()
+        elif getattr(s, "previous_stop_reason", "") in ("budget", "max_iterations", "early_stopping"):
+            self.log(f"run already finished ({s.previous_stop_reason}); writing the report")
+            s.stop_reason = s.previous_stop_reason
+        if self._progress:
+            self._open_bar()
+        t0 = time.monotonic()
+        stages0 = s.stage_totals()
+        try:
+            if not s.done():
+                self.agent.run(should_stop=s.done, safe_point=self._safe_point)
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+        if s.checkpoint_pending:
+            self.checkpoint()
+        self.metrics.close()
+        plot_accuracy(self.run)
+        write_report(self.run, {"wall_s": s.wall_s, "generated_terms": s.generated_terms,
+                                "time_split": s.time_split(time.monotonic() - t0, stages0)})
+        base, last = s.history[0], s.history[-1]
+        loop_s = time.monotonic() - t0
+        return {"run_dir": self.run.path, "stop_reason": s.stop_reason, "iterations": s.iteration,
+                "episodes": s.episodes, "renders": s.renders, "valid_samples": s.valid_samples,
+                "base_accuracy": base.test_accuracy, "final_accuracy": last.test_accuracy,
+                "best_iteration": s.best_iteration, "wall_s": s.wall_s, "session_s": loop_s,
+                "time_split": s.time_split(loop_s, stages0),
+                "base_per_term": base.test_per_term, "final_per_term": last.test_per_term,
+                "generated_terms": dict(s.generated_terms), "generated_combos": dict(s.generated_combos),
+                "mode_counts": dict(s.mode_counts),
+                "mode_policy": list(getattr(self.agent, "history", None) or []),
+                "curve": [{"iteration": h.iteration, "renders": h.renders, "valid_samples": h.valid_samples,
+                           "test_accuracy": h.test_accuracy, "test_per_term": h.test_per_term,
+                           "splits": {k: {"accuracy": v["accuracy"], "per_term": v["per_term"],
+                                          "per_combo": v["per_combo"]} for k, v in h.splits.items()}}
+                          for h in s.history]}
+
+    def _open_bar(self):
+        from tqdm import tqdm
+
+        c = self.sched.config
+        if c.budget_valid_samples:
+            total, unit, get = c.budget_valid_samples, "sample", (lambda: self.sched.valid_samples)
+        elif c.budget_renders:
+            total, unit, get = c.budget_renders, "render", (lambda: self.sched.renders)
+        else:
+            total, unit, get = (c.max_iterations * c.E or None), "episode", (lambda: self.sched.episodes)
+        bar = tqdm(total=total, unit=unit, desc=f"rls3 {self.cfg['run']['agent']}", dynamic_ncols=True,
+                   initial=min(get(), total or get()))
+        self._bar = bar
+        runner = self
+
+        class _Bar(SchedulerCallbacks):
+            def on_episode(self, sch, rec):
+                bar.n = min(get(), total or get())
+                last = sch.history[-1] if sch.history else None
+                bar.set_postfix(it=sch.iteration, acc=f"{last.test_accuracy:.3f}" if last else "-",
+                                j2=f"{rec.j2:.2f}", batch=len(sch.batch), refresh=False)
+                bar.refresh()
+
+            def on_fine_tune_start(self, sch, it, n):
+                bar.set_description(f"rls3 {runner.cfg['run']['agent']} (fine-tune {it}: {n} samples)")
+                bar.refresh()
+
+            def on_iteration(self, sch, info):
+                bar.set_description(f"rls3 {runner.cfg['run']['agent']}")
+
+        self.sched.callbacks.append(_Bar())
+
+    def close(self):
+        self.agent.close()
+
+
+# ---------------------------------------------------------------------- in-process assembly
+def ensure_pretrained(vlm_name: str, log: Callable[[str], None] = print) -> None:
+    """Build and cache the embedded base VLM unless it exists (the VLM layer's ``rls3 pretrain``)."""
+    from rls3_ros.vlm.factory import embedded_base_dir
+
+    if (embedded_base_dir() / "config.json").is_file():
+        log(f"embedded base VLM: {embedded_base_dir()}")
+        return
+    log("no pretrained embedded VLM yet: running `rls3 pretrain` once (cached afterwards)")
+    from rls3_ros.vlm import pretrain as P
+
+    for fn_name in ("ensure_pretrained", "ensure_base", "pretrain_if_needed"):
+        fn = getattr(P, fn_name, None)
+        if fn is not None:
+            fn(vlm_name) if _takes_arg(fn) else fn()
+            break
+    else:
+        code = P.cli_pretrain_embedded([])
+        if code:
+            raise RuntimeError(f"rls3 pretrain failed (exit {code})")
+    if not (embedded_base_dir() / "config.json").is_file():
+        raise RuntimeError(f"rls3 pretrain left no model in {embedded_base_dir()}")
+
+
+def _takes_arg(fn) -> bool:
+    import inspect
+
+    try:
+        ps = [p for p in inspect.signature(fn).parameters.values()
+              if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        return len(ps) >= 1
+    except (TypeError, ValueError):
+        return False
+
+
+def backend_params(rc: Dict[str, Any], seed: int) -> Dict[str, Any]:
+    """Constructor parameters of the loop's simulator backend (the loop uses RGB only: no depth pass)."""
+    params: Dict[str, Any] = {"image_size": int(rc["image_size"]), "seed": int(seed)}
+    if str(rc["backend"]).strip().lower() == "mujoco":
+        params["render_depth"] = False
+    return params
+
+
+def loop_torch_threads(rc: Dict[str, Any]) -> int:
+    """Torch threads of the loop's process: ``run.torch_threads``, but with the simulator in worker
+    processes no more than the cores minus one (they simulate while torch works; two torch threads
+    sharing a core with a busy worker spin in OpenMP barriers: measured 5-10x slower steps)."""
+    threads = max(1, int(rc.get("torch_threads", 2)))
+    if rc.get("sim_worker", False):
+        threads = min(threads, max(1, (os.cpu_count() or 1) - 1))
+    return threads
+
+
+def feature_warmer(features, lock) -> Callable:
+    """``PrefetchSource.while_waiting`` for the loop: the previous valid render's VLM features, put
+    in the model's feature cache while the worker simulates the next move (J2 scoring then finds
+    them). Skipped while a fine-tune or an evaluation holds the VLM lock."""
+
+    def warm(step) -> None:
+        if step is None or not step.valid:
+            return
+        if lock.acquire(blocking=False):
+            try:
+                features([step.image])
+            finally:
+                lock.release()
+
+    return warm
+
+
+def make_source(rc: Dict[str, Any], seed: int):
+    """The loop's simulator: a :class:`~rls3_ros.loop.sim_worker.PrefetchSource` (backends in worker
+    processes, the next scene built ahead) when ``run.sim_worker``, else a backend in this process."""
+    if rc.get("sim_worker", False):
+        from rls3_ros.loop.sim_worker import PrefetchSource
+
+        return PrefetchSource(rc["backend"], **backend_params(rc, seed))
+    from rls3_ros.sim.factory import make_backend
+
+    return BackendSource(make_backend(rc["backend"], **backend_params(rc, seed)))
+
+
+def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log: Callable[[str], None] = print,
+                    vlm=None, pretrain: bool = True) -> LoopRunner:
+    """Real MuJoCo backend(s) + caption oracle + embedded VLM, wired into a :class:`LoopRunner`."""
+    import torch
+
+    from rls3_ros.captions.oracle import CaptionOracle
+
+    rc = cfg["run"]
+    threads = loop_torch_threads(rc)
+    if threads != int(rc.get("torch_threads", 2)):
+        log(f"torch threads: {threads} (run.torch_threads={rc.get('torch_threads')}; the simulator workers use a core "
+            f"of {os.cpu_count()})")
+    torch.set_num_threads(threads)
+    torch.manual_seed(int(rc["seed"]))
+    if vlm is None:
+        from rls3_ros.vlm.answers import load_model
+
+        if pretrain and rc["vlm"] == "embedded":
+            ensure_pretrained(rc["vlm"], log)
+        t0 = time.monotonic()
+        vlm = load_model(rc["vlm"])  # "embedded", a model directory, or py:<module>:<fn>[:<arg>]
+        log(f"VLM {rc['vlm']!r} loaded in {time.monotonic() - t0:.1f} s")
+    from rls3_ros.vlm.grounded import FeatureCache
+
+    feats = getattr(vlm, "features", None)
+    if feats is not None and hasattr(feats, "capacity"):
+        feats.capacity = max(int(feats.capacity), LOOP_FEATURE_CACHE)
+    lock = threading.RLock()
+    seed = int(rc["seed"])
+    oracle = CaptionOracle()
+    cap_rng = np.random.default_rng([seed, 3])
+    cap_lock = threading.Lock()
+
+    def captioner(scene):
+        with cap_lock:
+            return oracle.caption_scene(scene, rng=cap_rng)
+
+    n_envs = max(1, int(rc.get("n_envs", 1)))
+    sources = [make_source(rc, seed + i) for i in range(n_envs)]
+    scene_types = rc.get("scene_types") or list(sources[0].scene_types)
+    ev = cfg["eval"]
+    key = split_source_key(rc)
+    det_oracle = CaptionOracle()
+
+    def det_captioner(scene):  # the eval sets must not depend on the run's caption RNG
+        return det_oracle.caption_scene(scene)
+
+    needs_val = needs_validation(cfg)
+    splits = {
+        "test": cached_split(sources[0], det_captioner, "test", int(ev["test_scenes"]), key,
+                             int(ev["moves_per_scene"]), int(ev["test_per_term"]), scene_types, log=log),
+        "val": cached_split(sources[0], det_captioner, "val", int(ev["val_scenes"]), key,
+                            int(ev["moves_per_scene"]), int(ev["val_per_term"]), scene_types, log=log)
+        if needs_val else [],
+    }
+    if int(ev.get("tail_scenes", 0)):
+        splits["tail"] = cached_tail(sources[0], det_captioner, "tail", int(ev["tail_scenes"]), key,
+                                     per_combo=TAIL_PER_COMBO, scene_types=scene_types, log=log)
+    if needs_val and int(ev.get("val_tail_scenes", 0)):  # validation mirrors both test splits
+        splits["val"] = list(splits["val"]) + cached_tail(sources[0], det_captioner, "val_tail",
+                                                          int(ev["val_tail_scenes"]), key, per_combo=VAL_TAIL_PER_COMBO,
+                                                          scene_types=scene_types, log=log)
+    replay = replay_pool(sources[0], det_captioner, int(ev["replay_scenes"]), key, int(ev["moves_per_scene"]),
+                         float(ev.get("replay_rare_keep", 0.0)), scene_types,
+                         log=log) if float(cfg["loop"].get("replay_fraction", 0)) > 0 else []
+    for name in ("test", "tail", "val"):
+        if splits.get(name):
+            log(f"{name} set: {sum(len(s.relations) for s in splits[name])} relations {term_counts(splits[name])}")
+    for s in sources:
+        s.renders = 0
+        if hasattr(s, "while_waiting") and isinstance(feats, FeatureCache):
+            s.while_waiting = feature_warmer(feats, lock)
+    envc = cfg["env"]
+    scorer = LockedScorer(vlm, lock)
+    envs = [RLS3Env(src, captioner, scorer, T=int(cfg["loop"]["T"]), T0=int(cfg["loop"]["T0"]), seed=seed * 1000 + i,
+                    scene_types=scene_types, run_id=f"s{seed}e{i}", **envc) for i, src in enumerate(sources)]
+    trainer = InProcessTrainer(vlm, run, lock)
+    evaluator = InProcessEvaluator(vlm, splits, lock)
+    runner = LoopRunner(cfg, run, envs, trainer, evaluator, replay, adapter_loader=vlm.load_adapter,
+                        progress=progress, log=log)
+    trainer.progress = runner.fine_tune_progress
+    runner.vlm = vlm
+    runner.sources = sources
+    runner.splits = splits
+    return runner
+
+
+def run_inprocess(cfg: Dict[str, Any], run_path: Optional[str] = None, resume: bool = False, progress: bool = True,
+                  log: Callable[[str], None] = print, vlm=None, pretrain: bool = True) -> Dict[str, Any]:
+    """Run (or resume) the loop in one process; returns the summary dict."""
+    from rls3_ros.loop.run_dir import new_run_dir
+
+    run = RunDir(run_path or new_run_dir())
+    if not resume:
+        write_yaml(run.config_path, cfg)
+    runner = build_inprocess(cfg, run, progress=progress, log=log, vlm=vlm, pretrain=pretrain)
+    try:
+        if resume:
+            runner.resume()
+        return runner.run_loop()
+    finally:
+        runner.close()
+        for s in getattr(runner, "sources", []):
+            s.close()

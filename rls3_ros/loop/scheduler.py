@@ -1,0 +1,497 @@
+"""The RLS3 scheduler: the one synchroniser of the loop (pure Python, no ROS).
+
+The paper's parameters (``../shared/paper.md`` section 1):
+- ``T``  steps per episode, ``T0`` valid samples per episode (the env ends an episode after T
+  steps or as soon as it holds T0 valid samples; both live in the env, recorded here);
+- ``eta`` rate at which an episode's valid samples enter the fine-tuning batch: each episode
+  contributes ``round(eta * n_valid)`` of its samples, chosen at random (exact count, so a run
+  with ``eta * T0`` integral gets batches of exactly ``E * eta * T0``);
+- ``E``  episodes per fine-tuning iteration: after every E-th episode the VLM is fine-tuned
+  on the batch, the batch is cleared ("Model Update", "Clear Batch").
+
+Additions (documented parameters, lessons of the toy RLS3 in DESIGN.md):
+- ``replay_fraction``: share of every fine-tuning set drawn from base (pre-training-like)
+  data, so fine-tuning on hard samples does not forget the strong relations;
+- evaluation on the fixed held-out test set after every fine-tune (and of the base model
+  before the first one); early stopping when the validation accuracy has not improved by
+  ``min_delta`` for ``patience`` fine-tunes (0 = off); the best-validation iteration is kept;
+- budgets counted both in simulator renders (the real cost) and in valid samples; when a
+  budget runs out with a non-empty batch, a last (shorter) fine-tune uses it, so no
+  generated sample is wasted.
+
+Stages are injected, so the same scheduler runs in-process and inside the ``rl_sampler`` ROS
+node: the sample source is whatever env/agent calls :meth:`Scheduler.on_episode` (the env's
+``episode_hook``); the trainer (:class:`Trainer`) and the evaluator (:class:`Evaluator`) are
+objects with one method each; :class:`SchedulerCallbacks` receive every episode and every
+iteration (metrics files, TensorBoard, ROS topics) and the scheduler sets
+``checkpoint_pending`` after each fine-tune so the owner can checkpoint at the agent's next
+safe point.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from rls3_ros.loop.env import EpisodeRecord
+from rls3_ros.core.scene import Sample
+from rls3_ros.vlm.interface import Evaluation, FineTuneResult, combo_key
+
+
+# the SchedulerConfig fields a node or a run's config.yaml carries (seed and min_delta come from elsewhere)
+SCHEDULER_PARAMS = ("T", "T0", "E", "eta", "fine_tune_steps", "fine_tune_steps_per_sample", "replay_fraction",
+                    "budget_valid_samples", "budget_renders", "max_iterations", "patience")
+
+
+@dataclass
+class SchedulerConfig:
+    """Scheduler parameters (defaults = the main job's; see module docstring).
+
+    T (8): agent steps per episode.
+    T0 (6): valid samples per episode (episode ends early when reached), 1 <= T0 <= T.
+    E (4): episodes per fine-tuning iteration.
+    eta (1.0): fraction of an episode's valid samples entering the fine-tuning batch, (0, 1].
+    fine_tune_steps (40): optimiser steps per fine-tune (passed to the trainer).
+    fine_tune_steps_per_sample (0.0): when > 0, a fine-tune takes round(this x generated samples in
+        its batch) steps instead (at least 1), so every sampler gets the same optimiser steps per
+        generated sample however its samples fall into batches (a fair comparison of samplers).
+    replay_fraction (0.3): share of each fine-tuning set drawn from the base replay pool, [0, 1).
+    budget_valid_samples (0): stop after this many valid samples (0 = no limit).
+    budget_renders (0): stop after this many simulator renders (0 = no limit).
+    max_iterations (0): stop after this many fine-tunes (0 = no limit).
+    patience (0): early stopping after this many fine-tunes without validation gain (0 = off).
+    min_delta (0.0): validation-accuracy gain that counts as an improvement.
+    seed (0): seed of the batch sub-sampling and replay draws.
+    """
+
+    T: int = 8
+    T0: int = 6
+    E: int = 4
+    eta: float = 1.0
+    fine_tune_steps: int = 40
+    fine_tune_steps_per_sample: float = 0.0
+    replay_fraction: float = 0.3
+    budget_valid_samples: int = 0
+    budget_renders: int = 0
+    max_iterations: int = 0
+    patience: int = 0
+    min_delta: float = 0.0
+    seed: int = 0
+
+    def validate(self) -> "SchedulerConfig":
+        errs = []
+        if self.T < 1:
+            errs.append(f"T must be >= 1 (got {self.T})")
+        if not 1 <= self.T0 <= self.T:
+            errs.append(f"T0 must be in [1, T] (got T0={self.T0}, T={self.T})")
+        if self.E < 1:
+            errs.append(f"E must be >= 1 (got {self.E})")
+        if not 0.0 < self.eta <= 1.0:
+            errs.append(f"eta must be in (0, 1] (got {self.eta})")
+        if self.fine_tune_steps < 1:
+            errs.append(f"fine_tune_steps must be >= 1 (got {self.fine_tune_steps})")
+        if not self.fine_tune_steps_per_sample >= 0.0:
+            errs.append(f"fine_tune_steps_per_sample must be >= 0 (got {self.fine_tune_steps_per_sample})")
+        if not 0.0 <= self.replay_fraction < 1.0:
+            errs.append(f"replay_fraction must be in [0, 1) (got {self.replay_fraction})")
+        for k in ("budget_valid_samples", "budget_renders", "max_iterations", "patience"):
+            if getattr(self, k) < 0:
+                errs.append(f"{k} must be >= 0 (got {getattr(self, k)})")
+        if errs:
+            raise ValueError("bad scheduler config: " + "; ".join(errs))
+        return self
+
+    def steps_for(self, n_generated: int) -> int:
+        """Optimiser steps of a fine-tune whose batch holds ``n_generated`` generated samples."""
+        if self.fine_tune_steps_per_sample > 0:
+            return max(1, int(round(self.fine_tune_steps_per_sample * n_generated)))
+        return self.fine_tune_steps
+
+    @property
+    def batch_target(self) -> int:
+        """Nominal fine-tuning batch size E * eta * T0."""
+        return int(round(self.E * self.eta * self.T0))
+
+
+@dataclass
+class TrainOutcome:
+    result: FineTuneResult
+    adapter_path: str = ""
+
+
+class Trainer:
+    """Fine-tunes the VLM; in-process (``rls3_ros.loop.runner``) or the FineTune action (ROS)."""
+
+    def fine_tune(self, samples: Sequence[Sample], steps: int, iteration: int) -> TrainOutcome:
+        raise NotImplementedError
+
+
+class Evaluator:
+    """Evaluates the current VLM on a fixed split: ``"test"`` or ``"val"``."""
+
+    def evaluate(self, split: str) -> Optional[Evaluation]:
+        raise NotImplementedError
+
+
+@dataclass
+class IterationInfo:
+    """One fine-tuning iteration (iteration 0 = the base model, evaluated before any tuning)."""
+
+    iteration: int
+    episodes: int
+    steps: int
+    renders: int
+    valid_samples: int  # cumulative valid samples generated
+    batch_samples: int  # generated samples in this fine-tuning set
+    replay_samples: int  # base samples mixed in
+    trained_samples: int  # cumulative generated samples used for fine-tuning
+    fine_tune_loss: float
+    fine_tune_s: float
+    test_accuracy: float
+    test_per_term: Dict[str, float]
+    test_counts: Dict[str, int]
+    test_loss: float
+    val_accuracy: float
+    adapter_path: str
+    best_iteration: int
+    wall_s: float
+    batch_terms: Dict[str, int] = field(default_factory=dict)
+    eval_s: float = 0.0  # time of this evaluation (test + val)
+    total_fine_tune_s: float = 0.0  # cumulative time in fine-tuning
+    total_eval_s: float = 0.0  # cumulative time in evaluation
+    # every evaluated split (test, val, tail, ...): accuracy, per term / combination accuracy and loss
+    splits: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+class SchedulerCallbacks:
+    """Override what you need; every method is called with the scheduler's lock held."""
+
+    def on_episode(self, scheduler: "Scheduler", record: EpisodeRecord) -> None:
+        pass
+
+    def on_iteration(self, scheduler: "Scheduler", info: IterationInfo) -> None:
+        pass
+
+    def on_fine_tune_start(self, scheduler: "Scheduler", iteration: int, n_samples: int) -> None:
+        pass
+
+    def on_stop(self, scheduler: "Scheduler", reason: str) -> None:
+        pass
+
+
+def split_record(ev: Evaluation) -> Dict[str, Any]:
+    """What the history keeps of one split's evaluation (JSON-ready)."""
+    return {"accuracy": float(ev.accuracy), "loss": float(ev.mean_loss), "n": int(ev.n),
+            "per_term": dict(ev.per_term), "per_term_loss": dict(ev.per_term_loss), "counts": dict(ev.counts),
+            "per_combo": dict(ev.per_combo), "per_combo_loss": dict(ev.per_combo_loss),
+            "combo_counts": dict(ev.combo_counts)}
+
+
+def _nan_if_none(x):
+    return float("nan") if x is None else float(x)
+
+
+class Scheduler:
+    """Synchronises episodes, the fine-tuning batch, fine-tunes and evaluation (thread-safe)."""
+
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        trainer: Trainer,
+        evaluator: Optional[Evaluator] = None,
+        replay_pool: Sequence[Sample] = (),
+        callbacks: Sequence[SchedulerCallbacks] = (),
+        extra_splits: Sequence[str] = (),
+        always_validate: bool = False,
+    ):
+        self.config = config.validate()
+        # splits evaluated after every fine-tune besides "test" (e.g. the tail split), and whether
+        # "val" is evaluated without early stopping (samplers that read the VLM's validation error)
+        self.extra_splits = tuple(extra_splits)
+        self.always_validate = bool(always_validate)
+        self.trainer = trainer
+        self.evaluator = evaluator
+        self.replay_pool = list(replay_pool)
+        self.callbacks = list(callbacks)
+        self.lock = threading.RLock()
+        self.rng = np.random.default_rng([int(config.seed), 7])
+        self.batch: List[Sample] = []
+        self.episodes = 0
+        self.steps = 0
+        self.renders = 0
+        self.valid_samples = 0
+        self.trained_samples = 0
+        self.iteration = 0
+        self.episodes_since_fine_tune = 0
+        self.best_val = -math.inf
+        self.best_iteration = 0
+        self.bad_rounds = 0
+        self.stop_reason = ""
+        self.history: List[IterationInfo] = []
+        self.generated_terms: Dict[str, int] = {}
+        self.generated_combos: Dict[str, int] = {}
+        self.mode_counts: Dict[str, int] = {}
+        self.stage_s: Dict[str, float] = {}  # env stages (sim, caption, score) -> seconds
+        self.invalid: Dict[str, int] = {}
+        self.move_kinds: Dict[str, int] = {}
+        self.j2_sum = 0.0
+        self.j2_n = 0
+        self.checkpoint_pending = False
+        self.total_fine_tune_s = 0.0
+        self.total_eval_s = 0.0
+        self.wall_offset = 0.0  # wall time of earlier sessions (resume)
+        self._t0 = time.monotonic()
+        self._extra_stop = threading.Event()
+
+    # ------------------------------------------------------------------ status
+    @property
+    def wall_s(self) -> float:
+        return self.wall_offset + time.monotonic() - self._t0
+
+    def stage_totals(self) -> Dict[str, float]:
+        """Cumulative seconds per stage (take one before a session, pass it to :meth:`time_split`)."""
+        out = {k: float(self.stage_s.get(k, 0.0)) for k in ("sim", "caption", "score")}
+        out["fine_tune"] = float(self.total_fine_tune_s)
+        out["eval"] = float(self.total_eval_s)
+        return out
+
+    def time_split(self, loop_s: float, since: Optional[Dict[str, float]] = None) -> Dict[str, float]:
+        """Seconds per stage of a loop session that ran ``loop_s`` (stage totals minus ``since``):
+        sim (resets, moves, renders, validity), caption, score (VLM features + J2), fine_tune, eval;
+        "agent" is the rest (policy, SB3 updates, bookkeeping)."""
+        now, since = self.stage_totals(), since or {}
+        out = {k: round(max(0.0, v - since.get(k, 0.0)), 3) for k, v in now.items()}
+        out["agent"] = round(max(0.0, loop_s - sum(out.values())), 3)
+        return out
+
+    def budget_exhausted(self) -> bool:
+        c = self.config
+        return bool(
+            (c.budget_valid_samples and self.valid_samples >= c.budget_valid_samples)
+            or (c.budget_renders and self.renders >= c.budget_renders)
+        )
+
+    def done(self) -> bool:
+        return bool(self.stop_reason) or self._extra_stop.is_set()
+
+    def request_stop(self, reason: str = "stopped") -> None:
+        """Stop from outside (Ctrl-C, node shutdown): the agent stops at its next step.
+
+        Lock-free on purpose: the loop may hold the lock while it waits on a stage."""
+        if not self.stop_reason:
+            self.stop_reason = reason
+        self._extra_stop.set()
+
+    # ------------------------------------------------------------------ the loop
+    def evaluate_base(self) -> IterationInfo:
+        """Evaluate the model before any fine-tune (iteration 0); call once at the start."""
+        with self.lock:
+            info = self._evaluate_and_record(0, [], 0, None, 0.0, "")
+            return info
+
+    def on_episode(self, record: EpisodeRecord) -> None:
+        """The env's episode hook: count, sub-sample into the batch, fine-tune every E episodes."""
+        with self.lock:
+            if self.done():
+                return
+            c = self.config
+            self.episodes += 1
+            self.episodes_since_fine_tune += 1
+            self.steps += record.steps
+            self.renders += record.renders
+            self.valid_samples += len(record.samples)
+            for s in record.samples:
+                for r in s.relations:
+                    for t in r.terms:
+                        self.generated_terms[t] = self.generated_terms.get(t, 0) + 1
+                    ck = combo_key(r.terms)
+                    self.generated_combos[ck] = self.generated_combos.get(ck, 0) + 1
+            for k, v in record.mode_counts.items():
+                self.mode_counts[k] = self.mode_counts.get(k, 0) + v
+            for k, v in record.timing.items():
+                self.stage_s[k] = self.stage_s.get(k, 0.0) + v
+            for k, v in record.invalid.items():
+                self.invalid[k] = self.invalid.get(k, 0) + v
+            for k, v in record.move_kinds.items():
+                self.move_kinds[k] = self.move_kinds.get(k, 0) + v
+            if not math.isnan(record.j2):
+                self.j2_sum += record.j2
+                self.j2_n += 1
+            n_take = int(round(c.eta * len(record.samples)))
+            if n_take:
+                idx = self.rng.choice(len(record.samples), n_take, replace=False)
+                self.batch.extend(record.samples[i] for i in sorted(idx))
+            for cb in self.callbacks:
+                cb.on_episode(self, record)
+            if self.episodes_since_fine_tune >= c.E:
+                self.fine_tune()
+            if not self.stop_reason:
+                if self.budget_exhausted():
+                    if self.batch:
+                        self.fine_tune()
+                    self._stop("budget")
+                elif c.max_iterations and self.iteration >= c.max_iterations:
+                    self._stop("max_iterations")
+
+    def fine_tune(self) -> Optional[IterationInfo]:
+        """Fine-tune on the batch (+ replay), clear it, evaluate, update early stopping."""
+        with self.lock:
+            self.episodes_since_fine_tune = 0
+            if not self.batch:
+                return None
+            c = self.config
+            batch = list(self.batch)
+            n_replay = 0
+            if self.replay_pool and c.replay_fraction > 0:
+                n_replay = int(round(c.replay_fraction / (1.0 - c.replay_fraction) * len(batch)))
+                n_replay = min(n_replay, len(self.replay_pool))
+            replay = [self.replay_pool[i] for i in self.rng.choice(len(self.replay_pool), n_replay, replace=False)] if n_replay else []
+            iteration = self.iteration + 1
+            for cb in self.callbacks:
+                cb.on_fine_tune_start(self, iteration, len(batch) + len(replay))
+            t0 = time.monotonic()
+            out = self.trainer.fine_tune(batch + replay, c.steps_for(len(batch)), iteration)
+            ft_s = time.monotonic() - t0
+            self.total_fine_tune_s += ft_s
+            self.iteration = iteration
+            self.trained_samples += len(batch)
+            self.batch = []  # "Clear Batch"
+            terms: Dict[str, int] = {}
+            for s in batch:
+                for r in s.relations:
+                    for t in r.terms:
+                        terms[t] = terms.get(t, 0) + 1
+            info = self._evaluate_and_record(iteration, batch, n_replay, out, ft_s, out.adapter_path, terms)
+            if c.patience and self.bad_rounds >= c.patience:
+                self._stop("early_stopping")
+            self.checkpoint_pending = True
+            return info
+
+    # ------------------------------------------------------------------ internals
+    def _evaluate_and_record(self, iteration, batch, n_replay, out, ft_s, adapter_path, terms=None) -> IterationInfo:
+        t0 = time.monotonic()
+        test = self.evaluator.evaluate("test") if self.evaluator else None
+        val = self.evaluator.evaluate("val") if (self.evaluator and (self.config.patience or self.always_validate)) else None
+        splits: Dict[str, Any] = {}
+        for name, ev in (("test", test), ("val", val)):
+            if ev is not None:
+                splits[name] = split_record(ev)
+        for name in self.extra_splits:
+            if name in splits:
+                continue
+            ev = self.evaluator.evaluate(name) if self.evaluator else None
+            if ev is not None:
+                splits[name] = split_record(ev)
+        eval_s = time.monotonic() - t0
+        self.total_eval_s += eval_s
+        val_acc = _nan_if_none(val.accuracy if val else None)
+        if val is not None:
+            if val_acc > self.best_val + self.config.min_delta:
+                self.best_val, self.best_iteration, self.bad_rounds = val_acc, iteration, 0
+            elif iteration > 0:
+                self.bad_rounds += 1
+        elif iteration > 0 and test is not None:
+            # without a validation set, "best" follows the test accuracy (reported as such)
+            if test.accuracy > self.best_val:
+                self.best_val, self.best_iteration = test.accuracy, iteration
+        elif test is not None:
+            self.best_val = test.accuracy
+        info = IterationInfo(
+            iteration=iteration,
+            episodes=self.episodes,
+            steps=self.steps,
+            renders=self.renders,
+            valid_samples=self.valid_samples,
+            batch_samples=len(batch),
+            replay_samples=int(n_replay),
+            trained_samples=self.trained_samples,
+            fine_tune_loss=_nan_if_none(out.result.final_loss if out else None),
+            fine_tune_s=float(ft_s),
+            test_accuracy=_nan_if_none(test.accuracy if test else None),
+            test_per_term=dict(test.per_term) if test else {},
+            test_counts=dict(test.counts) if test else {},
+            test_loss=_nan_if_none(test.mean_loss if test else None),
+            val_accuracy=val_acc,
+            adapter_path=adapter_path,
+            best_iteration=self.best_iteration,
+            wall_s=self.wall_s,
+            batch_terms=dict(terms or {}),
+            eval_s=eval_s,
+            total_fine_tune_s=self.total_fine_tune_s,
+            total_eval_s=self.total_eval_s,
+            splits=splits,
+        )
+        self.history.append(info)
+        for cb in self.callbacks:
+            cb.on_iteration(self, info)
+        return info
+
+    def _stop(self, reason: str) -> None:
+        if not self.stop_reason:
+            self.stop_reason = reason
+            for cb in self.callbacks:
+                cb.on_stop(self, reason)
+
+    # ------------------------------------------------------------------ checkpoint
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to continue after the last fine-tune (the batch is empty then,
+        but it is saved anyway so a checkpoint taken elsewhere loses nothing)."""
+        with self.lock:
+            return {
+                "config": asdict(self.config),
+                "rng": self.rng.bit_generator.state,
+                "batch": list(self.batch),
+                "episodes": self.episodes,
+                "steps": self.steps,
+                "renders": self.renders,
+                "valid_samples": self.valid_samples,
+                "trained_samples": self.trained_samples,
+                "iteration": self.iteration,
+                "episodes_since_fine_tune": self.episodes_since_fine_tune,
+                "best_val": self.best_val,
+                "best_iteration": self.best_iteration,
+                "bad_rounds": self.bad_rounds,
+                "stop_reason": self.stop_reason,
+                "history": [h.to_dict() for h in self.history],
+                "generated_terms": dict(self.generated_terms),
+                "generated_combos": dict(self.generated_combos),
+                "mode_counts": dict(self.mode_counts),
+                "stage_s": dict(self.stage_s),
+                "invalid": dict(self.invalid),
+                "move_kinds": dict(self.move_kinds),
+                "j2_sum": self.j2_sum,
+                "j2_n": self.j2_n,
+                "wall_s": self.wall_s,
+                "total_fine_tune_s": self.total_fine_tune_s,
+                "total_eval_s": self.total_eval_s,
+            }
+
+    def load_state_dict(self, d: Dict[str, Any]) -> None:
+        with self.lock:
+            self.rng.bit_generator.state = d["rng"]
+            self.batch = list(d.get("batch", []))
+            for k in ("episodes", "steps", "renders", "valid_samples", "trained_samples", "iteration",
+                      "episodes_since_fine_tune", "best_val", "best_iteration", "bad_rounds", "j2_sum", "j2_n"):
+                setattr(self, k, d[k])
+            self.previous_stop_reason = d.get("stop_reason", "")
+            self.stop_reason = ""  # a resumed run continues; the owner decides if it was already finished
+            self.history = [IterationInfo(**h) for h in d["history"]]
+            self.generated_terms = dict(d["generated_terms"])
+            self.generated_combos = dict(d.get("generated_combos", {}))
+            self.mode_counts = dict(d.get("mode_counts", {}))
+            self.stage_s = dict(d.get("stage_s", {}))
+            self.invalid = dict(d["invalid"])
+            self.move_kinds = dict(d["move_kinds"])
+            self.wall_offset = float(d.get("wall_s", 0.0))
+            self.total_fine_tune_s = float(d.get("total_fine_tune_s", 0.0))
+            self.total_eval_s = float(d.get("total_eval_s", 0.0))
+            self._t0 = time.monotonic()
+            self.checkpoint_pending = False

@@ -1,0 +1,613 @@
+"""``spatial_query`` node: answers spatial questions with the (fine-tuned) spatial VLM.
+
+A lifecycle node (``rclpy.lifecycle``): parameters are read and topics created on
+*configure*, the model (base + adapter) is loaded on *activate* and freed on *deactivate*.
+With ``autostart`` (default) it configures and activates itself, so it works without a
+lifecycle manager.
+
+Services
+- ``~/query`` (rls3_msgs/srv/SpatialQuery): ``where`` / ``check`` / ``what`` on the image in
+  the request, or — when the request image is empty (width 0) — on the camera-topic frame
+  nearest to ``header.stamp`` (within ``frame_tolerance``; the latest frame when the stamp
+  is zero). The answer copies the header of the image used. Every bad request (unknown
+  query type, bad image, image smaller than 16x16 px, empty/unknown object name, subject
+  that is the reference, unparsable relation, no model yet, node not active) gets
+  ``success=false`` and a reason; the node lives on. Without a matching scene state, names
+  with words the model never learnt are refused (``SpatialVLM.unknown_words``).
+- ``~/set_adapter`` (rls3_msgs/srv/SetAdapter): switch the LoRA adapter ("" = base).
+
+Hot swap: a new adapter is loaded into a *new* model instance off the query path (in the
+swap callback group), then the model reference is replaced under a lock. Queries in flight
+finish on the old instance, later ones use the new one: no query fails during a swap.
+
+Topics
+- subscribes ``<image_topic>`` (sensor_msgs/Image, or sensor_msgs/CompressedImage with
+  ``image_transport`` "compressed"; QoS ``image_qos``; incompatible QoS is logged),
+  ``scene_state`` (rls3_msgs/SceneState: object names for validation, candidates
+  and annotation boxes), ``adapter`` (rls3_msgs/AdapterInfo, transient local; when
+  ``follow_adapter_topic``).
+- publishes ``~/annotated`` (sensor_msgs/Image, when ``publish_annotated``): the image with
+  the boxes of the named objects (when the matching scene state knows them, solid), the
+  model's own predicted boxes and points (dashed, with their confidence), the answer text and
+  its confidence.
+- subscribes ``camera_info_topic`` (sensor_msgs/CameraInfo) and, when ``depth_topic`` is set,
+  a depth image (sensor_msgs/Image 32FC1 [m] / 16UC1 [mm], aligned with the colour image).
+
+Object locations (``subject_location`` / ``reference_location`` of every answer; for "what"
+the subject is the best candidate): 2D box, point and confidence from the model's own grounding
+(``SpatialVLM.locate``; the grounded model's attention map). A model without grounding answers
+with ``found=false`` and says so in ``message`` (the query still succeeds). With intrinsics and a
+depth, also a 3D point in the camera optical frame (``point_3d``, the image's header); where
+intrinsics and depth come from: ``rls3_ros.ros.nodes.grounding_msgs``.
+
+Parameters (defaults)
+- ``model`` ("grounded:serving"): model spec for ``rls3_ros.vlm.answers.load_model``. The
+  default is the serving base trained on every relation (models/grounded_serving/README.md,
+  per-term accuracy there); "grounded" is the deliberately weak base the RLS3 loop starts from,
+  the one to serve together with the loop's adapters (an adapter only loads on its own base).
+- ``adapter`` (""): adapter directory to load at activation ("" = base model).
+- ``autostart`` (true): configure + activate at start.
+- ``image_topic`` ("image_raw"), ``image_qos`` ("sensor_data" | "reliable" | "system_default").
+- ``image_transport`` ("raw"): "raw" subscribes ``image_topic`` as sensor_msgs/Image,
+  "compressed" as sensor_msgs/CompressedImage (jpeg/png, e.g. a camera's or a replayed bag's
+  ``.../image_raw/compressed``: give that topic as ``image_topic``). Compressed frames are
+  buffered as received and decoded (``rls3_ros.core.image_codec``, as the bag reader does) only when a
+  query uses one; headers are untouched. A frame that does not decode answers
+  ``success=false`` ("bad compressed image: ...") and the node stays up.
+- ``frame_buffer`` (30): camera frames kept, looked up by stamp.
+- ``frame_tolerance`` (0.1): max |stamp difference| [s] when a request names a stamp.
+- ``scene_topic`` ("scene_state"). A scene state whose camera info has no image size or focal
+  length (or NaN/inf numbers) is dropped on arrival with a throttled warning; it never reaches
+  a query.
+- ``scene_tolerance`` (0.1): max |stamp difference| [s] between the image a query uses (request
+  image or camera frame) and the scene state used for it (object names, 'what' candidates,
+  annotation boxes). Without a scene state that close, the query is answered from the image
+  alone (names not checked against a scene) and the answer's ``message`` says so.
+- ``follow_adapter_topic`` (true): switch to adapters announced on ``adapter_topic`` ("adapter").
+- ``publish_annotated`` (false).
+- ``load_retry_period`` (5.0): seconds between attempts while the model cannot be loaded.
+- ``swap_mode`` ("reload"): how a swap builds the new instance: "reload" (fresh model
+  from the spec) or "copy" (deep copy of the current one, falling back to reload).
+- ``locate_objects`` (true): fill the object locations of each answer.
+- ``camera_info_topic`` ("camera_info"): intrinsics for the 3D points (QoS ``image_qos``).
+- ``depth_topic`` (""): depth images for the 3D points ("" = none: depth from the request's
+  depth image or the scene state's object poses only).
+- ``torch_threads`` (0): torch intra-op threads (0 = torch default). On a CPU shared with
+  other busy processes, 1 avoids OpenMP stalls (measured: ~0.4 ms vs ~100 ms per query of a
+  tiny model at load average 6 on 2 cores).
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import gc
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Deque, Optional, Tuple
+
+import numpy as np
+from rcl_interfaces.msg import ParameterDescriptor
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import (
+    DurabilityPolicy,
+    HistoryPolicy,
+    QoSProfile,
+    ReliabilityPolicy,
+    qos_profile_sensor_data,
+    qos_profile_system_default,
+)
+from rls3_msgs.msg import AdapterInfo, SceneState as SceneStateMsg
+from rls3_msgs.srv import SetAdapter, SpatialQuery
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
+
+from rls3_ros.ros.nodes.annotate import draw_annotation, find_object, scene_object_names
+from rls3_ros.ros.nodes.conversions import msg_to_scene, stamp_to_ns
+from rls3_ros.ros.nodes.grounding_msgs import GroundingInputs, fill_locations, labelled_locations
+from rls3_ros.core.image_codec import ImageConversionError, image_msg_to_rgb, numpy_to_image_msg
+from rls3_ros.ros.nodes.node_main import run_node
+from rls3_ros.core.scene import SceneState
+from rls3_ros.vlm.answers import QueryRequest, answer_query, check_adapter_dir, load_model
+from rls3_ros.vlm.interface import SpatialVLM
+from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
+
+IMAGE_QOS = {
+    "sensor_data": qos_profile_sensor_data,
+    "reliable": QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST),
+    "system_default": qos_profile_system_default,
+}
+IMAGE_TRANSPORTS = {"raw": Image, "compressed": CompressedImage}
+ADAPTER_QOS = QoSProfile(
+    depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+    history=HistoryPolicy.KEEP_LAST,
+)
+
+
+@dataclass
+class LoadedModel:
+    """A model instance with its own inference lock (queries on one instance are serialised)."""
+
+    model: SpatialVLM
+    adapter: str
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def _is_empty_image(msg: Image) -> bool:
+    return msg.width == 0 and msg.height == 0 and len(msg.data) == 0
+
+
+def _set_torch_threads(node, n: int) -> None:
+    if n > 0:
+        import torch
+
+        torch.set_num_threads(n)
+        node.get_logger().info(f"torch intra-op threads: {n}")
+
+
+class SpatialQueryNode(LifecycleNode):
+    """Lifecycle node answering ``~/query`` with a SpatialVLM (see module docstring)."""
+
+    def __init__(self, node_name: str = "spatial_query", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        d = self._declare
+        d("model", "grounded:serving", "model spec: 'grounded:serving' (default: trained on every relation), 'grounded' "
+                                       "(the weak base of the RLS3 loop), 'embedded', a model directory / HF id, or "
+                                       "py:<module>:<fn>[:<arg>]")
+        d("adapter", "", "LoRA adapter directory loaded at activation ('' = base model)")
+        d("autostart", True, "configure and activate at start (no lifecycle manager needed)")
+        d("image_topic", "image_raw", "camera topic used when a request has no image")
+        d("image_qos", "sensor_data", "QoS of the camera subscription: sensor_data | reliable | system_default")
+        d("image_transport", "raw", "camera message type: raw (sensor_msgs/Image) | compressed (sensor_msgs/CompressedImage)")
+        d("frame_buffer", 30, "camera frames kept for lookup by stamp")
+        d("frame_tolerance", 0.1, "max |stamp difference| [s] between a requested stamp and a buffered frame")
+        d("scene_topic", "scene_state", "scene states (object names, boxes)")
+        d("scene_tolerance", 0.1, "max |stamp difference| [s] between a query's image and the scene state used for it")
+        d("follow_adapter_topic", True, "switch to adapters announced by the trainer")
+        d("adapter_topic", "adapter", "topic of the trainer's adapter announcements")
+        d("publish_annotated", False, "publish ~/annotated images of each answer")
+        d("load_retry_period", 5.0, "seconds between model load attempts while it cannot be loaded")
+        d("swap_mode", "reload", "reload (fresh instance from the spec) | copy (deep copy, fallback reload)")
+        d("torch_threads", 0, "torch intra-op threads (0 = torch default); 1 avoids stalls on a busy shared CPU")
+        d("locate_objects", True, "answer with the subject's and reference's locations (2D box/point, 3D point)")
+        d("camera_info_topic", "camera_info", "camera intrinsics for the 3D points of the object locations")
+        d("depth_topic", "", "depth images (32FC1 m / 16UC1 mm) for the 3D points ('' = none)")
+        _set_torch_threads(self, int(self._p("torch_threads")))
+
+        self._model_lock = threading.Lock()  # guards self._loaded (the reference swap)
+        self._loaded: Optional[LoadedModel] = None
+        self._wanted_adapter = ""  # adapter to load with the model (activation, announcements before ready)
+        self._active = False
+        self._load_status = "not loaded (node not active)"
+        self._load_stop = threading.Event()
+        self._load_thread: Optional[threading.Thread] = None
+        self._frames: Deque = collections.deque(maxlen=30)  # Image or CompressedImage (image_transport)
+        self._scenes: Deque[Tuple[int, SceneState]] = collections.deque(maxlen=30)  # (stamp ns, valid scene)
+        self._n_bad_scenes = 0
+        self._grounding = GroundingInputs()
+        self._buf_lock = threading.Lock()
+        self._subs = []
+        self._annotated_pub = None
+        self._n_queries = 0
+        self._n_failed = 0
+
+        self._query_group = ReentrantCallbackGroup()
+        self._swap_group = MutuallyExclusiveCallbackGroup()
+        self._topic_group = MutuallyExclusiveCallbackGroup()
+        self.create_service(SpatialQuery, "~/query", self._on_query, callback_group=self._query_group, qos_profile=SERVICE_QOS)
+        self.create_service(SetAdapter, "~/set_adapter", self._on_set_adapter, callback_group=self._swap_group, qos_profile=SERVICE_QOS)
+
+        if self.get_parameter("autostart").value:
+            if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
+                self.trigger_activate()
+
+    def _declare(self, name, default, description):
+        self.declare_parameter(name, default, ParameterDescriptor(description=description))
+
+    def _p(self, name):
+        return self.get_parameter(name).value
+
+    # -- lifecycle transitions -------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Validate parameters; create the camera, scene-state and adapter subscriptions and
+        the annotated publisher. No model is loaded yet."""
+        errors = []
+        if not str(self._p("model")).strip():
+            errors.append("model must not be empty (e.g. 'embedded')")
+        if self._p("image_qos") not in IMAGE_QOS:
+            errors.append(f"image_qos {self._p('image_qos')!r} unknown; use one of {', '.join(IMAGE_QOS)}")
+        if self._p("image_transport") not in IMAGE_TRANSPORTS:
+            errors.append(f"image_transport {self._p('image_transport')!r} unknown; use one of {', '.join(IMAGE_TRANSPORTS)}")
+        if int(self._p("frame_buffer")) < 1:
+            errors.append("frame_buffer must be >= 1")
+        if float(self._p("frame_tolerance")) < 0:
+            errors.append("frame_tolerance must be >= 0")
+        if float(self._p("scene_tolerance")) < 0:
+            errors.append("scene_tolerance must be >= 0")
+        if float(self._p("load_retry_period")) <= 0:
+            errors.append("load_retry_period must be > 0")
+        if self._p("swap_mode") not in ("reload", "copy"):
+            errors.append("swap_mode must be 'reload' or 'copy'")
+        if errors:
+            for e in errors:
+                self.get_logger().error(f"bad parameter: {e}")
+            return TransitionCallbackReturn.FAILURE
+        with self._buf_lock:
+            self._frames = collections.deque(maxlen=int(self._p("frame_buffer")))
+            self._scenes = collections.deque(maxlen=int(self._p("frame_buffer")))
+        image_topic = self._p("image_topic")
+        events = SubscriptionEventCallbacks(incompatible_qos=lambda ev: self._incompatible_qos(image_topic, ev))
+        self._subs = [
+            self.create_subscription(
+                IMAGE_TRANSPORTS[self._p("image_transport")], image_topic, self._on_image, IMAGE_QOS[self._p("image_qos")],
+                callback_group=self._topic_group, event_callbacks=events,
+            ),
+            self.create_subscription(SceneStateMsg, self._p("scene_topic"), self._on_scene, 10, callback_group=self._topic_group),
+        ]
+        self._grounding.resize(int(self._p("frame_buffer")))
+        if self._p("locate_objects"):
+            qos = IMAGE_QOS[self._p("image_qos")]
+            self._subs.append(self.create_subscription(CameraInfo, self._p("camera_info_topic"), self._grounding.on_camera_info,
+                                                       qos, callback_group=self._topic_group))
+            if str(self._p("depth_topic")).strip():
+                self._subs.append(self.create_subscription(Image, self._p("depth_topic"), self._grounding.on_depth, qos,
+                                                           callback_group=self._topic_group))
+        if self._p("follow_adapter_topic"):
+            self._subs.append(
+                self.create_subscription(AdapterInfo, self._p("adapter_topic"), self._on_adapter_announced, ADAPTER_QOS,
+                                         callback_group=self._swap_group)
+            )
+        if self._p("publish_annotated"):
+            self._annotated_pub = self.create_lifecycle_publisher(Image, "~/annotated", 5)
+        self.get_logger().info(
+            f"configured: model={self._p('model')!r} adapter={self._p('adapter')!r} image_topic={image_topic!r} "
+            f"({self._p('image_transport')}, {self._p('image_qos')}) follow_adapter_topic={self._p('follow_adapter_topic')}"
+        )
+        return super().on_configure(state)
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Start loading base model + adapter on a background thread (retried every
+        ``load_retry_period`` s until it works); queries answer "not ready" meanwhile."""
+        self._active = True
+        with self._model_lock:
+            self._wanted_adapter = str(self._p("adapter")).strip()
+        self._start_loader()
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Stop loading, free the model; queries answer "not active" until reactivated."""
+        self._active = False
+        self._stop_loader()
+        self._free_model()
+        self.get_logger().info("deactivated: model freed")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Destroy subscriptions and publishers, drop buffered frames and scenes."""
+        self._destroy_entities()
+        return super().on_cleanup(state)
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        """Free everything (from any state)."""
+        self._active = False
+        self._stop_loader()
+        self._free_model()
+        self._destroy_entities()
+        return super().on_shutdown(state)
+
+    def close(self) -> None:
+        """Called by ``run_node`` on exit."""
+        self._active = False
+        self._stop_loader()
+        self._free_model()
+
+    def _destroy_entities(self) -> None:
+        for s in self._subs:
+            self.destroy_subscription(s)
+        self._subs = []
+        if self._annotated_pub is not None:
+            self.destroy_lifecycle_publisher(self._annotated_pub)
+            self._annotated_pub = None
+        with self._buf_lock:
+            self._frames.clear()
+            self._scenes.clear()
+        self._grounding.clear()
+
+    # -- model loading -----------------------------------------------------------------------
+    def _start_loader(self) -> None:
+        self._stop_loader()
+        self._load_stop = threading.Event()
+        self._load_thread = threading.Thread(target=self._load_loop, args=(self._load_stop,), daemon=True, name="vlm-loader")
+        self._load_thread.start()
+
+    def _stop_loader(self) -> None:
+        self._load_stop.set()
+        t = self._load_thread
+        if t is not None and t is not threading.current_thread():
+            t.join(timeout=30.0)
+        self._load_thread = None
+
+    def _free_model(self) -> None:
+        with self._model_lock:
+            self._loaded = None
+        self._load_status = "not loaded (node not active)"
+        gc.collect()
+
+    def _load_loop(self, stop: threading.Event) -> None:
+        spec = str(self._p("model"))
+        period = float(self._p("load_retry_period"))
+        attempt = 0
+        while not stop.is_set():
+            attempt += 1
+            self._load_status = f"loading model {spec!r} (attempt {attempt})"
+            t0 = time.monotonic()
+            try:
+                model = load_model(spec)
+            except Exception as e:  # noqa: BLE001 - any failure: report and retry
+                self._load_status = (f"model {spec!r} not available (attempt {attempt}: {type(e).__name__}: {e}); "
+                                     f"retrying every {period:.1f} s")
+                self.get_logger().warning(self._load_status)
+                stop.wait(period)
+                continue
+            while not stop.is_set():
+                with self._model_lock:
+                    want = self._wanted_adapter
+                active = ""
+                if want:
+                    try:
+                        check_adapter_dir(want)
+                        model.reset_adapter()
+                        model.load_adapter(want)
+                        active = model.adapter or want
+                    except Exception as e:  # noqa: BLE001
+                        model.reset_adapter()
+                        self.get_logger().error(f"adapter {want!r} not loaded ({e}); serving the base model")
+                with self._model_lock:
+                    if self._wanted_adapter != want:  # an announcement arrived meanwhile
+                        continue
+                    if stop.is_set():
+                        return
+                    self._loaded = LoadedModel(model, active)
+                self._load_status = "ready"
+                self.get_logger().info(
+                    f"model ready: model={spec!r} adapter={active!r} ({time.monotonic() - t0:.2f} s, attempt {attempt})"
+                )
+                return
+
+    def _current(self) -> Optional[LoadedModel]:
+        with self._model_lock:
+            return self._loaded
+
+    def _build_swapped(self, current: LoadedModel, path: str) -> SpatialVLM:
+        """A new model instance with adapter ``path`` ("" = base), built off the query path."""
+        if self._p("swap_mode") == "copy":
+            try:
+                with current.lock:
+                    new = copy.deepcopy(current.model)
+                new.reset_adapter()
+                if path:
+                    new.load_adapter(path)
+                return new
+            except Exception as e:  # noqa: BLE001 - fall back to a fresh instance
+                self.get_logger().warning(f"swap by copy failed ({type(e).__name__}: {e}); reloading the model")
+        return load_model(str(self._p("model")), path)
+
+    def _swap_adapter(self, path: str) -> Tuple[bool, str, str]:
+        """(success, message, active adapter) of switching to ``path``; the old model stays on failure."""
+        current = self._current()
+        if not self._active:
+            return False, "node is not active", ""
+        if current is None:
+            return False, f"model not ready: {self._load_status}", ""
+        path = path.strip()
+        if path:
+            try:
+                check_adapter_dir(path)
+            except ValueError as e:
+                return False, f"{e}; kept adapter {current.adapter!r}", current.adapter
+        t0 = time.monotonic()
+        try:
+            new = self._build_swapped(current, path)
+        except Exception as e:  # noqa: BLE001
+            return False, f"cannot load adapter {path!r}: {type(e).__name__}: {e}; kept adapter {current.adapter!r}", current.adapter
+        active = (new.adapter or path) if path else ""
+        with self._model_lock:
+            if not self._active:
+                return False, "node was deactivated during the swap", ""
+            self._loaded = LoadedModel(new, active)
+        self.get_logger().info(f"adapter switched: {current.adapter!r} -> {active!r} ({time.monotonic() - t0:.2f} s)")
+        return True, f"adapter {active!r} active", active
+
+    # -- callbacks ---------------------------------------------------------------------------
+    def _incompatible_qos(self, topic, event) -> None:
+        self.get_logger().warning(
+            f"incompatible QoS on {topic!r}: a publisher offers a QoS this subscription ({self._p('image_qos')}) "
+            f"cannot match (policy {getattr(event, 'last_policy_kind', '?')}); no frames will arrive. "
+            "Set image_qos to match the camera (e.g. 'reliable' or 'sensor_data')."
+        )
+
+    def _on_image(self, msg) -> None:  # Image or CompressedImage
+        with self._buf_lock:
+            self._frames.append(msg)
+
+    def _on_scene(self, msg: SceneStateMsg) -> None:
+        """Keep a scene state only if it converts (usable camera info, finite numbers): a bad
+        one is dropped here, so it can never fail a later query."""
+        try:
+            scene = msg_to_scene(msg)
+        except Exception as e:  # noqa: BLE001 - MessageConversionError and anything else: drop it
+            self._n_bad_scenes += 1
+            self.get_logger().warning(
+                f"dropped scene_state (stamp {stamp_to_ns(msg.header.stamp) / 1e9:.3f}, scene {msg.scene_id!r}): "
+                f"{' '.join(str(e).split())} ({self._n_bad_scenes} dropped so far)", throttle_duration_sec=5.0)
+            return
+        with self._buf_lock:
+            self._scenes.append((stamp_to_ns(msg.header.stamp), scene))
+
+    def _on_adapter_announced(self, msg: AdapterInfo) -> None:
+        with self._model_lock:
+            cur = self._loaded
+            if cur is None:  # not loaded yet: the loader picks this adapter up
+                self._wanted_adapter = msg.path
+        if cur is None:
+            self.get_logger().info(f"announced adapter {msg.path!r} (iteration {msg.iteration}) will be loaded with the model")
+            return
+        if cur.adapter == msg.path:
+            return
+        ok, message, _ = self._swap_adapter(msg.path)
+        log = self.get_logger().info if ok else self.get_logger().error
+        log(f"announced adapter (iteration {msg.iteration}): {message}")
+
+    def _on_set_adapter(self, req: SetAdapter.Request, resp: SetAdapter.Response) -> SetAdapter.Response:
+        try:
+            resp.success, resp.message, resp.active_adapter = self._swap_adapter(req.path)
+        except Exception as e:  # noqa: BLE001 - never raise out of a callback
+            resp.success, resp.message = False, f"internal error: {type(e).__name__}: {e}"
+        if not resp.success:
+            self.get_logger().warning(f"set_adapter {req.path!r} failed: {resp.message}")
+        return resp
+
+    def _frame_for(self, stamp_ns: int) -> Tuple[Optional[object], str]:
+        topic = self.resolve_topic_name(str(self._p("image_topic")))
+        with self._buf_lock:
+            frames = list(self._frames)
+        if not frames:
+            return None, (f"request has no image and no frame was received on {topic!r} "
+                          f"(QoS {self._p('image_qos')}); send an image or check the camera topic")
+        if stamp_ns == 0:
+            return frames[-1], ""
+        best = min(frames, key=lambda f: abs(stamp_to_ns(f.header.stamp) - stamp_ns))
+        dt = abs(stamp_to_ns(best.header.stamp) - stamp_ns) / 1e9
+        if dt > float(self._p("frame_tolerance")):
+            lo = min(stamp_to_ns(f.header.stamp) for f in frames) / 1e9
+            hi = max(stamp_to_ns(f.header.stamp) for f in frames) / 1e9
+            return None, (f"no frame on {topic!r} within {float(self._p('frame_tolerance')):.3f} s of stamp "
+                          f"{stamp_ns / 1e9:.3f} (buffer holds {len(frames)} frames, {lo:.3f}..{hi:.3f})")
+        return best, ""
+
+    def _scene_for(self, stamp_ns: int) -> Tuple[Optional[SceneState], str]:
+        """(the scene state nearest ``stamp_ns`` within ``scene_tolerance``, or None and why not)."""
+        with self._buf_lock:
+            scenes = list(self._scenes)
+        topic = self.resolve_topic_name(str(self._p("scene_topic")))
+        if not scenes:
+            return None, f"no scene_state received on {topic!r}"
+        tol = float(self._p("scene_tolerance"))
+        best_ns, best = min(scenes, key=lambda s: abs(s[0] - stamp_ns))
+        dt = abs(best_ns - stamp_ns) / 1e9
+        if dt <= tol:
+            return best, ""
+        return None, (f"no scene_state on {topic!r} within {tol:.3f} s of the image stamp {stamp_ns / 1e9:.3f} "
+                      f"(nearest {dt:.3f} s away)")
+
+    def _on_query(self, req: SpatialQuery.Request, resp: SpatialQuery.Response) -> SpatialQuery.Response:
+        t0 = time.monotonic()
+        try:
+            self._answer(req, resp)
+        except Exception as e:  # noqa: BLE001 - never raise out of a callback
+            resp.success, resp.message = False, f"internal error: {type(e).__name__}: {e}"
+            self.get_logger().error(f"query failed internally: {resp.message}")
+        self._n_queries += 1
+        if not resp.success:
+            self._n_failed += 1
+            if self._loaded is None or not self._active:  # a client polling a loading node: keep the log short
+                self.get_logger().info(f"query rejected: {resp.message}", throttle_duration_sec=2.0)
+            else:
+                self.get_logger().info(f"query {req.query_type!r} rejected: {resp.message}")
+        else:
+            self.get_logger().debug(f"query {req.query_type!r} answered in {1e3 * (time.monotonic() - t0):.1f} ms")
+        return resp
+
+    def _answer(self, req: SpatialQuery.Request, resp: SpatialQuery.Response) -> None:
+        resp.header = req.header
+        if not self._active:
+            state = self._state_machine.current_state[1] if hasattr(self, "_state_machine") else "?"
+            resp.success, resp.message = False, (f"node is not active (lifecycle state {state!r}); "
+                                                 "configure and activate it or start it with autostart:=true")
+            return
+        loaded = self._current()
+        if loaded is None:
+            resp.success, resp.message = False, f"model not ready: {self._load_status}"
+            return
+        resp.adapter = loaded.adapter
+        if _is_empty_image(req.image):
+            frame, why = self._frame_for(stamp_to_ns(req.header.stamp))
+            if frame is None:
+                resp.success, resp.message = False, why
+                return
+        else:
+            frame = req.image
+        resp.header = frame.header if (frame.header.frame_id or stamp_to_ns(frame.header.stamp)) else req.header
+        try:
+            image = image_msg_to_rgb(frame)  # Image or CompressedImage
+        except ImageConversionError as e:
+            kind = "compressed image" if isinstance(frame, CompressedImage) else "image"
+            resp.success, resp.message = False, f"bad {kind}: {e}"
+            return
+        if not image.flags.writeable:  # a view of the message buffer; torch wants writable arrays
+            image = image.copy()
+        scene, no_scene = self._scene_for(stamp_to_ns(resp.header.stamp))
+        names = scene_object_names(scene) if scene is not None else None
+        defaults = [o.description or o.id for o in scene.objects] if scene is not None else None
+
+        def object_key(name: str) -> str:  # "mug_1" and "red mug" name the same scene object
+            o = find_object(scene, name)
+            return f"id:{o.id}" if o is not None else name.strip().lower()
+
+        q = QueryRequest(req.query_type, req.subject, req.reference, req.relation, list(req.candidates))
+        with loaded.lock:
+            ans = answer_query(loaded.model, image, q, known_objects=names, default_candidates=defaults,
+                               object_key=object_key)
+        resp.success, resp.message, resp.answer = ans.success, ans.message, ans.answer
+        if ans.success and scene is None:
+            resp.message = f"{ans.message}; answered from the image alone ({no_scene})"
+        resp.adapter = loaded.adapter
+        if not ans.success:
+            return
+        resp.terms = list(ans.terms)
+        resp.confidence = float(ans.confidence)
+        resp.term_names = list(ans.term_probabilities)
+        resp.term_probabilities = [float(v) for v in ans.term_probabilities.values()]
+        resp.holds = bool(ans.holds)
+        resp.ranked_candidates = [c for c, _ in ans.ranked]
+        resp.candidate_scores = [float(s) for _, s in ans.ranked]
+        if self._p("locate_objects"):
+            self._locate(req, resp, loaded, image, scene, ans)
+        if self._annotated_pub is not None:
+            self._publish_annotated(image, resp.header, scene, req, ans.answer, ans.confidence, ans.ranked,
+                                    labelled_locations([resp.subject_location, resp.reference_location]))
+
+    def _locate(self, req, resp, loaded: LoadedModel, image: np.ndarray, scene, ans) -> None:
+        """Fill the subject's and reference's locations; notes on what is missing go to ``message``."""
+        subject = ans.ranked[0][0] if req.query_type.strip().lower() == "what" and ans.ranked else req.subject.strip()
+        with loaded.lock:
+            notes = fill_locations(resp, loaded.model, image, subject, req.reference.strip(), resp.header,
+                                   req.camera_info, req.depth, self._grounding, scene, float(self._p("frame_tolerance")))
+        if notes:
+            resp.message = f"{resp.message}; " + "; ".join(notes)
+
+    def _publish_annotated(self, image: np.ndarray, header: Header, scene, req, text, confidence, ranked,
+                           located=()) -> None:
+        names = [req.subject, req.reference] if req.query_type.strip().lower() != "what" else [
+            ranked[0][0] if ranked else "", req.reference]
+        boxes = []
+        for n in names:
+            o = find_object(scene, n)
+            if o is not None:
+                boxes.append((n, tuple(int(v) for v in o.bbox)))
+        try:
+            self._annotated_pub.publish(numpy_to_image_msg(draw_annotation(image, boxes, text, confidence, located),
+                                                           "rgb8", header))
+        except Exception as e:  # noqa: BLE001 - annotation is best effort
+            self.get_logger().warning(f"annotated image not published: {e}")
+
+
+def main(args=None) -> int:
+    return run_node(SpatialQueryNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
