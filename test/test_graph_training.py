@@ -1,4 +1,4 @@
-"""The training graph across real processes: ``rls3 launch training`` (graph_launcher) starts
+"""The training graph across real processes: ``rls3 launch training`` (rls3_ros.ros.launcher) starts
 sim_bridge(s), caption_oracle, vlm_trainer and rl_sampler from config/training.yaml; the
 RLS3 loop runs over services and the fine-tune action with a tiny budget."""
 

@@ -147,7 +147,7 @@ class EvalConfig(_Section):
     moves_per_scene: int = _f(4, "random moves per scene for the fixed sets", ge=0)
     test_per_term: int = _f(80, "relations per term kept in the test set", ge=0)
     val_per_term: int = _f(30, "relations per term kept in the validation set", ge=0)
-    tail_scenes: int = _f(0, "> 0: also evaluate the tail split after every fine-tune (rl/tail_split.py)", ge=0)
+    tail_scenes: int = _f(0, "> 0: also evaluate the tail split after every fine-tune (loop/tail_split.py)", ge=0)
     val_tail_scenes: int = _f(0, "scenes of the tail generator added to the validation set", ge=0)
     extra_splits: List[Literal["tail", "val"]] = _f([], "splits evaluated after every fine-tune besides test")
 

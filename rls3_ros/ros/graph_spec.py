@@ -51,7 +51,7 @@ def training_graph(bridges: int = 1, namespace: str = "", image_topic: str = "im
                    run_dir: str = "", resume=None, respawn_bridges: bool = False) -> List[NodeSpec]:
     """``bridges`` sim_bridges (namespaces sim0.. when > 1), caption_oracle, vlm_trainer, rl_sampler.
 
-    ``resume``: a ``graph_launcher.ResumeInfo`` (the run's directory, bridge count, rl_sampler
+    ``resume``: a ``rls3_ros.ros.launcher.ResumeInfo`` (the run's directory, bridge count, rl_sampler
     settings and the checkpoint's adapter); ``respawn_bridges``: a dying bridge is restarted and
     rl_sampler waits for it (``bridge_lost: wait``)."""
     if resume is not None:
