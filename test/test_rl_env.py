@@ -168,3 +168,16 @@ def test_a_seed_the_simulator_cannot_build_is_skipped(source):
     _, info = env.reset()
     assert flaky.refused == [env.scene_seed(0)] and info["scene_seed"] != flaky.refused[0]
     assert env._scene is not None and env._scene.seed == info["scene_seed"]
+
+
+def test_adapter_baseline_measures_j2_against_the_current_adapters_mean():
+    """J2 against the running mean of the same adapter's episodes: 0 for an adapter's first episode,
+    the difference to the mean of the earlier ones after, and a new adapter starts afresh."""
+    from rls3_ros.loop.reward import AdapterBaseline
+
+    b = AdapterBaseline()
+    assert b.relative(2.0, 0) == 0.0
+    assert b.relative(3.0, 0) == pytest.approx(3.0 - 2.0)
+    assert b.relative(1.0, 0) == pytest.approx(1.0 - (2.0 + 3.0) / 2)
+    assert b.relative(5.0, 1) == 0.0  # fine-tuned: the old adapter's mean no longer applies
+    assert b.relative(4.0, 1) == pytest.approx(4.0 - 5.0)

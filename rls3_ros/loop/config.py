@@ -68,7 +68,7 @@ class RunConfig(_Section):
 
 
 class LoopConfig(_Section):
-    """``rls3_ros.loop.scheduler.SchedulerConfig`` (the scheduler's own defaults there are a unit test's)."""
+    """The loop section: ``rls3_ros.loop.scheduler.SchedulerConfig`` is this model (its only definition)."""
 
     T: int = _f(8, "agent steps per episode", ge=1)
     T0: int = _f(6, "valid samples per episode (ends the episode early), <= T", ge=1)

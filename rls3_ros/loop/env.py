@@ -10,7 +10,7 @@ Rewards (the paper's two signals):
 - intrinsic, every step: ``reward_valid`` (> 0) for a valid, captioned sample,
   ``reward_invalid`` (< 0) for an invalid move (overlap, floating, out of view, occluded, ...),
   ``reward_no_relation`` for a valid render the oracle could not caption;
-- extrinsic J2, once per episode on its last step ("T : 1"): the injected VLM scorer runs
+- extrinsic J2 (``rls3_ros.loop.reward``), once per episode on its last step ("T : 1"): the injected VLM scorer runs
   on the episode's valid samples; ``j2_metric="loss"`` -> mean per-relation loss [nats],
   ``"error"`` -> 1 - accuracy. A worse VLM gives a higher reward. J2 is clipped to
   ``j2_clip`` (loss only) so a few ambiguous near-boundary samples cannot dominate.
@@ -55,6 +55,7 @@ import numpy as np
 from rls3_ros.core.scene import Sample, SceneState, SpatialRelation
 from rls3_ros.sim.backend import PLACE, SWAP, MoveAction
 from rls3_ros.loop.modes import ACTION_DIM, mode_of
+from rls3_ros.loop.reward import AdapterBaseline, j2_from_scores, per_sample_loss  # noqa: F401 - part of the env API
 from rls3_ros.vlm.interface import RelationScore
 
 N_SLOTS = 3
@@ -198,24 +199,6 @@ class EpisodeRecord:
     timing: Dict[str, float] = field(default_factory=dict)  # stage -> seconds: sim (reset/moves/render), caption, score
 
 
-def j2_from_scores(scores: Sequence[RelationScore], metric: str = "loss", clip: float = 5.0) -> float:
-    """Extrinsic reward from the VLM's scores: mean clipped loss, or 1 - accuracy."""
-    if not scores:
-        return 0.0
-    if metric == "loss":
-        return float(np.mean([min(float(s.loss), clip) for s in scores]))
-    if metric == "error":
-        return float(1.0 - np.mean([bool(s.correct) for s in scores]))
-    raise ValueError(f"unknown j2_metric {metric!r} (loss | error)")
-
-
-def per_sample_loss(scores: Sequence[RelationScore], clip: float = 5.0) -> Dict[str, float]:
-    acc: Dict[str, List[float]] = {}
-    for s in scores:
-        acc.setdefault(s.sample_id, []).append(min(float(s.loss), clip))
-    return {k: float(np.mean(v)) for k, v in acc.items()}
-
-
 def category_index(category: str, categories: Sequence[str], n: int) -> int:
     if category in categories:
         return list(categories).index(category) % n
@@ -283,7 +266,7 @@ class RLS3Env(gym.Env):
         self.observe_vlm = bool(observe_vlm)
         # () -> (fine-tunes so far, per-term validation error of the current adapter); set by the runner
         self.vlm_state = vlm_state
-        self._j2_stats: Tuple[int, int, float] = (-1, 0, 0.0)  # (iteration, n, mean) of raw J2
+        self._j2_baseline = AdapterBaseline()
         self.reset_attempts = 5  # seeds tried when the simulator cannot build a scene
 
         self.slot_dim = self.n_categories + SLOT_FEATURES_BASE
@@ -504,17 +487,7 @@ class RLS3Env(gym.Env):
         return self._obs(), float(r), bool(done), False, info
 
     def _against_baseline(self, j2: float) -> float:
-        """J2 minus the running mean of this adapter's episodes (the target stops moving as the
-        VLM learns: an episode is rewarded for being harder than the current model's average)."""
-        it = self.vlm_state()[0] if self.vlm_state is not None else 0
-        last_it, n, mean = self._j2_stats
-        if it != last_it:
-            n, mean = 0, 0.0
-        out = j2 - mean if n else 0.0
-        n += 1
-        mean += (j2 - mean) / n
-        self._j2_stats = (it, n, mean)
-        return out
+        return self._j2_baseline.relative(j2, self.vlm_state()[0] if self.vlm_state is not None else 0)
 
     def decode_action(self, action) -> MoveAction:
         """Map a Box action in [-1, 1]^6 to a simulator move (see module docstring)."""

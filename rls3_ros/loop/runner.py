@@ -16,7 +16,6 @@ import json
 import os
 import threading
 import time
-from dataclasses import fields
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -38,7 +37,7 @@ VAL_TAIL_PER_COMBO = 25
 
 
 def scheduler_config(cfg: Dict[str, Any]) -> SchedulerConfig:
-    names = {f.name for f in fields(SchedulerConfig)}
+    names = set(SchedulerConfig.model_fields)
     loop = cfg.get("loop", {})
     unknown = set(loop) - names
     if unknown:

@@ -38,72 +38,20 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from rls3_ros.loop.config import LoopConfig
 from rls3_ros.loop.env import EpisodeRecord
 from rls3_ros.core.scene import Sample
 from rls3_ros.vlm.interface import Evaluation, FineTuneResult, combo_key
 
 
-# the SchedulerConfig fields a node or a run's config.yaml carries (seed and min_delta come from elsewhere)
-SCHEDULER_PARAMS = ("T", "T0", "E", "eta", "fine_tune_steps", "fine_tune_steps_per_sample", "replay_fraction",
-                    "budget_valid_samples", "budget_renders", "max_iterations", "patience")
+class SchedulerConfig(LoopConfig):
+    """Scheduler parameters: the run-configuration schema's ``loop`` section
+    (:class:`rls3_ros.loop.config.LoopConfig` holds every field, its default, range and doc, so a new
+    loop parameter is added there and nowhere else). Values are checked on construction (a bad one
+    raises ``ValueError`` naming the field and its range)."""
 
-
-@dataclass
-class SchedulerConfig:
-    """Scheduler parameters (defaults = the main job's; see module docstring).
-
-    T (8): agent steps per episode.
-    T0 (6): valid samples per episode (episode ends early when reached), 1 <= T0 <= T.
-    E (4): episodes per fine-tuning iteration.
-    eta (1.0): fraction of an episode's valid samples entering the fine-tuning batch, (0, 1].
-    fine_tune_steps (40): optimiser steps per fine-tune (passed to the trainer).
-    fine_tune_steps_per_sample (0.0): when > 0, a fine-tune takes round(this x generated samples in
-        its batch) steps instead (at least 1), so every sampler gets the same optimiser steps per
-        generated sample however its samples fall into batches (a fair comparison of samplers).
-    replay_fraction (0.3): share of each fine-tuning set drawn from the base replay pool, [0, 1).
-    budget_valid_samples (0): stop after this many valid samples (0 = no limit).
-    budget_renders (0): stop after this many simulator renders (0 = no limit).
-    max_iterations (0): stop after this many fine-tunes (0 = no limit).
-    patience (0): early stopping after this many fine-tunes without validation gain (0 = off).
-    min_delta (0.0): validation-accuracy gain that counts as an improvement.
-    seed (0): seed of the batch sub-sampling and replay draws.
-    """
-
-    T: int = 8
-    T0: int = 6
-    E: int = 4
-    eta: float = 1.0
-    fine_tune_steps: int = 40
-    fine_tune_steps_per_sample: float = 0.0
-    replay_fraction: float = 0.3
-    budget_valid_samples: int = 0
-    budget_renders: int = 0
-    max_iterations: int = 0
-    patience: int = 0
-    min_delta: float = 0.0
-    seed: int = 0
-
-    def validate(self) -> "SchedulerConfig":
-        errs = []
-        if self.T < 1:
-            errs.append(f"T must be >= 1 (got {self.T})")
-        if not 1 <= self.T0 <= self.T:
-            errs.append(f"T0 must be in [1, T] (got T0={self.T0}, T={self.T})")
-        if self.E < 1:
-            errs.append(f"E must be >= 1 (got {self.E})")
-        if not 0.0 < self.eta <= 1.0:
-            errs.append(f"eta must be in (0, 1] (got {self.eta})")
-        if self.fine_tune_steps < 1:
-            errs.append(f"fine_tune_steps must be >= 1 (got {self.fine_tune_steps})")
-        if not self.fine_tune_steps_per_sample >= 0.0:
-            errs.append(f"fine_tune_steps_per_sample must be >= 0 (got {self.fine_tune_steps_per_sample})")
-        if not 0.0 <= self.replay_fraction < 1.0:
-            errs.append(f"replay_fraction must be in [0, 1) (got {self.replay_fraction})")
-        for k in ("budget_valid_samples", "budget_renders", "max_iterations", "patience"):
-            if getattr(self, k) < 0:
-                errs.append(f"{k} must be >= 0 (got {getattr(self, k)})")
-        if errs:
-            raise ValueError("bad scheduler config: " + "; ".join(errs))
+    def validate(self) -> "SchedulerConfig":  # type: ignore[override]
+        """Kept for callers that validate explicitly: construction already did."""
         return self
 
     def steps_for(self, n_generated: int) -> int:
@@ -446,7 +394,7 @@ class Scheduler:
         but it is saved anyway so a checkpoint taken elsewhere loses nothing)."""
         with self.lock:
             return {
-                "config": asdict(self.config),
+                "config": self.config.model_dump(),
                 "rng": self.rng.bit_generator.state,
                 "batch": list(self.batch),
                 "episodes": self.episodes,
