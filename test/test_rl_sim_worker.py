@@ -191,8 +191,8 @@ def test_ctrl_c_leaves_no_worker_and_no_worker_traceback(tmp_path):
         "from rls3_ros.loop.sim_worker import PrefetchSource\n"
         "src = PrefetchSource('mujoco', image_size=32, seed=0, render_depth=False)\n"
         "src.reset(1); src.prefetch(2, None)\n"
-        "print('pids', *[w.proc.pid for w in src._workers], flush=True)\n"
-        "try:\n"
+        "try:\n"  # the Ctrl-C may arrive as soon as the pids are out, even inside print()
+        "    print('pids', *[w.proc.pid for w in src._workers], flush=True)\n"
         "    time.sleep(60)\n"
         "except KeyboardInterrupt:\n"
         "    src.close()\n"

@@ -116,9 +116,10 @@ class _Worker:
     def close(self) -> None:
         try:
             if self.proc.poll() is None:
-                if self.pending is not None:
+                if self.pending is not None:  # a scene being built: wait for it a while, not for ever
                     try:
-                        self._result()
+                        if self.conn.poll(10):
+                            self._result()
                     except Exception:  # noqa: BLE001 - closing anyway
                         pass
                 self.conn.send(("close", ()))
