@@ -18,7 +18,6 @@ can target them by name.
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 import threading
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -30,6 +29,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from rls3_ros.vlm import efficientnet_lite
+from rls3_ros.vlm.feature_cache import image_key
 
 MODEL_TYPE = "rls3_spatial_match"
 # Text segments: a template caption "The A is <relation> the B." is encoded as three MiniLM
@@ -268,13 +268,6 @@ class _LRU:
 
     def __len__(self):
         return len(self.data)
-
-
-def image_key(image: np.ndarray) -> str:
-    a = np.ascontiguousarray(image)
-    h = hashlib.blake2b(a.tobytes(), digest_size=16)
-    h.update(repr(a.shape).encode())
-    return h.hexdigest()
 
 
 class FrozenEncoders:

@@ -35,7 +35,6 @@ Use: ``py:rls3_ros.vlm.grounded:load`` (optionally ``:<model dir>``), e.g.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import math
@@ -57,8 +56,10 @@ from torch import nn
 
 from rls3_ros.captions import terms as T
 from rls3_ros.core.scene import Sample, SpatialRelation
+from rls3_ros.vlm.feature_cache import FeatureCache, image_key
 from rls3_ros.vlm.interface import FineTuneResult, ProgressCallback, RelationScore, SpatialVLM
 from rls3_ros.vlm.lora import ADAPTER_META, AdapterHost, HostedAdapter, LoraSettings  # noqa: F401 (ADAPTER_META re-exported)
+from rls3_ros.vlm.vocabulary import default_vocabulary
 
 FAMILY = "grounded"
 WEIGHTS = "model.safetensors"
@@ -73,21 +74,6 @@ AXIS_SLICES = ((0, 5), (5, 8), (8, 11))
 N_OUT = 11
 _TERM_AXIS = {t: (a, i) for a, ax in enumerate(AXES) for i, t in enumerate(ax) if t}
 UNPARSABLE = -1e4  # log-prob given to a candidate caption that does not parse
-
-
-def default_vocabulary() -> List[str]:
-    """Colour words and category nouns of the MuJoCo object catalogue (lower case, unique)."""
-    words: List[str] = []
-    try:
-        from rls3_ros.sim import objects as O
-
-        words += list(O.COLORS)
-        for name, cat in O.CATEGORIES.items():
-            words += str(name).replace("_", " ").split()
-            words += str(getattr(cat, "noun", "") or "").split()
-    except Exception:  # noqa: BLE001 - the vocabulary only seeds embeddings; hashing covers the rest
-        pass
-    return sorted({w.lower() for w in words if w})
 
 
 @dataclass
@@ -210,76 +196,6 @@ def term_indices(terms: Sequence[str]) -> Tuple[int, int, int]:
         a, i = _TERM_AXIS[t]
         cls[a] = i
     return tuple(AXIS_SLICES[a][0] + cls[a] for a in range(3))  # type: ignore[return-value]
-
-
-def image_key(image: np.ndarray) -> str:
-    im = np.ascontiguousarray(image)
-    h = hashlib.blake2b(im.tobytes(), digest_size=16)
-    h.update(str(im.shape).encode())
-    return h.hexdigest()
-
-
-class FeatureCache:
-    """Frozen EfficientNet-Lite0 grid features, cached by image content (bounded LRU, thread-safe).
-
-    4,000 entries (~20 KB each as float16 at 160 px) by default; the training loop raises it so
-    its fixed evaluation sets (~3,000 images) stay cached while the run's own renders pass."""
-
-    _shared: Dict[Tuple[int, str], "FeatureCache"] = {}
-
-    def __init__(self, image_size: int, stage: str, capacity: int = 4000):
-        from rls3_ros.vlm import efficientnet_lite
-
-        self.image_size, self.stage, self.capacity = int(image_size), stage, int(capacity)
-        self.net = efficientnet_lite.load_pretrained()
-        for p in self.net.parameters():
-            p.requires_grad_(False)
-        self._cache: "collections.OrderedDict[str, torch.Tensor]" = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    @classmethod
-    def shared(cls, image_size: int, stage: str) -> "FeatureCache":
-        key = (int(image_size), stage)
-        if key not in cls._shared:
-            cls._shared[key] = cls(image_size, stage)
-        return cls._shared[key]
-
-    def _prepare(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        from rls3_ros.vlm import efficientnet_lite
-
-        s = self.image_size
-        out = []
-        for im in images:
-            im = np.asarray(im)
-            if im.ndim != 3 or im.shape[2] not in (3, 4) or im.dtype != np.uint8:
-                raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {im.shape} {im.dtype}")
-            x = efficientnet_lite.to_input(torch.from_numpy(np.ascontiguousarray(im[..., :3]))[None])
-            if x.shape[-2:] != (s, s):
-                x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-            out.append(x)
-        return torch.cat(out)
-
-    def __call__(self, images: Sequence[np.ndarray], batch_size: int = 32) -> torch.Tensor:
-        """(B, C, G, G) float16 features."""
-        keys = [image_key(im) for im in images]
-        with self._lock:
-            feats: List[Optional[torch.Tensor]] = [self._cache.get(k) for k in keys]
-            for k, f in zip(keys, feats):
-                if f is not None:
-                    self._cache.move_to_end(k)  # least recently used goes first (fixed eval sets stay)
-        todo = [i for i, f in enumerate(feats) if f is None]
-        for j in range(0, len(todo), batch_size):
-            idx = todo[j: j + batch_size]
-            with torch.inference_mode():
-                f = self.net.features(self._prepare([images[i] for i in idx]), self.stage)
-            with self._lock:
-                for i, fi in zip(idx, f):
-                    fi = fi.half().clone()
-                    self._cache[keys[i]] = fi
-                    feats[i] = fi
-                while len(self._cache) > self.capacity:
-                    self._cache.popitem(last=False)
-        return torch.stack(feats)  # type: ignore[arg-type]
 
 
 def relation_candidates(rel: SpatialRelation) -> List[str]:
