@@ -59,6 +59,7 @@ from rls3_ros.core.scene import Sample, SpatialRelation
 from rls3_ros.vlm.feature_cache import FeatureCache, image_key
 from rls3_ros.vlm.interface import FineTuneResult, ProgressCallback, RelationScore, SpatialVLM
 from rls3_ros.vlm.lora import ADAPTER_META, AdapterHost, HostedAdapter, LoraSettings  # noqa: F401 (ADAPTER_META re-exported)
+from rls3_ros.vlm.model_dirs import default_dirs as model_dirs
 from rls3_ros.vlm.vocabulary import default_vocabulary
 
 FAMILY = "grounded"
@@ -683,26 +684,8 @@ SERVING_BUILD = ("rls3 pretrain --out models/grounded_serving --seed 0 --n-train
 
 
 def default_dirs(name: str = "grounded") -> List[Path]:
-    """Where ``load()`` looks for model directory ``name``, in order: $RLS3_MODEL_DIR/<name> (default
-    ~/.cache/rls3_ros/models/<name>); models/<name> of the source tree; then, for a
-    non-editable install (pip / colcon, setup.py data_files), <sys.prefix>/share/rls3_ros/models/<name>
-    and <ament share of rls3_ros>/models/<name> when ament_index_python is importable."""
-    import sys
-
-    base = Path(os.environ.get("RLS3_MODEL_DIR", str(Path.home() / ".cache" / "rls3_ros" / "models")))
-    repo = Path(__file__).resolve().parents[2] / "models" / name
-    dirs = [base / name, repo, Path(sys.prefix) / "share" / "rls3_ros" / "models" / name]
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        dirs.append(Path(get_package_share_directory("rls3_ros")) / "models" / name)
-    except Exception:  # not importable, no AMENT_PREFIX_PATH, or rls3_ros not in the ament index
-        pass
-    unique: List[Path] = []
-    for d in dirs:
-        if d not in unique:
-            unique.append(d)
-    return unique
+    """Where ``load()`` looks for model directory ``name`` (``rls3_ros.vlm.model_dirs.default_dirs``)."""
+    return model_dirs(name)
 
 
 def load(arg: str = "", lora: Optional[Dict] = None, **options) -> GroundedVLM:
