@@ -20,6 +20,22 @@ def image_key(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def encoder_input(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    """(H, W, 3|4) uint8 RGB images -> the EfficientNet-Lite0 input batch (B, 3, size, size)."""
+    from rls3_ros.vlm import efficientnet_lite
+
+    out = []
+    for im in images:
+        im = np.asarray(im)
+        if im.ndim != 3 or im.shape[2] not in (3, 4) or im.dtype != np.uint8:
+            raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {im.shape} {im.dtype}")
+        x = efficientnet_lite.to_input(torch.from_numpy(np.ascontiguousarray(im[..., :3]))[None])
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(x)
+    return torch.cat(out)
+
+
 class FeatureCache:
     """Frozen EfficientNet-Lite0 grid features, cached by image content (bounded LRU, thread-safe).
 
@@ -45,21 +61,6 @@ class FeatureCache:
             cls._shared[key] = cls(image_size, stage)
         return cls._shared[key]
 
-    def _prepare(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        from rls3_ros.vlm import efficientnet_lite
-
-        s = self.image_size
-        out = []
-        for im in images:
-            im = np.asarray(im)
-            if im.ndim != 3 or im.shape[2] not in (3, 4) or im.dtype != np.uint8:
-                raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {im.shape} {im.dtype}")
-            x = efficientnet_lite.to_input(torch.from_numpy(np.ascontiguousarray(im[..., :3]))[None])
-            if x.shape[-2:] != (s, s):
-                x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-            out.append(x)
-        return torch.cat(out)
-
     def __call__(self, images: Sequence[np.ndarray], batch_size: int = 32) -> torch.Tensor:
         """(B, C, G, G) float16 features."""
         keys = [image_key(im) for im in images]
@@ -72,7 +73,7 @@ class FeatureCache:
         for j in range(0, len(todo), batch_size):
             idx = todo[j: j + batch_size]
             with torch.inference_mode():
-                f = self.net.features(self._prepare([images[i] for i in idx]), self.stage)
+                f = self.net.features(encoder_input([images[i] for i in idx], self.image_size), self.stage)
             with self._lock:
                 for i, fi in zip(idx, f):
                     fi = fi.half().clone()
