@@ -370,7 +370,7 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
         t0 = time.monotonic()
         vlm = load_model(rc["vlm"])  # "embedded", a model directory, or py:<module>:<fn>[:<arg>]
         log(f"VLM {rc['vlm']!r} loaded in {time.monotonic() - t0:.1f} s")
-    from rls3_ros.vlm.grounded import FeatureCache
+    from rls3_ros.vlm.feature_cache import FeatureCache
 
     feats = getattr(vlm, "features", None)
     if feats is not None and hasattr(feats, "capacity"):

@@ -18,7 +18,6 @@ can target them by name.
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 import threading
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -30,6 +29,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
 
 from rls3_ros.vlm import efficientnet_lite
+from rls3_ros.vlm.feature_cache import encoder_input, image_key
 
 MODEL_TYPE = "rls3_spatial_match"
 # Text segments: a template caption "The A is <relation> the B." is encoded as three MiniLM
@@ -270,13 +270,6 @@ class _LRU:
         return len(self.data)
 
 
-def image_key(image: np.ndarray) -> str:
-    a = np.ascontiguousarray(image)
-    h = hashlib.blake2b(a.tobytes(), digest_size=16)
-    h.update(repr(a.shape).encode())
-    return h.hexdigest()
-
-
 class FrozenEncoders:
     """Frozen EfficientNet-Lite0 + MiniLM with feature caches (thread-safe, bounded)."""
 
@@ -299,20 +292,6 @@ class FrozenEncoders:
         self._lock = threading.Lock()
 
     # -- images --------------------------------------------------------------------------
-    def _prepare(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        s = self.config.image_size
-        out = []
-        for im in images:
-            im = np.asarray(im)
-            if im.ndim != 3 or im.shape[2] not in (3, 4) or im.dtype != np.uint8:
-                raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {im.shape} {im.dtype}")
-            t = torch.from_numpy(np.ascontiguousarray(im[..., :3]))[None]
-            x = efficientnet_lite.to_input(t)
-            if x.shape[-2:] != (s, s):
-                x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-            out.append(x)
-        return torch.cat(out)
-
     def image_features(self, images: Sequence[np.ndarray], batch_size: int = 32) -> torch.Tensor:
         """(B, C, G, G) float16 features (cached by image content)."""
         keys = [image_key(im) for im in images]
@@ -321,7 +300,7 @@ class FrozenEncoders:
         for j in range(0, len(todo), batch_size):
             idx = todo[j: j + batch_size]
             with self._lock, torch.inference_mode():
-                f = self.vision.features(self._prepare([images[i] for i in idx]), self.config.image_stage)
+                f = self.vision.features(encoder_input([images[i] for i in idx], self.config.image_size), self.config.image_stage)
             for i, fi in zip(idx, f):
                 fi = fi.half().clone()
                 self._img_cache.put(keys[i], fi)

@@ -20,25 +20,18 @@ repository (``models/embedded``) is used. ``rls3 pretrain`` writes the first loc
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
 from rls3_ros.vlm.interface import SpatialVLM
 from rls3_ros.vlm.lora import LoraSettings
+from rls3_ros.vlm.model_dirs import REPO_MODELS, model_dir  # noqa: F401  (re-exported)
 
 FAMILIES = ("grounded", "embedded", "clip", "siglip", "paligemma")
-REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
 
 
 class ModelNotFoundError(FileNotFoundError):
     """A model named by a spec is not on this machine; the message says what to get."""
-
-
-def model_dir() -> Path:
-    """Root of cached project models: ``$RLS3_MODEL_DIR`` or ``~/.cache/rls3_ros/models``."""
-    env = os.environ.get("RLS3_MODEL_DIR", "").strip()
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "rls3_ros" / "models"
 
 
 def embedded_base_dir(must_exist: bool = False) -> Path:

@@ -35,7 +35,6 @@ Use: ``py:rls3_ros.vlm.grounded:load`` (optionally ``:<model dir>``), e.g.
 
 from __future__ import annotations
 
-import collections
 import hashlib
 import json
 import math
@@ -57,10 +56,13 @@ from torch import nn
 
 from rls3_ros.captions import terms as T
 from rls3_ros.core.scene import Sample, SpatialRelation
+from rls3_ros.vlm.feature_cache import FeatureCache, image_key
 from rls3_ros.vlm.interface import FineTuneResult, ProgressCallback, RelationScore, SpatialVLM
+from rls3_ros.vlm.lora import ADAPTER_META, AdapterHost, HostedAdapter, LoraSettings  # noqa: F401 (ADAPTER_META re-exported)
+from rls3_ros.vlm.model_dirs import default_dirs as model_dirs
+from rls3_ros.vlm.vocabulary import default_vocabulary
 
 FAMILY = "grounded"
-ADAPTER_META = "rls3_adapter.json"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
@@ -73,21 +75,6 @@ AXIS_SLICES = ((0, 5), (5, 8), (8, 11))
 N_OUT = 11
 _TERM_AXIS = {t: (a, i) for a, ax in enumerate(AXES) for i, t in enumerate(ax) if t}
 UNPARSABLE = -1e4  # log-prob given to a candidate caption that does not parse
-
-
-def default_vocabulary() -> List[str]:
-    """Colour words and category nouns of the MuJoCo object catalogue (lower case, unique)."""
-    words: List[str] = []
-    try:
-        from rls3_ros.sim import objects as O
-
-        words += list(O.COLORS)
-        for name, cat in O.CATEGORIES.items():
-            words += str(name).replace("_", " ").split()
-            words += str(getattr(cat, "noun", "") or "").split()
-    except Exception:  # noqa: BLE001 - the vocabulary only seeds embeddings; hashing covers the rest
-        pass
-    return sorted({w.lower() for w in words if w})
 
 
 @dataclass
@@ -212,76 +199,6 @@ def term_indices(terms: Sequence[str]) -> Tuple[int, int, int]:
     return tuple(AXIS_SLICES[a][0] + cls[a] for a in range(3))  # type: ignore[return-value]
 
 
-def image_key(image: np.ndarray) -> str:
-    im = np.ascontiguousarray(image)
-    h = hashlib.blake2b(im.tobytes(), digest_size=16)
-    h.update(str(im.shape).encode())
-    return h.hexdigest()
-
-
-class FeatureCache:
-    """Frozen EfficientNet-Lite0 grid features, cached by image content (bounded LRU, thread-safe).
-
-    4,000 entries (~20 KB each as float16 at 160 px) by default; the training loop raises it so
-    its fixed evaluation sets (~3,000 images) stay cached while the run's own renders pass."""
-
-    _shared: Dict[Tuple[int, str], "FeatureCache"] = {}
-
-    def __init__(self, image_size: int, stage: str, capacity: int = 4000):
-        from rls3_ros.vlm import efficientnet_lite
-
-        self.image_size, self.stage, self.capacity = int(image_size), stage, int(capacity)
-        self.net = efficientnet_lite.load_pretrained()
-        for p in self.net.parameters():
-            p.requires_grad_(False)
-        self._cache: "collections.OrderedDict[str, torch.Tensor]" = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    @classmethod
-    def shared(cls, image_size: int, stage: str) -> "FeatureCache":
-        key = (int(image_size), stage)
-        if key not in cls._shared:
-            cls._shared[key] = cls(image_size, stage)
-        return cls._shared[key]
-
-    def _prepare(self, images: Sequence[np.ndarray]) -> torch.Tensor:
-        from rls3_ros.vlm import efficientnet_lite
-
-        s = self.image_size
-        out = []
-        for im in images:
-            im = np.asarray(im)
-            if im.ndim != 3 or im.shape[2] not in (3, 4) or im.dtype != np.uint8:
-                raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {im.shape} {im.dtype}")
-            x = efficientnet_lite.to_input(torch.from_numpy(np.ascontiguousarray(im[..., :3]))[None])
-            if x.shape[-2:] != (s, s):
-                x = F.interpolate(x, size=(s, s), mode="bilinear", antialias=True, align_corners=False)
-            out.append(x)
-        return torch.cat(out)
-
-    def __call__(self, images: Sequence[np.ndarray], batch_size: int = 32) -> torch.Tensor:
-        """(B, C, G, G) float16 features."""
-        keys = [image_key(im) for im in images]
-        with self._lock:
-            feats: List[Optional[torch.Tensor]] = [self._cache.get(k) for k in keys]
-            for k, f in zip(keys, feats):
-                if f is not None:
-                    self._cache.move_to_end(k)  # least recently used goes first (fixed eval sets stay)
-        todo = [i for i, f in enumerate(feats) if f is None]
-        for j in range(0, len(todo), batch_size):
-            idx = todo[j: j + batch_size]
-            with torch.inference_mode():
-                f = self.net.features(self._prepare([images[i] for i in idx]), self.stage)
-            with self._lock:
-                for i, fi in zip(idx, f):
-                    fi = fi.half().clone()
-                    self._cache[keys[i]] = fi
-                    feats[i] = fi
-                while len(self._cache) > self.capacity:
-                    self._cache.popitem(last=False)
-        return torch.stack(feats)  # type: ignore[arg-type]
-
-
 def relation_candidates(rel: SpatialRelation) -> List[str]:
     """[true caption] + negatives (the oracle's hard negatives if the relation carries none)."""
     caption = rel.caption or T.make_caption(rel.subject_description, rel.terms, rel.reference_description)
@@ -309,17 +226,20 @@ def box_target(bbox, width: int, height: int, grid: int) -> Optional[np.ndarray]
     return (m / m.sum()).reshape(-1)
 
 
-@dataclass
-class LoraOptions:
-    r: int = 8
-    alpha: int = 16
-    dropout: float = 0.0
-    # out_proj too: the base never saw the rare terms, so their output rows must move
-    target_modules: List[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "fc1", "fc2", "out_proj"])
-    # 3e-3: on 240 natural-distribution samples (10 fine-tunes x 20 steps) held-out 0.41 -> 0.72;
-    # 1e-3 -> 0.45 (too slow); 1e-2 -> 0.73 but flat after 100 samples (models/grounded/README.md)
-    learning_rate: float = 3e-3
-    batch_size: int = 32
+def default_lora(**overrides) -> LoraSettings:
+    """The grounded model's LoRA settings (``overrides``: any ``LoraSettings`` field)."""
+    d = dict(
+        # out_proj too: the base never saw the rare terms, so their output rows must move
+        target_modules=["q_proj", "k_proj", "v_proj", "fc1", "fc2", "out_proj"],
+        # 3e-3: on 240 natural-distribution samples (10 fine-tunes x 20 steps) held-out 0.41 -> 0.72;
+        # 1e-3 -> 0.45 (too slow); 1e-2 -> 0.73 but flat after 100 samples (models/grounded/README.md)
+        learning_rate=3e-3, batch_size=32)
+    d.update(overrides)
+    return LoraSettings(**d)
+
+
+REFIT_HINT = ("serve it with that base (e.g. the RLS3 loop's adapters with model 'grounded', not "
+              "'grounded:serving')")
 
 
 class TrainItem:
@@ -332,32 +252,49 @@ class TrainItem:
         self.tgt_s, self.tgt_r = tgt_s, tgt_r
 
 
-class GroundedVLM(SpatialVLM):
-    """SpatialVLM over ``GroundedRelationModel`` with peft LoRA adapters."""
+class GroundedVLM(HostedAdapter, SpatialVLM):
+    """SpatialVLM over ``GroundedRelationModel``; its peft LoRA adapter lives in ``self.host``.
+
+    The model is always called as ``self.base``: peft injects the LoRA layers into the base's own
+    modules, so the active adapter (if any) takes part."""
 
     family = FAMILY
 
-    def __init__(self, model: GroundedRelationModel, lora: Optional[LoraOptions] = None, base_spec: str = "",
+    def __init__(self, model: GroundedRelationModel, lora: Optional[LoraSettings] = None, base_spec: str = "",
                  grounding_weight: float = 0.5, candidate_weight: float = 1.0, seed: int = 0):
-        self.base = model.eval()
+        model.eval()
+        self.host = AdapterHost(model, lora or default_lora(), self.family, base_spec,
+                                base_fingerprint=base_fingerprint(model), refit_hint=REFIT_HINT)
         self.config = model.config
-        self.lora = lora or LoraOptions()
-        self.base_spec = base_spec
         self.features = FeatureCache.shared(self.config.image_size, self.config.image_stage)
         self.grounding_weight = float(grounding_weight)
         self.candidate_weight = float(candidate_weight)
-        self.lock = threading.RLock()
-        self.peft = None  # PeftModel wrapping self.base while an adapter is active
-        self._adapter_path = ""
         # (image key, descriptions, attention logits) of the last axis_probs pass (attention_maps reuses it)
         self._att_memo: Optional[Tuple[str, List[str], torch.Tensor]] = None
         self._rng = np.random.default_rng(seed)
         self._parse_cache: Dict[str, Optional[Tuple[str, Tuple[str, ...], str]]] = {}
         self.replay: List[Sample] = []
         self.replay_fraction = 0.0
-        for p in self.base.parameters():
-            p.requires_grad_(False)
-        self.base_fingerprint = base_fingerprint(self.base)
+
+    @property
+    def base(self) -> GroundedRelationModel:
+        return self.host.base
+
+    @property
+    def lock(self) -> threading.RLock:
+        return self.host.lock
+
+    @property
+    def lora(self) -> LoraSettings:
+        return self.host.lora
+
+    @property
+    def base_spec(self) -> str:
+        return self.host.base_spec
+
+    @property
+    def base_fingerprint(self) -> str:
+        return self.host.base_fingerprint
 
     def unknown_words(self, description: str) -> List[str]:
         """Words outside the vocabulary: they only hash into buckets that pre-training never
@@ -658,110 +595,27 @@ class GroundedVLM(SpatialVLM):
             items = self.prepare(pool)
             if not items:
                 return FineTuneResult(steps=0, samples_used=0, final_loss=float("nan"))
-            params = [p for p in self.base.parameters() if p.requires_grad]
+            params = self.host.trainable_parameters()
             return self.train_steps(feats, items, steps, params, lr=self.lora.learning_rate,
                                     batch_size=self.lora.batch_size, progress=progress, cancel=cancel, warmup=5)
 
-    # -- adapters ---------------------------------------------------------------------------------
-    def _peft_config(self):
-        from peft import LoraConfig
-
-        return LoraConfig(r=self.lora.r, lora_alpha=self.lora.alpha, lora_dropout=self.lora.dropout,
-                          target_modules=list(self.lora.target_modules), bias="none")
-
+    # -- adapters (AdapterHost) ---------------------------------------------------------------------
+    # Every weight change drops the attention memo of axis_probs (it holds the old weights' logits).
     def _ensure_adapter(self) -> None:
-        from peft import get_peft_model
-
-        if self.peft is None:
-            self._att_memo = None
-            try:
-                self.peft = get_peft_model(self.base, self._peft_config())
-            except ValueError as e:
-                raise ValueError(f"cannot add LoRA with target_modules={self.lora.target_modules}: {e}") from e
-            self.base.eval()
-
-    def _unwrap(self) -> None:
-        self._att_memo = None
-        if self.peft is not None:
-            self.peft.unload()
-            self.peft = None
-        for p in self.base.parameters():
-            p.requires_grad_(False)
-        self.base.eval()
-
-    def save_adapter(self, directory: str) -> str:
         with self.lock:
-            if self.peft is None:
-                raise ValueError("no active adapter to save (fine-tune or load one first)")
-            directory = os.path.abspath(directory)
-            parent = os.path.dirname(directory)
-            os.makedirs(parent, exist_ok=True)
-            tmp = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".tmp-", dir=parent)
-            try:
-                self.peft.save_pretrained(tmp)
-                with open(os.path.join(tmp, ADAPTER_META), "w") as f:
-                    json.dump({"family": FAMILY, "base": self.base_spec, "base_fingerprint": self.base_fingerprint,
-                               "r": self.lora.r, "target_modules": list(self.lora.target_modules)}, f, indent=1)
-                old = None
-                if os.path.exists(directory):
-                    old = directory + f".old-{uuid.uuid4().hex[:8]}"
-                    os.rename(directory, old)
-                os.rename(tmp, directory)
-                if old:
-                    shutil.rmtree(old, ignore_errors=True)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            self._adapter_path = directory
-            return directory
+            self._att_memo = None
+            self.host.ensure_adapter()
 
     def load_adapter(self, directory: str) -> None:
-        from peft import PeftConfig, get_peft_model
-        from peft.utils import load_peft_weights, set_peft_model_state_dict
-
-        directory = os.path.abspath(directory)
-        if not os.path.isfile(os.path.join(directory, "adapter_config.json")):
-            raise ValueError(f"{directory} is not a peft adapter (no adapter_config.json)")
-        meta_path = os.path.join(directory, ADAPTER_META)
-        if os.path.isfile(meta_path):
-            try:
-                meta = json.load(open(meta_path))
-            except (OSError, json.JSONDecodeError) as e:
-                raise ValueError(f"unreadable {ADAPTER_META} in {directory}: {e}") from e
-            if meta.get("family") and meta["family"] != FAMILY:
-                raise ValueError(f"adapter in {directory} is for a {meta['family']!r} model, not {FAMILY!r}")
-            if meta.get("base_fingerprint") and meta["base_fingerprint"] != self.base_fingerprint:
-                raise ValueError(
-                    f"adapter in {directory} was trained on another base model ({meta.get('base', '?')}, weights "
-                    f"{meta['base_fingerprint']}) than this one ({self.base_spec}, weights {self.base_fingerprint}); "
-                    "an adapter only fits its own base: serve it with that base (e.g. the RLS3 loop's adapters with "
-                    "model 'grounded', not 'grounded:serving')")
-        try:
-            config = PeftConfig.from_pretrained(directory)
-            weights = load_peft_weights(directory)
-        except Exception as e:  # noqa: BLE001 - peft raises several types
-            raise ValueError(f"unreadable adapter in {directory}: {e}") from e
         with self.lock:
-            self._unwrap()
-            config.inference_mode = False
-            try:
-                self.peft = get_peft_model(self.base, config)
-                res = set_peft_model_state_dict(self.peft, weights)
-                unexpected = [k for k in getattr(res, "unexpected_keys", []) if "lora_" in k]
-                if unexpected:
-                    raise ValueError(f"weights for modules this model lacks: {unexpected[:3]}")
-            except Exception as e:  # noqa: BLE001
-                self._unwrap()
-                self._adapter_path = ""
-                raise ValueError(f"adapter in {directory} does not fit this model: {e}") from e
-            self.base.eval()
-            self._adapter_path = directory
+            self._att_memo = None
+            self.host.load(directory)
             self._att_memo = None
 
     def reset_adapter(self) -> None:
         with self.lock:
-            self._unwrap()
-            self._adapter_path = ""
+            self._att_memo = None
+            self.host.reset()
 
 
 # ------------------------------------------------------------------------------ persistence
@@ -830,26 +684,8 @@ SERVING_BUILD = ("rls3 pretrain --out models/grounded_serving --seed 0 --n-train
 
 
 def default_dirs(name: str = "grounded") -> List[Path]:
-    """Where ``load()`` looks for model directory ``name``, in order: $RLS3_MODEL_DIR/<name> (default
-    ~/.cache/rls3_ros/models/<name>); models/<name> of the source tree; then, for a
-    non-editable install (pip / colcon, setup.py data_files), <sys.prefix>/share/rls3_ros/models/<name>
-    and <ament share of rls3_ros>/models/<name> when ament_index_python is importable."""
-    import sys
-
-    base = Path(os.environ.get("RLS3_MODEL_DIR", str(Path.home() / ".cache" / "rls3_ros" / "models")))
-    repo = Path(__file__).resolve().parents[2] / "models" / name
-    dirs = [base / name, repo, Path(sys.prefix) / "share" / "rls3_ros" / "models" / name]
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        dirs.append(Path(get_package_share_directory("rls3_ros")) / "models" / name)
-    except Exception:  # not importable, no AMENT_PREFIX_PATH, or rls3_ros not in the ament index
-        pass
-    unique: List[Path] = []
-    for d in dirs:
-        if d not in unique:
-            unique.append(d)
-    return unique
+    """Where ``load()`` looks for model directory ``name`` (``rls3_ros.vlm.model_dirs.default_dirs``)."""
+    return model_dirs(name)
 
 
 def load(arg: str = "", lora: Optional[Dict] = None, **options) -> GroundedVLM:
@@ -874,5 +710,5 @@ def load(arg: str = "", lora: Optional[Dict] = None, **options) -> GroundedVLM:
 
     model = load_model(directory)
     known = {k: options[k] for k in ("grounding_weight", "candidate_weight", "seed") if k in options}
-    lo = LoraOptions(**(lora or {}))
+    lo = default_lora(**(lora or {}))
     return GroundedVLM(model, lora=lo, base_spec=f"py:rls3_ros.vlm.grounded:load:{directory}", **known)

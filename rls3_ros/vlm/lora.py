@@ -41,14 +41,21 @@ class AdapterHost:
     ``model`` is what to call: the base model, or the ``PeftModel`` wrapping it.
     All switches happen under ``lock`` (an RLock the caller also holds while running the model),
     so a query never sees a half-swapped model.
+
+    ``base_fingerprint`` (optional): a hash of the base weights, written into every saved adapter's
+    ``rls3_adapter.json``; an adapter whose recorded fingerprint differs is refused on load (it was
+    trained on another base). ``refit_hint`` ends that refusal's message (which base to use instead).
     """
 
-    def __init__(self, base: nn.Module, lora: LoraSettings, family: str, base_spec: str = ""):
+    def __init__(self, base: nn.Module, lora: LoraSettings, family: str, base_spec: str = "",
+                 base_fingerprint: str = "", refit_hint: str = ""):
         self.base = base
         self.model: nn.Module = base
         self.lora = lora
         self.family = family
         self.base_spec = base_spec
+        self.base_fingerprint = base_fingerprint
+        self.refit_hint = refit_hint
         self.lock = threading.RLock()
         self.path = ""
         for p in self.base.parameters():
@@ -84,9 +91,12 @@ class AdapterHost:
             tmp = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".tmp-", dir=parent)
             try:
                 self.model.save_pretrained(tmp)
+                meta = {"family": self.family, "base": self.base_spec}
+                if self.base_fingerprint:
+                    meta["base_fingerprint"] = self.base_fingerprint
+                meta.update(target_modules=list(self.lora.target_modules), r=self.lora.r)
                 with open(os.path.join(tmp, ADAPTER_META), "w") as f:
-                    json.dump({"family": self.family, "base": self.base_spec,
-                               "target_modules": list(self.lora.target_modules), "r": self.lora.r}, f, indent=1)
+                    json.dump(meta, f, indent=1)
                 old = None
                 if os.path.exists(directory):
                     old = directory + f".old-{uuid.uuid4().hex[:8]}"
@@ -117,6 +127,12 @@ class AdapterHost:
                 raise ValueError(f"unreadable {ADAPTER_META} in {directory}: {e}") from e
             if meta.get("family") and meta["family"] != self.family:
                 raise ValueError(f"adapter in {directory} is for a {meta['family']!r} model, not {self.family!r}")
+            theirs = meta.get("base_fingerprint")
+            if theirs and self.base_fingerprint and theirs != self.base_fingerprint:
+                raise ValueError(
+                    f"adapter in {directory} was trained on another base model ({meta.get('base', '?')}, weights "
+                    f"{theirs}) than this one ({self.base_spec}, weights {self.base_fingerprint}); an adapter only "
+                    "fits its own base" + (f": {self.refit_hint}" if self.refit_hint else ""))
         try:
             PeftConfig.from_pretrained(directory)
         except Exception as e:  # noqa: BLE001 - peft raises several types

@@ -211,7 +211,7 @@ def pretrain(out_dir: Path, minutes: float = 4.0, n_train: int = 2400, n_test: i
 
 def cli_pretrain_embedded(argv: List[str]) -> int:
     """``rls3 pretrain --model embedded [--force] [--minutes M] ...``"""
-    from rls3_ros.vlm.factory import model_dir
+    from rls3_ros.vlm.model_dirs import model_dir
 
     ap = argparse.ArgumentParser(prog="rls3 pretrain --model embedded", description=__doc__.split("\n\n")[0])
     ap.add_argument("--force", action="store_true", help="rebuild even if a pretrained base exists")
