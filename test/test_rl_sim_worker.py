@@ -187,7 +187,9 @@ def test_ctrl_c_leaves_no_worker_and_no_worker_traceback(tmp_path):
 
     script = tmp_path / "hold.py"
     script.write_text(
-        "import time\n"
+        "import signal, time\n"
+        # a terminal's Ctrl-C: live even when this test runs in a background job, whose SIGINT is ignored
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from rls3_ros.loop.sim_worker import PrefetchSource\n"
         "src = PrefetchSource('mujoco', image_size=32, seed=0, render_depth=False)\n"
         "src.reset(1); src.prefetch(2, None)\n"
