@@ -26,9 +26,10 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from rls3_ros.loop.env import Bounds, SimSource, SimStep
 from rls3_ros.sim.backend import MoveAction
@@ -148,6 +149,11 @@ class PrefetchSource(SimSource):
         # called with the previous move's SimStep (None after a reset) while a move is simulated in
         # the worker: the loop computes that image's VLM features there (cached for J2 scoring)
         self.while_waiting: Optional[Callable[[Optional[SimStep]], None]] = None
+        # more of this process's work run while a move is simulated, as (stage, job): the SAC agent's
+        # gradient steps ("agent"). Each job's seconds are reported by take_overlap() under its stage,
+        # so the loop's time split does not count them as waiting on the simulator.
+        self.idle_jobs: List[Tuple[str, Callable[[], None]]] = []
+        self._overlap: Dict[str, float] = {}
         self._last_step: Optional[SimStep] = None
         try:
             self._scene_types, self._categories = self._workers[0].started()
@@ -210,13 +216,32 @@ class PrefetchSource(SimSource):
             w = self._workers[self._active]
             w.send("apply", action)
             try:
-                if self.while_waiting is not None:  # this process's work while the worker simulates
-                    self.while_waiting(self._last_step)
+                self._work_while_waiting()
             finally:
                 step = w._result()
             self._last_step = step
             self.renders += 1
             return step
+
+    def _work_while_waiting(self) -> None:
+        """This process's work while the worker simulates: the agent's pending updates first (its next
+        action needs them), then the previous render's VLM features (needed at the episode's end)."""
+        jobs = list(self.idle_jobs)
+        if self.while_waiting is not None:
+            last = self._last_step
+            jobs.append(("score", lambda: self.while_waiting(last)))
+        for stage, job in jobs:
+            t0 = time.perf_counter()
+            try:
+                job()
+            finally:
+                self._overlap[stage] = self._overlap.get(stage, 0.0) + time.perf_counter() - t0
+
+    def take_overlap(self) -> Dict[str, float]:
+        """Seconds per stage of the work done while moves were simulated, since the last call."""
+        with self._lock:
+            out, self._overlap = self._overlap, {}
+            return out
 
     def placement_bounds(self, scene) -> Bounds:
         return self._bounds if self._bounds is not None else super().placement_bounds(scene)
