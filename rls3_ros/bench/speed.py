@@ -81,20 +81,23 @@ def bench_fine_tune(image_size: int, n_samples: int, steps: int, seed: int = 0) 
     return out
 
 
-def bench_loop(agent: str, n_samples: int, log=print) -> Dict[str, Any]:
+def bench_loop(agent: str, n_samples: int, log=print, sets=()) -> Dict[str, Any]:
     """The whole in-process RLS3 loop (``rls3 train``'s) for ``n_samples`` valid samples: samples/s
-    over the loop's own time (fixed sets cached beforehand) and its time split per stage."""
+    over the loop's own time (fixed sets cached beforehand) and its time split per stage (plus what a
+    background fine-tune spent in its thread)."""
     from rls3_ros.loop.runner import run_inprocess
     from rls3_ros.loop.config_files import apply_sets, load_train_config
 
     cfg = apply_sets(load_train_config(), [f"run.agent={agent}", f"loop.budget_valid_samples={n_samples}",
-                                           "loop.patience=0"])
+                                           "loop.patience=0", *sets])
     with tempfile.TemporaryDirectory(prefix="rls3-speed-loop-") as tmp:
         out = run_inprocess(cfg, tmp, progress=False, log=lambda m: None)
     split = out["time_split"]
     return {"agent": agent, "valid_samples": out["valid_samples"], "renders": out["renders"],
             "loop_s": out["session_s"], "samples_per_s": out["valid_samples"] / out["session_s"],
-            "renders_per_s": out["renders"] / out["session_s"], "time_split": split}
+            "renders_per_s": out["renders"] / out["session_s"], "time_split": split,
+            "background_split": out.get("background_split", {}),
+            "overlap_fine_tune": bool(cfg["run"]["overlap_fine_tune"]), "final_accuracy": out["final_accuracy"]}
 
 
 def plot_bridges(doc: Dict[str, Any], path: Path) -> None:

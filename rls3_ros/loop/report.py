@@ -75,7 +75,8 @@ def _fmt(x, pct=False) -> str:
     return f"{100 * x:.1f} %" if pct else f"{x:.3f}"
 
 
-def _time_split_line(last: Dict[str, Any], split: Optional[Dict[str, float]]) -> str:
+def _time_split_line(last: Dict[str, Any], split: Optional[Dict[str, float]],
+                     background: Optional[Dict[str, float]] = None) -> str:
     if not split:
         return (f"- time split: fine-tuning {_num(last.get('total_fine_tune_s', 0)) / 60:.1f} min, evaluation "
                 f"{_num(last.get('total_eval_s', 0)) / 60:.1f} min, generation + scoring + agent (the rest)")
@@ -83,8 +84,14 @@ def _time_split_line(last: Dict[str, Any], split: Optional[Dict[str, float]]) ->
     names = {"sim": "simulator (resets, moves, renders, validity)", "caption": "captions",
              "score": "VLM scoring (features + J2)", "fine_tune": "fine-tuning", "eval": "evaluation",
              "agent": "agent (policy, updates) and the rest"}
-    return "- time split of this session's loop: " + ", ".join(
+    if background and any(background.values()):
+        names["fine_tune"] = "waiting for a background fine-tune"
+    line = "- time split of this session's loop: " + ", ".join(
         f"{names.get(k, k)} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in split.items())
+    if background and any(background.values()):
+        line += (f"; in a background thread meanwhile (run.overlap_fine_tune): fine-tuning "
+                 f"{background.get('fine_tune', 0.0):.1f} s, evaluation {background.get('eval', 0.0):.1f} s")
+    return line
 
 
 def write_report(run: RunDir, extra: Optional[Dict[str, Any]] = None) -> str:
@@ -124,7 +131,7 @@ def write_report(run: RunDir, extra: Optional[Dict[str, Any]] = None) -> str:
         f"- wall time: {_num(wall) / 60:.1f} min; episodes: {last['episodes']}; renders: {last['renders']}; "
         f"valid samples: {last['valid_samples']} (of which {last['trained_samples']} entered fine-tuning); "
         f"valid/render = {last['valid_samples'] / max(1, last['renders']):.2f}",
-        _time_split_line(last, (extra or {}).get("time_split")),
+        _time_split_line(last, (extra or {}).get("time_split"), (extra or {}).get("background_split")),
         "",
         "## Test accuracy (fixed held-out set, balanced over terms and scene types)",
         "",

@@ -103,7 +103,8 @@ class LoopRunner:
                  evaluator: Optional[Evaluator], replay_pool: Sequence[Sample] = (),
                  adapter_loader: Optional[Callable[[str], None]] = None,
                  callbacks: Sequence[SchedulerCallbacks] = (), progress: bool = True,
-                 log: Callable[[str], None] = print):
+                 log: Callable[[str], None] = print, background_fine_tune: bool = False,
+                 on_adapter: Optional[Callable[[str], None]] = None):
         self.cfg, self.run, self.envs = cfg, run, list(envs)
         self.log = log
         self.adapter_loader = adapter_loader
@@ -112,7 +113,8 @@ class LoopRunner:
         mode_agent = rc["agent"] in ("upper", "teacher")
         self.sched = Scheduler(scheduler_config(cfg), trainer, evaluator, replay_pool,
                                [self.metrics, *callbacks], extra_splits=tuple(cfg["eval"].get("extra_splits") or ()),
-                               always_validate=mode_agent or bool(cfg["env"].get("observe_vlm")))
+                               always_validate=mode_agent or bool(cfg["env"].get("observe_vlm")),
+                               background=background_fine_tune, on_adapter=on_adapter)
         for e in self.envs:
             e.episode_hook = self.sched.on_episode
             e.vlm_state = self.vlm_state
@@ -178,6 +180,7 @@ class LoopRunner:
         self.agent.load(os.path.join(ck, "agent"))
         if meta.get("adapter") and self.adapter_loader is not None:
             self.adapter_loader(meta["adapter"])
+        self.sched.restart_inflight()  # a fine-tune the checkpoint caught in the background runs again
         # TensorBoard: drop events logged after the checkpoint
         self.metrics.close()
         self.metrics.__init__(self.run, purge_step=self.sched.episodes + 1)
@@ -204,6 +207,7 @@ class LoopRunner:
         try:
             if not s.done():
                 self.agent.run(should_stop=s.done, safe_point=self._safe_point)
+            s.finish()  # a background fine-tune still in flight lands (and is checkpointed below)
         finally:
             if self._bar is not None:
                 self._bar.close()
@@ -212,14 +216,15 @@ class LoopRunner:
         self.metrics.close()
         plot_accuracy(self.run)
         write_report(self.run, {"wall_s": s.wall_s, "generated_terms": s.generated_terms,
-                                "time_split": s.time_split(time.monotonic() - t0, stages0)})
+                                "time_split": s.time_split(time.monotonic() - t0, stages0),
+                                "background_split": s.background_totals()})
         base, last = s.history[0], s.history[-1]
         loop_s = time.monotonic() - t0
         return {"run_dir": self.run.path, "stop_reason": s.stop_reason, "iterations": s.iteration,
                 "episodes": s.episodes, "renders": s.renders, "valid_samples": s.valid_samples,
                 "base_accuracy": base.test_accuracy, "final_accuracy": last.test_accuracy,
                 "best_iteration": s.best_iteration, "wall_s": s.wall_s, "session_s": loop_s,
-                "time_split": s.time_split(loop_s, stages0),
+                "time_split": s.time_split(loop_s, stages0), "background_split": s.background_totals(),
                 "base_per_term": base.test_per_term, "final_per_term": last.test_per_term,
                 "generated_terms": dict(s.generated_terms), "generated_combos": dict(s.generated_combos),
                 "mode_counts": dict(s.mode_counts),
@@ -424,12 +429,37 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
     scorer = LockedScorer(vlm, lock)
     envs = [RLS3Env(src, captioner, scorer, T=int(cfg["loop"]["T"]), T0=int(cfg["loop"]["T0"]), seed=seed * 1000 + i,
                     scene_types=scene_types, run_id=f"s{seed}e{i}", **envc) for i, src in enumerate(sources)]
-    trainer = InProcessTrainer(vlm, run, lock)
-    evaluator = InProcessEvaluator(vlm, splits, lock)
-    runner = LoopRunner(cfg, run, envs, trainer, evaluator, replay, adapter_loader=vlm.load_adapter,
-                        progress=progress, log=log)
+    background = bool(rc.get("overlap_fine_tune", False))
+    if background:  # the trainer's own copy of the VLM, fine-tuned and evaluated in a thread (same features cache)
+        from rls3_ros.vlm.answers import load_model
+
+        train_vlm, train_lock = load_model(rc["vlm"]), threading.RLock()
+    else:
+        train_vlm, train_lock = vlm, lock
+    trainer = InProcessTrainer(train_vlm, run, train_lock)
+    evaluator = InProcessEvaluator(train_vlm, splits, train_lock)
+
+    def load_adapter(path: str) -> None:  # the scoring copy (and on resume the trainer's) take an adapter
+        with lock:
+            vlm.load_adapter(path)
+        if train_vlm is not vlm:
+            with train_lock:
+                train_vlm.load_adapter(path)
+
+    def land_adapter(path: str) -> None:
+        with lock:
+            vlm.load_adapter(path)
+
+    runner = LoopRunner(cfg, run, envs, trainer, evaluator, replay, adapter_loader=load_adapter,
+                        progress=progress, log=log, background_fine_tune=background,
+                        on_adapter=land_adapter if background else None)
     trainer.progress = runner.fine_tune_progress
+    job = runner.agent.overlap_job() if all(hasattr(s, "idle_jobs") for s in sources) else None
+    if job is not None:  # the agent's updates run while the simulator workers simulate
+        for s in sources:
+            s.idle_jobs.append(("agent", job))
     runner.vlm = vlm
+    runner.train_vlm = train_vlm
     runner.sources = sources
     runner.splits = splits
     return runner

@@ -19,6 +19,14 @@ Additions (documented parameters, lessons of the toy RLS3 in DESIGN.md):
   budget runs out with a non-empty batch, a last (shorter) fine-tune uses it, so no
   generated sample is wasted.
 
+Background fine-tuning (``background=True``, the in-process loop's ``run.overlap_fine_tune``):
+the E-th episode hands the batch to a thread that fine-tunes and evaluates a second copy of the
+VLM (the trainer and evaluator given here) while the agent keeps sampling, scored by the current
+adapter; the finished iteration *lands* at the next episode boundary (``on_adapter`` loads its
+adapter into the scoring copy, then it is recorded exactly as a synchronous one). One fine-tune is
+in flight at most: the next waits for it. Batches, replay draws and fine-tunes are the same as in
+the synchronous loop; only the adapter that scores the episodes in between is one iteration older.
+
 Stages are injected, so the same scheduler runs in-process and inside the ``rl_sampler`` ROS
 node: the sample source is whatever env/agent calls :meth:`Scheduler.on_episode` (the env's
 ``episode_hook``); the trainer (:class:`Trainer`) and the evaluator (:class:`Evaluator`) are
@@ -34,7 +42,7 @@ import math
 import threading
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -119,6 +127,19 @@ class IterationInfo:
         return asdict(self)
 
 
+@dataclass
+class _InFlight:
+    """A background fine-tune: its inputs, and its result once the thread is done."""
+
+    iteration: int
+    batch: List[Sample]
+    replay: List[Sample]
+    counts: Dict[str, int] = field(default_factory=dict)  # episodes, steps, renders, valid samples at its start
+    thread: Optional[threading.Thread] = None
+    result: Optional[tuple] = None
+    error: Optional[BaseException] = None
+
+
 class SchedulerCallbacks:
     """Override what you need; every method is called with the scheduler's lock held."""
 
@@ -159,8 +180,15 @@ class Scheduler:
         callbacks: Sequence[SchedulerCallbacks] = (),
         extra_splits: Sequence[str] = (),
         always_validate: bool = False,
+        background: bool = False,
+        on_adapter: Optional[Callable[[str], None]] = None,
     ):
         self.config = config.validate()
+        self.background = bool(background)
+        self.on_adapter = on_adapter  # background: the scoring copy loads a landed iteration's adapter
+        self._inflight: Optional[_InFlight] = None
+        self.wait_s = 0.0  # background: time the loop waited for a fine-tune to land
+        self.foreground_eval_s = 0.0  # background: evaluations on the loop's thread (the base model's)
         # splits evaluated after every fine-tune besides "test" (e.g. the tail split), and whether
         # "val" is evaluated without early stopping (samplers that read the VLM's validation error)
         self.extra_splits = tuple(extra_splits)
@@ -205,16 +233,30 @@ class Scheduler:
         return self.wall_offset + time.monotonic() - self._t0
 
     def stage_totals(self) -> Dict[str, float]:
-        """Cumulative seconds per stage (take one before a session, pass it to :meth:`time_split`)."""
+        """Cumulative seconds per stage on the loop's own thread (take one before a session, pass it
+        to :meth:`time_split`). With background fine-tuning, "fine_tune" is the time the loop waited
+        for a fine-tune (and its evaluation) to finish, "eval" only the base model's evaluation;
+        what the background thread spent is :meth:`background_totals`."""
         out = {k: float(self.stage_s.get(k, 0.0)) for k in ("sim", "caption", "score")}
-        out["fine_tune"] = float(self.total_fine_tune_s)
-        out["eval"] = float(self.total_eval_s)
+        if self.background:
+            out["fine_tune"] = float(self.wait_s)
+            out["eval"] = float(self.foreground_eval_s)
+        else:
+            out["fine_tune"] = float(self.total_fine_tune_s)
+            out["eval"] = float(self.total_eval_s)
         return out
+
+    def background_totals(self) -> Dict[str, float]:
+        """Seconds the background thread fine-tuned and evaluated (zeros in the synchronous loop)."""
+        if not self.background:
+            return {"fine_tune": 0.0, "eval": 0.0}
+        return {"fine_tune": round(float(self.total_fine_tune_s), 3),
+                "eval": round(float(self.total_eval_s - self.foreground_eval_s), 3)}
 
     def time_split(self, loop_s: float, since: Optional[Dict[str, float]] = None) -> Dict[str, float]:
         """Seconds per stage of a loop session that ran ``loop_s`` (stage totals minus ``since``):
         sim (resets, moves, renders, validity), caption, score (VLM features + J2), fine_tune, eval;
-        "agent" is the rest (policy, SB3 updates, bookkeeping)."""
+        "agent" is the rest (policy, SB3 updates, bookkeeping). They add up to ``loop_s``."""
         now, since = self.stage_totals(), since or {}
         out = {k: round(max(0.0, v - since.get(k, 0.0)), 3) for k, v in now.items()}
         out["agent"] = round(max(0.0, loop_s - sum(out.values())), 3)
@@ -279,21 +321,28 @@ class Scheduler:
                 self.batch.extend(record.samples[i] for i in sorted(idx))
             for cb in self.callbacks:
                 cb.on_episode(self, record)
-            if self.episodes_since_fine_tune >= c.E:
+            self.land(wait=False)
+            if self.episodes_since_fine_tune >= c.E and not self.stop_reason:
                 self.fine_tune()
             if not self.stop_reason:
                 if self.budget_exhausted():
                     if self.batch:
                         self.fine_tune()
+                    self.land(wait=True)
                     self._stop("budget")
-                elif c.max_iterations and self.iteration >= c.max_iterations:
+                elif c.max_iterations and self.iteration + (self._inflight is not None) >= c.max_iterations:
+                    self.land(wait=True)
                     self._stop("max_iterations")
 
     def fine_tune(self) -> Optional[IterationInfo]:
-        """Fine-tune on the batch (+ replay), clear it, evaluate, update early stopping."""
+        """Fine-tune on the batch (+ replay), clear it, evaluate, update early stopping. In the
+        background mode the fine-tune starts here and lands later (:meth:`land`): returns None."""
         with self.lock:
             self.episodes_since_fine_tune = 0
             if not self.batch:
+                return None
+            self.land(wait=True)  # one fine-tune in flight at most
+            if self.stop_reason:  # the landed one stopped the run (early stopping)
                 return None
             c = self.config
             batch = list(self.batch)
@@ -305,40 +354,109 @@ class Scheduler:
             iteration = self.iteration + 1
             for cb in self.callbacks:
                 cb.on_fine_tune_start(self, iteration, len(batch) + len(replay))
-            t0 = time.monotonic()
-            out = self.trainer.fine_tune(batch + replay, c.steps_for(len(batch)), iteration)
-            ft_s = time.monotonic() - t0
-            self.total_fine_tune_s += ft_s
-            self.iteration = iteration
-            self.trained_samples += len(batch)
             self.batch = []  # "Clear Batch"
-            terms: Dict[str, int] = {}
-            for s in batch:
-                for r in s.relations:
-                    for t in r.terms:
-                        terms[t] = terms.get(t, 0) + 1
-            info = self._evaluate_and_record(iteration, batch, n_replay, out, ft_s, out.adapter_path, terms)
-            if c.patience and self.bad_rounds >= c.patience:
-                self._stop("early_stopping")
-            self.checkpoint_pending = True
-            return info
+            if self.background:
+                self._start_background(iteration, batch, replay)
+                return None
+            return self._record_fine_tune(iteration, batch, replay, *self._train_and_evaluate(iteration, batch, replay))
+
+    def land(self, wait: bool = True) -> Optional[IterationInfo]:
+        """Record the background fine-tune if it has finished (``wait``: wait for it first)."""
+        with self.lock:
+            job = self._inflight
+            if job is None or (not wait and job.thread.is_alive()):
+                return None
+            t0 = time.monotonic()
+            job.thread.join()
+            self.wait_s += time.monotonic() - t0
+            self._inflight = None
+            if job.error is not None:
+                raise RuntimeError(f"background fine-tune {job.iteration} failed: {job.error}") from job.error
+            out = job.result[0]
+            if self.on_adapter is not None and out.adapter_path:
+                self.on_adapter(out.adapter_path)
+            return self._record_fine_tune(job.iteration, job.batch, job.replay, *job.result, counts=job.counts)
+
+    def finish(self) -> None:
+        """Land a fine-tune still in flight (call when the agent stops)."""
+        self.land(wait=True)
+
+    def restart_inflight(self) -> None:
+        """After :meth:`load_state_dict`: start again the fine-tune a checkpoint caught in flight."""
+        pending = getattr(self, "_saved_inflight", None)
+        self._saved_inflight = None
+        if pending is not None:
+            it, batch, replay, counts = pending
+            if self.background:
+                self._start_background(it, batch, replay, counts)
+            else:
+                self._record_fine_tune(it, batch, replay, *self._train_and_evaluate(it, batch, replay), counts=counts)
 
     # ------------------------------------------------------------------ internals
-    def _evaluate_and_record(self, iteration, batch, n_replay, out, ft_s, adapter_path, terms=None) -> IterationInfo:
+    def _counts(self) -> Dict[str, int]:
+        return {"episodes": self.episodes, "steps": self.steps, "renders": self.renders,
+                "valid_samples": self.valid_samples}
+
+    def _start_background(self, iteration: int, batch: List[Sample], replay: List[Sample],
+                          counts: Optional[Dict[str, int]] = None) -> None:
+        job = _InFlight(iteration, batch, replay, dict(counts or self._counts()))
+
+        def work():
+            try:
+                job.result = self._train_and_evaluate(iteration, batch, replay)
+            except BaseException as e:  # noqa: BLE001 - re-raised when it lands
+                job.error = e
+
+        job.thread = threading.Thread(target=work, name=f"rls3-fine-tune-{iteration}", daemon=True)
+        self._inflight = job
+        job.thread.start()
+
+    def _train_and_evaluate(self, iteration: int, batch: List[Sample], replay: List[Sample]):
+        """The fine-tune and the evaluation of its adapter (no scheduler state touched: may run in a thread)."""
         t0 = time.monotonic()
-        test = self.evaluator.evaluate("test") if self.evaluator else None
-        val = self.evaluator.evaluate("val") if (self.evaluator and (self.config.patience or self.always_validate)) else None
-        splits: Dict[str, Any] = {}
-        for name, ev in (("test", test), ("val", val)):
-            if ev is not None:
-                splits[name] = split_record(ev)
+        out = self.trainer.fine_tune(batch + replay, self.config.steps_for(len(batch)), iteration)
+        ft_s = time.monotonic() - t0
+        return (out, ft_s, *self._evaluate())
+
+    def _record_fine_tune(self, iteration, batch, replay, out, ft_s, evals, eval_s, counts=None) -> IterationInfo:
+        self.total_fine_tune_s += ft_s
+        self.iteration = iteration
+        self.trained_samples += len(batch)
+        terms: Dict[str, int] = {}
+        for s in batch:
+            for r in s.relations:
+                for t in r.terms:
+                    terms[t] = terms.get(t, 0) + 1
+        info = self._record(iteration, batch, len(replay), out, ft_s, out.adapter_path, evals, eval_s, terms, counts)
+        if self.config.patience and self.bad_rounds >= self.config.patience:
+            self._stop("early_stopping")
+        self.checkpoint_pending = True
+        return info
+
+    def _evaluate(self):
+        """(evaluations per split, seconds): test, val (when validating) and the extra splits."""
+        t0 = time.monotonic()
+        evals: Dict[str, Optional[Evaluation]] = {}
+        evals["test"] = self.evaluator.evaluate("test") if self.evaluator else None
+        evals["val"] = (self.evaluator.evaluate("val")
+                        if (self.evaluator and (self.config.patience or self.always_validate)) else None)
         for name in self.extra_splits:
-            if name in splits:
-                continue
-            ev = self.evaluator.evaluate(name) if self.evaluator else None
-            if ev is not None:
-                splits[name] = split_record(ev)
-        eval_s = time.monotonic() - t0
+            if name not in evals or evals[name] is None:
+                evals[name] = self.evaluator.evaluate(name) if self.evaluator else None
+        return evals, time.monotonic() - t0
+
+    def _evaluate_and_record(self, iteration, batch, n_replay, out, ft_s, adapter_path, terms=None) -> IterationInfo:
+        evals, eval_s = self._evaluate()
+        self.foreground_eval_s += eval_s
+        return self._record(iteration, batch, n_replay, out, ft_s, adapter_path, evals, eval_s, terms)
+
+    def _record(self, iteration, batch, n_replay, out, ft_s, adapter_path, evals, eval_s, terms=None,
+                counts=None) -> IterationInfo:
+        """One iteration into the history; ``counts``: the generation counters when its fine-tune started
+        (a background one lands later: its curve point is what it was trained on)."""
+        at = counts or self._counts()
+        test, val = evals.get("test"), evals.get("val")
+        splits: Dict[str, Any] = {name: split_record(ev) for name, ev in evals.items() if ev is not None}
         self.total_eval_s += eval_s
         val_acc = _nan_if_none(val.accuracy if val else None)
         if val is not None:
@@ -354,10 +472,10 @@ class Scheduler:
             self.best_val = test.accuracy
         info = IterationInfo(
             iteration=iteration,
-            episodes=self.episodes,
-            steps=self.steps,
-            renders=self.renders,
-            valid_samples=self.valid_samples,
+            episodes=at["episodes"],
+            steps=at["steps"],
+            renders=at["renders"],
+            valid_samples=at["valid_samples"],
             batch_samples=len(batch),
             replay_samples=int(n_replay),
             trained_samples=self.trained_samples,
@@ -418,8 +536,12 @@ class Scheduler:
                 "j2_sum": self.j2_sum,
                 "j2_n": self.j2_n,
                 "wall_s": self.wall_s,
+                "inflight": ((self._inflight.iteration, list(self._inflight.batch), list(self._inflight.replay),
+                              dict(self._inflight.counts)) if self._inflight is not None else None),
                 "total_fine_tune_s": self.total_fine_tune_s,
                 "total_eval_s": self.total_eval_s,
+                "wait_s": self.wait_s,
+                "foreground_eval_s": self.foreground_eval_s,
             }
 
     def load_state_dict(self, d: Dict[str, Any]) -> None:
@@ -441,5 +563,8 @@ class Scheduler:
             self.wall_offset = float(d.get("wall_s", 0.0))
             self.total_fine_tune_s = float(d.get("total_fine_tune_s", 0.0))
             self.total_eval_s = float(d.get("total_eval_s", 0.0))
+            self.wait_s = float(d.get("wait_s", 0.0))
+            self.foreground_eval_s = float(d.get("foreground_eval_s", 0.0))
+            self._saved_inflight = d.get("inflight")  # restarted by restart_inflight() once the adapter is loaded
             self._t0 = time.monotonic()
             self.checkpoint_pending = False

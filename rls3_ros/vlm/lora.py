@@ -35,6 +35,9 @@ class LoraSettings:
                           target_modules=list(self.target_modules), bias="none")
 
 
+ADAPTER_INIT_SEED = 0  # seed of a fresh LoRA adapter's initial weights (AdapterHost.ensure_adapter)
+
+
 class AdapterHost:
     """Holds a base ``PreTrainedModel`` and at most one active peft LoRA adapter.
 
@@ -66,13 +69,19 @@ class AdapterHost:
         return self.model is not self.base
 
     def ensure_adapter(self) -> None:
-        """Add a fresh LoRA adapter if none is active."""
+        """Add a fresh LoRA adapter if none is active. Its random initial weights come from a fixed
+        seed, not from torch's global generator: a fresh adapter is the same whatever used that
+        generator before (the SAC agent's sampling, a second copy of the model for background
+        fine-tuning), so a run's fine-tunes do not depend on them."""
+        import torch
         from peft import get_peft_model
 
         with self.lock:
             if not self.has_adapter:
                 try:
-                    self.model = get_peft_model(self.base, self.lora.peft_config())
+                    with torch.random.fork_rng(devices=[]):
+                        torch.manual_seed(ADAPTER_INIT_SEED)
+                        self.model = get_peft_model(self.base, self.lora.peft_config())
                 except ValueError as e:
                     raise ValueError(f"cannot add LoRA with target_modules={self.lora.target_modules}: {e}") from e
                 self.model.eval()
