@@ -25,6 +25,12 @@ from rls3_ros.ros.isolation import isolated_ros_env
 from rls3_ros.sim.backend import PLACE, SWAP, MoveAction
 from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
 
+# The simulator settings the ROS path's sim_bridge uses (its defaults at 224 px): the in-process
+# baseline builds its backend with the same ones, so both paths do the same simulator work per
+# sample. The bridge renders no depth (it publishes none); the baseline rendered depth too (one more
+# GL pass, ~3 ms of a ~13 ms move), which made the ROS/in-process ratio look better than it is.
+BRIDGE_BACKEND_KWARGS = dict(render_depth=False)
+
 
 def random_moves(scene, bounds, rng: np.random.Generator, n: int) -> List[MoveAction]:
     """``n`` agent-like moves: every 4th swaps with the container, the others place."""
@@ -45,7 +51,7 @@ def bench_inprocess(n: int, image_size: int, seed: int = 0) -> Dict[str, float]:
     from rls3_ros.captions.oracle import CaptionOracle
     from rls3_ros.sim.factory import make_backend
 
-    backend = make_backend("mujoco", image_size=image_size, seed=seed)
+    backend = make_backend("mujoco", image_size=image_size, seed=seed, **BRIDGE_BACKEND_KWARGS)
     oracle = CaptionOracle()
     rng = np.random.default_rng(seed)
     try:
