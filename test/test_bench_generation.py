@@ -65,3 +65,24 @@ def test_ros_path_receives_every_image_and_caption_and_matches_inprocess():
     assert valid > 0 and ros["captions_received"] == valid
     assert ros["valid_fraction"] == ref["valid_fraction"]
     assert ros["relations_per_valid"] == ref["relations_per_valid"]
+
+
+def _speed_doc(bridges, cpus):
+    return {"host": {"cpus": cpus, "machine": "x86_64", "loadavg_start": 0.5}, "quick": False, "image_size": 224,
+            "samples_per_s_inprocess": 80.0, "samples_per_s_ros": 66.0, "ros_over_inprocess": 0.82,
+            "bridges_samples_per_s": {str(k): 60.0 + k for k in bridges},
+            "query_direct_p50_ms": 1.0, "query_p50_ms": 2.0, "query_p99_ms": 3.0,
+            "query_p50_ms_8_clients": 4.0, "query_p99_ms_8_clients": 5.0, "load": {"failed": 0, "lost": 0},
+            "fine_tune": {"steps_per_s": 1.0, "score_relations_per_s": 10.0}}
+
+
+def test_speed_markdown_says_why_bridges_beyond_the_cores_do_not_scale(tmp_path):
+    from rls3_ros.bench.speed import write_markdown
+
+    md = tmp_path / "speed.md"
+    write_markdown(_speed_doc((1, 2, 4), 2), md)
+    text = md.read_text()
+    assert "| samples/s with 4 sim_bridge(s) | 64.0 |" in text
+    assert "N bridges on 2 cores cannot exceed 2 x one bridge" in text
+    write_markdown(_speed_doc((1, 2), 2), md)  # no bridge count beyond the cores: no such line
+    assert "cannot exceed" not in md.read_text()
