@@ -144,11 +144,11 @@ def test_node_captions_samples_of_a_real_sim_bridge(ros_env, rclpy_node):
         sim.wait_for_output("sim_bridge ready", timeout=120)
         poll_until(lambda: node.count_publishers("/lab/samples") and node.count_subscribers("/lab/image_raw")
                    and node.count_subscribers("/lab/scene_state"), 30, "graph to connect")
-        n0 = len(got)
         reset = call_service(node, ResetScene, "/lab/sim_bridge/reset_scene", ResetScene.Request(seed=4), timeout=60)
         assert reset.success, reset.message
-        poll_until(lambda: len(got) > n0, 30, "a captioned sample of the reset scene")
-        sample = next(m for m in got if m.header.stamp == reset.scene.header.stamp)
+        # wait for the reset's own sample: the startup scene's sample may still arrive first
+        sample = poll_until(lambda: next((m for m in got if m.header.stamp == reset.scene.header.stamp), None), 30,
+                            "a captioned sample of the reset scene")
         moved = None
         for k, obj in enumerate(reset.scene.objects * 3):  # a few tries: some moves are invalid
             ans = call_service(node, ApplyAction, "/lab/sim_bridge/apply_action",

@@ -6,8 +6,14 @@ run the same move sequence from the same seeded scenes:
 
 - in-process: ``backend.apply`` + ``CaptionOracle.caption_scene`` in this process;
 - ROS: ``sim_bridge`` processes (``~/apply_action``, answer carries the image) and a
-  ``caption_oracle`` process (``~/caption_scene``), called from a client node in this process;
-  with N bridges in namespaces, one request in flight per bridge (parallel data generation).
+  ``caption_oracle`` process (``~/caption_scene``, sent the answer's scene only, never the
+  image), called from a client node in this process; with N bridges in namespaces, one move in
+  flight per bridge (parallel data generation). A valid sample's caption request overlaps the
+  bridge's next move (a pipeline, as a data generator runs it: the oracle is another process);
+  the client still receives every sample's image and every valid sample's caption.
+
+Both paths start timing from a built scene (no reset in the timed region) and do the same
+simulator work (``BRIDGE_BACKEND_KWARGS``).
 """
 
 from __future__ import annotations
@@ -24,6 +30,12 @@ import numpy as np
 from rls3_ros.ros.isolation import isolated_ros_env
 from rls3_ros.sim.backend import PLACE, SWAP, MoveAction
 from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
+
+# The simulator settings the ROS path's sim_bridge uses (its defaults at 224 px): the in-process
+# baseline builds its backend with the same ones, so both paths do the same simulator work per
+# sample. The bridge renders no depth (it publishes none); the baseline rendered depth too (one more
+# GL pass, ~3 ms of a ~13 ms move), which made the ROS/in-process ratio look better than it is.
+BRIDGE_BACKEND_KWARGS = dict(render_depth=False)
 
 
 def random_moves(scene, bounds, rng: np.random.Generator, n: int) -> List[MoveAction]:
@@ -45,7 +57,7 @@ def bench_inprocess(n: int, image_size: int, seed: int = 0) -> Dict[str, float]:
     from rls3_ros.captions.oracle import CaptionOracle
     from rls3_ros.sim.factory import make_backend
 
-    backend = make_backend("mujoco", image_size=image_size, seed=seed)
+    backend = make_backend("mujoco", image_size=image_size, seed=seed, **BRIDGE_BACKEND_KWARGS)
     oracle = CaptionOracle()
     rng = np.random.default_rng(seed)
     try:
@@ -70,12 +82,33 @@ def bench_inprocess(n: int, image_size: int, seed: int = 0) -> Dict[str, float]:
             "relations_per_valid": relations / max(valid, 1), "n": n}
 
 
+class _Pending:
+    """One request in flight: its future and an Event the future's done callback sets."""
+
+    def __init__(self, client, request):
+        self.srv_name = client.srv_name
+        self.future = client.call_async(request)
+        self.done = threading.Event()
+        self.future.add_done_callback(lambda _f: self.done.set())
+
+    def result(self, timeout: float = 60.0):
+        if not self.done.wait(timeout):
+            raise TimeoutError(f"no answer from {self.srv_name} in {timeout}s")
+        return self.future.result()
+
+
 class _GraphClient:
-    """Client node calling N sim_bridges and one caption_oracle, one request in flight per bridge."""
+    """Client node calling N sim_bridges and one caption_oracle, one request in flight per bridge.
+
+    One executor thread spins the node; callers block on an Event the response's done callback
+    sets (no polling). A single-threaded executor: its only callbacks are the responses, which it
+    hands over at once; a multi-threaded one added a thread-pool hand-off (and GIL contention with
+    the worker threads) to every answer.
+    """
 
     def __init__(self, namespaces: Sequence[str]):
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from rls3_msgs.srv import ApplyAction, CaptionScene, ResetScene
 
         self.ApplyAction, self.CaptionScene, self.ResetScene = ApplyAction, CaptionScene, ResetScene
@@ -85,7 +118,7 @@ class _GraphClient:
         self.apply = [self.node.create_client(ApplyAction, f"{ns}/sim_bridge/apply_action", qos_profile=SERVICE_QOS) for ns in namespaces]
         self.reset = [self.node.create_client(ResetScene, f"{ns}/sim_bridge/reset_scene", qos_profile=SERVICE_QOS) for ns in namespaces]
         self.caption = self.node.create_client(CaptionScene, "/caption_oracle/caption_scene", qos_profile=SERVICE_QOS)
-        self.executor = MultiThreadedExecutor(num_threads=4, context=self.ctx)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
         self.thread = threading.Thread(target=self.executor.spin, daemon=True)
         self.thread.start()
@@ -95,13 +128,11 @@ class _GraphClient:
             if not c.wait_for_service(timeout_sec=timeout):
                 raise TimeoutError(f"service {c.srv_name} not up after {timeout}s")
 
+    def send(self, client, request) -> _Pending:
+        return _Pending(client, request)
+
     def call(self, client, request, timeout: float = 60.0):
-        fut = client.call_async(request)
-        done = threading.Event()
-        fut.add_done_callback(lambda _f: done.set())
-        if not done.wait(timeout):
-            raise TimeoutError(f"no answer from {client.srv_name} in {timeout}s")
-        return fut.result()
+        return self.send(client, request).result(timeout)
 
     def close(self) -> None:
         self.executor.shutdown(timeout_sec=2.0)
@@ -157,7 +188,7 @@ def bench_ros(n_per_bridge: int, image_size: int, bridges: int, seed: int = 0, w
         try:
             client.wait_ready(120.0)
             # Same move sequences as the in-process run (bounds from a local backend of the same seed).
-            plans = []
+            plans, actives = [], []
             for i in range(bridges):
                 res = client.call(client.reset[i], client.ResetScene.Request(seed=seed + i))
                 if not res.success:
@@ -169,33 +200,62 @@ def bench_ros(n_per_bridge: int, image_size: int, bridges: int, seed: int = 0, w
                 finally:
                     local.close()
                 plans.append(random_moves(msg_to_scene(res.scene), bounds, np.random.default_rng(seed + i), n_per_bridge))
-            counts = {"valid": 0, "samples": 0, "relations": 0, "errors": 0}
+                actives.append([o.id for o in res.scene.objects if o.active])
+            counts = {"valid": 0, "samples": 0, "relations": 0, "errors": 0, "images": 0, "captions": 0}
             lock = threading.Lock()
+            # Each bridge starts from its seed's scene (the reset above), outside the timed region:
+            # the in-process run times no reset either. The workers start together.
+            start = threading.Barrier(bridges + 1)
+            failures: List[BaseException] = []
+            image_bytes = image_size * image_size * 3
 
-            def worker(i: int):
-                active = [o.id for o in msg_to_scene(client.call(client.reset[i], client.ResetScene.Request(seed=seed + i)).scene).active_objects()]
+            def take_caption(pending: _Pending) -> None:
+                cap = pending.result()
+                with lock:
+                    counts["captions"] += int(cap.success)
+                    counts["relations"] += len(cap.relations) if cap.success else 0
+
+            def generate(i: int) -> None:
+                active = actives[i]
+                caption = None  # the caption request of the previous valid sample, in flight
                 for mv in plans[i]:
                     if mv.object_id not in active:
                         mv.object_id = active[0]
                     ans = client.call(client.apply[i], _to_request(client.ApplyAction, mv))
-                    n_rel = 0
+                    got_image = (ans.image.width, ans.image.height, len(ans.image.data)) == (image_size, image_size, image_bytes)
                     if ans.success and ans.valid:
                         active = [o.id for o in ans.scene.objects if o.active]
-                        cap = client.call(client.caption, client.CaptionScene.Request(scene=ans.scene))
-                        n_rel = len(cap.relations) if cap.success else 0
+                        # Captioning needs only the scene: the oracle's round trip overlaps this
+                        # bridge's next move instead of stalling it (at most one caption in flight
+                        # per bridge; every valid sample's caption is received).
+                        if caption is not None:
+                            take_caption(caption)
+                        caption = client.send(client.caption, client.CaptionScene.Request(scene=ans.scene))
                     with lock:
                         counts["samples"] += 1
                         counts["valid"] += int(ans.success and ans.valid)
-                        counts["relations"] += n_rel
+                        counts["images"] += int(got_image)
                         counts["errors"] += int(not ans.success)
+                if caption is not None:
+                    take_caption(caption)
+
+            def worker(i: int) -> None:
+                start.wait()
+                try:
+                    generate(i)
+                except BaseException as e:  # noqa: BLE001 - re-raised by the caller after join
+                    failures.append(e)
 
             threads = [threading.Thread(target=worker, args=(i,)) for i in range(bridges)]
-            t = time.perf_counter()
             for th in threads:
                 th.start()
+            start.wait()
+            t = time.perf_counter()
             for th in threads:
                 th.join()
             dt = time.perf_counter() - t
+            if failures:
+                raise failures[0]
         finally:
             client.close()
     finally:
@@ -211,4 +271,4 @@ def bench_ros(n_per_bridge: int, image_size: int, bridges: int, seed: int = 0, w
     n = counts["samples"]
     return {"samples_per_s": n / dt, "valid_per_s": counts["valid"] / dt, "valid_fraction": counts["valid"] / max(n, 1),
             "relations_per_valid": counts["relations"] / max(counts["valid"], 1), "errors": counts["errors"],
-            "n": n, "bridges": bridges}
+            "images_received": counts["images"], "captions_received": counts["captions"], "n": n, "bridges": bridges}

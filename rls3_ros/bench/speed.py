@@ -132,6 +132,10 @@ def write_markdown(doc: Dict[str, Any], path: Path) -> None:
              f"| samples/s through the ROS graph (1 sim_bridge + caption_oracle) | {doc['samples_per_s_ros']:.1f} |",
              f"| ROS / in-process | {doc['ros_over_inprocess']:.2f} |"]
     lines += [f"| samples/s with {k} sim_bridge(s) | {v:.1f} |" for k, v in sorted(b.items(), key=lambda kv: int(kv[0]))]
+    cpus = int(doc["host"]["cpus"] or 1)
+    if any(int(k) > cpus for k in b):
+        lines.append(f"| bridges beyond the core count | processes share cores: N bridges on {cpus} cores cannot exceed "
+                     f"{cpus} x one bridge, and the client and caption_oracle take CPU from them too |")
     for agent, lp in doc.get("loop", {}).items():
         ts = lp["time_split"]
         tot = sum(ts.values()) or 1.0

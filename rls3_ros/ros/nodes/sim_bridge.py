@@ -12,7 +12,8 @@ Parameters (defaults):
   image_qos (str, "sensor_data")     QoS of image_raw and camera_info: sensor_data | reliable
   frame_id (str, "world")            frame of scene_state / image headers
   local_executable_path (str, "")    ai2thor only: path of a local AI2-THOR Unity build
-  trim_memory (bool, true)           return freed heap to the OS after every reset/move (glibc malloc_trim)
+  trim_memory (bool, true)           return freed heap to the OS after every reset and every
+                                     TRIM_EVERY_MOVES-th move (glibc malloc_trim)
 
 Memory: every reset builds a new MuJoCo model (8-20 MB of decoded textures, plus the renderer's
 copies) and frees the old one; a move allocates the render and the image messages. With glibc's
@@ -20,7 +21,9 @@ default of up to 8 malloc arenas per core, those frees stayed in fragmented per-
 the bridge's RSS ratcheted up (325 -> 574 MB in 50 requests, 722 MB after 30 more resets). ``main``
 caps the arenas at 2 (``mallopt(M_ARENA_MAX)``, before any thread starts; an explicit
 ``MALLOC_ARENA_MAX`` in the environment wins) and ``trim_memory``
-hands the freed pages back after each request: RSS stays flat (``test/test_sim_bridge_soak.py``,
+hands the freed pages back after each reset (a whole model was freed) and after every
+``TRIM_EVERY_MOVES``-th move (a move frees only its render and messages, which malloc reuses for
+the next one; a trim walks every arena, ~0.3 ms, 2 % of a 224 px move): RSS stays flat (``test/test_sim_bridge_soak.py``,
 ``benchmarks/bench_soak.py``).
 
 Services (relative, so bridges run side by side in namespaces):
@@ -60,6 +63,7 @@ from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
 
 ALL_SCENE_TYPES = ["kitchen", "living_room", "bedroom", "dining_room"]
 MALLOC_ARENAS = 2
+TRIM_EVERY_MOVES = 16
 _M_ARENA_MAX = -8  # glibc mallopt parameter
 
 
@@ -115,8 +119,9 @@ class SimBridge(Node):
         self.declare_parameter("image_qos", "sensor_data", d(description="image QoS: sensor_data | reliable"))
         self.declare_parameter("frame_id", "world", d(description="frame of the published headers"))
         self.declare_parameter("local_executable_path", "", d(description="ai2thor: local Unity build path"))
-        self.declare_parameter("trim_memory", True, d(description="return freed heap to the OS after every reset/move"))
+        self.declare_parameter("trim_memory", True, d(description="return freed heap to the OS after every reset and every 16th move"))
         self.trim_memory = bool(self.get_parameter("trim_memory").value)
+        self._moves_since_trim = 0
 
         p = {n: self.get_parameter(n).value for n in (
             "backend", "scene_types", "image_size", "seed", "camera_distance", "camera_height", "fovy",
@@ -179,13 +184,21 @@ class SimBridge(Node):
         return Header(stamp=self.get_clock().now().to_msg(), frame_id=self.frame_id)
 
     def _publish(self, scene, rgb):
-        """Publish image, camera info and scene with one header; return (scene_msg, image_msg)."""
+        """Publish image, camera info and scene with one header; return (scene_msg, image_msg).
+
+        A topic nobody subscribes to is skipped: its message would reach no one (the topics are
+        volatile, a later subscriber never gets it), yet rclpy would still convert and serialise
+        it (the 150 kB image at 224 px) on every request. The service answer carries both anyway.
+        """
         header = self._header()
         img = numpy_to_image_msg(rgb, "rgb8", header)
         scene_msg = scene_to_msg(scene, header)
-        self.image_pub.publish(img)
-        self.info_pub.publish(camera_info_msg(scene.camera, header))
-        self.scene_pub.publish(scene_msg)
+        if self.image_pub.get_subscription_count():
+            self.image_pub.publish(img)
+        if self.info_pub.get_subscription_count():
+            self.info_pub.publish(camera_info_msg(scene.camera, header))
+        if self.scene_pub.get_subscription_count():
+            self.scene_pub.publish(scene_msg)
         return scene_msg, img
 
     def _render_after_reset(self):
@@ -215,6 +228,7 @@ class SimBridge(Node):
             response.message = f"reset failed: {e}"
         if self.trim_memory:
             trim_heap()  # the previous scene's model and renderer were just freed
+            self._moves_since_trim = 0
         return response
 
     def _on_apply(self, request: ApplyAction.Request, response: ApplyAction.Response) -> ApplyAction.Response:
@@ -251,8 +265,10 @@ class SimBridge(Node):
             response.success = False
             response.valid = False
             response.message = f"apply failed: {e}"
-        if self.trim_memory:
+        self._moves_since_trim += 1
+        if self.trim_memory and self._moves_since_trim >= TRIM_EVERY_MOVES:
             trim_heap()
+            self._moves_since_trim = 0
         return response
 
     def close(self) -> None:
