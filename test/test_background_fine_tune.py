@@ -91,9 +91,10 @@ def random_episodes(env, n):
 
 
 def test_sampling_goes_on_while_the_fine_tune_runs_and_its_adapter_lands_later(parts, tmp_path):  # noqa: F811
-    sched, trainer, env, vlm = scheduler(parts, tmp_path, GatedTrainer)
+    sched, trainer, env, vlm = scheduler(parts, tmp_path, GatedTrainer, E=4)  # lands E // 2 = 2 episodes later
+    assert sched.land_after == 2
     sched.evaluate_base()
-    random_episodes(env, 2)  # the 2nd episode starts fine-tune 1 in the background
+    random_episodes(env, 4)  # the 4th episode starts fine-tune 1 in the background
     assert trainer.started.wait(60)
     assert sched.iteration == 0 and sched._inflight is not None
     random_episodes(env, 1)  # sampled while it trains, with the base adapter
@@ -101,13 +102,13 @@ def test_sampling_goes_on_while_the_fine_tune_runs_and_its_adapter_lands_later(p
     trainer.release.set()
     sched._inflight.thread.join(60)
     assert not sched._inflight.thread.is_alive()
-    assert sched.iteration == 0  # finished, but lands only at an episode boundary
-    random_episodes(env, 1)  # lands at its start... and, as the 2nd of a batch, starts fine-tune 2
-    assert sched.iteration == 1 and sched._inflight.iteration == 2
+    assert sched.iteration == 0  # finished, but lands only 2 episodes after its start
+    random_episodes(env, 1)
+    assert sched.iteration == 1 and sched._inflight is None
     start, end = trainer.seen[0]
     assert end >= start + 1  # an episode was counted while the fine-tune ran
     info = sched.history[-1]
-    assert info.episodes == 2  # its curve point: what it was trained on, not when it landed
+    assert info.episodes == 4  # its curve point: what it was trained on, not when it landed
     assert sched.checkpoint_pending
     # the scoring copy now holds the landed adapter (iteration 1's, not the one training now)
     fresh = parts["load"]()
@@ -116,6 +117,26 @@ def test_sampling_goes_on_while_the_fine_tune_runs_and_its_adapter_lands_later(p
     want = [r.loss for r in fresh.score(parts["test"])]
     assert want != before
     assert [r.loss for r in vlm.score(parts["test"])] == want
+
+
+def test_background_sac_run_is_reproducible(tmp_path, monkeypatch):
+    """SAC's rewards come from whichever adapter scores an episode: it lands at a fixed episode,
+    not when the thread happens to finish, so the same seed gives the same run."""
+    from rls3_ros.cli.train import apply_sets, load_train_config
+    from rls3_ros.loop.runner import run_inprocess
+
+    monkeypatch.setenv("RLS3_CACHE", str(tmp_path / "cache"))
+    runs = []
+    for i in range(2):
+        cfg = apply_sets(load_train_config(), [*SETS, "run.agent=sac", "agent.learning_starts=4",
+                                               "run.overlap_fine_tune=true", "loop.E=4"])
+        runs.append(run_inprocess(cfg, str(tmp_path / f"sac-{i}"), progress=False, log=lambda m: None,
+                                  pretrain=False))
+    a, b = runs
+    assert a["iterations"] >= 2
+    for k in ("renders", "valid_samples", "episodes", "generated_terms", "final_accuracy"):
+        assert a[k] == b[k], k
+    assert [c["test_accuracy"] for c in a["curve"]] == [c["test_accuracy"] for c in b["curve"]]
 
 
 def test_synchronous_scheduler_waits_for_the_fine_tune(parts, tmp_path):  # noqa: F811

@@ -22,9 +22,10 @@ Additions (documented parameters, lessons of the toy RLS3 in DESIGN.md):
 Background fine-tuning (``background=True``, the in-process loop's ``run.overlap_fine_tune``):
 the E-th episode hands the batch to a thread that fine-tunes and evaluates a second copy of the
 VLM (the trainer and evaluator given here) while the agent keeps sampling, scored by the current
-adapter; the finished iteration *lands* at the next episode boundary (``on_adapter`` loads its
-adapter into the scoring copy, then it is recorded exactly as a synchronous one). One fine-tune is
-in flight at most: the next waits for it. Batches, replay draws and fine-tunes are the same as in
+adapter; the iteration *lands* ``max(1, E // 2)`` episodes after it started, waiting for the
+thread if it has not finished yet (a fixed point, not "when the thread is done": which adapter
+scores which episode, and so the whole run, does not depend on thread timing); ``on_adapter``
+loads its adapter into the scoring copy, then it is recorded exactly as a synchronous one. Batches, replay draws and fine-tunes are the same as in
 the synchronous loop; only the adapter that scores the episodes in between is one iteration older.
 
 Stages are injected, so the same scheduler runs in-process and inside the ``rl_sampler`` ROS
@@ -186,6 +187,9 @@ class Scheduler:
         self.config = config.validate()
         self.background = bool(background)
         self.on_adapter = on_adapter  # background: the scoring copy loads a landed iteration's adapter
+        # background: a fine-tune lands this many episodes after it started (waiting for it if it has not
+        # finished), so which adapter scores which episode does not depend on thread timing
+        self.land_after = max(1, int(config.E) // 2)
         self._inflight: Optional[_InFlight] = None
         self.wait_s = 0.0  # background: time the loop waited for a fine-tune to land
         self.foreground_eval_s = 0.0  # background: evaluations on the loop's thread (the base model's)
@@ -321,7 +325,8 @@ class Scheduler:
                 self.batch.extend(record.samples[i] for i in sorted(idx))
             for cb in self.callbacks:
                 cb.on_episode(self, record)
-            self.land(wait=False)
+            if self._inflight is not None and self.episodes >= self._inflight.counts["episodes"] + self.land_after:
+                self.land(wait=True)  # a fixed number of episodes after it started: runs are reproducible
             if self.episodes_since_fine_tune >= c.E and not self.stop_reason:
                 self.fine_tune()
             if not self.stop_reason:
