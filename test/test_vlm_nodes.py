@@ -297,6 +297,54 @@ def test_hot_swap_under_a_query_stream_loses_none(graph, samples, tmp_path):
     assert by[adapters[0]] != pytest.approx(by[adapters[1]], abs=1e-4)
 
 
+def test_queries_are_answered_while_an_adapter_loads(graph, samples, tmp_path):
+    """A 3 s adapter load (set_adapter) does not stall the query service: queries keep being
+    answered by the old adapter during the load, the new one answers afterwards."""
+    from rls3_msgs.srv import SetAdapter
+
+    from rls3_ros.ros.client import SpatialQueryClient
+
+    adapter = _local_adapter(tmp_path, "slow", samples, 10, 4)
+    name = "sq_slow_swap"
+    with NodeProcess(["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-r", f"__node:={name}",
+                      "-p", "model:=py:vlm_test_model:load_slow_adapter:3", "-p", "follow_adapter_topic:=false"],
+                     graph.env, name, log_dir=graph.root) as proc:
+        proc.wait_for_output("model ready", 60)
+        client = SpatialQueryClient(graph.node, f"/{name}/query")
+        assert client.wait_for_service(20)
+        img = samples[0].image
+        answers, errors = [], []
+        stop = threading.Event()
+
+        def stream():
+            while not stop.is_set():
+                try:
+                    a = client.where_is("red square", "blue square", image=img, timeout=10)
+                    answers.append((time.monotonic(), a))
+                except Exception as e:  # noqa: BLE001 - a query lost during the swap
+                    errors.append(e)
+
+        t = threading.Thread(target=stream)
+        t.start()
+        try:
+            poll_until(lambda: len(answers) >= 3, 20, "first answers")
+            t0 = time.monotonic()
+            r = call_service(graph.node, SetAdapter, f"/{name}/set_adapter", SetAdapter.Request(path=adapter), timeout=30)
+            t1 = time.monotonic()
+            assert r.success and r.active_adapter == adapter, r.message
+            n = len(answers)
+            poll_until(lambda: len(answers) >= n + 3, 20, "answers after the swap")
+        finally:
+            stop.set()
+            t.join(timeout=20)
+        assert t1 - t0 >= 2.9, "the adapter load was not slow: the test proves nothing"
+        assert not errors, errors[:3]
+        during = [a for ts, a in answers if t0 + 0.5 < ts < t1 - 0.5]
+        assert len(during) >= 5, f"only {len(during)} queries answered during a {t1 - t0:.1f} s adapter load"
+        assert all(a.success and a.adapter == "" for a in during), [a.message for a in during if not a.success][:3]
+        assert answers[-1][1].success and answers[-1][1].adapter == adapter
+
+
 # -- vlm_trainer ------------------------------------------------------------------------
 
 def _score(node, sample_msgs):

@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -282,6 +283,23 @@ def load(arg: str = "", lora: Optional[dict] = None) -> TinySpatialVLM:
     net = TinySpatialNet()
     net.load_state_dict(torch.load(path, weights_only=True))
     return TinySpatialVLM(net, **kw)
+
+
+class SlowAdapterVLM(TinySpatialVLM):
+    """TinySpatialVLM whose ``load_adapter`` takes ``delay`` s (a big adapter on a slow disk)."""
+
+    def __init__(self, delay: float, **kw) -> None:
+        super().__init__(**kw)
+        self.delay = delay
+
+    def load_adapter(self, directory: str) -> None:
+        time.sleep(self.delay)
+        super().load_adapter(directory)
+
+
+def load_slow_adapter(arg: str = "3", lora: Optional[dict] = None) -> SlowAdapterVLM:
+    """Loader for ``py:vlm_test_model:load_slow_adapter[:<seconds>]``: adapter loads take that long."""
+    return SlowAdapterVLM(float(arg or 3))
 
 
 # -- synthetic captioned samples --------------------------------------------------------

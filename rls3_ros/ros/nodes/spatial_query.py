@@ -16,9 +16,13 @@ Services
   with words the model never learnt are refused (``SpatialVLM.unknown_words``).
 - ``~/set_adapter`` (rls3_msgs/srv/SetAdapter): switch the LoRA adapter ("" = base).
 
-Hot swap: a new adapter is loaded into a *new* model instance off the query path (in the
-swap callback group), then the model reference is replaced under a lock. Queries in flight
-finish on the old instance, later ones use the new one: no query fails during a swap.
+Hot swap: a new adapter is loaded into a *new* model instance off the query path, then the
+model reference is replaced under a lock. Queries in flight finish on the old instance, later
+ones use the new one: no query fails during a swap. The node spins a single-threaded executor
+(a query's callback is GIL-bound Python and torch: a thread pool only added a hand-off, ~0.5-1
+ms per query); the swap callbacks (``~/set_adapter``, ``adapter`` announcements) are
+coroutines that run the load on a worker thread and await it, so the executor keeps answering
+queries (on the old adapter) while an adapter loads.
 
 Topics
 - subscribes ``<image_topic>`` (sensor_msgs/Image, or sensor_msgs/CompressedImage with
@@ -100,6 +104,7 @@ from rclpy.qos import (
     qos_profile_sensor_data,
     qos_profile_system_default,
 )
+from rclpy.task import Future
 from rls3_msgs.msg import AdapterInfo, SceneState as SceneStateMsg
 from rls3_msgs.srv import SetAdapter, SpatialQuery
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
@@ -447,7 +452,28 @@ class SpatialQueryNode(LifecycleNode):
         with self._buf_lock:
             self._scenes.append((stamp_to_ns(msg.header.stamp), scene))
 
-    def _on_adapter_announced(self, msg: AdapterInfo) -> None:
+    async def _off_executor(self, fn, *args):
+        """``fn(*args)`` on a worker thread, awaited: the executor serves other callbacks
+        (queries) while this coroutine is suspended. The worker wakes the executor when done
+        (an awaited rclpy Future is only polled when the executor wakes up)."""
+        done: Future = Future()
+        executor = self.executor
+
+        def work() -> None:
+            try:
+                done.set_result(fn(*args))
+            except BaseException as e:  # noqa: BLE001 - re-raised in the awaiting coroutine
+                done.set_exception(e)
+            if executor is not None:
+                try:
+                    executor.wake()
+                except Exception:  # noqa: BLE001 - executor shut down meanwhile
+                    pass
+
+        threading.Thread(target=work, daemon=True, name="adapter-swap").start()
+        return await done
+
+    async def _on_adapter_announced(self, msg: AdapterInfo) -> None:
         with self._model_lock:
             cur = self._loaded
             if cur is None:  # not loaded yet: the loader picks this adapter up
@@ -457,13 +483,13 @@ class SpatialQueryNode(LifecycleNode):
             return
         if cur.adapter == msg.path:
             return
-        ok, message, _ = self._swap_adapter(msg.path)
+        ok, message, _ = await self._off_executor(self._swap_adapter, msg.path)
         log = self.get_logger().info if ok else self.get_logger().error
         log(f"announced adapter (iteration {msg.iteration}): {message}")
 
-    def _on_set_adapter(self, req: SetAdapter.Request, resp: SetAdapter.Response) -> SetAdapter.Response:
+    async def _on_set_adapter(self, req: SetAdapter.Request, resp: SetAdapter.Response) -> SetAdapter.Response:
         try:
-            resp.success, resp.message, resp.active_adapter = self._swap_adapter(req.path)
+            resp.success, resp.message, resp.active_adapter = await self._off_executor(self._swap_adapter, req.path)
         except Exception as e:  # noqa: BLE001 - never raise out of a callback
             resp.success, resp.message = False, f"internal error: {type(e).__name__}: {e}"
         if not resp.success:
@@ -606,7 +632,7 @@ class SpatialQueryNode(LifecycleNode):
 
 
 def main(args=None) -> int:
-    return run_node(SpatialQueryNode, args)
+    return run_node(SpatialQueryNode, args, num_threads=1)  # swaps do not block it: see _off_executor
 
 
 if __name__ == "__main__":
