@@ -73,9 +73,9 @@ def attention_peak(probs: np.ndarray, grid: int, window: int = 1) -> Tuple[float
     i0, i1, j0, j1 = max(0, i - window), min(grid, i + window + 1), max(0, j - window), min(grid, j + window + 1)
     w = a[i0:i1, j0:j1]
     mass = float(w.sum())
-    ys, xs = np.mgrid[i0:i1, j0:j1]
-    cy = float(((ys + 0.5) * w).sum() / mass) / grid
-    cx = float(((xs + 0.5) * w).sum() / mass) / grid
+    ys, xs = np.arange(i0, i1)[:, None] + 0.5, np.arange(j0, j1)[None, :] + 0.5  # broadcast: np.mgrid's products, faster
+    cy = float((ys * w).sum() / mass) / grid
+    cx = float((xs * w).sum() / mass) / grid
     return cx, cy, mass
 
 
