@@ -188,7 +188,10 @@ class Scheduler:
         self.background = bool(background)
         self.on_adapter = on_adapter  # background: the scoring copy loads a landed iteration's adapter
         # background: a fine-tune lands this many episodes after it started (waiting for it if it has not
-        # finished), so which adapter scores which episode does not depend on thread timing
+        # finished), so which adapter scores which episode does not depend on thread timing. Measured
+        # (SAC, main job, 3 seeds): E // 2 learns as the synchronous loop does (0.619 vs 0.587 mean test
+        # accuracy); E - 1 waits less (random: 17.3 vs 15.8 samples/s) but its staler rewards cost SAC
+        # one seed 12 points (0.549 mean)
         self.land_after = max(1, int(config.E) // 2)
         self._inflight: Optional[_InFlight] = None
         self.wait_s = 0.0  # background: time the loop waited for a fine-tune to land
