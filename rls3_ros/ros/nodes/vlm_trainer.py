@@ -145,6 +145,7 @@ class VlmTrainer(Node):
         self._skipped = 0
         self._train_lock = threading.Lock()  # one fine-tune at a time
         self._cancel: Optional[threading.Event] = None
+        self._cancel_asked = threading.Event()
         self._last_loss = math.nan
 
         self._score_group = MutuallyExclusiveCallbackGroup()
@@ -310,6 +311,7 @@ class VlmTrainer(Node):
         return GoalResponse.ACCEPT
 
     def _on_cancel(self, goal_handle) -> CancelResponse:
+        self._cancel_asked.set()  # a client's cancel (not the node shutting down): the goal ends CANCELED
         ev = self._cancel
         if ev is not None:
             ev.set()
@@ -348,6 +350,7 @@ class VlmTrainer(Node):
             goal_handle.abort()
             return FineTune.Result(success=False, message="a fine-tune is already running")
         cancel = threading.Event()
+        self._cancel_asked.clear()
         self._cancel = cancel
         try:
             return self._fine_tune(goal_handle, cancel)
@@ -403,6 +406,12 @@ class VlmTrainer(Node):
             if result.cancelled or goal_handle.is_cancel_requested or cancel.is_set():
                 if in_place:
                     self.get_logger().warning("cancelled in-place fine-tune: the served model keeps the partial update")
+                if self._cancel_asked.is_set():
+                    # the cancel callback runs before rclpy marks the goal CANCELING: wait for that
+                    # (a goal can only be CANCELED from CANCELING), else it would end ABORTED
+                    deadline = time.monotonic() + 5.0
+                    while not goal_handle.is_cancel_requested and time.monotonic() < deadline:
+                        time.sleep(0.005)  # polls the goal state rclpy sets right after the callback
                 if goal_handle.is_cancel_requested:
                     goal_handle.canceled()
                 else:  # stopped by the node shutting down
