@@ -120,14 +120,40 @@ class BackgroundSpinner:
     def _spin(self):
         try:
             self.executor.spin()
-        except Exception:  # noqa: BLE001 - shutdown races end the spin
-            pass
+        except Exception:  # noqa: BLE001 - shutdown races end the spin; anything else is shown
+            if self.context.ok():
+                import traceback
+
+                print(f"[{self.node.get_name()}] background spin died:\n{traceback.format_exc()}",
+                      file=sys.stderr, flush=True)
 
     def close(self):
         self.executor.shutdown(timeout_sec=2.0)
         self.node.destroy_node()
         self.context.try_shutdown()
         self._thread.join(timeout=5.0)
+
+
+class UnspunNode:
+    """An rclpy node in its own Context that no executor spins: for entities a test creates and
+    destroys from the test thread (destroying an entity with QoS event handlers that another
+    thread's executor is about to take from ends that executor's spin, ros2/rclpy#1284)."""
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def __enter__(self):
+        import rclpy
+
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(self.name, context=self.context)
+        return self.node
+
+    def __exit__(self, *exc):
+        self.node.destroy_node()
+        self.context.try_shutdown()
+        return False
 
 
 def spin_until_future(future, timeout: float, what: str = "future"):

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import vlm_test_model as tm
-from ros_harness import BackgroundSpinner, NodeProcess, call_service, poll_until, spin_until_future
+from ros_harness import BackgroundSpinner, NodeProcess, UnspunNode, call_service, poll_until, spin_until_future
 from rls3_ros.ros.isolation import isolated_ros_env
 
 TEST_DIR = Path(__file__).resolve().parent
@@ -595,11 +595,12 @@ def test_incompatible_camera_qos_is_logged(graph):
     from rclpy.qos import qos_profile_sensor_data
     from sensor_msgs.msg import Image
 
-    pub = graph.node.create_publisher(Image, "image_raw", qos_profile_sensor_data)
-    try:
+    # Its own node, not spun: destroying a publisher whose QoS event the client's executor thread
+    # has collected but not yet taken ends that executor's spin (InvalidHandle in rclpy's
+    # _take_waitable, ros2/rclpy#1284) and wedges its callback group: a CI run lost the client.
+    with UnspunNode("incompatible_camera") as node:
+        node.create_publisher(Image, "image_raw", qos_profile_sensor_data)
         graph.query.wait_for_output(r"incompatible QoS on 'image_raw'.*Set image_qos", 20)
-    finally:
-        graph.node.destroy_publisher(pub)
 
 
 def test_client_async_variants_resolve_to_answers(graph, samples):
