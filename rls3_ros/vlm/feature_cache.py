@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import collections
-import hashlib
 import threading
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import xxhash
 
 
 def image_key(image: np.ndarray) -> str:
-    """Content hash of an image (pixels and shape): the key of every image feature cache."""
+    """Content hash of an image (pixels, shape and dtype): the key of every image feature cache.
+
+    xxh3-128 over the pixel buffer (~2 us for a 160 px RGB image; blake2b took ~75 us, and a
+    query hashes its image three times). A cache key, not a signature: 128 bits make an
+    accidental collision among a cache's few thousand entries negligible."""
     im = np.ascontiguousarray(image)
-    h = hashlib.blake2b(im.tobytes(), digest_size=16)
-    h.update(str(im.shape).encode())
+    h = xxhash.xxh3_128(im.data)
+    h.update(f"{im.shape}{im.dtype.str}".encode())
     return h.hexdigest()
 
 

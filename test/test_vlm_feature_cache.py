@@ -1,0 +1,37 @@
+"""The grounded model's frozen-encoder feature cache: keyed by image content, bounded."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from rls3_ros.vlm.feature_cache import FeatureCache, image_key
+
+
+def _image(seed: int, size: int = 32) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def test_image_key_follows_content_shape_and_dtype_not_memory_layout():
+    a = _image(0)
+    assert image_key(a) == image_key(a.copy())
+    assert image_key(a[:, ::-1]) == image_key(np.ascontiguousarray(a[:, ::-1]))  # a strided view: same pixels
+    b = a.copy()
+    b[5, 7, 1] ^= 1  # one bit of one pixel
+    assert image_key(b) != image_key(a)
+    assert image_key(a.reshape(32, 96)) != image_key(a)
+    assert image_key(a.view(np.int8)) != image_key(a)
+
+
+def test_cache_returns_the_encoders_features_and_evicts_the_least_recently_used():
+    cache = FeatureCache(32, "stride16", capacity=2)
+    ims = [_image(i) for i in range(3)]
+    first = cache(ims[:2])
+    assert torch.equal(cache([ims[1].copy(), ims[0]]), first.flip(0))  # hits, by content
+    with torch.inference_mode():
+        from rls3_ros.vlm.feature_cache import encoder_input
+
+        direct = cache.net.features(encoder_input(ims[:1], 32), "stride16").half()
+    assert torch.allclose(first[0].float(), direct[0].float(), atol=2e-2)  # batch of 2 vs 1: float rounding
+    cache(ims[2:])  # evicts image 1 (image 0 was used more recently)
+    assert len(cache._cache) == 2 and image_key(ims[1]) not in cache._cache and image_key(ims[0]) in cache._cache
