@@ -35,3 +35,19 @@ def test_cache_returns_the_encoders_features_and_evicts_the_least_recently_used(
     assert torch.allclose(first[0].float(), direct[0].float(), atol=2e-2)  # batch of 2 vs 1: float rounding
     cache(ims[2:])  # evicts image 1 (image 0 was used more recently)
     assert len(cache._cache) == 2 and image_key(ims[1]) not in cache._cache and image_key(ims[0]) in cache._cache
+
+
+def test_folded_encoder_is_the_pretrained_network_up_to_float_rounding():
+    from rls3_ros.vlm import efficientnet_lite as E
+    from rls3_ros.vlm.feature_cache import encoder_input
+
+    net = E.load_pretrained()
+    folded = E.fold_batch_norms(net)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())  # the original is left as it was
+    x = encoder_input([_image(i, 64) for i in range(3)], 64)
+    with torch.inference_mode():
+        for stage in ("stride8", "stride16", "stride32", "head"):
+            a, b = net.features(x, stage), folded.features(x, stage)
+            assert a.shape == b.shape
+            assert torch.allclose(a, b, rtol=1e-4, atol=1e-3 * float(a.abs().max())), stage

@@ -275,9 +275,7 @@ class FrozenEncoders:
 
     def __init__(self, config: SpatialMatchConfig, image_cache: int = 6000, text_cache: int = 20000):
         self.config = config
-        self.vision = efficientnet_lite.load_pretrained()
-        for p in self.vision.parameters():
-            p.requires_grad_(False)
+        self.vision = efficientnet_lite.fold_batch_norms(efficientnet_lite.load_pretrained())
         if config.text_encoder != "minilm":
             raise ValueError(f"unknown text encoder {config.text_encoder!r} (only 'minilm' ships here)")
         from transformers import AutoTokenizer, BertModel

@@ -52,9 +52,7 @@ class FeatureCache:
         from rls3_ros.vlm import efficientnet_lite
 
         self.image_size, self.stage, self.capacity = int(image_size), stage, int(capacity)
-        self.net = efficientnet_lite.load_pretrained()
-        for p in self.net.parameters():
-            p.requires_grad_(False)
+        self.net = efficientnet_lite.fold_batch_norms(efficientnet_lite.load_pretrained())
         self._cache: "collections.OrderedDict[str, torch.Tensor]" = collections.OrderedDict()
         self._lock = threading.Lock()
 
