@@ -192,7 +192,7 @@ def test_locating_after_an_answer_reuses_its_forward_pass_exactly():
         vlm.where(im, SUBJECT, REFERENCE)
         assert maps(im, [REFERENCE, SUBJECT])[1] == 1  # other descriptions
         vlm.where(im, SUBJECT, REFERENCE)
-        vlm._ensure_adapter()  # weights change: the base's pass must not be reused
+        vlm.ensure_adapter()  # weights change: the base's pass must not be reused
         for p in vlm.base.parameters():
             if p.requires_grad:
                 torch.nn.init.normal_(p, std=0.5)

@@ -164,6 +164,9 @@ class TinySpatialVLM(SpatialVLM):
         cfg = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, lora_dropout=0.0, init_lora_weights=True)
         self.model = get_peft_model(self.base, cfg)
 
+    def ensure_adapter(self) -> None:
+        self._ensure_lora()
+
     def fine_tune(
         self,
         samples: Sequence[Sample],

@@ -434,9 +434,8 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
         from rls3_ros.vlm.answers import load_model
 
         train_vlm, train_lock = load_model(rc["vlm"]), threading.RLock()
-        host = getattr(train_vlm, "host", None)
-        if host is not None:  # its fresh adapter is built here, not in the thread: building layers draws from
-            host.ensure_adapter()  # torch's global generator, which the agent draws from meanwhile
+        train_vlm.ensure_adapter()  # here, not in the thread: building layers draws from torch's global
+        # generator, which the agent draws from meanwhile
     else:
         train_vlm, train_lock = vlm, lock
     trainer = InProcessTrainer(train_vlm, run, train_lock)

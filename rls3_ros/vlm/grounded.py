@@ -583,7 +583,7 @@ class GroundedVLM(HostedAdapter, SpatialVLM):
                   cancel: Optional[threading.Event] = None) -> FineTuneResult:
         samples = [s for s in samples if s.relations]
         with self.lock:
-            self._ensure_adapter()
+            self.ensure_adapter()
             if not samples or steps <= 0:
                 return FineTuneResult(steps=0, samples_used=0, final_loss=float("nan"))
             pool = list(samples)
@@ -601,7 +601,7 @@ class GroundedVLM(HostedAdapter, SpatialVLM):
 
     # -- adapters (AdapterHost) ---------------------------------------------------------------------
     # Every weight change drops the attention memo of axis_probs (it holds the old weights' logits).
-    def _ensure_adapter(self) -> None:
+    def ensure_adapter(self) -> None:
         with self.lock:
             self._att_memo = None
             self.host.ensure_adapter()

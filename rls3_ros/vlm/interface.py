@@ -163,6 +163,14 @@ class SpatialVLM(abc.ABC):
     def reset_adapter(self) -> None:
         """Back to the base model (drop the active adapter)."""
 
+    def ensure_adapter(self) -> None:
+        """Build now the fresh LoRA adapter the next ``fine_tune`` would build (no-op if one is active).
+
+        Building layers draws their initial weights from torch's process-wide generator, which
+        other threads (the SAC agent's sampling) draw from too: a caller that fine-tunes in a
+        thread calls this first, so those draws keep their order. Default: nothing (a model that
+        builds no layers when it first fine-tunes)."""
+
     @property
     def adapter(self) -> str:
         """Directory of the active adapter ("" = base model)."""

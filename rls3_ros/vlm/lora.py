@@ -203,6 +203,9 @@ class HostedAdapter:
     def save_adapter(self, directory: str) -> str:
         return self.host.save(directory)
 
+    def ensure_adapter(self) -> None:
+        self.host.ensure_adapter()
+
     def load_adapter(self, directory: str) -> None:
         self.host.load(directory)
 
