@@ -12,7 +12,7 @@ paper). Moves are checked with real physics and rendering:
   (rocking, rolling) after ``extra_settle_steps`` more steps, or another active object is
   disturbed;
 - ``out_of_view``: less than ``min_in_view_fraction`` of its projected 3D box is inside the
-  image, or no pixel of it is;
+  image (checked from geometry, before anything is rendered), or no pixel of it is;
 - ``occluded``: its visible pixels / its pixels rendered alone < ``min_visible_fraction``.
 
 An invalid move restores the previous state exactly (qpos/qvel snapshot). MuJoCo's
@@ -550,15 +550,16 @@ class MuJoCoBackend(SimulatorBackend):
                 return UNSTABLE
         d.qvel[:] = 0.0
         mujoco.mj_forward(m, d)
-        # view and occlusion from segmentation
+        checked = [(slot, a) for slot, a in enumerate(self._active) if check_others or a == oid]
+        # out of the camera's view from geometry alone: no render needed to refuse it
+        if any(self._in_view_fraction(a) < self.min_in_view_fraction for _, a in checked):
+            return OUT_OF_VIEW
+        # visibility and occlusion from segmentation
         seg = self._render_seg()
         counts = self._slot_counts(seg)
-        for slot, a in enumerate(self._active):
-            if not check_others and a != oid:
-                continue
-            inview = self._in_view_fraction(a)
+        for slot, a in checked:
             solo = self._solo_pixels(a)
-            if inview < self.min_in_view_fraction or solo == 0:
+            if solo == 0:
                 return OUT_OF_VIEW
             if counts[slot] / solo < self.min_visible_fraction:
                 return OCCLUDED
