@@ -237,6 +237,13 @@ class _SB3Agent(Agent):
         self.vec.close()
 
 
+# One gradient step on 256 transitions per env step (SB3's own SAC defaults) instead of 4 on 64: the
+# same transitions seen per env step, 9.2 -> 3.5 ms of updates per step, loop 11.6 -> 15.8 valid
+# samples/s (seed 3, idle machine); test accuracy at 200 samples, seeds 0-3: 0.586 / 0.484 / 0.530 /
+# 0.490 against 0.473 / 0.551 / 0.510 / 0.586 with 4 x 64 (within the seeds' spread).
+SAC_GRADIENT_STEPS, SAC_BATCH_SIZE = 1, 256
+
+
 class SACAgent(_SB3Agent):
     """Soft Actor-Critic (the paper's agent).
 
@@ -271,10 +278,10 @@ class SACAgent(_SB3Agent):
             learning_rate=float(k.get("learning_rate", 1e-3)),
             buffer_size=int(k.get("buffer_size", 20_000)),
             learning_starts=int(k.get("learning_starts", 2 * T)),
-            batch_size=int(k.get("batch_size", 64)),
+            batch_size=int(k.get("batch_size", SAC_BATCH_SIZE)),
             gamma=float(k.get("gamma", 0.95)),
             train_freq=1,
-            gradient_steps=int(k.get("gradient_steps", 4)),
+            gradient_steps=int(k.get("gradient_steps", SAC_GRADIENT_STEPS)),
             ent_coef=k.get("ent_coef", "auto_0.05"),
             policy_kwargs={**policy_kwargs, "optimizer_kwargs": {"fused": True}},
             seed=self.seed,
