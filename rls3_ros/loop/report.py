@@ -83,7 +83,8 @@ def _time_split_line(last: Dict[str, Any], split: Optional[Dict[str, float]],
     total = sum(split.values()) or 1.0
     names = {"sim": "simulator (resets, moves, renders, validity)", "caption": "captions",
              "score": "VLM scoring (features + J2)", "fine_tune": "fine-tuning", "eval": "evaluation",
-             "agent": "agent (policy, updates) and the rest"}
+             "agent_update": "agent updates while the simulator works",
+             "agent": "agent (policy, other updates) and the rest"}
     if background and any(background.values()):
         names["fine_tune"] = "waiting for a background fine-tune"
     line = "- time split of this session's loop: " + ", ".join(

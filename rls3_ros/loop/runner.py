@@ -459,7 +459,7 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
     job = runner.agent.overlap_job() if all(hasattr(s, "idle_jobs") for s in sources) else None
     if job is not None:  # the agent's updates run while the simulator workers simulate
         for s in sources:
-            s.idle_jobs.append(("agent", job))
+            s.idle_jobs.append(("agent_update", job))
     runner.vlm = vlm
     runner.train_vlm = train_vlm
     runner.sources = sources

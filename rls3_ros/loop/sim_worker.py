@@ -150,7 +150,7 @@ class PrefetchSource(SimSource):
         # the worker: the loop computes that image's VLM features there (cached for J2 scoring)
         self.while_waiting: Optional[Callable[[Optional[SimStep]], None]] = None
         # more of this process's work run while a move is simulated, as (stage, job): the SAC agent's
-        # gradient steps ("agent"). Each job's seconds are reported by take_overlap() under its stage,
+        # gradient steps ("agent_update"). Each job's seconds are reported by take_overlap() under its stage,
         # so the loop's time split does not count them as waiting on the simulator.
         self.idle_jobs: List[Tuple[str, Callable[[], None]]] = []
         self._overlap: Dict[str, float] = {}
