@@ -75,6 +75,7 @@ AXIS_SLICES = ((0, 5), (5, 8), (8, 11))
 N_OUT = 11
 _TERM_AXIS = {t: (a, i) for a, ax in enumerate(AXES) for i, t in enumerate(ax) if t}
 UNPARSABLE = -1e4  # log-prob given to a candidate caption that does not parse
+DENSE_GROUND_MAX = 8192  # queries x images up to which grounding scores every query against every image
 
 
 @dataclass
@@ -163,9 +164,18 @@ class GroundedRelationModel(nn.Module):
     def ground(self, keys: torch.Tensor, values: torch.Tensor, img: torch.Tensor, text: torch.Tensor):
         """Attention of each query text (N, word_dim) over its image ``img`` (N,) -> (attn logits, feat, stats)."""
         q = self.q_proj(text)  # (N, d)
-        logits = torch.einsum("nkd,nd->nk", keys[img], q) / math.sqrt(q.shape[-1])
-        a = torch.softmax(logits, -1)
-        feat = torch.einsum("nk,nkd->nd", a, values[img])
+        b, k, d = keys.shape
+        if len(q) * b <= DENSE_GROUND_MAX:
+            # few images (a training batch): every query against every image's keys in one matmul, its own
+            # image's block picked out; backward is two matmuls instead of a scatter into (N, G*G, d)
+            pick = F.one_hot(img, b).to(q.dtype)  # (N, B)
+            logits = ((q @ keys.reshape(b * k, d).T).view(-1, b, k) * pick[:, :, None]).sum(1) / math.sqrt(d)
+            a = torch.softmax(logits, -1)
+            feat = (a[:, None, :] * pick[:, :, None]).reshape(-1, b * k) @ values.reshape(b * k, d)
+        else:
+            logits = torch.einsum("nkd,nd->nk", keys[img], q) / math.sqrt(d)
+            a = torch.softmax(logits, -1)
+            feat = torch.einsum("nk,nkd->nd", a, values[img])
         pos = a @ self.coords
         spread = (a @ self.coords.pow(2) - pos.pow(2)).clamp_min(0).add(1e-4).sqrt()
         return logits, feat, torch.cat([pos, spread], 1)
@@ -243,13 +253,44 @@ REFIT_HINT = ("serve it with that base (e.g. the RLS3 loop's adapters with model
 
 
 class TrainItem:
-    """One relation prepared for training: image index, candidate (subj, ref, cols) list, box targets."""
+    """One relation prepared for training: image index, candidate (subj, terms, ref) list, the axis
+    columns of the true term set (``true_cols``), of its inverse (``inv_cols``) and of every candidate
+    (``cand_cols``, (K, 3)), box targets."""
 
-    __slots__ = ("img", "cands", "true_cols", "subj", "ref", "tgt_s", "tgt_r")
+    __slots__ = ("img", "cands", "true_cols", "inv_cols", "cand_cols", "subj", "ref", "tgt_s", "tgt_r")
 
     def __init__(self, img, cands, true_cols, subj, ref, tgt_s, tgt_r):
         self.img, self.cands, self.true_cols, self.subj, self.ref = img, cands, true_cols, subj, ref
         self.tgt_s, self.tgt_r = tgt_s, tgt_r
+        self.inv_cols = term_indices(T.inverse_terms([t for t in map(term_of_column, true_cols) if t]))
+        self.cand_cols = np.array([term_indices(c[1]) for c in cands], dtype=np.int64).reshape(-1, 3)
+
+
+def term_of_column(col: int) -> str:
+    """The term of a column of the 11-wide axis layout ('' for an axis' "none" class)."""
+    for a, (lo, hi) in enumerate(AXIS_SLICES):
+        if lo <= col < hi:
+            return AXES[a][col - lo]
+    return ""
+
+
+def padded_segments(counts: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Rows of ``len(counts)`` consecutive segments of a flat vector as a padded (R, K) index into it
+    and its mask (K = the longest segment): a per-segment softmax becomes one batched op."""
+    c = np.asarray(counts, dtype=np.int64)
+    k = int(c.max()) if len(c) else 0
+    cols = np.arange(k)
+    mask = cols[None, :] < c[:, None]
+    index = np.where(mask, (np.cumsum(c) - c)[:, None] + cols[None, :], 0)
+    return torch.from_numpy(index), torch.from_numpy(mask)
+
+
+def segment_log_softmax(values: torch.Tensor, counts: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """log-softmax within each segment of the flat ``values`` -> padded (R, K) log-probs (-inf where
+    padded) and the padded raw values (-inf where padded)."""
+    index, mask = padded_segments(counts)
+    raw = values[index].masked_fill(~mask, float("-inf"))
+    return torch.log_softmax(raw, 1), raw
 
 
 class GroundedVLM(HostedAdapter, SpatialVLM):
@@ -327,35 +368,37 @@ class GroundedVLM(HostedAdapter, SpatialVLM):
             out.append(axis_log_probs(lg))
         return torch.cat(out) if out else torch.zeros(0, N_OUT)
 
-    def _candidate_logps(self, feats: torch.Tensor, groups: Sequence[Tuple[int, List[str]]],
-                         grad: bool = False) -> List[torch.Tensor]:
-        """log p(term set | image, subject, reference) of every candidate caption of every group."""
+    def _candidate_values(self, feats: torch.Tensor, groups: Sequence[Tuple[int, List[str]]],
+                          grad: bool = False) -> torch.Tensor:
+        """log p(term set | image, subject, reference) of every candidate caption of every group, flat
+        (groups' candidates one after the other; ``UNPARSABLE`` for a caption that does not parse)."""
         pairs: Dict[Tuple[int, str, str], int] = {}
-        parsed = []
+        rows, cols = [], []
         for img, caps in groups:
-            row = []
             for c in caps:
                 p = self.parse(c)
                 if p is None or not p[1]:
-                    row.append(None)
+                    rows.append(-1)
+                    cols.append((0, 5, 8))
                     continue
                 k = (img, p[0], p[2])
                 if k not in pairs:
                     pairs[k] = len(pairs)
-                row.append((pairs[k], term_indices(p[1])))
-            parsed.append(row)
+                rows.append(pairs[k])
+                cols.append(term_indices(p[1]))
         keys = list(pairs)
         ctx = torch.enable_grad() if grad else torch.no_grad()
         with ctx:
             lp = self._axis_logp(feats, [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys])
-            out = []
-            for row in parsed:
-                idx_pair = [r[0] if r else 0 for r in row]
-                cols = torch.tensor([list(r[1]) if r else [0, 5, 8] for r in row], dtype=torch.long)
-                v = lp[torch.tensor(idx_pair)].gather(1, cols).sum(1)
-                bad = torch.tensor([r is None for r in row])
-                out.append(torch.where(bad, torch.full_like(v, UNPARSABLE), v))
-        return out
+            r = torch.tensor(rows, dtype=torch.long)
+            v = lp[r.clamp_min(0)].gather(1, torch.tensor(cols, dtype=torch.long)).sum(1) if len(lp) else \
+                torch.zeros(len(rows))
+            return torch.where(r < 0, torch.full_like(v, UNPARSABLE), v)
+
+    def _candidate_logps(self, feats: torch.Tensor, groups: Sequence[Tuple[int, List[str]]],
+                         grad: bool = False) -> List[torch.Tensor]:
+        """:meth:`_candidate_values` split per group."""
+        return list(torch.split(self._candidate_values(feats, groups, grad), [len(c) for _, c in groups]))
 
     # -- SpatialVLM -----------------------------------------------------------------------------
     def score(self, samples: Sequence[Sample]) -> List[RelationScore]:
@@ -371,14 +414,14 @@ class GroundedVLM(HostedAdapter, SpatialVLM):
             return []
         with self.lock:
             feats = self.features(images)
-            out = []
-            for (sid, r), (_, caps), lg in zip(rels, groups, self._candidate_logps(feats, groups)):
-                logp = torch.log_softmax(lg, 0)
-                best = int(torch.argmax(lg))
-                out.append(RelationScore(sample_id=sid, caption=caps[0], terms=list(r.terms), predicted=caps[best],
-                                         loss=float(-logp[0]), correct=bool(len(lg) == 1 or lg[0] > lg[1:].max()),
-                                         confidence=float(logp[0].exp())))
-        return out
+            logp, raw = segment_log_softmax(self._candidate_values(feats, groups), [len(c) for _, c in groups])
+            best = raw.argmax(1).tolist()
+            correct = (raw[:, 0] > raw[:, 1:].max(1).values).tolist() if raw.shape[1] > 1 else [True] * len(groups)
+            loss = (-logp[:, 0]).tolist()
+            conf = logp[:, 0].exp().tolist()
+        return [RelationScore(sample_id=sid, caption=caps[0], terms=list(r.terms), predicted=caps[b], loss=lo,
+                              correct=bool(ok), confidence=cf)
+                for (sid, r), (_, caps), b, ok, lo, cf in zip(rels, groups, best, correct, loss, conf)]
 
     def axis_probs(self, image: np.ndarray, pairs: Sequence[Tuple[str, str]]) -> np.ndarray:
         """(N, 11) per-axis probabilities for each (subject, reference) in ``image``.
@@ -489,51 +532,47 @@ class GroundedVLM(HostedAdapter, SpatialVLM):
         return items
 
     def batch_loss(self, feats: torch.Tensor, batch: Sequence[TrainItem]) -> torch.Tensor:
-        """Term CE for (A, B) and the inverse (B, A) + candidate CE + box-grounding CE (mean over the batch)."""
+        """Term CE for (A, B) and the inverse (B, A) + candidate CE + box-grounding CE (mean over the batch).
+
+        Only the batch's images go through the key/value projections; candidates and grounding
+        targets of the whole batch are scored in one batched op each."""
         n = len(batch)
+        used = sorted({it.img for it in batch})
+        local = {g: i for i, g in enumerate(used)}
         subj = [it.subj for it in batch] + [it.ref for it in batch]
         ref = [it.ref for it in batch] + [it.subj for it in batch]
-        img = torch.tensor([it.img for it in batch] * 2, dtype=torch.long)
+        img = [local[it.img] for it in batch] * 2
         # extra (subject, reference) orders the candidates need (all are (A,B) or (B,A) for oracle negatives)
         pair_index = {(it.img, it.subj, it.ref): i for i, it in enumerate(batch)}
         pair_index.update({(it.img, it.ref, it.subj): n + i for i, it in enumerate(batch)})
+        cand_rows = []
         for it in batch:
             for c in it.cands:
                 k = (it.img, c[0], c[2])
-                if k not in pair_index:
-                    pair_index[k] = len(subj)
-                    subj.append(c[0]), ref.append(c[2])
-                    img = torch.cat([img, torch.tensor([it.img])])
-        logits, att_s, att_r = self.base(feats, img, subj, ref)
+                row = pair_index.get(k)
+                if row is None:
+                    row = pair_index[k] = len(subj)
+                    subj.append(c[0]), ref.append(c[2]), img.append(local[it.img])
+                cand_rows.append(row)
+        logits, att_s, att_r = self.base(feats[torch.tensor(used)], torch.tensor(img, dtype=torch.long), subj, ref)
         lp = axis_log_probs(logits)
-        true_cols = torch.tensor([list(it.true_cols) for it in batch], dtype=torch.long)
-        inv_cols = torch.tensor([list(term_indices(T.inverse_terms([self._term_of(c) for c in it.true_cols if self._term_of(c)])))
-                                 for it in batch], dtype=torch.long)
+        true_cols = torch.tensor([it.true_cols for it in batch], dtype=torch.long)
+        inv_cols = torch.tensor([it.inv_cols for it in batch], dtype=torch.long)
         term_loss = -(lp[:n].gather(1, true_cols).sum(1) + lp[n:2 * n].gather(1, inv_cols).sum(1)).mean() / 2
-        cand_losses = []
-        for it in batch:
-            rows = torch.tensor([pair_index[(it.img, c[0], c[2])] for c in it.cands])
-            cols = torch.tensor([list(term_indices(c[1])) for c in it.cands], dtype=torch.long)
-            s = lp[rows].gather(1, cols).sum(1)
-            cand_losses.append(-torch.log_softmax(s, 0)[0])
-        loss = term_loss + self.candidate_weight * torch.stack(cand_losses).mean()
+        cand = lp[torch.tensor(cand_rows)].gather(1, torch.from_numpy(np.concatenate([it.cand_cols for it in batch])))
+        cand_logp, _ = segment_log_softmax(cand.sum(1), [len(it.cands) for it in batch])
+        loss = term_loss - self.candidate_weight * cand_logp[:, 0].mean()
         if self.grounding_weight > 0:
-            g_terms = []
-            for i, it in enumerate(batch):
-                for att, tgt in ((att_s[i], it.tgt_s), (att_r[i], it.tgt_r)):
-                    if tgt is not None:
-                        g_terms.append(-(torch.from_numpy(tgt) * torch.log_softmax(att, 0)).sum())
             # att_s/att_r rows n.. are the inverse order (same objects): grounding of rows < n suffices
-            if g_terms:
-                loss = loss + self.grounding_weight * torch.stack(g_terms).mean()
+            rows = [i for i, it in enumerate(batch) if it.tgt_s is not None]
+            rows += [n + i for i, it in enumerate(batch) if it.tgt_r is not None]
+            if rows:
+                tgt = np.stack([it.tgt_s for it in batch if it.tgt_s is not None]
+                               + [it.tgt_r for it in batch if it.tgt_r is not None])
+                att = torch.cat([att_s[:n], att_r[:n]])[torch.tensor(rows)]
+                g = -(torch.from_numpy(tgt) * torch.log_softmax(att, 1)).sum(1)
+                loss = loss + self.grounding_weight * g.mean()
         return loss
-
-    @staticmethod
-    def _term_of(col: int) -> str:
-        for a, (lo, hi) in enumerate(AXIS_SLICES):
-            if lo <= col < hi:
-                return AXES[a][col - lo]
-        return ""
 
     def train_steps(self, feats: torch.Tensor, items: Sequence[TrainItem], steps: int, params: List[nn.Parameter],
                     lr: float, batch_size: int = 32, progress: Optional[ProgressCallback] = None,
