@@ -83,21 +83,104 @@ def bench_fine_tune(image_size: int, n_samples: int, steps: int, seed: int = 0) 
 
 def bench_loop(agent: str, n_samples: int, log=print, sets=()) -> Dict[str, Any]:
     """The whole in-process RLS3 loop (``rls3 train``'s) for ``n_samples`` valid samples: samples/s
-    over the loop's own time (fixed sets cached beforehand) and its time split per stage (plus what a
-    background fine-tune spent in its thread)."""
-    from rls3_ros.loop.runner import run_inprocess
+    over the loop's own time and its time split per stage (plus what a background fine-tune spent in
+    its thread).
+
+    Every run starts from the same feature cache: the fixed sets' (test, val, replay) features cached
+    before the loop's clock starts, none of any earlier run's renders (runs with the same seed render
+    the same first scenes, and a later row would otherwise find their features cached)."""
     from rls3_ros.loop.config_files import apply_sets, load_train_config
+    from rls3_ros.loop.run_dir import RunDir, write_yaml
+    from rls3_ros.loop.runner import build_inprocess
+    from rls3_ros.vlm.feature_cache import FeatureCache
 
     cfg = apply_sets(load_train_config(), [f"run.agent={agent}", f"loop.budget_valid_samples={n_samples}",
                                            "loop.patience=0", *sets])
     with tempfile.TemporaryDirectory(prefix="rls3-speed-loop-") as tmp:
-        out = run_inprocess(cfg, tmp, progress=False, log=lambda m: None)
+        run = RunDir(tmp)
+        write_yaml(run.config_path, cfg)
+        runner = build_inprocess(cfg, run, progress=False, log=lambda m: None)
+        try:
+            fixed = [s for split in runner.splits.values() for s in split] + list(runner.sched.replay_pool)
+            feats = getattr(runner.vlm, "features", None)
+            if isinstance(feats, FeatureCache) and fixed:
+                feats([s.image for s in fixed])
+            keep = {id(c): c.keys() for c in FeatureCache.all_shared()}
+            try:
+                out = runner.run_loop()
+            finally:
+                for c in FeatureCache.all_shared():
+                    c.retain(keep.get(id(c), set()))
+        finally:
+            runner.close()
+            for src in runner.sources:
+                src.close()
     split = out["time_split"]
     return {"agent": agent, "valid_samples": out["valid_samples"], "renders": out["renders"],
             "loop_s": out["session_s"], "samples_per_s": out["valid_samples"] / out["session_s"],
             "renders_per_s": out["renders"] / out["session_s"], "time_split": split,
             "background_split": out.get("background_split", {}),
             "overlap_fine_tune": bool(cfg["run"]["overlap_fine_tune"]), "final_accuracy": out["final_accuracy"]}
+
+
+def host_reference(repeats: int = 30) -> Dict[str, float]:
+    """Median times of three fixed pieces of the loop's work on this machine, one thread each, so loop
+    numbers from machines of the same size but unequal speed can be compared: one SAC gradient step
+    (SB3 MlpPolicy [64, 64], batch 256, the loop's observation and action sizes), one MuJoCo physics
+    step of a loop scene, and the frozen image encoder on one 160 px image."""
+    import gymnasium as gym
+    import mujoco
+    import torch
+    from stable_baselines3 import SAC
+
+    from rls3_ros.loop.sac_update import SACUpdate
+    from rls3_ros.sim.factory import make_backend
+    from rls3_ros.vlm.feature_cache import encoder_input
+    from rls3_ros.vlm import efficientnet_lite
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out: Dict[str, float] = {}
+
+    def median_ms(fn, n=repeats):
+        fn()
+        ts = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return float(np.median(ts) * 1e3)
+
+    try:
+        class _Env(gym.Env):
+            observation_space = gym.spaces.Box(-10, 10, (94,), np.float32)
+            action_space = gym.spaces.Box(-1, 1, (6,), np.float32)
+
+            def reset(self, seed=None, options=None):
+                return np.zeros(94, np.float32), {}
+
+            def step(self, a):
+                return np.random.rand(94).astype(np.float32), 0.0, False, False, {}
+
+        sac = SAC("MlpPolicy", _Env(), batch_size=256, learning_starts=0, ent_coef="auto_0.05", seed=0, verbose=0,
+                  policy_kwargs={"net_arch": [64, 64], "optimizer_kwargs": {"fused": True}})
+        sac.learn(300)
+        update = SACUpdate(sac)
+        out["sac_gradient_step_ms"] = median_ms(lambda: update(1, 256))
+        backend = make_backend("mujoco", image_size=160, seed=0, render_depth=False)
+        try:
+            backend.reset(1, None)
+            m, d = backend._model, backend._data
+            out["mujoco_step_us"] = median_ms(lambda: mujoco.mj_step(m, d, nstep=100)) * 10.0
+        finally:
+            backend.close()
+        net = efficientnet_lite.fold_batch_norms(efficientnet_lite.load_pretrained())
+        x = encoder_input([np.full((160, 160, 3), 128, np.uint8)], 160)
+        with torch.inference_mode():
+            out["encoder_image_ms"] = median_ms(lambda: net.features(x, "stride16"), n=max(5, repeats // 3))
+    finally:
+        torch.set_num_threads(threads)
+    return out
 
 
 def plot_bridges(doc: Dict[str, Any], path: Path) -> None:
@@ -122,11 +205,21 @@ def plot_bridges(doc: Dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def reference_line(ref: Dict[str, float]) -> List[str]:
+    """The machine's reference timings (``host_reference``) as a sentence, or nothing."""
+    if not ref:
+        return []
+    return [f"This machine's speed (one thread; lower is faster): a SAC gradient step {ref['sac_gradient_step_ms']:.1f} ms, "
+            f"a MuJoCo physics step {ref['mujoco_step_us']:.0f} µs, the image encoder {ref['encoder_image_ms']:.1f} ms "
+            "per image.", ""]
+
+
 def write_markdown(doc: Dict[str, Any], path: Path) -> None:
     b = doc["bridges_samples_per_s"]
     lines = ["# Speed benchmark", "",
              f"Machine: {doc['host']['cpus']} CPUs ({doc['host']['machine']}), image {doc['image_size']}², "
              f"load average at start {doc['host']['loadavg_start']:.1f}. {'(quick run)' if doc['quick'] else ''}", "",
+             *reference_line(doc["host"].get("reference") or {}),
              "| what | value |", "| --- | --- |",
              f"| samples/s in-process (render + validity + caption) | {doc['samples_per_s_inprocess']:.1f} |",
              f"| samples/s through the ROS graph (1 sim_bridge + caption_oracle) | {doc['samples_per_s_ros']:.1f} |",
@@ -168,6 +261,9 @@ def run_speed(quick: bool, out_dir: Path, image_size: int = 224, log=print) -> D
     load0 = os.getloadavg()[0]
     n = 30 if quick else 150
     doc: Dict[str, Any] = {"quick": quick, "image_size": image_size}
+    log("[bench speed] this machine's speed: reference timings")
+    reference = host_reference(10 if quick else 30)
+    log("[bench speed] " + ", ".join(f"{k} {v:.2f}" for k, v in reference.items()))
     log(f"[bench speed] generation in-process: {n} samples")
     doc["inprocess"] = bench_inprocess(n, image_size)
     bridges = (1, 2) if quick else (1, 2, 4)
@@ -218,7 +314,7 @@ def run_speed(quick: bool, out_dir: Path, image_size: int = 224, log=print) -> D
     log("[bench speed] fine-tuning throughput")
     doc["fine_tune"] = bench_fine_tune(160, 24 if quick else 64, 5 if quick else 20)
     doc["host"] = {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
-                   "loadavg_start": load0, "loadavg_end": os.getloadavg()[0]}
+                   "loadavg_start": load0, "loadavg_end": os.getloadavg()[0], "reference": reference}
     doc["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     doc["command"] = "rls3 bench speed" + (" --quick" if quick else "")
     name = "speed_quick" if quick else "speed"

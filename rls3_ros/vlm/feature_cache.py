@@ -63,6 +63,21 @@ class FeatureCache:
             cls._shared[key] = cls(image_size, stage)
         return cls._shared[key]
 
+    @classmethod
+    def all_shared(cls) -> List["FeatureCache"]:
+        """Every cache :meth:`shared` has made in this process."""
+        return list(cls._shared.values())
+
+    def keys(self) -> set:
+        with self._lock:
+            return set(self._cache)
+
+    def retain(self, keys: set) -> None:
+        """Drop every entry whose key is not in ``keys`` (a benchmark's runs each start from the same cache)."""
+        with self._lock:
+            for k in [k for k in self._cache if k not in keys]:
+                del self._cache[k]
+
     def __call__(self, images: Sequence[np.ndarray], batch_size: int = 32) -> torch.Tensor:
         """(B, C, G, G) float16 features."""
         keys = [image_key(im) for im in images]
