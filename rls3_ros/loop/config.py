@@ -65,10 +65,10 @@ class RunConfig(_Section):
     sim_worker: bool = _f(True, "in-process loop: simulators in worker processes, the next episode's scene built "
                           "ahead (rls3_ros.loop.sim_worker); torch then keeps a core free (at most cores - 1 threads)",
                           node=False)
-    overlap_fine_tune: bool = _f(False, "in-process loop: fine-tune and evaluate on a second copy of the VLM in a "
+    overlap_fine_tune: bool = _f(True, "in-process loop: fine-tune and evaluate on a second copy of the VLM in a "
                                  "background thread while the agent goes on sampling with the current adapter; "
-                                 "the new adapter takes over at the next episode boundary (false = the paper's "
-                                 "loop: sampling waits for every fine-tune)", node=False)
+                                 "the new adapter takes over E//2 episodes after the fine-tune started (false = "
+                                 "the paper's loop: sampling waits for every fine-tune)", node=False)
 
 
 class LoopConfig(_Section):
