@@ -10,7 +10,10 @@ rounds so that load from other processes on a shared machine hits them alike:
    loopback DDS with the image in the request (``SpatialQueryClient.where_is(image=...)``);
 3. ``node_camera_frame``: the same, the image published on ``image_raw`` and the request
    carrying no image (the node uses its buffered frame with the requested stamp); the time
-   includes the frame's trip over the topic.
+   includes the frame's trip over the topic;
+4. ``noop_round_trip``: the same client and image requests to a service that answers at once
+   (``rls3_ros.bench.noop_query_server``): the floor of the ROS round trip on this machine, so
+   the node's own share of its overhead is (node - direct) - this.
 Each: ``--warmup`` untimed queries, then ``--n`` timed sequential ``where`` queries, each on
 a different image (models may cache image features by content; a robot asks about new frames).
 In the camera-frame run a new frame is published before each query and the request names
@@ -97,6 +100,12 @@ class _Node:
         self.client = SpatialQueryClient(self.node)
         if not self.client.wait_for_service(60):
             raise RuntimeError("query service not available")
+        self.noop = subprocess.Popen([sys.executable, "-m", "rls3_ros.bench.noop_query_server"], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.noop.stdout.readline()  # "ready"
+        self.noop_client = SpatialQueryClient(self.node, service="/noop_query/query")
+        if not self.noop_client.wait_for_service(60):
+            raise RuntimeError("no-op query service not available")
         self.pub = self.node.create_publisher(Image, "image_raw", 10)
         t0 = time.monotonic()
         while self.pub.get_subscription_count() == 0 and time.monotonic() - t0 < 20:
@@ -110,6 +119,11 @@ class _Node:
         if not a.success:
             raise RuntimeError(f"node query failed: {a.message}")
         return dt
+
+    def ask_noop(self, msg) -> float:
+        t = time.perf_counter()
+        self.noop_client.where_is(SUBJECT, REFERENCE, image=msg, timeout=60)
+        return time.perf_counter() - t
 
     def ask_on_camera_frame(self, msg) -> float:
         from rls3_ros.ros.nodes.conversions import ns_to_stamp
@@ -138,11 +152,14 @@ class _Node:
             self.ex.shutdown(timeout_sec=2.0)
             self.node.destroy_node()
             self.ctx.try_shutdown()
-        self.proc.send_signal(2)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        for proc in (self.proc, getattr(self, "noop", None)):
+            if proc is None:
+                continue
+            proc.send_signal(2)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def run_bench(spec: str, adapter: str, n: int, warmup: int, image_size: int, rounds: int, workdir: Path,
@@ -151,7 +168,7 @@ def run_bench(spec: str, adapter: str, n: int, warmup: int, image_size: int, rou
     round) so that CPU load from other processes hits the three alike."""
     from rls3_ros.core.image_codec import numpy_to_image_msg
 
-    modes = ("direct", "node_request_image", "node_camera_frame")
+    modes = ("direct", "node_request_image", "node_camera_frame", "noop_round_trip")
     total = n + warmup
     images = {m: [make_image(image_size, seed=k * total + i) for i in range(total)] for k, m in enumerate(modes)}
     msgs = {m: [numpy_to_image_msg(im, "rgb8") for im in images[m]] for m in modes[1:]}
@@ -176,7 +193,8 @@ def run_bench(spec: str, adapter: str, n: int, warmup: int, image_size: int, rou
             return dt
 
         ask = {"direct": direct, "node_request_image": lambda i: node.ask_with_image(msgs["node_request_image"][i]),
-               "node_camera_frame": lambda i: node.ask_on_camera_frame(msgs["node_camera_frame"][i])}
+               "node_camera_frame": lambda i: node.ask_on_camera_frame(msgs["node_camera_frame"][i]),
+               "noop_round_trip": lambda i: node.ask_noop(msgs["noop_round_trip"][i])}
         for m in modes:
             for i in range(n, total):
                 ask[m](i)
@@ -184,7 +202,7 @@ def run_bench(spec: str, adapter: str, n: int, warmup: int, image_size: int, rou
         cpu = {m: 0.0 for m in modes}
         per = -(-n // rounds)
         for r in range(rounds):
-            order = modes[r % 3:] + modes[: r % 3]
+            order = modes[r % len(modes):] + modes[: r % len(modes)]
             for m in order:
                 c0 = time.process_time() + (0.0 if m == "direct" else node.cpu_s())
                 for i in range(r * per, min(n, (r + 1) * per)):
@@ -222,7 +240,7 @@ def cli_query_bench(argv: List[str]) -> int:
         res = run_bench(a.model, a.adapter, a.n, a.warmup, a.image_size, a.rounds, Path(tmp), a.threads)
     for k, v in res.items():
         print(f"{k}: p50 {v['p50_ms']:.2f} ms  p99 {v['p99_ms']:.2f} ms", flush=True)
-    node = {k: v for k, v in res.items() if k != "direct"}
+    node = {k: v for k, v in res.items() if k not in ("direct", "noop_round_trip")}
     direct = res["direct"]
     result = {
         "what": "latency of one 'where' query: direct in-process model call vs the spatial_query node asked "
@@ -232,7 +250,7 @@ def cli_query_bench(argv: List[str]) -> int:
                   "process, from /proc) which does not depend on the machine's load",
         "model": a.model, "adapter": a.adapter, "image_size": a.image_size, "n": a.n, "warmup": a.warmup,
         "torch_threads": a.threads,
-        "direct": direct, **node,
+        "direct": direct, **node, "noop_round_trip": res["noop_round_trip"],
         "overhead_p50_ms": {k: node[k]["p50_ms"] - direct["p50_ms"] for k in node},
         "overhead_min_ms": {k: node[k]["min_ms"] - direct["min_ms"] for k in node},
         "overhead_cpu_ms_per_query": {k: node[k]["cpu_ms_per_query"] - direct["cpu_ms_per_query"] for k in node},

@@ -241,6 +241,8 @@ def write_markdown(doc: Dict[str, Any], path: Path) -> None:
                      + " |")
     lines += [f"| query p50, direct model call | {doc['query_direct_p50_ms']:.1f} ms |",
               f"| query p50 / p99 through spatial_query (1 client) | {doc['query_p50_ms']:.1f} / {doc['query_p99_ms']:.1f} ms |",
+              *([f"| ROS round trip of the same request to a service that answers at once (p50) | "
+                 f"{doc['query_round_trip_floor_ms']:.1f} ms |"] if "query_round_trip_floor_ms" in doc else []),
               f"| query p50 / p99 with 8 client processes (adapter swap mid-run) | {doc['query_p50_ms_8_clients']:.1f} / {doc['query_p99_ms_8_clients']:.1f} ms |",
               f"| queries failed / lost with 8 clients | {doc['load']['failed']} / {doc['load']['lost']} |"]
     ft = doc["fine_tune"]
@@ -302,6 +304,7 @@ def run_speed(quick: bool, out_dir: Path, image_size: int = 224, log=print) -> D
     doc["query_direct_p50_ms"] = direct["p50_ms"]
     doc["query_p50_ms"] = via["p50_ms"]
     doc["query_p99_ms"] = via["p99_ms"]
+    doc["query_round_trip_floor_ms"] = q["noop_round_trip"]["p50_ms"]
     nl = 25 if quick else 125
     log(f"[bench speed] 8 client processes x {nl} queries with an adapter swap")
     with tempfile.TemporaryDirectory(prefix="rls3-speedl-") as tmp:
