@@ -214,12 +214,12 @@ class LoopRunner:
         if s.checkpoint_pending:
             self.checkpoint()
         self.metrics.close()
+        loop_s = time.monotonic() - t0  # the loop's time: sampling, fine-tunes, checkpoints; not its report
         plot_accuracy(self.run)
         write_report(self.run, {"wall_s": s.wall_s, "generated_terms": s.generated_terms,
-                                "time_split": s.time_split(time.monotonic() - t0, stages0),
+                                "time_split": s.time_split(loop_s, stages0),
                                 "background_split": s.background_totals()})
         base, last = s.history[0], s.history[-1]
-        loop_s = time.monotonic() - t0
         return {"run_dir": self.run.path, "stop_reason": s.stop_reason, "iterations": s.iteration,
                 "episodes": s.episodes, "renders": s.renders, "valid_samples": s.valid_samples,
                 "base_accuracy": base.test_accuracy, "final_accuracy": last.test_accuracy,
