@@ -513,3 +513,42 @@ def test_renderer_reused_across_resets_renders_like_a_fresh_one():
     assert a.boxes == b.boxes
     assert moved.valid == moved_b.valid
     np.testing.assert_array_equal(moved.render.rgb, moved_b.render.rgb)
+
+
+def _contact_bodies(b):
+    """Bodies touching something, read from the backend's own MuJoCo data (on its thread)."""
+    def read():
+        m, d = b._model, b._data
+        return {int(m.geom_bodyid[g]) for c in d.contact[:d.ncon] for g in (c.geom1, c.geom2)}
+    return b._call(read)
+
+
+def test_parked_objects_are_out_of_the_physics_and_swapped_in_ones_are_back_in():
+    """Container objects neither collide nor fall (the solver skips them); an object swapped in from
+    the container rests on its support like any other, and the one swapped out leaves the physics."""
+    b = make_backend("mujoco", image_size=SIZE, seed=0)
+    try:
+        s = b.reset(4)
+        parked = {c.id: c.position for c in b.container_objects()}
+        assert parked
+        bodies = {oid: b._objs[oid].body for oid in b._objs}
+        touching = _contact_bodies(b)
+        assert all(bodies[o.id] in touching for o in s.active_objects()), "active objects rest on a support"
+        assert not any(bodies[c] in touching for c in parked), "parked objects have contacts"
+        b.settle(1.0)
+        after = {c.id: c.position for c in b.container_objects()}
+        for c, p in parked.items():
+            np.testing.assert_allclose(after[c], p, atol=1e-9, err_msg=f"parked {c} moved")
+        for o in s.active_objects():
+            for cid in parked:
+                res = b.apply(MoveAction(SWAP, o.id, container_object_id=cid))
+                if res.valid:
+                    break
+            if res.valid:
+                break
+        assert res.valid, "no swap was valid in this scene"
+        touching = _contact_bodies(b)
+        assert bodies[cid] in touching, "the swapped-in object is not resting on anything"
+        assert bodies[o.id] not in touching, "the swapped-out object still collides"
+    finally:
+        b.close()

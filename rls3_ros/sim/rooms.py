@@ -354,7 +354,9 @@ def build_room(seed: int, scene_type: str, image_size: int = 224, n_active: int 
         ob = build_object(s)
         obj_assets += ob.assets
         px, py = parking[s.id]
-        bodies.append(f'<body name="{s.id}" pos="{px} {py} 0.001"><freejoint name="{s.id}_joint"/>'
+        # gravcomp: objects start parked, out of the physics (the backend turns it off for those it
+        # places; MuJoCo applies runtime gravcomp only to models compiled with some)
+        bodies.append(f'<body name="{s.id}" pos="{px} {py} 0.001" gravcomp="1"><freejoint name="{s.id}_joint"/>'
                       + "".join(ob.geoms) + "</body>")
 
     # lights
