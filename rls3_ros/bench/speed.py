@@ -123,18 +123,29 @@ def bench_loop(agent: str, n_samples: int, log=print, sets=()) -> Dict[str, Any]
             "overlap_fine_tune": bool(cfg["run"]["overlap_fine_tune"]), "final_accuracy": out["final_accuracy"]}
 
 
+# The physics reference: a fixed scene (the loop's solver options, eight boxes resting on a plane,
+# ~32 contacts) that no change of the project's scenes moves, unlike a loop scene would.
+REFERENCE_MJCF = """<mujoco model="speed_reference">
+  <option timestep="0.002" integrator="implicitfast" cone="elliptic" impratio="2"/>
+  <default><geom friction="0.9 0.02 0.002" solref="0.004 1" solimp="0.95 0.99 0.001" density="400" condim="4"/></default>
+  <worldbody>
+    <geom type="plane" size="5 5 0.1"/>
+""" + "".join(f'    <body pos="{0.3 * (i % 4)} {0.3 * (i // 4)} 0.05"><freejoint/><geom type="box" size="0.05 0.04 0.05"/></body>\n'
+              for i in range(8)) + """  </worldbody>
+</mujoco>"""
+
+
 def host_reference(repeats: int = 30) -> Dict[str, float]:
     """Median times of three fixed pieces of the loop's work on this machine, one thread each, so loop
     numbers from machines of the same size but unequal speed can be compared: one SAC gradient step
     (SB3 MlpPolicy [64, 64], batch 256, the loop's observation and action sizes), one MuJoCo physics
-    step of a loop scene, and the frozen image encoder on one 160 px image."""
+    step of a fixed scene (``REFERENCE_MJCF``), and the frozen image encoder on one 160 px image."""
     import gymnasium as gym
     import mujoco
     import torch
     from stable_baselines3 import SAC
 
     from rls3_ros.loop.sac_update import SACUpdate
-    from rls3_ros.sim.factory import make_backend
     from rls3_ros.vlm.feature_cache import encoder_input
     from rls3_ros.vlm import efficientnet_lite
 
@@ -167,13 +178,10 @@ def host_reference(repeats: int = 30) -> Dict[str, float]:
         sac.learn(300)
         update = SACUpdate(sac)
         out["sac_gradient_step_ms"] = median_ms(lambda: update(1, 256))
-        backend = make_backend("mujoco", image_size=160, seed=0, render_depth=False)
-        try:
-            backend.reset(1, None)
-            m, d = backend._model, backend._data
-            out["mujoco_step_us"] = median_ms(lambda: mujoco.mj_step(m, d, nstep=100)) * 10.0
-        finally:
-            backend.close()
+        m = mujoco.MjModel.from_xml_string(REFERENCE_MJCF)
+        d = mujoco.MjData(m)
+        mujoco.mj_step(m, d, nstep=500)  # the boxes come to rest: a steady contact load
+        out["mujoco_step_us"] = median_ms(lambda: mujoco.mj_step(m, d, nstep=100)) * 10.0
         net = efficientnet_lite.fold_batch_norms(efficientnet_lite.load_pretrained())
         x = encoder_input([np.full((160, 160, 3), 128, np.uint8)], 160)
         with torch.inference_mode():
