@@ -82,3 +82,34 @@ def test_sac_trains_at_once_without_a_worker():
         assert agent.model._n_updates == (10 - STARTS) * GRAD  # (10 - STARTS - 1) in run() + the one above
     finally:
         src.close()
+
+
+def test_checkpoint_keeps_the_replay_buffer_written_up_to_its_fill(tmp_path):
+    """The saved buffer holds the stored transitions only, and a loaded agent has them all again in
+    a buffer of the allocated size (training continues where it stopped)."""
+    src = make_source({**RC, "sim_worker": False}, 0)
+    try:
+        env = RLS3Env(src, CaptionOracle().caption_scene, None, T=6, T0=4, seed=1)
+        agent = SACAgent([env], seed=0, learning_starts=STARTS, gradient_steps=1, batch_size=8, buffer_size=5000)
+        agent.run(should_stop=lambda: agent.model.num_timesteps >= 9)
+        rb = agent.model.replay_buffer
+        n = rb.pos
+        assert n > STARTS and not rb.full
+        arrays = {k: getattr(rb, k).copy() for k in SACAgent._BUFFER_ARRAYS}
+        agent.save(str(tmp_path / "agent"))
+        assert all(getattr(rb, k).shape[0] == 5000 for k in SACAgent._BUFFER_ARRAYS), "save shrank the live buffer"
+        size = (tmp_path / "agent" / "replay_buffer.pkl").stat().st_size
+        assert size < arrays["observations"].nbytes / 10, f"the whole allocated buffer was written ({size} bytes)"
+
+        fresh = SACAgent([env], seed=5, learning_starts=STARTS, gradient_steps=1, batch_size=8, buffer_size=5000)
+        fresh.load(str(tmp_path / "agent"))
+        rb2 = fresh.model.replay_buffer
+        assert (rb2.pos, rb2.full, rb2.buffer_size) == (n, False, 5000)
+        for k, a in arrays.items():
+            b = getattr(rb2, k)
+            assert b.shape == a.shape, k
+            np.testing.assert_array_equal(b[:n], a[:n], err_msg=k)
+        fresh.run(should_stop=lambda: fresh.model.num_timesteps >= 12)
+        assert fresh.model.replay_buffer is rb2 and rb2.pos > n
+    finally:
+        src.close()

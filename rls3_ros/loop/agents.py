@@ -241,7 +241,7 @@ class _SB3Agent(Agent):
 # same transitions seen per env step, 9.2 -> 3.5 ms of updates per step, loop 11.6 -> 15.8 valid
 # samples/s (seed 3, idle machine); test accuracy at 200 samples, seeds 0-3: 0.586 / 0.484 / 0.530 /
 # 0.490 against 0.473 / 0.551 / 0.510 / 0.586 with 4 x 64 (within the seeds' spread).
-SAC_GRADIENT_STEPS, SAC_BATCH_SIZE = 1, 256
+SAC_GRADIENT_STEPS, SAC_BATCH_SIZE, SAC_TRAIN_FREQ = 1, 256, 1
 
 
 class SACAgent(_SB3Agent):
@@ -280,7 +280,7 @@ class SACAgent(_SB3Agent):
             learning_starts=int(k.get("learning_starts", 2 * T)),
             batch_size=int(k.get("batch_size", SAC_BATCH_SIZE)),
             gamma=float(k.get("gamma", 0.95)),
-            train_freq=1,
+            train_freq=int(k.get("train_freq", SAC_TRAIN_FREQ)),
             gradient_steps=int(k.get("gradient_steps", SAC_GRADIENT_STEPS)),
             ent_coef=k.get("ent_coef", "auto_0.05"),
             policy_kwargs={**policy_kwargs, "optimizer_kwargs": {"fused": True}},
@@ -323,17 +323,36 @@ class SACAgent(_SB3Agent):
         finally:
             self.flush()
 
+    _BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
+
     def save(self, directory):
+        """Model + replay buffer. The buffer is written up to its fill (the arrays are allocated for
+        ``buffer_size`` transitions: 20000 x 94 floats twice, ~15 MB per checkpoint otherwise)."""
         self.flush()
         super().save(directory)
-        self.model.save_replay_buffer(os.path.join(directory, "replay_buffer.pkl"))
+        rb = self.model.replay_buffer
+        n = rb.buffer_size if rb.full else rb.pos
+        whole = {k: getattr(rb, k) for k in self._BUFFER_ARRAYS if getattr(rb, k, None) is not None}
+        try:
+            for k, a in whole.items():
+                setattr(rb, k, a[:n])
+            self.model.save_replay_buffer(os.path.join(directory, "replay_buffer.pkl"))
+        finally:
+            for k, a in whole.items():
+                setattr(rb, k, a)
 
     def load(self, directory):
         super().load(directory)
         self.model = self._defer_training(self.model)
-        rb = os.path.join(directory, "replay_buffer.pkl")
-        if os.path.exists(rb):
-            self.model.load_replay_buffer(rb)
+        path = os.path.join(directory, "replay_buffer.pkl")
+        if os.path.exists(path):
+            self.model.load_replay_buffer(path)
+            rb = self.model.replay_buffer
+            for k in self._BUFFER_ARRAYS:  # back to the allocated size (a buffer saved up to its fill)
+                a = getattr(rb, k, None)
+                if a is not None and a.shape[0] < rb.buffer_size:
+                    pad = np.zeros((rb.buffer_size - a.shape[0],) + a.shape[1:], dtype=a.dtype)
+                    setattr(rb, k, np.concatenate([a, pad]))
 
 
 class PPOAgent(_SB3Agent):

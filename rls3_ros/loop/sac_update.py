@@ -50,6 +50,8 @@ def supports(model) -> tuple[bool, str]:
         (isinstance(model.actor.features_extractor, FlattenExtractor), "a custom actor features extractor"),
         (isinstance(model.critic.features_extractor, FlattenExtractor), "a custom critic features extractor"),
         (not model.batch_norm_stats, "batch norm in the policy"),
+        (not any(isinstance(mod, (torch.nn.modules.dropout._DropoutNd, torch.nn.modules.batchnorm._NormBase))
+                 for mod in model.policy.modules()), "dropout or batch norm in the policy (train/eval modes differ)"),
         (int(model.target_update_interval) == 1, "target_update_interval != 1"),
         (str(model.device) == "cpu", "a non-CPU device"),
     ]
@@ -57,6 +59,24 @@ def supports(model) -> tuple[bool, str]:
         if not ok:
             return False, what
     return True, ""
+
+
+def _skip_same_mode(policy) -> None:
+    """``policy.set_training_mode`` returns at once when the policy is in that mode already.
+
+    SB3 calls it before every ``predict`` (~0.7 ms: ``Module.train`` walks every submodule); with
+    the nets this class covers (no batch norm, no dropout) the mode changes nothing computed, so
+    :class:`SACUpdate` does not switch to training mode and predict's switch back is a no-op."""
+    if getattr(policy, "_rls3_mode_skip", False):
+        return
+    full = policy.set_training_mode
+
+    def set_training_mode(mode: bool) -> None:
+        if policy.training != bool(mode):
+            full(mode)
+
+    policy.set_training_mode = set_training_mode
+    policy._rls3_mode_skip = True
 
 
 class SACUpdate:
@@ -69,6 +89,7 @@ class SACUpdate:
         self.model = model
         self._critic_params = list(model.critic.parameters())
         self._target_params = list(model.critic_target.parameters())
+        _skip_same_mode(model.policy)
 
     def _sample(self, steps: int, b: int):
         rb = self.model.replay_buffer
@@ -98,8 +119,7 @@ class SACUpdate:
         return [q(x) for q in critic.q_networks]
 
     def __call__(self, gradient_steps: int, batch_size: int = 64) -> None:
-        m = self.model
-        m.policy.set_training_mode(True)
+        m = self.model  # no set_training_mode(True): the nets compute the same in both modes (supports)
         m._update_learning_rate([m.actor.optimizer, m.critic.optimizer, m.ent_coef_optimizer])
         steps, b = int(gradient_steps), int(batch_size)
         obs_all, act_all, next_all, done_all, rew_all = self._sample(steps, b)
