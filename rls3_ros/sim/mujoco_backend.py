@@ -415,12 +415,14 @@ class MuJoCoBackend(SimulatorBackend):
         self._scene_type = scene_type
         self._floor_in_view()
         # initial placement of the active objects, each checked like a move
+        self._pending_seg = None
         for s in room.active:
             self._active.append(s.id)
             self._sync_parked()
             if not self._initial_place(s.id):
                 raise RuntimeError(f"could not place {s.id} validly in {self._scene_id}")
-        self._last_render = self._render_full()
+        # the last placement's check rendered this very state's segmentation
+        self._last_render = self._render_full(self._pending_seg)
         return self._state()
 
     def _floor_in_view(self) -> None:
