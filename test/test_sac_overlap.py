@@ -18,9 +18,9 @@ STARTS = 5
 GRAD = 2
 
 
-def sac_run(source, overlap: bool, steps: int = STEPS):
+def sac_run(source, overlap: bool, steps: int = STEPS, train_freq: int = 1):
     env = RLS3Env(source, CaptionOracle().caption_scene, None, T=6, T0=4, seed=1)
-    agent = SACAgent([env], seed=0, learning_starts=STARTS, gradient_steps=GRAD, batch_size=8)
+    agent = SACAgent([env], seed=0, learning_starts=STARTS, gradient_steps=GRAD, batch_size=8, train_freq=train_freq)
     in_wait = []
     if overlap:
         job = agent.overlap_job()
@@ -71,11 +71,33 @@ def test_sac_updates_run_during_the_move_and_none_is_lost(tmp_path):
         src.close()
 
 
+def test_training_every_second_step_overlaps_the_same_updates():
+    """The default schedule (a training every second env step) defers the same updates as SB3 runs."""
+    serial = make_source({**RC, "sim_worker": False}, 0)
+    try:
+        plain, _, _ = sac_run(serial, overlap=False, train_freq=2)
+    finally:
+        serial.close()
+    src = make_source({**RC, "sim_worker": True}, 0)
+    try:
+        agent, _, in_wait = sac_run(src, overlap=True, train_freq=2)
+        assert agent.model._n_updates == plain.model._n_updates > 0
+        assert sum(in_wait) == agent.model._n_updates
+    finally:
+        src.close()
+    serial = make_source({**RC, "sim_worker": False}, 0)
+    try:
+        every_step, _, _ = sac_run(serial, overlap=False, train_freq=1)
+    finally:
+        serial.close()
+    assert agent.model._n_updates < every_step.model._n_updates
+
+
 def test_sac_trains_at_once_without_a_worker():
     src = make_source({**RC, "sim_worker": False}, 0)
     try:
         env = RLS3Env(src, CaptionOracle().caption_scene, None, T=6, T0=4, seed=1)
-        agent = SACAgent([env], seed=0, learning_starts=STARTS, gradient_steps=GRAD, batch_size=8)
+        agent = SACAgent([env], seed=0, learning_starts=STARTS, gradient_steps=GRAD, batch_size=8, train_freq=1)
         agent.run(should_stop=lambda: agent.model.num_timesteps >= 10)
         agent.model.train(gradient_steps=GRAD, batch_size=8)
         assert agent._pending is None  # nothing to overlap with: SB3's own schedule

@@ -65,7 +65,7 @@ BENCH_EVAL = {"test_scenes": 700, "test_per_term": 300, "tail_scenes": 300, "val
               "val_tail_scenes": 80, "extra_splits": ["tail", "val"]}
 QUICK_EVAL = {"test_scenes": 12, "test_per_term": 10, "tail_scenes": 10, "val_scenes": 6, "val_per_term": 5,
               "val_tail_scenes": 6, "extra_splits": ["tail", "val"]}
-SAC_UPDATES = {"gradient_steps": 4, "batch_size": 64}
+SAC_UPDATES = {"gradient_steps": 4, "batch_size": 64, "train_freq": 1}
 # the sampler variants: (agent, overrides); the env settings only matter to SAC/PPO
 VARIANTS: Dict[str, Dict[str, Any]] = {
     "random": {"agent": "random"},

@@ -122,9 +122,9 @@ class AgentConfig(_Section):
     ent_coef: Optional[Union[float, str]] = _f(None, "entropy coefficient (SAC: 'auto', 'auto_0.05', a number)",
                                                agents=("sac", "ppo"))
     gradient_steps: Optional[int] = _f(None, "SAC gradient steps per env step (default 1)", agents=("sac",), ge=1)
-    train_freq: Optional[int] = _f(None, "SAC: env steps between two trainings (default 1)", agents=("sac",), ge=1)
+    train_freq: Optional[int] = _f(None, "SAC: env steps between two trainings (default 2)", agents=("sac",), ge=1)
     learning_rate: Optional[float] = _f(None, "SAC/PPO learning rate", agents=("sac", "ppo"), gt=0.0)
-    batch_size: Optional[int] = _f(None, "SAC/PPO minibatch size (SAC default 256, PPO min(32, rollout))", agents=("sac", "ppo"), ge=1)
+    batch_size: Optional[int] = _f(None, "SAC/PPO minibatch size (SAC default 512, PPO min(32, rollout))", agents=("sac", "ppo"), ge=1)
     gamma: Optional[float] = _f(None, "SAC/PPO discount", agents=("sac", "ppo"), ge=0.0, le=1.0)
     buffer_size: Optional[int] = _f(None, "SAC replay buffer size", agents=("sac",), ge=1)
     n_steps: Optional[int] = _f(None, "PPO rollout steps per env", agents=("ppo",), ge=1)
