@@ -552,3 +552,21 @@ def test_parked_objects_are_out_of_the_physics_and_swapped_in_ones_are_back_in()
         assert bodies[o.id] not in touching, "the swapped-out object still collides"
     finally:
         b.close()
+
+
+def test_unfrozen_parking_simulates_the_container_as_revision_2_did():
+    """``freeze_parked=False`` (the learning benchmark's physics): parked objects rest on the floor
+    with contacts like any body, and the fixed sets it renders are cached under revision 2."""
+    from rls3_ros.loop.runner import split_source_key
+    from rls3_ros.sim.mujoco_backend import physics_revision
+
+    b = make_backend("mujoco", image_size=SIZE, seed=0, freeze_parked=False)
+    try:
+        b.reset(4)
+        touching = _contact_bodies(b)
+        assert all(b._objs[c.id].body in touching for c in b.container_objects()), "a parked object has no contact"
+    finally:
+        b.close()
+    run = {"backend": "mujoco", "image_size": 160}
+    assert physics_revision(False) != physics_revision(True)
+    assert split_source_key({**run, "freeze_parked": False}) != split_source_key(run)

@@ -160,11 +160,11 @@ def splits(cfg: Dict[str, Any], log=print):
     """The loop's cached ``test`` and ``val`` splits (generated once with the loop's own keys)."""
     from rls3_ros.captions.oracle import CaptionOracle
     from rls3_ros.loop.datasets import cached_split
-    from rls3_ros.loop.runner import BackendSource, split_source_key
+    from rls3_ros.loop.runner import BackendSource, backend_params, split_source_key
     from rls3_ros.sim.factory import make_backend
 
     rc, ev = cfg["run"], cfg["eval"]
-    source = BackendSource(make_backend(rc["backend"], image_size=int(rc["image_size"]), seed=int(rc["seed"])))
+    source = BackendSource(make_backend(rc["backend"], **backend_params(rc, int(rc["seed"]))))
     try:
         scene_types = rc.get("scene_types") or list(source.scene_types)
         key = split_source_key(rc)

@@ -106,6 +106,7 @@ def bench_config(sampler: str, seed: int, budget: int, quick: bool, overrides: S
     cfg["run"]["seed"] = int(seed)
     cfg["run"]["torch_threads"] = 1  # runs go two at a time on two cores
     cfg["run"]["overlap_fine_tune"] = False  # the paper's loop: the protocol the learning results were measured with
+    cfg["run"]["freeze_parked"] = False  # physics revision 2: the fixed sets the learning results were measured on
     cfg["loop"]["seed"] = int(seed)
     cfg["loop"]["budget_valid_samples"] = 0
     cfg["loop"]["budget_renders"] = int(budget) * (REFERENCE_MULTIPLE if sampler == REFERENCE else 1)

@@ -65,6 +65,8 @@ class RunConfig(_Section):
     sim_worker: bool = _f(True, "in-process loop: simulators in worker processes, the next episode's scene built "
                           "ahead (rls3_ros.loop.sim_worker); torch then keeps a core free (at most cores - 1 threads)",
                           node=False)
+    freeze_parked: bool = _f(True, "mujoco: objects parked in the container are out of the physics (physics "
+                             "revision 3, 2.5x cheaper steps); false = revision 2 (the learning benchmark's)", node=False)
     overlap_fine_tune: bool = _f(True, "in-process loop: fine-tune and evaluate on a second copy of the VLM in a "
                                  "background thread while the agent goes on sampling with the current adapter; "
                                  "the new adapter takes over E//2 episodes after the fine-tune started (false = "

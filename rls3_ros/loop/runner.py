@@ -49,10 +49,11 @@ def split_source_key(run: Dict[str, Any]) -> str:
     """Names the renders behind the cached fixed sets: backend, image size and the renderer's look
     (a change of textures or lighting must not reuse sets rendered the old way) and its physics revision
     (a change of validity checks or contact physics changes which scenes a seed gives)."""
-    from rls3_ros.sim.mujoco_backend import PHYSICS_REVISION
+    from rls3_ros.sim.mujoco_backend import physics_revision
     from rls3_ros.sim.objects import TEXTURE_MAX_PX
 
-    look = f"-tex{TEXTURE_MAX_PX}-phys{PHYSICS_REVISION}" if run["backend"] == "mujoco" else ""
+    rev = physics_revision(bool(run.get("freeze_parked", True)))
+    look = f"-tex{TEXTURE_MAX_PX}-phys{rev}" if run["backend"] == "mujoco" else ""
     return f"{run['backend']}-{run['image_size']}{look}"
 
 
@@ -311,6 +312,7 @@ def backend_params(rc: Dict[str, Any], seed: int) -> Dict[str, Any]:
     params: Dict[str, Any] = {"image_size": int(rc["image_size"]), "seed": int(seed)}
     if str(rc["backend"]).strip().lower() == "mujoco":
         params["render_depth"] = False
+        params["freeze_parked"] = bool(rc.get("freeze_parked", True))
     return params
 
 

@@ -107,6 +107,14 @@ def _yaw_quat_wxyz(yaw: float) -> np.ndarray:
 # (container) objects are out of the physics (no contacts, no gravity): the same scenes to ~1e-6 m,
 # the physics step 2.5x cheaper (their 20 floor contacts were two thirds of a scene's).
 PHYSICS_REVISION = 3
+# ``freeze_parked=False`` keeps revision 2's physics (parked objects simulated): the learning
+# benchmark's fixed sets and results were made with it.
+UNFROZEN_PHYSICS_REVISION = 2
+
+
+def physics_revision(freeze_parked: bool = True) -> int:
+    """The revision of the physics a backend with this ``freeze_parked`` simulates."""
+    return PHYSICS_REVISION if freeze_parked else UNFROZEN_PHYSICS_REVISION
 
 
 def _quat_wxyz_to_mat(q: np.ndarray) -> np.ndarray:
@@ -175,6 +183,8 @@ class MuJoCoBackend(SimulatorBackend):
         ``unstable``, and the other checks judge where it came to rest.
       penetration_tol=0.005 m, drop_tol=0.025 m, slide_tol=0.04 m, tilt_tol_deg=25.
       render_depth=True: also render depth in ``render``/``apply`` (one more GL pass).
+      freeze_parked=True: parked (container) objects are out of the physics (revision 3); False
+        simulates them as revision 2 did (``physics_revision``).
       camera_distance=(1.6, 1.9), camera_height=(1.45, 1.75), fovy=(56, 62): camera ranges.
     """
 
@@ -185,7 +195,7 @@ class MuJoCoBackend(SimulatorBackend):
                  settle_steps: int = 150, timestep: float = 0.002, penetration_tol: float = 0.005,
                  drop_tol: float = 0.025, slide_tol: float = 0.04, tilt_tol_deg: float = 25.0,
                  extra_settle_steps: int = 450, rest_speed: float = 0.01, rest_spin: float = 0.1,
-                 render_depth: bool = True, camera_distance: Sequence[float] = (1.6, 1.9),
+                 render_depth: bool = True, freeze_parked: bool = True, camera_distance: Sequence[float] = (1.6, 1.9),
                  camera_height: Sequence[float] = (1.45, 1.75), fovy: Sequence[float] = (56.0, 62.0)):
         if not isinstance(image_size, (int, np.integer)) or not 16 <= int(image_size) <= 2048:
             raise ValueError(f"image_size must be an int in [16, 2048], got {image_size!r}")
@@ -223,6 +233,7 @@ class MuJoCoBackend(SimulatorBackend):
         self.slide_tol = float(slide_tol)
         self.tilt_tol = np.radians(float(tilt_tol_deg))
         self.render_depth = bool(render_depth)
+        self.freeze_parked = bool(freeze_parked)
         self._cam_ranges = dict(camera_distance=tuple(map(float, camera_distance)),
                                 camera_height=tuple(map(float, camera_height)), fovy=tuple(map(float, fovy)))
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mujoco-sim")
@@ -472,7 +483,7 @@ class MuJoCoBackend(SimulatorBackend):
         the solver anything; objects in the scene collide and fall as the model says."""
         m = self._model
         for oid, o in self._objs.items():
-            parked = oid not in self._active
+            parked = self.freeze_parked and oid not in self._active
             m.geom_contype[o.geoms] = 0 if parked else self._contype[o.geoms]
             m.geom_conaffinity[o.geoms] = 0 if parked else self._conaffinity[o.geoms]
             m.body_gravcomp[o.body] = 1.0 if parked else 0.0
