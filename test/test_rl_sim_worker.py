@@ -59,6 +59,23 @@ def test_prefetch_source_yields_the_serial_samples():
         worker.close()
 
 
+def test_both_sources_count_the_simulators_own_work():
+    """The simulator's work split (physics, GL passes, builds, renderer binds, the rest) comes from the
+    backend itself: in-process and from the worker processes alike, within the busy time."""
+    from rls3_ros.loop.runner import sim_work_split
+
+    for rc in ({**RC, "sim_worker": False}, {**RC, "sim_worker": True}):
+        src = make_source(rc, 0)
+        try:
+            before = src.work_seconds()
+            episodes(src, 3)
+            split = sim_work_split(before, src.work_seconds())
+        finally:
+            src.close()
+        assert set(split) == {"physics", "render", "build", "gl_setup", "other"}, (rc, split)
+        assert all(split[k] > 0 for k in ("physics", "render", "build", "gl_setup")), (rc, split)
+
+
 def test_a_dead_worker_is_an_error_not_a_hang():
     src = PrefetchSource("mujoco", **backend_params(RC, 0))
     try:
@@ -154,6 +171,8 @@ def test_features_are_computed_while_the_worker_simulates_and_scores_do_not_chan
         # every valid render but the last was featurised while the next move ran
         assert {hashlib.sha1(w.tobytes()).hexdigest() for w in warmed} >= {
             hashlib.sha1(s.image.tobytes()).hexdigest() for s in rec.samples[:-1]}
+        # and the episode's time split counts that work as "features", apart from J2 "score"
+        assert rec.timing.get("features", 0.0) > 0.0 and rec.timing.get("score", 0.0) > 0.0
         cache._cache.clear()
         batched = vlm.score(rec.samples)
         assert [(s.sample_id, s.loss, s.correct) for s in batched] == [(s.sample_id, s.loss, s.correct)

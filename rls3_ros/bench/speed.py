@@ -10,7 +10,7 @@
 
 Writes ``results/speed.json`` (stable keys: ``samples_per_s_inprocess``, ``samples_per_s_ros``,
 ``query_direct_p50_ms``, ``query_p50_ms``, ``query_p99_ms``, ``query_p99_ms_8_clients``,
-``bridges_samples_per_s``, ``loop_samples_per_s``, ``loop_time_split``), ``results/speed.md`` and ``results/speed_bridges.png``.
+``bridges_samples_per_s``, ``loop_samples_per_s``, ``loop_time_split``, ``loop_sim_split``), ``results/speed.md`` and ``results/speed_bridges.png``.
 Measurements run one after the other so they do not share the CPU.
 """
 
@@ -119,7 +119,7 @@ def bench_loop(agent: str, n_samples: int, log=print, sets=()) -> Dict[str, Any]
     return {"agent": agent, "valid_samples": out["valid_samples"], "renders": out["renders"],
             "loop_s": out["session_s"], "samples_per_s": out["valid_samples"] / out["session_s"],
             "renders_per_s": out["renders"] / out["session_s"], "time_split": split,
-            "background_split": out.get("background_split", {}),
+            "background_split": out.get("background_split", {}), "sim_split": out.get("sim_split", {}),
             "overlap_fine_tune": bool(cfg["run"]["overlap_fine_tune"]), "final_accuracy": out["final_accuracy"]}
 
 
@@ -223,6 +223,8 @@ def reference_line(ref: Dict[str, float]) -> List[str]:
 
 
 def write_markdown(doc: Dict[str, Any], path: Path) -> None:
+    from rls3_ros.loop.report import sim_split_text
+
     b = doc["bridges_samples_per_s"]
     lines = ["# Speed benchmark", "",
              f"Machine: {doc['host']['cpus']} CPUs ({doc['host']['machine']}), image {doc['image_size']}², "
@@ -247,6 +249,8 @@ def write_markdown(doc: Dict[str, Any], path: Path) -> None:
                      + (" (fine_tune = waiting for it; in the background thread: fine-tune {fine_tune:.1f} s, "
                         "eval {eval:.1f} s)".format(**lp["background_split"]) if lp.get("overlap_fine_tune") else "")
                      + " |")
+        if lp.get("sim_split"):
+            lines.append(f"| simulator's own work ({agent}) | {sim_split_text(lp['sim_split'])} |")
     lines += [f"| query p50, direct model call | {doc['query_direct_p50_ms']:.1f} ms |",
               f"| query p50 / p99 through spatial_query (1 client) | {doc['query_p50_ms']:.1f} / {doc['query_p99_ms']:.1f} ms |",
               *([f"| ROS round trip of the same request to a service that answers at once (p50) | "
@@ -301,6 +305,7 @@ def run_speed(quick: bool, out_dir: Path, image_size: int = 224, log=print) -> D
     doc["loop_overlap_fine_tune"] = main["overlap_fine_tune"]
     doc["loop_samples_per_s"] = main["samples_per_s"]
     doc["loop_time_split"] = main["time_split"]
+    doc["loop_sim_split"] = main.get("sim_split", {})
 
     nq = 40 if quick else 200
     log(f"[bench speed] query latency: {nq} direct calls and {nq} through the node, interleaved rounds")

@@ -88,6 +88,11 @@ class SimSource(abc.ABC):
     def scene_types(self) -> Sequence[str]:
         return ()
 
+    def work_seconds(self) -> Dict[str, float]:
+        """Cumulative seconds of the simulator's own work: "busy" (inside resets and moves) and, when
+        the backend counts them, "physics" and "render" of it (empty when unknown)."""
+        return {}
+
     @property
     def categories(self) -> Sequence[str]:
         return ()
@@ -126,10 +131,15 @@ def bounds_from_scene(scene: SceneState, margin: float = 0.35) -> Bounds:
 class BackendSource(SimSource):
     """A :class:`~rls3_ros.sim.backend.SimulatorBackend` used in-process."""
 
+    _busy = 0.0  # seconds inside the backend's resets and moves
     def __init__(self, backend):
         self.backend = backend
         self.renders = 0
         self._lock = threading.Lock()
+
+    def work_seconds(self) -> Dict[str, float]:
+        fn = getattr(self.backend, "work_seconds", None)
+        return {"busy": self._busy, **(fn() if callable(fn) else {})}
 
     @property
     def scene_types(self) -> Sequence[str]:
@@ -142,6 +152,7 @@ class BackendSource(SimSource):
 
     def reset(self, seed: int, scene_type: Optional[str] = None) -> SimStep:
         with self._lock:
+            t0 = time.perf_counter()
             scene = self.backend.reset(int(seed), scene_type)
             last = getattr(self.backend, "last_render", None)
             render = last() if callable(last) else None  # the reset rendered the scene already
@@ -149,12 +160,15 @@ class BackendSource(SimSource):
                 render = self.backend.render()
                 scene = self.backend.state()
             self.renders += 1
+            self._busy += time.perf_counter() - t0
         return SimStep(True, "", scene, render.rgb)
 
     def apply(self, action: MoveAction) -> SimStep:
         with self._lock:
+            t0 = time.perf_counter()
             res = self.backend.apply(action)
             self.renders += 1
+            self._busy += time.perf_counter() - t0
         return SimStep(bool(res.valid), str(res.reason), res.scene, res.render.rgb)
 
     def placement_bounds(self, scene: SceneState) -> Bounds:
@@ -196,7 +210,7 @@ class EpisodeRecord:
     mode_counts: Dict[str, int] = field(default_factory=dict)  # generation mode -> steps (rls3_ros.loop.modes)
     sample_modes: Dict[str, str] = field(default_factory=dict)  # sample id -> mode of the move that made it
     j2_raw: float = float("nan")  # J2 before the per-iteration baseline (j2_baseline="iteration")
-    timing: Dict[str, float] = field(default_factory=dict)  # stage -> seconds: sim (reset/moves/render), caption, score
+    timing: Dict[str, float] = field(default_factory=dict)  # stage -> seconds: sim (reset/moves/render), caption, features, score
 
 
 def category_index(category: str, categories: Sequence[str], n: int) -> int:

@@ -75,14 +75,25 @@ def _fmt(x, pct=False) -> str:
     return f"{100 * x:.1f} %" if pct else f"{x:.3f}"
 
 
+def sim_split_text(sim: Optional[Dict[str, float]]) -> str:
+    """The simulator's own work (``LoopRunner.sim_work``) as a phrase, or "" when not counted."""
+    if not sim:
+        return ""
+    total = sum(sim.values()) or 1.0
+    names = {"physics": "physics", "render": "GL passes", "build": "room builds + model compiles",
+             "gl_setup": "renderer binds (textures, meshes)", "other": "checks, states and the rest"}
+    return ", ".join(f"{names.get(k, k)} {v:.1f} s ({100 * v / total:.0f} %)" for k, v in sim.items())
+
+
 def _time_split_line(last: Dict[str, Any], split: Optional[Dict[str, float]],
-                     background: Optional[Dict[str, float]] = None) -> str:
+                     background: Optional[Dict[str, float]] = None, sim: Optional[Dict[str, float]] = None) -> str:
     if not split:
         return (f"- time split: fine-tuning {_num(last.get('total_fine_tune_s', 0)) / 60:.1f} min, evaluation "
                 f"{_num(last.get('total_eval_s', 0)) / 60:.1f} min, generation + scoring + agent (the rest)")
     total = sum(split.values()) or 1.0
     names = {"sim": "simulator (resets, moves, renders, validity)", "caption": "captions",
-             "score": "VLM scoring (features + J2)", "fine_tune": "fine-tuning", "eval": "evaluation",
+             "features": "VLM image features while the simulator works",
+             "score": "J2 scoring (VLM)", "fine_tune": "fine-tuning", "eval": "evaluation",
              "agent_update": "agent updates while the simulator works",
              "agent": "agent (policy, other updates) and the rest"}
     if background and any(background.values()):
@@ -92,6 +103,8 @@ def _time_split_line(last: Dict[str, Any], split: Optional[Dict[str, float]],
     if background and any(background.values()):
         line += (f"; in a background thread meanwhile (run.overlap_fine_tune): fine-tuning "
                  f"{background.get('fine_tune', 0.0):.1f} s, evaluation {background.get('eval', 0.0):.1f} s")
+    if sim:
+        line += f"; the simulator's own work (in its worker processes with run.sim_worker): {sim_split_text(sim)}"
     return line
 
 
@@ -132,7 +145,8 @@ def write_report(run: RunDir, extra: Optional[Dict[str, Any]] = None) -> str:
         f"- wall time: {_num(wall) / 60:.1f} min; episodes: {last['episodes']}; renders: {last['renders']}; "
         f"valid samples: {last['valid_samples']} (of which {last['trained_samples']} entered fine-tuning); "
         f"valid/render = {last['valid_samples'] / max(1, last['renders']):.2f}",
-        _time_split_line(last, (extra or {}).get("time_split"), (extra or {}).get("background_split")),
+        _time_split_line(last, (extra or {}).get("time_split"), (extra or {}).get("background_split"),
+                         (extra or {}).get("sim_split")),
         "",
         "## Test accuracy (fixed held-out set, balanced over terms and scene types)",
         "",

@@ -57,6 +57,18 @@ def split_source_key(run: Dict[str, Any]) -> str:
     return f"{run['backend']}-{run['image_size']}{look}"
 
 
+def sim_work_split(before: Dict[str, float], after: Dict[str, float]) -> Dict[str, float]:
+    """Seconds of the simulator's own work between two ``work_seconds`` readings: physics, render,
+    build, gl_setup (``MuJoCoBackend.work_seconds``) and "other" (the rest of its busy time:
+    validity checks, scene states); empty when the simulator does not count its work."""
+    d = {k: max(0.0, float(after.get(k, 0.0)) - float(before.get(k, 0.0))) for k in after}
+    if "busy" not in d:
+        return {}
+    out = {k: round(d.get(k, 0.0), 3) for k in ("physics", "render", "build", "gl_setup") if k in d}
+    out["other"] = round(max(0.0, d["busy"] - sum(out.values())), 3)
+    return out
+
+
 # ---------------------------------------------------------------------- in-process stages
 class LockedScorer:
     """The VLM's ``score`` behind the loop lock (no scoring while a fine-tune runs)."""
@@ -205,6 +217,7 @@ class LoopRunner:
             self._open_bar()
         t0 = time.monotonic()
         stages0 = s.stage_totals()
+        work0 = self.sim_work()
         try:
             if not s.done():
                 self.agent.run(should_stop=s.done, safe_point=self._safe_point)
@@ -216,17 +229,18 @@ class LoopRunner:
             self.checkpoint()
         self.metrics.close()
         loop_s = time.monotonic() - t0  # the loop's time: sampling, fine-tunes, checkpoints; not its report
+        sim_split = sim_work_split(work0, self.sim_work())
         plot_accuracy(self.run)
         write_report(self.run, {"wall_s": s.wall_s, "generated_terms": s.generated_terms,
                                 "time_split": s.time_split(loop_s, stages0),
-                                "background_split": s.background_totals()})
+                                "background_split": s.background_totals(), "sim_split": sim_split})
         base, last = s.history[0], s.history[-1]
         return {"run_dir": self.run.path, "stop_reason": s.stop_reason, "iterations": s.iteration,
                 "episodes": s.episodes, "renders": s.renders, "valid_samples": s.valid_samples,
                 "base_accuracy": base.test_accuracy, "final_accuracy": last.test_accuracy,
                 "best_iteration": s.best_iteration, "wall_s": s.wall_s, "session_s": loop_s,
                 "time_split": s.time_split(loop_s, stages0), "background_split": s.background_totals(),
-                "base_per_term": base.test_per_term, "final_per_term": last.test_per_term,
+                "sim_split": sim_split, "base_per_term": base.test_per_term, "final_per_term": last.test_per_term,
                 "generated_terms": dict(s.generated_terms), "generated_combos": dict(s.generated_combos),
                 "mode_counts": dict(s.mode_counts),
                 "mode_policy": list(getattr(self.agent, "history", None) or []),
@@ -235,6 +249,14 @@ class LoopRunner:
                            "splits": {k: {"accuracy": v["accuracy"], "per_term": v["per_term"],
                                           "per_combo": v["per_combo"]} for k, v in h.splits.items()}}
                           for h in s.history]}
+
+    def sim_work(self) -> Dict[str, float]:
+        """The envs' simulators' cumulative own work (``SimSource.work_seconds``), summed."""
+        out: Dict[str, float] = {}
+        for e in self.envs:
+            for k, v in e.source.work_seconds().items():
+                out[k] = out.get(k, 0.0) + float(v)
+        return out
 
     def _open_bar(self):
         from tqdm import tqdm

@@ -244,7 +244,7 @@ class Scheduler:
         to :meth:`time_split`). With background fine-tuning, "fine_tune" is the time the loop waited
         for a fine-tune (and its evaluation) to finish, "eval" only the base model's evaluation;
         what the background thread spent is :meth:`background_totals`."""
-        out = {k: float(self.stage_s.get(k, 0.0)) for k in ("sim", "caption", "score", "agent_update")}
+        out = {k: float(self.stage_s.get(k, 0.0)) for k in ("sim", "caption", "features", "score", "agent_update")}
         if self.background:
             out["fine_tune"] = float(self.wait_s)
             out["eval"] = float(self.foreground_eval_s)
@@ -262,9 +262,11 @@ class Scheduler:
 
     def time_split(self, loop_s: float, since: Optional[Dict[str, float]] = None) -> Dict[str, float]:
         """Seconds per stage of a loop session that ran ``loop_s`` (stage totals minus ``since``):
-        sim (resets, moves, renders, validity), caption, score (VLM features + J2), agent_update (the
-        agent's gradient steps run while a simulator worker moves), fine_tune, eval; "agent" is the
-        rest (policy, updates run at other times, bookkeeping). They add up to ``loop_s``."""
+        sim (resets, moves, renders, validity), caption, features (the VLM's image features of
+        renders, computed while a simulator worker moves), score (J2 scoring, with any features not
+        computed before), agent_update (the agent's gradient steps run while a simulator worker
+        moves), fine_tune, eval; "agent" is the rest (policy, updates run at other times,
+        bookkeeping). They add up to ``loop_s``."""
         now, since = self.stage_totals(), since or {}
         out = {k: round(max(0.0, v - since.get(k, 0.0)), 3) for k, v in now.items()}
         out["agent"] = round(max(0.0, loop_s - sum(out.values())), 3)

@@ -63,7 +63,7 @@ def _serve(conn) -> None:
                     out = src.apply(args[0])
                 else:
                     raise ValueError(f"unknown command {cmd!r}")
-                conn.send(("ok", out))
+                conn.send(("ok", out, src.work_seconds()))
             except Exception as e:  # noqa: BLE001 - the parent re-raises it
                 conn.send(("error", type(e).__name__, str(e)))
     finally:
@@ -88,6 +88,7 @@ class _Worker:
         self.conn = Connection(parent.detach())
         self.conn.send((backend_name, dict(params)))
         self.pending: Optional[Tuple[int, Optional[str]]] = None  # reset sent, answer not read yet
+        self.work: Dict[str, float] = {}  # the worker's simulator work as of its last answer
         self.meta: Optional[Tuple[Sequence[str], Sequence[str]]] = None
 
     def started(self) -> Tuple[Sequence[str], Sequence[str]]:
@@ -107,6 +108,8 @@ class _Worker:
         except EOFError as e:
             raise RuntimeError(f"simulator worker (pid {self.proc.pid}) died (exit code {self.proc.poll()})") from e
         if msg[0] == "ok":
+            if len(msg) > 2:  # the worker's cumulative simulator work, sent with every answer
+                self.work = msg[2]
             return msg[1]
         raise _ERRORS.get(msg[1], RuntimeError)(msg[2])
 
@@ -229,7 +232,7 @@ class PrefetchSource(SimSource):
         jobs = list(self.idle_jobs)
         if self.while_waiting is not None:
             last = self._last_step
-            jobs.append(("score", lambda: self.while_waiting(last)))
+            jobs.append(("features", lambda: self.while_waiting(last)))
         for stage, job in jobs:
             t0 = time.perf_counter()
             try:
@@ -245,6 +248,16 @@ class PrefetchSource(SimSource):
 
     def placement_bounds(self, scene) -> Bounds:
         return self._bounds if self._bounds is not None else super().placement_bounds(scene)
+
+    def work_seconds(self) -> Dict[str, float]:
+        """Both workers' simulator work as of their last answers (a scene still being built ahead
+        counts when its answer is read)."""
+        with self._lock:
+            out: Dict[str, float] = {}
+            for w in self._workers:
+                for k, v in w.work.items():
+                    out[k] = out.get(k, 0.0) + float(v)
+            return out
 
     def close(self) -> None:
         for w in getattr(self, "_workers", []):

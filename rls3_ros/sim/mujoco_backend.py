@@ -236,6 +236,7 @@ class MuJoCoBackend(SimulatorBackend):
         self.freeze_parked = bool(freeze_parked)
         self._cam_ranges = dict(camera_distance=tuple(map(float, camera_distance)),
                                 camera_height=tuple(map(float, camera_height)), fovy=tuple(map(float, fovy)))
+        self._work: Dict[str, float] = {"physics": 0.0, "render": 0.0, "build": 0.0, "gl_setup": 0.0}
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mujoco-sim")
         self._thread: Optional[threading.Thread] = None
         self._closed = False
@@ -245,6 +246,27 @@ class MuJoCoBackend(SimulatorBackend):
         self._room: Optional[RoomSpec] = None
         self._last_render: Optional[Render] = None
         self._solo_cache: Dict[str, Tuple[bytes, int]] = {}
+
+    # ------------------------------------------------------------------ work accounting
+    def _physics(self, nstep: int) -> None:
+        import mujoco
+
+        t0 = time.perf_counter()
+        mujoco.mj_step(self._model, self._data, nstep=int(nstep))
+        self._work["physics"] += time.perf_counter() - t0
+
+    def _gl_pass(self, renderer) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = renderer.render()
+        self._work["render"] += time.perf_counter() - t0
+        return out
+
+    def work_seconds(self) -> Dict[str, float]:
+        """Seconds spent so far in physics steps ("physics": move settles, placement checks at
+        resets, ``settle``), GL passes ("render": RGB, segmentation, occlusion, depth), building a
+        reset's room and compiling its model ("build"), and binding the renderer to it ("gl_setup":
+        scene buffers, textures and meshes uploaded)."""
+        return dict(self._work)
 
     # ------------------------------------------------------------------ threading
     def _call(self, fn, *args, **kwargs):
@@ -369,6 +391,7 @@ class MuJoCoBackend(SimulatorBackend):
 
         if scene_type is None:
             scene_type = self._types[seed % len(self._types)]
+        t_build = time.perf_counter()
         room = build_room(seed, scene_type, image_size=self.image_size, n_container=self.n_container,
                           timestep=self.timestep, **self._cam_ranges)
         self.camera_model = CameraModel.look_at(room.camera.position, room.camera.target, self.image_size,
@@ -381,11 +404,14 @@ class MuJoCoBackend(SimulatorBackend):
         xml = room.xml.replace("</worldbody>", cam_xml + "</worldbody>")
         model = mujoco.MjModel.from_xml_string(xml)
         data = mujoco.MjData(model)
+        t_gl = time.perf_counter()
+        self._work["build"] += t_gl - t_build
         if self._renderer is not None and hasattr(self._renderer, "rebind"):
             self._renderer.rebind(model)  # same GL context: a new one costs ~50 ms per reset
         else:
             self._close_renderer()
             self._renderer = self._make_renderer(model)
+        self._work["gl_setup"] += time.perf_counter() - t_gl
         self._model, self._data, self._room = model, data, room
         self._cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "view")
         self._rng = np.random.default_rng([seed, 7919])
@@ -565,12 +591,12 @@ class MuJoCoBackend(SimulatorBackend):
         before = {a: (d.xpos[self._objs[a].body].copy(), d.xmat[self._objs[a].body].reshape(3, 3)[:, 2].copy())
                   for a in self._active}
         d.qvel[:] = 0.0
-        mujoco.mj_step(m, d, nstep=self.settle_steps)
+        self._physics(self.settle_steps)
         if self._still_moving(oid):
             # rocking or rolling after the short settle: give it longer before judging, so an object
             # that is on its way off its support is seen leaving it (a zeroed velocity would freeze it
             # mid-roll and the scene would change under the caption later)
-            mujoco.mj_step(m, d, nstep=self.extra_settle_steps)
+            self._physics(self.extra_settle_steps)
             if self._still_moving(oid):
                 return UNSTABLE
         # moved object
@@ -628,7 +654,7 @@ class MuJoCoBackend(SimulatorBackend):
         r = self._renderer
         r.update_scene(self._data, self._cam_id)
         r.enable_segmentation_rendering()
-        raw = r.render()
+        raw = self._gl_pass(r)
         r.disable_segmentation_rendering()
         lut = np.full(self._model.ngeom + 1, -1, dtype=np.int32)
         for slot, a in enumerate(self._active):
@@ -659,7 +685,7 @@ class MuJoCoBackend(SimulatorBackend):
             r = self._renderer
             r.update_scene(d, self._cam_id, scene_option=opt)
             r.enable_segmentation_rendering()
-            raw = r.render()
+            raw = self._gl_pass(r)
             r.disable_segmentation_rendering()
         finally:
             m.geom_group[:] = self._default_group
@@ -672,10 +698,10 @@ class MuJoCoBackend(SimulatorBackend):
         if seg is None:
             seg = self._render_seg()
         r.update_scene(self._data, self._cam_id)
-        rgb = r.render().copy()
+        rgb = self._gl_pass(r).copy()
         if self.render_depth:
             r.enable_depth_rendering()
-            depth = r.render().astype(np.float32)
+            depth = self._gl_pass(r).astype(np.float32)
             r.disable_depth_rendering()
         else:
             depth = np.zeros(seg.shape, np.float32)
@@ -803,7 +829,7 @@ class MuJoCoBackend(SimulatorBackend):
             raise RuntimeError("call reset() first")
         n = int(round(seconds / self.timestep))
         if n > 0:
-            mujoco.mj_step(self._model, self._data, nstep=n)
+            self._physics(n)
         mujoco.mj_forward(self._model, self._data)
         self._render_full()
         return self._state()
