@@ -65,6 +65,11 @@ def test_ros_path_receives_every_image_and_caption_and_matches_inprocess():
     assert valid > 0 and ros["captions_received"] == valid
     assert ros["valid_fraction"] == ref["valid_fraction"]
     assert ros["relations_per_valid"] == ref["relations_per_valid"]
+    # the CPU each process spent per sample: the bridge simulates, so it spends the most
+    cpu = ros["cpu_ms_per_sample"]
+    assert set(cpu) == {"sim_bridge", "caption_oracle", "client"}
+    assert cpu["sim_bridge"] > 0 and cpu["sim_bridge"] >= cpu["caption_oracle"]
+    assert 0 < ros["cores_busy"] <= 2.5  # ~1: one bridge busy, the client and oracle in its round trips
 
 
 def _speed_doc(bridges, cpus):
@@ -86,3 +91,18 @@ def test_speed_markdown_says_why_bridges_beyond_the_cores_do_not_scale(tmp_path)
     assert "N bridges on 2 cores cannot exceed 2 x one bridge" in text
     write_markdown(_speed_doc((1, 2), 2), md)  # no bridge count beyond the cores: no such line
     assert "cannot exceed" not in md.read_text()
+
+
+def test_speed_markdown_states_the_cpu_ceiling_of_the_bridges(tmp_path):
+    """From the CPU per sample: 2 cores and 8 + 1 + 1 ms per sample allow at most 200 samples/s."""
+    from rls3_ros.bench.speed import write_markdown
+
+    doc = _speed_doc((1, 2), 2)
+    doc["bridges_samples_per_s"]["1"] = 100.0
+    doc["ros"] = {"1": {"cpu_ms_per_sample": {"sim_bridge": 8.0, "caption_oracle": 1.0, "client": 1.0},
+                        "cores_busy": 1.0}}
+    md = tmp_path / "speed.md"
+    write_markdown(doc, md)
+    row = next(line for line in md.read_text().splitlines() if line.startswith("| CPU per sample, 1 sim_bridge"))
+    assert "sim_bridge 8.0 ms, caption_oracle 1.0 ms, client 1.0 ms" in row
+    assert "cores busy 1.00 of 2" in row and "ceiling on 2 cores 200 samples/s = 2.00 x one bridge" in row

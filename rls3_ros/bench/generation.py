@@ -27,6 +27,7 @@ from typing import Dict, List, Sequence
 
 import numpy as np
 
+from rls3_ros.bench.proc_cpu import cpu_seconds
 from rls3_ros.ros.isolation import isolated_ros_env
 from rls3_ros.sim.backend import PLACE, SWAP, MoveAction
 from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
@@ -251,9 +252,11 @@ def bench_ros(n_per_bridge: int, image_size: int, bridges: int, seed: int = 0, w
                 th.start()
             start.wait()
             t = time.perf_counter()
+            cpu0 = [cpu_seconds(p.pid) for p in procs] + [time.process_time()]
             for th in threads:
                 th.join()
             dt = time.perf_counter() - t
+            cpu1 = [cpu_seconds(p.pid) for p in procs] + [time.process_time()]
             if failures:
                 raise failures[0]
         finally:
@@ -269,6 +272,10 @@ def bench_ros(n_per_bridge: int, image_size: int, bridges: int, seed: int = 0, w
         for log in logs:
             log.close()
     n = counts["samples"]
+    used = [b - a for a, b in zip(cpu0, cpu1)]  # the bridges', the oracle's, this client's
+    cpu_ms = {"sim_bridge": 1e3 * sum(used[:bridges]) / max(n, 1), "caption_oracle": 1e3 * used[bridges] / max(n, 1),
+              "client": 1e3 * used[bridges + 1] / max(n, 1)}
     return {"samples_per_s": n / dt, "valid_per_s": counts["valid"] / dt, "valid_fraction": counts["valid"] / max(n, 1),
             "relations_per_valid": counts["relations"] / max(counts["valid"], 1), "errors": counts["errors"],
-            "images_received": counts["images"], "captions_received": counts["captions"], "n": n, "bridges": bridges}
+            "images_received": counts["images"], "captions_received": counts["captions"], "n": n, "bridges": bridges,
+            "cpu_ms_per_sample": cpu_ms, "cores_busy": sum(used) / dt}

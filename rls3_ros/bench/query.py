@@ -36,6 +36,7 @@ from typing import Dict, List
 
 import numpy as np
 
+from rls3_ros.bench.proc_cpu import cpu_seconds
 from rls3_ros.vlm.answers import QueryRequest, answer_query, load_model
 
 SUBJECT, REFERENCE = "red box", "blue box"
@@ -144,8 +145,7 @@ class _Node:
 
     def cpu_s(self) -> float:
         """User + system CPU seconds of the node process so far (from /proc)."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
     def close(self) -> None:
         if hasattr(self, "ex"):

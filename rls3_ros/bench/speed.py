@@ -23,7 +23,7 @@ import platform
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -222,6 +222,18 @@ def reference_line(ref: Dict[str, float]) -> List[str]:
             "per image.", ""]
 
 
+def ros_cpu_text(r: Dict[str, Any], cpus: int, one_bridge: Optional[float]) -> str:
+    """Where a ROS generation run's CPU went per sample, how busy the cores were, and the ceiling that
+    CPU sets: ``cpus`` cores can do at most ``1000 * cpus / (ms per sample)`` samples/s, whatever the
+    number of bridges (the client and the caption_oracle need their share of the cores too)."""
+    ms = r["cpu_ms_per_sample"]
+    total = sum(ms.values())
+    ceiling = 1e3 * cpus / total if total else float("nan")
+    vs = f" = {ceiling / one_bridge:.2f} x one bridge" if one_bridge else ""
+    return (", ".join(f"{name} {v:.1f} ms" for name, v in ms.items()) + f"; cores busy {r['cores_busy']:.2f} of {cpus}; "
+            f"the CPU ceiling on {cpus} cores {ceiling:.0f} samples/s{vs}")
+
+
 def write_markdown(doc: Dict[str, Any], path: Path) -> None:
     from rls3_ros.loop.report import sim_split_text
 
@@ -236,6 +248,9 @@ def write_markdown(doc: Dict[str, Any], path: Path) -> None:
              f"| ROS / in-process | {doc['ros_over_inprocess']:.2f} |"]
     lines += [f"| samples/s with {k} sim_bridge(s) | {v:.1f} |" for k, v in sorted(b.items(), key=lambda kv: int(kv[0]))]
     cpus = int(doc["host"]["cpus"] or 1)
+    for k, r in sorted(doc.get("ros", {}).items(), key=lambda kv: int(kv[0])):
+        if "cpu_ms_per_sample" in r:
+            lines.append(f"| CPU per sample, {k} sim_bridge(s) | {ros_cpu_text(r, cpus, b.get('1'))} |")
     if any(int(k) > cpus for k in b):
         lines.append(f"| bridges beyond the core count | processes share cores: N bridges on {cpus} cores cannot exceed "
                      f"{cpus} x one bridge, and the client and caption_oracle take CPU from them too |")
