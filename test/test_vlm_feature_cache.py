@@ -51,3 +51,26 @@ def test_folded_encoder_is_the_pretrained_network_up_to_float_rounding():
             a, b = net.features(x, stage), folded.features(x, stage)
             assert a.shape == b.shape
             assert torch.allclose(a, b, rtol=1e-4, atol=1e-3 * float(a.abs().max())), stage
+
+
+def test_same_conv_is_tensorflow_same_padding_bitwise():
+    """Padding inside the convolution (symmetric cases) or by ``F.pad`` (asymmetric ones) gives
+    bitwise what zero-padding to TF "SAME" and a valid convolution give, and its output size."""
+    import math
+
+    import torch.nn.functional as F
+
+    from rls3_ros.vlm.efficientnet_lite import SameConv2d
+
+    torch.manual_seed(0)
+    for k, stride, groups, size in [(3, 1, 1, 20), (5, 1, 8, 17), (3, 2, 1, 20), (5, 2, 8, 21), (1, 1, 1, 9), (3, 2, 8, 160)]:
+        conv = SameConv2d(8, 8, k, stride=stride, groups=groups, bias=True)
+        x = torch.randn(2, 8, size, size + 3)
+        ph = max((math.ceil(size / stride) - 1) * stride + k - size, 0)
+        pw = max((math.ceil((size + 3) / stride) - 1) * stride + k - size - 3, 0)
+        ref = F.conv2d(F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2]), conv.weight, conv.bias, stride, 0, 1, groups)
+        with torch.no_grad():
+            for _ in range(2):  # the second call uses the padding kept from the first
+                out = conv(x)
+                assert out.shape[-2:] == (math.ceil(size / stride), math.ceil((size + 3) / stride))
+                assert torch.equal(out, ref), (k, stride, size)
