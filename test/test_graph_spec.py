@@ -145,6 +145,10 @@ def test_the_training_graph_works_pushed_into_a_namespace_with_two_bridges(ros_e
                   "team1/rl_sampler"):
         assert re.search(rf"^\[{re.escape(label)}\] ", out, re.M), f"no output from {label}"
     assert re.search(r"\[team1/rl_sampler\].*graph ready: 2 sim_bridge", out)
+    from rls3_ros.sim.raster_threads import shared_raster_threads
+
+    for i in (0, 1):  # the bridges share the cores' raster threads (the graph's parameter reached them)
+        assert re.search(rf"\[team1/sim{i}/sim_bridge\].*llvmpipe raster threads: {shared_raster_threads(2)}$", out, re.M)
     from rls3_ros.loop.run_dir import RunDir
 
     episodes = [m for m in RunDir(str(run_dir)).read_metrics() if m["type"] == "episode"]

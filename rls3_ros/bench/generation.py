@@ -29,6 +29,7 @@ import numpy as np
 
 from rls3_ros.bench.proc_cpu import cpu_seconds
 from rls3_ros.ros.isolation import isolated_ros_env
+from rls3_ros.sim.raster_threads import shared_raster_threads
 from rls3_ros.sim.backend import PLACE, SWAP, MoveAction
 from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
 
@@ -168,7 +169,8 @@ def bench_ros(n_per_bridge: int, image_size: int, bridges: int, seed: int = 0, w
             logs.append(log)
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "rls3_ros.ros.nodes.sim_bridge", "--ros-args", "-r", f"__ns:={ns}",
-                 "-p", f"image_size:={image_size}", "-p", f"seed:={seed + i}"],
+                 "-p", f"image_size:={image_size}", "-p", f"seed:={seed + i}",
+                 "-p", f"render_threads:={shared_raster_threads(bridges)}"],  # as the training graph does
                 env=env, stdout=log, stderr=subprocess.STDOUT))
         log = open(workdir / "oracle.log", "wb")
         logs.append(log)

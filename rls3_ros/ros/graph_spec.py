@@ -16,6 +16,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from rls3_ros.sim.raster_threads import shared_raster_threads
+
 GRAPHS = ("training", "query")
 PACKAGE = "rls3_ros"
 
@@ -60,8 +62,11 @@ def training_graph(bridges: int = 1, namespace: str = "", image_topic: str = "im
         raise ValueError("--bridges must be >= 1")
     own = [f"sim{i}" for i in range(bridges)] if bridges > 1 else [""]
     cam = _remaps([("image_raw", image_topic)])
-    nodes = [NodeSpec("sim_bridge", "rls3_ros.ros.nodes.sim_bridge", join_ns(namespace, n), {"seed": 100 + i}, list(cam),
-                      respawn=respawn_bridges) for i, n in enumerate(own)]
+    bridge_params: Dict[str, Any] = {}
+    if shared_raster_threads(bridges):  # several bridges share the cores: their renderers too
+        bridge_params["render_threads"] = shared_raster_threads(bridges)
+    nodes = [NodeSpec("sim_bridge", "rls3_ros.ros.nodes.sim_bridge", join_ns(namespace, n),
+                      {"seed": 100 + i, **bridge_params}, list(cam), respawn=respawn_bridges) for i, n in enumerate(own)]
     oracle = NodeSpec("caption_oracle", "rls3_ros.ros.nodes.caption_oracle", join_ns(namespace), remappings=list(cam))
     trainer = NodeSpec("vlm_trainer", "rls3_ros.ros.nodes.vlm_trainer", join_ns(namespace))
     sampler = NodeSpec("rl_sampler", "rls3_ros.ros.nodes.rl_sampler", join_ns(namespace), required_exit_ok=True)

@@ -14,6 +14,10 @@ Parameters (defaults):
   local_executable_path (str, "")    ai2thor only: path of a local AI2-THOR Unity build
   trim_memory (bool, true)           return freed heap to the OS after every reset and every
                                      TRIM_EVERY_MOVES-th move (glibc malloc_trim)
+  render_threads (int, 0)            llvmpipe raster threads of the process (0 = Mesa's default, one
+                                     per core); a training graph of N > 1 bridges on C cores gives
+                                     each C // N (rls3_ros/sim/raster_threads.py: 2 bridges on 2 cores
+                                     1.55-1.60 x one bridge with 1 each, 1.42-1.55 with Mesa's 2)
 
 Memory: every reset builds a new MuJoCo model (8-20 MB of decoded textures, plus the renderer's
 copies) and frees the old one; a move allocates the render and the image messages. With glibc's
@@ -120,6 +124,9 @@ class SimBridge(Node):
         self.declare_parameter("frame_id", "world", d(description="frame of the published headers"))
         self.declare_parameter("local_executable_path", "", d(description="ai2thor: local Unity build path"))
         self.declare_parameter("trim_memory", True, d(description="return freed heap to the OS after every reset and every 16th move"))
+        self.declare_parameter("render_threads", 0, d(description=(
+            "llvmpipe raster threads of this process (0 = Mesa's default, one per core; set before its "
+            "first GL context): a graph of N bridges on C cores gives each C // N (rls3_ros.sim.raster_threads)")))
         self.trim_memory = bool(self.get_parameter("trim_memory").value)
         self._moves_since_trim = 0
 
@@ -147,6 +154,11 @@ class SimBridge(Node):
             params.update(local_executable_path=str(p["local_executable_path"]),
                           min_visible_fraction=float(p["min_visible_fraction"]))
         from rls3_ros.sim.factory import make_backend
+        from rls3_ros.sim.raster_threads import set_raster_threads
+
+        threads = set_raster_threads(int(self.get_parameter("render_threads").value))
+        if threads:
+            self.get_logger().info(f"llvmpipe raster threads: {threads}")
 
         try:
             self.backend = make_backend(backend_name, **params)
