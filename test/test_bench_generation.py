@@ -52,15 +52,19 @@ def test_inprocess_baseline_does_the_bridges_simulator_work(ros_env, monkeypatch
 
 
 def test_ros_path_receives_every_image_and_caption_and_matches_inprocess():
-    """1 bridge, seed 0: the same moves as in-process give the same valid samples and relations;
+    """1 bridge, seed 0: the same moves as in-process give the same valid samples and relations,
+    with two moves in flight (a move is sent before the last one's answer unless that one is a swap);
     the client got an image for every sample and a caption for every valid one (captions overlap
     the next move, none may be lost)."""
     from rls3_ros.bench.generation import bench_inprocess, bench_ros
 
-    ros = bench_ros(12, 32, 1)
-    ref = bench_inprocess(12, 32)
-    assert ros["errors"] == 0 and ros["n"] == 12
-    assert ros["images_received"] == 12
+    from rls3_ros.bench.generation import MOVES_IN_FLIGHT
+
+    assert MOVES_IN_FLIGHT == 2  # what this test checks the moves' equality with
+    ros = bench_ros(24, 32, 1)
+    ref = bench_inprocess(24, 32)
+    assert ros["errors"] == 0 and ros["n"] == 24
+    assert ros["images_received"] == 24
     valid = round(ros["valid_fraction"] * ros["n"])
     assert valid > 0 and ros["captions_received"] == valid
     assert ros["valid_fraction"] == ref["valid_fraction"]
