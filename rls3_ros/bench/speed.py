@@ -199,15 +199,24 @@ def plot_bridges(doc: Dict[str, Any], path: Path) -> None:
 
     b = doc["bridges_samples_per_s"]
     xs = sorted(int(k) for k in b)
+    cpus = int(doc["host"]["cpus"] or 1)
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(xs, [b[str(x)] for x in xs], "o-", label="through ROS (N sim_bridges)")
     ax.axhline(doc["samples_per_s_inprocess"], color="grey", ls=":", label="in-process, 1 backend")
+    goal = [x for x in xs if x <= cpus]
+    if "1" in b and len(goal) > 1:
+        ax.plot(goal, [0.8 * x * b["1"] for x in goal], "--", color="tab:green", label="goal: 0.8 N x one bridge")
+    one = doc.get("ros", {}).get("1", {}).get("cpu_ms_per_sample")
+    if one and sum(one.values()) > 0:
+        ax.axhline(1e3 * cpus / sum(one.values()), color="tab:red", ls="-.", lw=1,
+                   label=f"CPU ceiling of {cpus} cores (1-bridge CPU per sample)")
+    ax.set_ylim(bottom=0)
     ax.set_xticks(xs)
     ax.set_xlabel("parallel sim_bridge processes")
     ax.set_ylabel("samples/s (render + validity + caption)")
     ax.set_title(f"Sample generation on {doc['host']['cpus']} CPU cores")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
