@@ -110,3 +110,15 @@ def test_speed_markdown_states_the_cpu_ceiling_of_the_bridges(tmp_path):
     row = next(line for line in md.read_text().splitlines() if line.startswith("| CPU per sample, 1 sim_bridge"))
     assert "sim_bridge 8.0 ms, caption_oracle 1.0 ms, client 1.0 ms" in row
     assert "cores busy 1.00 of 2" in row and "ceiling on 2 cores 200 samples/s = 2.00 x one bridge" in row
+
+
+def test_speed_markdown_states_the_8_client_latency_outside_the_swap(tmp_path):
+    from rls3_ros.bench.speed import write_markdown
+
+    doc = _speed_doc((1, 2), 2)
+    md = tmp_path / "speed.md"
+    write_markdown(doc, md)
+    assert "outside the swap's window" not in md.read_text()  # an older load result: no such row
+    doc["load"]["latency_outside_swap"] = {"n": 300, "p50_ms": 40.0, "p99_ms": 70.5}
+    write_markdown(doc, md)
+    assert "| query p50 / p99 with 8 client processes, outside the swap's window | 40.0 / 70.5 ms |" in md.read_text()

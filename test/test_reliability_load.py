@@ -34,5 +34,9 @@ def test_quick_load_with_adapter_swap_loses_and_fails_nothing(tmp_path, monkeypa
     # the swap really happened under load: queries before it used the base, after it the adapter
     assert res["adapter_before_swap"] == [""] and res["adapter_after_swap"] == [adapter]
     assert res["node_alive_at_end"]
+    # outside the swap's window: every query answered before it began or sent after it ended
+    outside, during = res["latency_outside_swap"], res["latency_during_swap"]
+    assert 0 < outside["n"] <= 400 - during.get("n", 0)
+    assert outside["max_ms"] <= res["latency"]["max_ms"] and outside["p50_ms"] > 0
     print(f"\nquick load: p50 {res['latency']['p50_ms']} ms, p99 {res['latency']['p99_ms']} ms, "
           f"{res['throughput_qps']} q/s")

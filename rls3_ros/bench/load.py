@@ -18,7 +18,8 @@ What it does (all on loopback DDS, in an isolated ROS domain and temp ROS_HOME):
    the node builds the new instance off the query path);
 5. collects the clients' records: **failed** = answered with success=false, **lost** = no
    answer within ``--timeout`` (or never recorded because a client died); latency p50/p90/
-   p99/max over all answered queries, and separately for queries sent during the swap;
+   p99/max over all answered queries, and separately for queries sent during the swap and for
+   those outside it (answered before it began or sent after it ended);
    throughput; the node's RSS before/after.
 Writes ``--out`` (JSON) and prints a summary. Exit code 0 when nothing failed or was lost.
 ``--quick``: 8 clients x 50 queries (default out ``results/load_quick.json``).
@@ -306,6 +307,8 @@ def run_load(n_clients: int = 8, n_queries: int = 1000, model: str = "grounded",
             "answered": len(answered_recs), "failed": len(failed), "lost": lost,
             "failed_examples": [r[4] for r in failed[:5]],
             "latency": _stats(lat), "latency_during_swap": _stats(during),
+            # answered before the swap began or sent after it ended: the node's steady state
+            "latency_outside_swap": _stats([r[2] for r in before + after]),
             "throughput_qps": round(len(answered_recs) / max(1e-9, t_end - t_go), 1),
             "wall_s": round(t_end - t_go, 1),
             "swap": {k: v for k, v in swap.items() if k not in ("t_start", "t_end")},
