@@ -28,9 +28,9 @@ def shared_raster_threads(processes: int, cpus: Optional[int] = None) -> int:
 
 
 def set_raster_threads(n: int) -> Optional[str]:
-    """Give this process ``n`` llvmpipe raster threads (``n`` <= 0: leave Mesa's choice). Takes effect
-    only before the process's first GL context (Mesa reads it when its driver starts). Returns the
-    value set, or None."""
+    """Give this process ``n`` llvmpipe raster threads (``n`` <= 0: leave Mesa's choice, or an inherited
+    ``LP_NUM_THREADS``; ``n`` > 0 overrides one). Takes effect only before the process's first GL
+    context (Mesa reads it when its driver starts). Returns the value set, or None."""
     if int(n) <= 0:
         return None
     os.environ[ENV] = str(int(n))
