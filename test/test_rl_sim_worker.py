@@ -230,3 +230,33 @@ def test_ctrl_c_leaves_no_worker_and_no_worker_traceback(tmp_path):
     time.sleep(0.5)
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+
+def test_fixed_tail_split_is_the_same_through_the_worker_processes():
+    """The pre-registered tail split's generator draws half its moves from the scene's support
+    surfaces: through worker processes it must see the same surfaces (``SimSource.receptacles``)
+    and so make the same split as the in-process backend (it drew from bounds there once, which
+    made another split under the same cache key)."""
+    from rls3_ros.loop.tail_split import generate_tail
+
+    def split(source):
+        samples = generate_tail(source, CaptionOracle().caption_scene, "tail", 6, per_combo=1000)
+        return [(s.sample_id, hashlib.sha1(s.image.tobytes()).hexdigest(), [r.caption for r in s.relations])
+                for s in samples]
+
+    serial = make_source({**RC, "sim_worker": False}, 0)
+    try:
+        serial.reset(7)
+        recs = serial.receptacles()
+        want = split(serial)
+    finally:
+        serial.close()
+    assert recs and all(len(r) == 4 for r in recs)  # MuJoCo rooms have surfaces
+    worker = make_source({**RC, "sim_worker": True}, 0)
+    try:
+        worker.reset(7)
+        assert worker.receptacles() == recs
+        got = split(worker)
+    finally:
+        worker.close()
+    assert len(want) > 3 and got == want

@@ -112,6 +112,11 @@ class SimSource(abc.ABC):
         """World box (lo, hi) where targets may be put. Default: around the scene's objects."""
         return bounds_from_scene(scene)
 
+    def receptacles(self) -> List[Tuple[str, float, Tuple[float, float], Tuple[float, float]]]:
+        """The current scene's support surfaces as (id, top_z, xy_low, xy_high), active objects
+        included (the backend's ``receptacles``). Default: none known (callers use the bounds)."""
+        return []
+
     def close(self) -> None:
         pass
 
@@ -170,6 +175,12 @@ class BackendSource(SimSource):
             self.renders += 1
             self._busy += time.perf_counter() - t0
         return SimStep(bool(res.valid), str(res.reason), res.scene, res.render.rgb)
+
+    def receptacles(self) -> List[Tuple[str, float, Tuple[float, float], Tuple[float, float]]]:
+        try:
+            return list(self.backend.receptacles())
+        except NotImplementedError:  # a backend without surfaces
+            return []
 
     def placement_bounds(self, scene: SceneState) -> Bounds:
         fn = getattr(self.backend, "placement_bounds", None)

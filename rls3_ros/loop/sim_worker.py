@@ -61,6 +61,8 @@ def _serve(conn) -> None:
                     out: Any = (step, src.placement_bounds(step.scene))
                 elif cmd == "apply":
                     out = src.apply(args[0])
+                elif cmd == "receptacles":
+                    out = src.receptacles()
                 else:
                     raise ValueError(f"unknown command {cmd!r}")
                 conn.send(("ok", out, src.work_seconds()))
@@ -248,6 +250,11 @@ class PrefetchSource(SimSource):
 
     def placement_bounds(self, scene) -> Bounds:
         return self._bounds if self._bounds is not None else super().placement_bounds(scene)
+
+    def receptacles(self):
+        """The active backend's support surfaces now (they include the active objects' tops)."""
+        with self._lock:
+            return self._workers[self._active].call("receptacles")
 
     def work_seconds(self) -> Dict[str, float]:
         """Both workers' simulator work as of their last answers (a scene still being built ahead

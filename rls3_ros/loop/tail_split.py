@@ -48,11 +48,15 @@ def is_tail(rel: SpatialRelation, scene: SceneState) -> bool:
 
 
 def _receptacles(source: SimSource):
-    backend = getattr(source, "backend", None)
-    fn = getattr(backend, "receptacles", None)
+    """The source's support surfaces (``SimSource.receptacles``). Every source must give the ones
+    its simulator has: the generator reads only a source's interface, so a backend in-process and
+    the loop's worker processes draw the same moves (it used to read ``source.backend``, which the
+    worker-process source does not have, and drew from bounds instead: another tail split than the
+    one registered). ``sim_bridge`` does not serve its surfaces, so over ROS the generator draws
+    from bounds: a graph run's tail split is not the in-process one."""
     try:
-        return list(fn()) if fn is not None else []
-    except Exception:  # noqa: BLE001 - a backend without surfaces: fall back to the bounds
+        return list(source.receptacles())
+    except Exception:  # noqa: BLE001 - a source without surfaces: fall back to the bounds
         return []
 
 
