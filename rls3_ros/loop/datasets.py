@@ -144,8 +144,12 @@ def cached_tail(source: SimSource, captioner: Callable, split: str, n_scenes: in
     """The tail split (``rls3_ros.loop.tail_split``), generated once and cached like the others."""
     from rls3_ros.loop.tail_split import generate_tail
 
-    key = json.dumps({"v": 1, "split": split, "n": n_scenes, "per_combo": per_combo, "source": source_key,
-                      "scene_types": list(scene_types or [])}, sort_keys=True)
+    # v2: v1 sets made through the loop's worker processes drew from bounds, not surfaces (another
+    # split under the same key); "surfaces": whether the source serves its support surfaces at all
+    # (a sim_bridge does not: a graph run's tail split is its own, cached apart)
+    surfaces = type(source).receptacles is not SimSource.receptacles
+    key = json.dumps({"v": 2, "split": split, "n": n_scenes, "per_combo": per_combo, "source": source_key,
+                      "scene_types": list(scene_types or []), "surfaces": surfaces}, sort_keys=True)
     return _cached(split, key, n_scenes,
                    lambda: generate_tail(source, captioner, split, n_scenes, per_combo=per_combo,
                                          scene_types=scene_types), cache_dir, log)
