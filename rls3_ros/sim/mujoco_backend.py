@@ -29,7 +29,9 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-os.environ.setdefault("MUJOCO_GL", "egl")
+from rls3_ros.sim.gl_env import set_offscreen_gl_default  # noqa: E402
+
+set_offscreen_gl_default()  # already done by ``import rls3_ros``; kept here for a reader of this module
 
 import numpy as np  # noqa: E402
 
