@@ -177,6 +177,27 @@ class BagReader:
         except Exception as exc:
             raise _bag_problem(self.path, "damaged data while reading messages (truncated or corrupted?)", exc) from None
 
+    def first_message(self, connection: Connection) -> Optional[Tuple[int, bytes]]:
+        """(bag time ns, raw CDR) of the first message of ``connection``; None if it has none."""
+        gen = self.messages([connection])
+        try:
+            for _conn, t, raw in gen:
+                return t, bytes(raw)
+        finally:
+            gen.close()
+        return None
+
+    def decode_problem(self, connection: Connection, store: Optional[Typestore] = None) -> Optional[str]:
+        """Does the first message of ``connection`` decode as its declared type? None if it does
+        (or the topic has no message), else a one-line reason. ``store`` defaults to the bag's
+        own definitions (:attr:`typestore`); BagError if the data cannot be read at all."""
+        from rls3_ros.bags.checks import payload_problem
+
+        first = self.first_message(connection)
+        if first is None:
+            return None
+        return payload_problem(store if store is not None else self.typestore, first[1], connection.msgtype)
+
     def deserialize(self, raw: bytes, msgtype: str):
         assert self.typestore is not None
         try:
@@ -218,6 +239,10 @@ class AtomicBagWriter:
             raise _bag_problem(self.out, "cannot create", exc) from None
         return self
 
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None
+
     def add_topic(self, topic: str, msgtype: str, qos: Sequence[Qos] = ()) -> Connection:
         """Register a topic; its message definition is embedded from the typestore."""
         assert self._writer is not None, "open() first"
@@ -240,19 +265,102 @@ class AtomicBagWriter:
         assert self._writer is not None
         self._writer.set_custom_data(key, value)
 
+    def checkpoint(self) -> None:
+        """Make what was written so far readable if a later write fails (disk full, file size
+        limit, killed): sqlite3 commits its open transaction, MCAP flushes its file buffer
+        (closed chunks reach the file; the open chunk, at most ~1 MB, stays in memory)."""
+        storage = getattr(self._writer, "storage", None)
+        conn = getattr(storage, "conn", None)
+        if conn is not None:
+            conn.commit()
+        bio = getattr(storage, "bio", None)
+        if bio is not None and not bio.closed:
+            bio.flush()
+
+    def salvage(self) -> Tuple[Optional[Path], int]:
+        """After a write failure (disk full, file too large): keep what reached the file.
+
+        The storage file is closed without writing more: an MCAP file is cut after its last
+        complete record and gets a DataEnd record and a footer (no summary: readers scan it),
+        if even those bytes do not fit the last records go until they do; a sqlite3 file rolls
+        its open transaction back (every :meth:`checkpoint` committed before stays). The bag
+        directory is then moved to ``out`` (no metadata.yaml: :class:`BagReader`, rosbags with
+        the storage file's path, and ``ros2 bag reindex`` read it). Returns (``out``, messages
+        it holds) when the result opens and reads, else removes it and returns (None, 0).
+        """
+        w, self._writer = self._writer, None
+        storage = getattr(w, "storage", None) if w is not None else None
+        bagdir = self.partial / self.out.name
+        try:
+            if storage is not None and self.storage == "mcap":
+                try:
+                    storage.bio.close()  # flushing its buffer fails again: the raw file closes anyway
+                except Exception:  # noqa: BLE001
+                    pass
+            elif storage is not None:
+                try:
+                    storage.conn.rollback()
+                finally:
+                    storage.conn.close()
+            files = [f for f in bagdir.iterdir() if f.suffix in (".mcap", ".db3")]
+            if len(files) != 1:
+                raise BagError("no storage file was written")
+            if self.storage == "mcap":
+                with open(files[0], "rb") as f:
+                    f.seek(max(0, files[0].stat().st_size - 8))
+                    complete = f.read(8) == _MCAP_MAGIC and files[0].stat().st_size > 16
+                if not complete:  # else only metadata.yaml failed: the file has its summary
+                    _finish_partial_mcap(files[0])
+            for extra in bagdir.iterdir():  # a half-written metadata.yaml or temp file: not part of the bag
+                if extra.suffix in (".yaml", ".tmp"):
+                    extra.unlink()
+            os.rename(bagdir, self.out)
+        except Exception as exc:  # noqa: BLE001 - nothing could be kept
+            log.warning("could not keep the partial bag %s: %s", self.out, _reason(exc))
+            self._cleanup()
+            return None, 0
+        self._cleanup()
+        try:
+            with BagReader(self.out) as bag:
+                n = sum(1 for _ in bag.messages())
+        except BagError as exc:
+            log.warning("the partial bag %s does not read back (%s); removing it", self.out, exc)
+            shutil.rmtree(self.out, ignore_errors=True)
+            return None, 0
+        return self.out, n
+
     def close(self) -> Path:
         """Finish the bag and move it to ``out``; returns ``out``."""
         if self._writer is None:
             return self.out
-        w, self._writer = self._writer, None
+        w = self._writer
         try:
             w.close()
+        except Exception as exc:
+            raise BagError(self.fail(exc)) from None
+        self._writer = None
+        try:
             os.rename(self.partial / self.out.name, self.out)
         except Exception as exc:
             self._cleanup()
             raise _bag_problem(self.out, "cannot finish", exc) from None
         self._cleanup()
         return self.out
+
+    def fail(self, exc: BaseException) -> str:
+        """End the bag after ``exc`` broke a write or the close; returns a one-line reason.
+
+        The storage running out of room or failing to write (:func:`storage_failure`) keeps
+        what reached the file (:meth:`salvage`); anything else drops the bag (:meth:`abort`)."""
+        reason = storage_failure(exc)
+        if reason is None:
+            self.abort()
+            return f"bag {str(self.out)!r}: writing failed: {_reason(exc)}; nothing kept"
+        kept, n = self.salvage()
+        if kept is None:
+            return f"bag {str(self.out)!r}: writing failed: {reason}; nothing could be kept"
+        return (f"bag {str(self.out)!r}: writing failed: {reason}; kept the {n} message(s) written before it "
+                f"(no summary/metadata.yaml; readable as it is)")
 
     def abort(self) -> None:
         """Drop everything written; nothing is left at ``out`` nor ``out.partial``."""
@@ -275,6 +383,72 @@ class AtomicBagWriter:
             self.close()
         else:
             self.abort()
+
+
+_MCAP_MAGIC = b"\x89MCAP0\r\n"
+# MCAP opcodes a rosbags data section holds: schema, channel, message, chunk, message index,
+# attachment, metadata, metadata index... (header 0x01 and footer 0x02 excluded)
+_MCAP_DATA_OPS = frozenset(range(0x03, 0x0F))
+_MCAP_END = (
+    b"\x0f" + (4).to_bytes(8, "little") + (0).to_bytes(4, "little")  # DataEnd (crc 0 = none)
+    + b"\x02" + (20).to_bytes(8, "little") + bytes(20)  # Footer: no summary, no summary offsets, crc 0
+    + _MCAP_MAGIC
+)
+
+
+def _mcap_record_ends(path: Path) -> List[int]:
+    """File offsets where each complete record after the header ends (header end first)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        if f.read(8) != _MCAP_MAGIC:
+            raise BagError(f"{str(path)!r} does not start as an MCAP file")
+        ends: List[int] = []
+        pos = 8
+        while pos + 9 <= size:
+            f.seek(pos)
+            head = f.read(9)
+            op, length = head[0], int.from_bytes(head[1:9], "little")
+            end = pos + 9 + length
+            if end > size or (ends and op not in _MCAP_DATA_OPS) or (not ends and op != 0x01):
+                break
+            ends.append(end)
+            pos = end
+    if not ends:
+        raise BagError(f"{str(path)!r} has no complete MCAP header")
+    return ends
+
+
+def _finish_partial_mcap(path: Path) -> None:
+    """Cut an MCAP file whose writing failed after its last complete record and close it with
+    DataEnd + footer, dropping records from the end while even that does not fit."""
+    ends = _mcap_record_ends(path)
+    last: Optional[BaseException] = None
+    for end in reversed(ends[-64:]):
+        try:
+            with open(path, "r+b") as f:
+                f.truncate(end)
+                f.seek(end)
+                f.write(_MCAP_END)
+                f.flush()
+                os.fsync(f.fileno())
+            return
+        except OSError as exc:  # still no room: give up one more record
+            last = exc
+    raise BagError(f"cannot close {str(path)!r}: {_reason(last) if last else 'no room'}")
+
+
+def storage_failure(exc: BaseException) -> Optional[str]:
+    """A short reason when ``exc`` is the storage running out of room or failing to write
+    (ENOSPC, EFBIG, EDQUOT, other OS errors, sqlite3 full / I/O errors); None otherwise."""
+    import errno
+    import sqlite3
+
+    if isinstance(exc, OSError):
+        code = errno.errorcode.get(exc.errno or 0, "")
+        return f"{os.strerror(exc.errno) if exc.errno else exc} ({code})" if code else _reason(exc)
+    if isinstance(exc, sqlite3.Error):
+        return f"sqlite3: {_reason(exc)}"
+    return None
 
 
 def qos_from_rosbags(q: Qos) -> dict:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
@@ -21,9 +22,13 @@ from rosbags.interfaces import Connection, MessageDefinitionFormat
 from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
+from rls3_ros.bags.checks import printable
+
 log = logging.getLogger(__name__)
 
 RLS3_PACKAGE = "rls3_msgs"
+_PKG_NAME = re.compile(r"[a-z][a-z0-9_]{0,99}")
+_FILE_TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,99}")
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -51,12 +56,15 @@ def share_dirs() -> List[Path]:
 
 def find_msg_file(msgtype: str) -> Optional[Path]:
     """The ``.msg`` file of ``pkg/msg/Name`` among installed packages (or this repo's rls3_msgs)."""
-    parts = msgtype.split("/")
+    parts = msgtype.split("/") if isinstance(msgtype, str) else []
     if len(parts) == 2:
         parts = [parts[0], "msg", parts[1]]
     if len(parts) != 3:
         return None
     pkg, kind, name = parts
+    # a name from a bag picks a file only among installed packages: no path parts, no dots
+    if not (_PKG_NAME.fullmatch(pkg) and kind in ("msg", "srv", "action") and _FILE_TYPE_NAME.fullmatch(name)):
+        return None
     candidates = [d / pkg / kind / f"{name}.msg" for d in share_dirs()]
     if pkg == RLS3_PACKAGE:
         candidates.append(_REPO_ROOT / RLS3_PACKAGE / kind / f"{name}.msg")
@@ -176,16 +184,19 @@ def typestore_for_connections(connections: Iterable[Connection], base: Optional[
         try:
             bag_typs.update(types_from_connection(c))
         except Exception as exc:  # a broken embedded definition: fall back on the base store
-            log.warning("cannot parse the embedded definition of %s (%s): %s", c.topic, c.msgtype, exc)
+            log.warning("cannot parse the embedded definition of %s (%s): %s", printable(c.topic), printable(c.msgtype),
+                        printable(" ".join(str(exc).split()), 160))
     store = base if base is not None else base_typestore()
     conflicts = sorted(n for n, d in bag_typs.items() if n in store.fielddefs and not _same(store.fielddefs[n], d))
     if not conflicts:
         unknown = {n: d for n, d in bag_typs.items() if n not in store.fielddefs}
         if unknown:
-            log.info("registering %d message types from the bag's own definitions: %s", len(unknown), ", ".join(sorted(unknown)))
+            log.info("registering %d message types from the bag's own definitions: %s", len(unknown),
+                     printable(", ".join(sorted(unknown)), 300))
             store.register(unknown)
     else:
-        log.warning("the bag defines %s differently from this install; using the bag's definitions", ", ".join(conflicts))
+        log.warning("the bag defines %s differently from this install; using the bag's definitions",
+                    printable(", ".join(conflicts), 300))
         fresh = get_typestore(Stores.EMPTY)
         fresh.register(bag_typs)
         rest = {n: d for n, d in store.fielddefs.items() if n not in fresh.fielddefs}
@@ -199,5 +210,5 @@ def typestore_for_connections(connections: Iterable[Connection], base: Optional[
         try:
             ensure_type(store, m)
         except KeyError:
-            log.warning("no definition for %s: its messages stay raw (can be replayed, not decoded)", m)
+            log.warning("no definition for %s: its messages stay raw (not decoded)", printable(m))
     return store

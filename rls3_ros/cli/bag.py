@@ -1,6 +1,7 @@
 """``rls3 bag``: look into bags and convert datasets (no rclpy).
 
-    rls3 bag info BAG                       topics, types, counts, duration, decodable or not
+    rls3 bag info BAG                       topics, types, counts, duration, whether each topic's first
+                                            message decodes as its declared type (exit 2 if one does not)
     rls3 bag export DATASET_DIR --out BAG [--storage mcap|sqlite3] [--topic /rls3/samples]
                                             a caption dataset (rls3 captions) as rls3_msgs/Sample
     rls3 bag samples BAG [--topic T] [--only-valid]
@@ -18,21 +19,37 @@ from pathlib import Path
 from typing import List, Optional
 
 from rls3_ros.bags.bagio import BagError, BagReader, cli_boundary
+from rls3_ros.bags.checks import printable
 
 
 def _info(a) -> int:
+    """Topics, types, counts; the first message of every topic is decoded with the bag's own
+    definitions (or this install's): a topic whose payload does not match its declared type
+    makes it exit 2 with one line on stderr after the table."""
+    bad = []
     with BagReader(a.bag) as bag:
         counts = bag.topic_counts()
         dur = max(0, bag.end_time - bag.start_time) / 1e9 if bag.message_count else 0.0
-        print(f"bag:       {a.bag}")
+        print(f"bag:       {printable(a.bag, 300)}")
         print(f"messages:  {bag.message_count}")
         print(f"duration:  {dur:.3f} s")
         if bag.message_count:
             print(f"start:     {bag.start_time} ns")
         print("topics:")
         for c in sorted(bag.connections, key=lambda c: c.topic):
-            ok = "decodable" if bag.can_decode(c.msgtype) else "raw only (no definition)"
-            print(f"  {c.topic}  [{c.msgtype}]  {counts.get(c.topic, 0)} msgs  {ok}")
+            label = f"{printable(c.topic)}  [{printable(c.msgtype)}]  {counts.get(c.topic, 0)} msgs"
+            if not bag.can_decode(c.msgtype):
+                print(f"  {label}  raw only (no definition)")
+                continue
+            problem = bag.decode_problem(c)
+            if problem is None:
+                print(f"  {label}  decodable" + ("" if counts.get(c.topic, 0) else " (no message to check)"))
+            else:
+                print(f"  {label}  NOT DECODABLE: first message {problem}")
+                bad.append(f"{printable(c.topic)}: {problem}")
+    if bad:
+        shown = "; ".join(bad[:3]) + (f"; and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise BagError(f"bag {str(a.bag)!r}: {len(bad)} topic(s) hold messages that do not match their declared type: {shown}")
     return 0
 
 

@@ -6,12 +6,16 @@
 
 How it works
 - A node ``rls3_recorder`` looks up each requested topic's type on the graph
-  (``get_topic_names_and_types``, polled until it appears), imports the Python message class
-  by name and subscribes with ``raw=True``: the callback gets the serialized CDR bytes, which
-  go to the bag unchanged. Bag time = the message's receive time (system clock, ns).
+  (``get_topic_names_and_types``, polled until it appears) and subscribes with ``raw=True``:
+  the callback gets the serialized CDR bytes, which go to the bag unchanged. Bag time = the
+  message's receive time (system clock, ns). The type name comes from an unauthenticated graph:
+  its Python class is taken only from the allow-list of interface packages
+  (:mod:`rls3_ros.ros.msg_types`); a topic of any other type is not recorded (one error line).
 - QoS: the subscription matches every publisher seen at subscription time (reliable only if
-  all are reliable, transient-local only if all are); the choice is logged per topic, and the
-  publishers' own profiles are stored as ``offered_qos_profiles`` in metadata.yaml.
+  all are reliable, transient-local only if all are); a topic is subscribed once its publisher
+  count held for one discovery round, so publishers of one process discovered one by one are
+  all seen. The choice is logged per topic (a warning when the publishers' QoS is mixed), and
+  the publishers' own profiles are stored as ``offered_qos_profiles`` in metadata.yaml.
 - Memory is bounded: callbacks only append to a byte-bounded queue; a writer thread drains it
   into rosbags' ``Writer``. A full queue drops the message and counts it (reported at the end
   and as ``dropped=`` in the summary line).
@@ -19,9 +23,13 @@ How it works
   other installed packages from their .msg files), so other rosbag2 tools read the bag.
 - SIGINT/SIGTERM, ``--duration`` or ``--max-messages`` stop it cleanly: the queue is drained,
   the bag finished (index + metadata.yaml) in ``OUT.partial/`` and only then renamed to
-  ``OUT``. A failed run removes ``OUT.partial``; a killed (-9) one leaves only ``OUT.partial``.
+  ``OUT``. A killed (-9) run leaves only ``OUT.partial``.
+- Disk full (ENOSPC), file too large (EFBIG, a file size limit) or another storage write error:
+  what reached the file is kept at ``OUT`` (MCAP cut after its last complete record and closed
+  with a footer; sqlite3 keeps what its once-a-second commits made durable; no metadata.yaml),
+  one line says so, exit 2. Any other writer failure removes ``OUT.partial``.
 
-Exit code 0 on a complete bag, 2 on bad arguments / unusable output, 1 on a writer failure.
+Exit code 0 on a complete bag, 2 on bad arguments / unusable output / a writer failure.
 """
 
 from __future__ import annotations
@@ -37,8 +45,10 @@ from pathlib import Path
 from typing import Deque, Dict, List, Optional, Tuple
 
 from rls3_ros.bags.bagio import STORAGES, AtomicBagWriter, BagError, run_cli
+from rls3_ros.bags.checks import printable, publishable_problem
 
 DEFAULT_EXCLUDE = ("/rosout", "/parameter_events")
+CHECKPOINT_PERIOD_S = 1.0  # sqlite3 commits / MCAP buffer flushes while recording
 
 
 class ByteBoundedQueue:
@@ -103,6 +113,7 @@ class BagWriterThread(threading.Thread):
         self.opened = threading.Event()
         self.abort_requested = False
         self.path: Optional[Path] = None
+        self.failure = ""  # one line: why writing stopped and what was kept
 
     def run(self) -> None:
         try:
@@ -112,31 +123,41 @@ class BagWriterThread(threading.Thread):
             self.opened.set()
             return
         self.opened.set()
+        next_checkpoint = time.monotonic() + CHECKPOINT_PERIOD_S
         try:
             while True:
                 try:
                     item = self.queue.get(0.1)
                 except EOFError:
                     break
-                if item is None:
-                    continue
                 if self.abort_requested:
                     continue
-                if item[0] == "msg":
+                if item is not None and item[0] == "msg":
                     _, topic, t, data = item
                     self.writer.write(topic, t, data)
                     self.written += 1
-                else:
+                elif item is not None:
                     _, topic, msgtype, qos = item
                     with self.writer.lock:
                         self.writer.add_topic(topic, msgtype, qos)
+                    self.writer.checkpoint()
+                if time.monotonic() >= next_checkpoint:
+                    # what is committed/flushed survives a later disk-full or file-size failure
+                    self.writer.checkpoint()
+                    next_checkpoint = time.monotonic() + CHECKPOINT_PERIOD_S
             if self.abort_requested:
                 self.writer.abort()
             else:
                 self.path = self.writer.close()
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             self.error = exc
-            self.writer.abort()
+            if self.abort_requested or not isinstance(exc, Exception):
+                self.writer.abort()
+                self.failure = f"writing {self.writer.out} stopped: {exc.__class__.__name__}"
+            elif self.writer.is_open:
+                self.failure = self.writer.fail(exc)  # disk full / file too large: keeps what was written
+            else:
+                self.failure = str(exc)  # close() already kept (or dropped) the bag and said so
 
 
 @dataclass
@@ -169,6 +190,7 @@ def _make_node(opts: RecordOptions, queue: ByteBoundedQueue, store, store_lock, 
     from rclpy.node import Node
 
     from rls3_ros.ros import rosutil
+    from rls3_ros.ros.msg_types import UnsupportedType, message_class
     from rls3_ros.bags.typestore import ensure_type
 
     class RecorderNode(Node):
@@ -188,6 +210,7 @@ def _make_node(opts: RecordOptions, queue: ByteBoundedQueue, store, store_lock, 
             self.sub_qos: Dict[str, object] = {}
             self.checked_publishers: set = set()
             self.name_tries: Dict[tuple, int] = {}
+            self.pub_counts: Dict[str, int] = {}
             self._lock = threading.Lock()
             self._warned_wait = False
             self._t0 = time.monotonic()
@@ -206,11 +229,20 @@ def _make_node(opts: RecordOptions, queue: ByteBoundedQueue, store, store_lock, 
                     continue
                 if topic in self.skipped or not self.wanted(topic):
                     continue
-                if self.count_publishers(topic) == 0:
+                n_pubs = self.count_publishers(topic)
+                if n_pubs == 0:
                     continue  # only subscribers so far: wait for a publisher to match its QoS
+                if self.pub_counts.get(topic) != n_pubs:
+                    # publishers of one process are discovered one by one: subscribe once the
+                    # count held for a discovery round, so the QoS matches all of them
+                    self.pub_counts[topic] = n_pubs
+                    continue
+                allowed = [t for t in types if publishable_problem(t) is None]
                 if len(types) > 1:
-                    self.get_logger().warning(f"{topic} has several types {types}; recording {types[0]}")
-                self.subscribe(topic, types[0])
+                    self.get_logger().warning(
+                        f"{printable(topic)} has several types {printable(', '.join(types), 300)}; "
+                        f"recording {printable(allowed[0]) if allowed else 'none of them'}")
+                self.subscribe(topic, allowed[0] if allowed else types[0])
             missing = [t for t in opts.topics if t not in self.subscribed and t not in self.skipped]
             if missing and not self._warned_wait and time.monotonic() - self._t0 > 5.0:
                 self._warned_wait = True
@@ -245,12 +277,14 @@ def _make_node(opts: RecordOptions, queue: ByteBoundedQueue, store, store_lock, 
 
         def subscribe(self, topic: str, msgtype: str) -> None:
             try:
-                cls = rosutil.import_msg_class(msgtype)
+                # the type name comes from the graph (untrusted): a class only from the allow-list
+                cls = message_class(msgtype)
                 with store_lock:
                     ensure_type(store, msgtype)
-            except (ImportError, KeyError) as exc:
-                self.skipped[topic] = str(exc)
-                self.get_logger().error(f"cannot record {topic} [{msgtype}]: {exc}")
+            except (UnsupportedType, KeyError) as exc:
+                reason = printable(exc.args[0] if exc.args else exc, 300)
+                self.skipped[topic] = reason
+                self.get_logger().error(f"cannot record {printable(topic)} [{printable(msgtype)}]: {reason}")
                 return
             infos = self.get_publishers_info_by_topic(topic)
             profiles = [i.qos_profile for i in infos]
@@ -287,11 +321,14 @@ def _make_node(opts: RecordOptions, queue: ByteBoundedQueue, store, store_lock, 
             self.subscribed[topic] = msgtype
             self.sub_qos[topic] = qos
             self.checked_publishers.update((topic, bytes(i.endpoint_gid)) for i in infos)
-            level = self.get_logger().warning if mixed else self.get_logger().info
-            level(
-                f"recording {topic} [{msgtype}] with QoS {rosutil.describe(qos)} "
-                f"(publishers: {len(profiles)}, offered {pub_desc}{'; MIXED QoS' if mixed else ''})"
-            )
+            text = (f"recording {topic} [{msgtype}] with QoS {rosutil.describe(qos)} "
+                    f"(publishers: {len(profiles)}, offered {pub_desc}{'; MIXED QoS' if mixed else ''})")
+            # one call site per severity: rclpy refuses a call site whose severity changes
+            # (ValueError: Logger severity cannot be changed between calls)
+            if mixed:
+                self.get_logger().warning(text)
+            else:
+                self.get_logger().info(text)
 
     return RecorderNode()
 
@@ -363,7 +400,8 @@ def record(opts: RecordOptions, ros_args: Optional[List[str]] = None, stop=None,
         queue.close()
         thread.join()
         if thread.error is not None:
-            raise BagError(f"writing {opts.out} failed: {thread.error}")
+            received = node.received
+            raise BagError(f"{thread.failure or thread.error} ({received} message(s) had been received)")
         path = thread.path
         result = RecordResult(
             path=path,

@@ -15,8 +15,16 @@
   topic /a as /b.
 - Publisher QoS: reliable (serves reliable and best-effort subscribers), transient-local when
   the recorded publishers were, depth >= the recorded one; logged per topic.
-- Topics whose type is not importable in this Python (no rclpy type support) are skipped with a
-  warning; their definitions are still known from the bag (see ``rls3_ros.bags.typestore``).
+- A bag is untrusted input, checked before anything is published (one-line refusal, exit 2):
+  every replayed topic's type must be a ROS message type of an allowed interface package
+  (:data:`rls3_ros.bags.checks.PUBLISHABLE_PACKAGES`; its Python class comes from a fixed
+  mapping, :mod:`rls3_ros.ros.msg_types`: a name from the bag never selects a module to
+  import; leave other topics out with ``--topics``); an output topic the project uses for
+  other types (``image_raw`` carries Image or CompressedImage, ``camera_info`` CameraInfo,
+  ``scene_state`` SceneState, ...) or that the graph already uses with another type is
+  refused, remapped or not; the first message of each topic must decode as its declared type
+  with this install's definition (what subscribers decode with). Later messages are checked
+  too: one that does not decode is withheld, counted, and the run ends with exit 2.
 - SIGINT/SIGTERM stop it between two messages (replay writes nothing, so nothing is left
   half-written). A missing/truncated/corrupted bag: one-line error, exit 2.
 """
@@ -33,6 +41,8 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from rls3_ros.bags.bagio import BagError, BagReader, run_cli
+from rls3_ros.bags.checks import expected_types, normalise_msgtype, payload_problem, printable, publishable_problem
+from rls3_ros.bags.typestore import base_typestore, ensure_types
 
 CLOCK_TYPE = "rosgraph_msgs/msg/Clock"
 
@@ -57,6 +67,7 @@ class ReplayResult:
     loops: int
     interrupted: bool
     skipped: Dict[str, str]
+    withheld: Dict[str, int] = field(default_factory=dict)  # messages not published: they do not decode
 
 
 def _percentiles(late_ns: List[int]) -> Dict[str, float]:
@@ -81,12 +92,91 @@ def _sleep_until(deadline_ns: int, stop) -> bool:
         # else: spin for the last 0.2 ms
 
 
+def _refuse(what: str, reasons: List[str]) -> BagError:
+    """One-line BagError listing ``reasons`` (at most 4 shown)."""
+    shown = "; ".join(reasons[:4]) + (f"; and {len(reasons) - 4} more" if len(reasons) > 4 else "")
+    return BagError(f"{what}: {shown}")
+
+
+def check_bag_for_replay(bag: BagReader, opts: ReplayOptions):
+    """Everything that can refuse a replay, done before anything is published (no rclpy).
+
+    Returns (connections, output topic per connection id, the typestore of this install's
+    definitions). Raises BagError (one line) when a selected topic's type name is not a ROS
+    message type of an allowed interface package, when an output topic is one the project
+    uses for other types (``image_raw`` carries Image or CompressedImage, ...), when two topics
+    meet on one output name with different types, or when the first message of a topic does
+    not decode as its declared type with this install's definition (the one subscribers use).
+    """
+    conns = bag.connections_for(opts.topics)
+    if not conns:
+        raise BagError(f"bag {str(opts.bag)!r} has no messages to replay")
+    unknown_remaps = sorted(set(opts.remaps) - {c.topic for c in bag.connections})
+    if unknown_remaps:
+        raise BagError(f"--remap names no topic of the bag: {', '.join(printable(t) for t in unknown_remaps)}")
+    refused: List[str] = []
+    out_topic: Dict[int, str] = {}
+    out_type: Dict[str, str] = {}
+    for c in conns:
+        name = opts.remaps.get(c.topic, c.topic)
+        label = f"{printable(c.topic)} [{printable(c.msgtype)}]"
+        problem = publishable_problem(c.msgtype)
+        if problem is not None:
+            refused.append(f"{label}: {problem}")
+            continue
+        msgtype = normalise_msgtype(c.msgtype)
+        expected = expected_types(name)
+        if expected is not None and msgtype not in expected:
+            via = f" (remapped from {printable(c.topic)})" if name != c.topic else ""
+            refused.append(f"{printable(name)}{via} carries {' or '.join(sorted(expected))} in this project, "
+                           f"not {msgtype}: its subscribers would never receive it")
+            continue
+        if out_type.setdefault(name, msgtype) != msgtype:
+            refused.append(f"{printable(name)} would carry both {out_type[name]} and {msgtype}")
+            continue
+        out_topic[c.id] = name
+    if refused:
+        raise _refuse(f"bag {str(opts.bag)!r}: refusing to replay (leave such topics out with --topics)", refused)
+
+    store = base_typestore()  # this install's definitions: what the subscribers decode with
+    try:
+        ensure_types(store, sorted(set(out_type.values())))
+    except KeyError as exc:
+        raise BagError(f"bag {str(opts.bag)!r}: {printable(exc.args[0] if exc.args else exc, 200)}") from None
+    mismatched: List[str] = []
+    for c in conns:
+        first = bag.first_message(c)
+        if first is None:
+            continue
+        problem = payload_problem(store, first[1], normalise_msgtype(c.msgtype))
+        if problem is not None:
+            mismatched.append(f"{printable(c.topic)}: first message {problem}")
+    if mismatched:
+        raise _refuse(f"bag {str(opts.bag)!r}: payload does not match the declared type, nothing published", mismatched)
+    return conns, out_topic, store
+
+
+def _graph_conflicts(node, publishers: Dict[str, object], types: Dict[str, str]) -> List[str]:
+    """Output topics that other endpoints on the graph use with another type."""
+    resolved = {p.topic_name: name for name, p in publishers.items()}
+    out = []
+    for topic, seen in node.get_topic_names_and_types():
+        name = resolved.get(topic)
+        if name is None:
+            continue
+        other = sorted(t for t in seen if t != types[name])
+        if other:
+            out.append(f"{printable(topic)} is used with {printable(', '.join(other))} on the graph, not {types[name]}")
+    return out
+
+
 def replay(opts: ReplayOptions, ros_args: Optional[List[str]] = None, stop=None, log=print) -> ReplayResult:
     import rclpy
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from rclpy.signals import SignalHandlerOptions
 
     from rls3_ros.ros import rosutil
+    from rls3_ros.ros.msg_types import UnsupportedType, message_class
 
     if opts.rate <= 0:
         raise BagError("--rate must be > 0")
@@ -96,43 +186,46 @@ def replay(opts: ReplayOptions, ros_args: Optional[List[str]] = None, stop=None,
     stop = stop if stop is not None else rosutil.StopFlag().install()
     context = rclpy.Context()
     published: Dict[str, int] = {}
+    withheld: Dict[str, int] = {}
     late: List[int] = []
     skipped: Dict[str, str] = {}
     loops = 0
     node = None
     try:
         with BagReader(opts.bag) as bag:
-            conns = bag.connections_for(opts.topics)
-            if not conns:
-                raise BagError(f"bag {str(opts.bag)!r} has no messages to replay")
+            conns, out_topic, check_store = check_bag_for_replay(bag, opts)
+            classes: Dict[str, object] = {}
+            for c in conns:
+                try:
+                    classes[c.msgtype] = message_class(c.msgtype)
+                except UnsupportedType as exc:
+                    raise BagError(f"bag {str(opts.bag)!r}: cannot publish {printable(c.topic)}: {exc}") from None
+            bag_start = bag.start_time
+            first = bag_start + int(round(opts.start_offset * 1e9))
+            if first > bag.end_time:
+                raise BagError(f"--start-offset {opts.start_offset:g} s is past the end of the bag ({(bag.end_time - bag_start) / 1e9:.3f} s long)")
+
             rclpy.init(args=rosutil.init_args("rls3 replay", ros_args), context=context,
                        signal_handler_options=SignalHandlerOptions.NO)
             node = rclpy.create_node("rls3_replayer", context=context)
             logger = node.get_logger()
             pubs: Dict[int, object] = {}
-            out_topic: Dict[int, str] = {}
             by_topic: Dict[str, object] = {}
+            topic_type: Dict[str, str] = {}
             for c in conns:
-                name = opts.remaps.get(c.topic, c.topic)
-                try:
-                    cls = rosutil.import_msg_class(c.msgtype)
-                except ImportError as exc:
-                    skipped[c.topic] = str(exc)
-                    logger.warning(f"skipping {c.topic} [{c.msgtype}]: {exc}")
-                    continue
+                name = out_topic[c.id]
+                msgtype = normalise_msgtype(c.msgtype)
                 if name not in by_topic:
                     recorded = list(getattr(c.ext, "offered_qos_profiles", []) or [])
                     qos = rosutil.publisher_qos_for(recorded, opts.qos_depth)
-                    by_topic[name] = node.create_publisher(cls, name, qos)
+                    by_topic[name] = node.create_publisher(classes[c.msgtype], name, qos)
+                    topic_type[name] = msgtype
                     published[name] = 0
                     logger.info(
-                        f"publishing {c.topic}{' as ' + name if name != c.topic else ''} [{c.msgtype}] "
+                        f"publishing {printable(c.topic)}{' as ' + printable(name) if name != c.topic else ''} [{msgtype}] "
                         f"with QoS {rosutil.describe(qos)} ({c.msgcount} messages in the bag)"
                     )
                 pubs[c.id] = by_topic[name]
-                out_topic[c.id] = name
-            if not pubs:
-                raise BagError("none of the bag's topics can be published here: " + "; ".join(f"{t}: {r}" for t, r in skipped.items()))
             clock_pub = None
             if opts.clock_hz is not None:
                 from rosgraph_msgs.msg import Clock
@@ -142,9 +235,16 @@ def replay(opts: ReplayOptions, ros_args: Optional[List[str]] = None, stop=None,
                 )
                 logger.info(f"publishing /clock at {opts.clock_hz:g} Hz")
 
+            def check_graph() -> None:
+                conflicts = _graph_conflicts(node, by_topic, topic_type)
+                if conflicts:
+                    raise _refuse("refusing to replay onto a topic of another type", conflicts)
+
+            check_graph()
             if opts.wait_for_subscribers:
                 deadline = time.monotonic() + opts.wait_for_subscribers
                 while not stop.is_set():
+                    check_graph()
                     waiting = [t for t, p in by_topic.items() if p.get_subscription_count() == 0]
                     if not waiting:
                         break
@@ -152,13 +252,11 @@ def replay(opts: ReplayOptions, ros_args: Optional[List[str]] = None, stop=None,
                         logger.warning(f"no subscriber after {opts.wait_for_subscribers:g} s on {' '.join(waiting)}; replaying anyway")
                         break
                     stop.event.wait(0.02)
+                check_graph()
 
-            bag_start = bag.start_time
-            first = bag_start + int(round(opts.start_offset * 1e9))
-            if first > bag.end_time:
-                raise BagError(f"--start-offset {opts.start_offset:g} s is past the end of the bag ({(bag.end_time - bag_start) / 1e9:.3f} s long)")
             clock_period_ns = int(1e9 / opts.clock_hz) if opts.clock_hz else None
             conn_list = [c for c in conns if c.id in pubs]
+            conn_type = {c.id: normalise_msgtype(c.msgtype) for c in conn_list}
             total = sum(c.msgcount for c in conn_list)
             logger.info(
                 f"replaying {total} messages from {opts.bag} at rate {opts.rate:g}"
@@ -177,6 +275,15 @@ def replay(opts: ReplayOptions, ros_args: Optional[List[str]] = None, stop=None,
                 n_loop = 0
                 for conn, t, raw in bag.messages(conn_list, start=first):
                     due = t0 + int((t - first) / opts.rate)
+                    # every message is checked before it is published (the first of each topic
+                    # was checked before the node started): one that does not decode is withheld
+                    problem = payload_problem(check_store, raw, conn_type[conn.id])
+                    if problem is not None:
+                        name = out_topic[conn.id]
+                        withheld[name] = withheld.get(name, 0) + 1
+                        if withheld[name] == 1:
+                            logger.warning(f"withholding a message on {printable(conn.topic)} at {t}: {problem}")
+                        continue
                     if clock_pub is not None:
                         # /clock ticks while waiting for this message
                         while next_clock < due and not stop.is_set():
@@ -205,8 +312,10 @@ def replay(opts: ReplayOptions, ros_args: Optional[List[str]] = None, stop=None,
                 f"replay {'interrupted' if interrupted else 'done'}: "
                 + ", ".join(f"{t}: {n}" for t, n in published.items())
                 + f"; lateness p50 {stats['p50']:.3f} ms p99 {stats['p99']:.3f} ms max {stats['max']:.3f} ms"
+                + (f"; withheld (do not decode): {', '.join(f'{t}: {n}' for t, n in withheld.items())}" if withheld else "")
             )
-            return ReplayResult(published=published, lateness_ms=stats, loops=loops, interrupted=interrupted, skipped=skipped)
+            return ReplayResult(published=published, lateness_ms=stats, loops=loops, interrupted=interrupted, skipped=skipped,
+                                withheld=withheld)
     finally:
         if node is not None:
             node.destroy_node()
@@ -267,9 +376,13 @@ def _replay_main(a: argparse.Namespace, ros_args: List[str]) -> int:
     print(
         f"replayed {sum(res.published.values())} messages"
         f" lateness_p50_ms={res.lateness_ms['p50']:.3f} lateness_p99_ms={res.lateness_ms['p99']:.3f}"
+        f" lateness_max_ms={res.lateness_ms['max']:.3f}"
         + (" (interrupted)" if res.interrupted else ""),
         flush=True,
     )
+    if res.withheld:
+        raise BagError(f"bag {str(opts.bag)!r}: withheld {sum(res.withheld.values())} message(s) that do not decode as their "
+                       f"declared type ({', '.join(f'{printable(t)}: {n}' for t, n in res.withheld.items())})")
     return 0
 
 
