@@ -20,8 +20,9 @@ What is and is not persisted (documented here, tested above/below):
   each fine-tune's samples in the goal, ``use_buffer`` false, so the buffer holds nothing the run
   needs) and the samples collected since the last checkpoint (a resumed run re-generates those
   episodes from the checkpointed RNG state: test 3 shows the result equals the uninterrupted run).
-- leftovers after a kill: hidden temp directories (``.iter_NNN.tmp-*``, ``checkpoints/.tmp-*``);
-  every reader ignores them (no loader scans for hidden names).
+- leftovers after a kill: hidden temp directories (``.iter_NNN.tmp-*``, ``checkpoints/.ckpt-NNN.tmp-*``);
+  every reader ignores them (no loader scans for hidden names) and the next checkpoint or resume
+  of the run removes them (test_security_runs.py).
 """
 
 from __future__ import annotations
@@ -212,7 +213,7 @@ def test_loop_killed_mid_fine_tune_adapter_and_checkpoint_write_resumes_from_las
         for d in _named_dirs(run / "adapters"):
             _load_plain_peft_tiny(d)
         for d in _named_dirs(run / "checkpoints"):
-            assert {"meta.json", "scheduler.pkl", "envs.pkl"} <= {p.name for p in d.iterdir()}, d
+            assert {"meta.json", "scheduler.json", "envs.json", "MANIFEST.json"} <= {p.name for p in d.iterdir()}, d
         assert not (run / "checkpoints" / f"ckpt-{int(fault.split(':')[1]):03d}").exists() or fault.startswith("adapter")
     with _victim(env, run, tmp_path, "final", True) as v:
         assert v.wait(240) == 0, v.output()[-3000:]

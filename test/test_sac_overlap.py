@@ -120,7 +120,7 @@ def test_checkpoint_keeps_the_replay_buffer_written_up_to_its_fill(tmp_path):
         arrays = {k: getattr(rb, k).copy() for k in SACAgent._BUFFER_ARRAYS}
         agent.save(str(tmp_path / "agent"))
         assert all(getattr(rb, k).shape[0] == 5000 for k in SACAgent._BUFFER_ARRAYS), "save shrank the live buffer"
-        size = (tmp_path / "agent" / "replay_buffer.pkl").stat().st_size
+        size = (tmp_path / "agent" / "replay_buffer.npz").stat().st_size
         assert size < arrays["observations"].nbytes / 10, f"the whole allocated buffer was written ({size} bytes)"
 
         fresh = SACAgent([env], seed=5, learning_starts=STARTS, gradient_steps=1, batch_size=8, buffer_size=5000)

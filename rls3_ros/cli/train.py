@@ -59,10 +59,17 @@ def cli_train(argv: List[str]) -> int:
         if not os.path.exists(run.config_path):
             print(f"rls3 train: {args.resume} is not a run directory (no config.yaml)", file=sys.stderr)
             return 2
-        cfg = read_yaml(run.config_path)
-        if not run.latest_checkpoint():
+        from rls3_ros.loop.run_dir import CheckpointError
+
+        try:  # before building anything: ours, current format, one checkpoint verifies (run_dir docstring)
+            cfg = read_yaml(run.config_path)
+            resumable = run.check_resumable()
+        except (OSError, yaml.YAMLError, CheckpointError) as e:
+            print(f"rls3 train: {_one_line(e)}", file=sys.stderr)
+            return 2
+        if not resumable:
             log("no checkpoint yet: starting this run from the beginning")
-        path, resume = run.path, bool(run.latest_checkpoint())
+        path, resume = run.path, bool(resumable)
     else:
         try:
             sets = list(args.set)
@@ -90,7 +97,16 @@ def cli_train(argv: List[str]) -> int:
         log(f"interrupted; continue with: rls3 train --resume {path}")
         return 130
     except ValueError as e:
-        print(f"rls3 train: {e}", file=sys.stderr)
+        print(f"rls3 train: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a full disk while saving: one line (the last checkpoint is intact), else re-raise
+        from rls3_ros.core.atomic_io import disk_full_message
+
+        msg = disk_full_message(e)
+        if msg is None:
+            raise
+        print(f"rls3 train: {msg}; the last complete checkpoint is kept (free space, then: "
+              f"rls3 train --resume {path})", file=sys.stderr)
         return 2
     dt = time.monotonic() - t0
     log(f"done ({summary['stop_reason']}) in {dt / 60:.1f} min: {summary['iterations']} fine-tunes, "
@@ -101,6 +117,10 @@ def cli_train(argv: List[str]) -> int:
     log(f"plot:   {run.plot_path}")
     print(run.path)
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
 
 
 if __name__ == "__main__":

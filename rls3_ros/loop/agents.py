@@ -6,7 +6,15 @@ Every agent exposes the same small interface, so the scheduler never knows which
   ``safe_point()`` is called whenever the agent's own state is consistent (after an SB3
   transition has been stored), so a pending checkpoint can be written there;
 - ``save(directory)`` / ``load(directory)``: the agent's state (SB3 model + SAC replay buffer,
-  or the RNG of the random agent / miner).
+  or the RNG of the random agent / miner), in formats that cannot execute code when read
+  (``rls3_ros.core.safe_state``: JSON + ``.npz`` without pickle). SB3's own ``save``/``load`` are
+  not used: its ``.zip`` holds cloudpickled objects in ``data`` and its replay buffer is a pickle.
+  What is stored of an SB3 model: every network and optimiser state dict and the torch variables
+  SB3 names (``_get_torch_save_params``), and every attribute SB3 would save that is plain data
+  (counters, progress, last observations, episode info buffers); what SB3 would pickle besides
+  (spaces, schedules, classes) follows from the run's configuration, which builds the same model
+  again before loading. Loading repeats what SB3's ``load`` does after reading its file (set the
+  attributes, ``_setup_model``, ``set_parameters``, the torch variables, a new gSDE noise).
 
 SAC (the paper's) and PPO come from stable-baselines3 with small nets (``net_arch`` [64, 64]).
 Made able to move within a few hundred steps (measured: with ``ent_coef="auto"`` alpha starts
@@ -26,17 +34,34 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, List, Optional, Sequence
 
 import numpy as np
 
+from rls3_ros.core.safe_state import StateError, dump_state, load_state, storable
 from rls3_ros.loop.env import RLS3Env
+
 
 def _noop() -> None:
     pass
+
+
+def _write_agent_json(directory: str, info: dict) -> None:
+    with open(os.path.join(directory, "agent.json"), "w") as f:
+        json.dump(info, f)
+
+
+def _check_agent_json(directory: str, name: str) -> None:
+    """The saved agent is this kind of agent (a clear reason instead of a shape error later)."""
+    try:
+        with open(os.path.join(directory, "agent.json")) as f:
+            saved = json.load(f).get("agent")
+    except (OSError, ValueError, AttributeError) as e:
+        raise StateError(f"agent/agent.json is unreadable ({type(e).__name__})") from None
+    if saved != name:
+        raise StateError(f"agent/agent.json holds a {saved!r} agent, not {name!r}")
 
 
 class ThreadVecEnv:
@@ -152,14 +177,14 @@ class _LoopAgent(Agent):
 
     def save(self, directory):
         os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "rng.pkl"), "wb") as f:
-            pickle.dump([r.bit_generator.state for r in self.rngs], f)
-        with open(os.path.join(directory, "agent.json"), "w") as f:
-            json.dump({"agent": self.name, "seed": self.seed}, f)
+        dump_state(directory, "rng", [r.bit_generator.state for r in self.rngs])
+        _write_agent_json(directory, {"agent": self.name, "seed": self.seed})
 
     def load(self, directory):
-        with open(os.path.join(directory, "rng.pkl"), "rb") as f:
-            states = pickle.load(f)
+        _check_agent_json(directory, self.name)
+        states = load_state(directory, "rng")
+        if not isinstance(states, list) or len(states) < len(self.rngs):
+            raise StateError(f"agent/rng.json holds no RNG state for {len(self.rngs)} env(s)")
         for r, s in zip(self.rngs, states):
             r.bit_generator.state = s
 
@@ -222,15 +247,54 @@ class _SB3Agent(Agent):
     # SAC stores its transition after on_step: checkpoint at rollout end (1 step) instead.
     safe_on_step = True
 
+    def _saved_attributes(self):
+        """(names SB3's ``save`` would write as ``data``, names of its torch state dicts / variables)."""
+        m = self.model
+        exclude = set(m._excluded_save_params()) | {"train"}  # "train": SAC's deferring wrapper
+        state_dicts, variables = m._get_torch_save_params()
+        exclude |= {n.split(".")[0] for n in state_dicts + variables}
+        return [k for k in m.__dict__ if k not in exclude], variables
+
     def save(self, directory):
+        """The model as ``model.json`` + ``model.npz`` (see the module docstring: no pickle)."""
+        from stable_baselines3.common.save_util import recursive_getattr
+
         os.makedirs(directory, exist_ok=True)
-        self.model.save(os.path.join(directory, "model.zip"), exclude=["train"])  # "train": SAC's deferring wrapper
-        with open(os.path.join(directory, "agent.json"), "w") as f:
-            json.dump({"agent": self.name, "seed": self.seed, "num_timesteps": int(self.model.num_timesteps)}, f)
+        m = self.model
+        names, variables = self._saved_attributes()
+        data = {k: m.__dict__[k] for k in names if storable(m.__dict__[k])}
+        dump_state(directory, "model", {
+            "algo": type(m).__name__, "data": data, "from_config": sorted(set(names) - set(data)),
+            "params": m.get_parameters(), "variables": {n: recursive_getattr(m, n) for n in variables}})
+        _write_agent_json(directory, {"agent": self.name, "seed": self.seed, "num_timesteps": int(m.num_timesteps)})
 
     def load(self, directory):
-        cls = type(self.model)
-        self.model = cls.load(os.path.join(directory, "model.zip"), env=self.vec, device="cpu")
+        """Into the model this agent built from the run's configuration, as SB3's ``load`` would."""
+        from stable_baselines3.common.save_util import recursive_setattr
+
+        _check_agent_json(directory, self.name)
+        state = load_state(directory, "model")
+        m = self.model
+        if not isinstance(state, dict) or state.get("algo") != type(m).__name__:
+            raise StateError(f"agent/model.json does not hold a {type(m).__name__} model")
+        data, params, variables = state.get("data"), state.get("params"), state.get("variables")
+        if not isinstance(data, dict) or not isinstance(params, dict) or not isinstance(variables, dict):
+            raise StateError("agent/model.json is malformed")
+        names, wanted = self._saved_attributes()
+        unknown = set(data) - set(names)
+        if unknown or set(variables) != set(wanted):
+            raise StateError(f"agent/model.json does not match this {type(m).__name__} model "
+                             f"(attributes {sorted(unknown)[:3]}, variables {sorted(variables)})")
+        m.__dict__.pop("train", None)  # SAC's deferring wrapper: wrapped again after loading
+        m.__dict__.update(data)
+        m._last_obs = None  # SB3 load(env=...) forces a reset: the next learn() starts an episode
+        m.n_envs = self.vec.num_envs
+        m._setup_model()
+        m.set_parameters(params, exact_match=True, device="cpu")
+        for name, value in variables.items():
+            recursive_setattr(m, f"{name}.data", value.data)
+        if m.use_sde:
+            m.policy.reset_noise()
         self._resumed = True
 
     def close(self):
@@ -329,33 +393,40 @@ class SACAgent(_SB3Agent):
     _BUFFER_ARRAYS = ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")
 
     def save(self, directory):
-        """Model + replay buffer. The buffer is written up to its fill (the arrays are allocated for
-        ``buffer_size`` transitions: 20000 x 94 floats twice, ~15 MB per checkpoint otherwise)."""
+        """Model + replay buffer (``replay_buffer.json`` + ``.npz``). The buffer is written up to its
+        fill (the arrays are allocated for ``buffer_size`` transitions: 20000 x 94 floats twice,
+        ~15 MB per checkpoint otherwise)."""
         self.flush()
         super().save(directory)
         rb = self.model.replay_buffer
         n = rb.buffer_size if rb.full else rb.pos
-        whole = {k: getattr(rb, k) for k in self._BUFFER_ARRAYS if getattr(rb, k, None) is not None}
-        try:
-            for k, a in whole.items():
-                setattr(rb, k, a[:n])
-            self.model.save_replay_buffer(os.path.join(directory, "replay_buffer.pkl"))
-        finally:
-            for k, a in whole.items():
-                setattr(rb, k, a)
+        arrays = {k: getattr(rb, k)[:n] for k in self._BUFFER_ARRAYS if getattr(rb, k, None) is not None}
+        dump_state(directory, "replay_buffer", {"pos": int(rb.pos), "full": bool(rb.full),
+                                                "buffer_size": int(rb.buffer_size), "arrays": arrays})
 
     def load(self, directory):
         super().load(directory)
         self.model = self._defer_training(self.model)
-        path = os.path.join(directory, "replay_buffer.pkl")
-        if os.path.exists(path):
-            self.model.load_replay_buffer(path)
+        if os.path.exists(os.path.join(directory, "replay_buffer.json")):
+            st = load_state(directory, "replay_buffer")
             rb = self.model.replay_buffer
-            for k in self._BUFFER_ARRAYS:  # back to the allocated size (a buffer saved up to its fill)
-                a = getattr(rb, k, None)
-                if a is not None and a.shape[0] < rb.buffer_size:
-                    pad = np.zeros((rb.buffer_size - a.shape[0],) + a.shape[1:], dtype=a.dtype)
-                    setattr(rb, k, np.concatenate([a, pad]))
+            arrays = st.get("arrays") if isinstance(st, dict) else None
+            if not isinstance(arrays, dict) or st.get("buffer_size") != rb.buffer_size or \
+                    not isinstance(st.get("pos"), int) or not 0 <= st["pos"] < rb.buffer_size:
+                raise StateError("agent/replay_buffer.json does not match this SAC replay buffer")
+            n = rb.buffer_size if st.get("full") else st["pos"]
+            for k in self._BUFFER_ARRAYS:  # the allocated size again (a buffer saved up to its fill)
+                live = getattr(rb, k, None)
+                if live is None:
+                    continue
+                a = arrays.get(k)
+                if not isinstance(a, np.ndarray) or a.shape != (n,) + live.shape[1:]:
+                    raise StateError(f"agent/replay_buffer.npz: {k} has shape "
+                                     f"{getattr(a, 'shape', None)}, not {(n,) + live.shape[1:]}")
+                whole = np.zeros_like(live)
+                whole[:n] = a
+                setattr(rb, k, whole)
+            rb.pos, rb.full = int(st["pos"]), bool(st.get("full"))
 
 
 class PPOAgent(_SB3Agent):

@@ -28,11 +28,11 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from typing import Dict, List, Optional
 
 import numpy as np
 
+from rls3_ros.core.safe_state import dump_state, load_state
 from rls3_ros.loop.agents import _LoopAgent
 from rls3_ros.loop.env import EpisodeRecord
 from rls3_ros.loop.modes import MODES, mode_action
@@ -114,17 +114,14 @@ class _ModeSampler(_LoopAgent, SchedulerCallbacks):
 
     def save(self, directory):
         super().save(directory)
-        with open(os.path.join(directory, "mode_sampler.pkl"), "wb") as f:
-            pickle.dump(self._state(), f)
+        dump_state(directory, "mode_sampler", self._state())  # JSON, no pickle (issue 26)
         with open(os.path.join(directory, "mode_policy.json"), "w") as f:
             json.dump({m: float(p) for m, p in zip(MODES, self.probs)}, f)
 
     def load(self, directory):
         super().load(directory)
-        p = os.path.join(directory, "mode_sampler.pkl")
-        if os.path.exists(p):
-            with open(p, "rb") as f:
-                self._load_state(pickle.load(f))
+        if os.path.exists(os.path.join(directory, "mode_sampler.json")):
+            self._load_state(load_state(directory, "mode_sampler"))
 
 
 def _shares(val: Dict) -> Dict[str, float]:

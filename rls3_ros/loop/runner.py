@@ -12,7 +12,6 @@ VLM, envs), ``loop`` (SchedulerConfig fields), ``env`` (RLS3Env rewards), ``agen
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -26,7 +25,7 @@ from rls3_ros.loop.samplers import make_agent
 from rls3_ros.loop.datasets import cached_split, cached_tail, replay_pool, term_counts
 from rls3_ros.loop.env import BackendSource, RLS3Env, SimSource
 from rls3_ros.loop.report import plot_accuracy, write_report
-from rls3_ros.loop.run_dir import MetricsCallback, RunDir, load_pickle, save_pickle, write_yaml
+from rls3_ros.loop.run_dir import MetricsCallback, RunDir, read_loop_state, write_loop_state, write_yaml
 from rls3_ros.loop.scheduler import (Evaluator, IterationInfo, Scheduler, SchedulerCallbacks, SchedulerConfig,
                                    Trainer, TrainOutcome)
 from rls3_ros.core.scene import Sample
@@ -151,16 +150,8 @@ class LoopRunner:
         with self._ckpt_lock, self.sched.lock:
             it = self.sched.iteration
 
-            def writer(d):
-                save_pickle(os.path.join(d, "scheduler.pkl"), self.sched.state_dict())
-                envs = [{"episode": e.episodes_done, "rng": e._rng.bit_generator.state} for e in self.envs]
-                save_pickle(os.path.join(d, "envs.pkl"), envs)
-                self.agent.save(os.path.join(d, "agent"))
-                last = self.sched.history[-1] if self.sched.history else None
-                with open(os.path.join(d, "meta.json"), "w") as f:
-                    json.dump({"iteration": it, "adapter": last.adapter_path if last else "",
-                               "metrics_size": self.run.metrics_size(), "episodes": self.sched.episodes,
-                               "time": time.time()}, f)
+            def writer(d):  # JSON + npz, no pickles (run_dir: the checkpoint format and its trust boundary)
+                write_loop_state(d, self.sched, self.envs, self.agent, self.run)
 
             path = self.run.write_checkpoint(f"ckpt-{it:03d}", writer)
             self.sched.checkpoint_pending = False
@@ -178,21 +169,16 @@ class LoopRunner:
             self.checkpoint()
 
     def resume(self) -> bool:
-        """Load the latest checkpoint (if any): scheduler, envs, agent, adapter, metrics."""
-        ck = self.run.latest_checkpoint()
-        if not ck:
+        """Load the newest checkpoint that verifies and loads (if any): scheduler, envs, agent, adapter,
+        metrics (``RunDir.resume_checkpoint``: skipped ones are named in one line; none loads:
+        ``CheckpointError``)."""
+        found = self.run.resume_checkpoint(
+            lambda ck, meta: read_loop_state(ck, meta, self.run, self.sched, self.envs, self.agent,
+                                             self.adapter_loader), log=self.log)
+        if found is None:
             return False
-        with open(os.path.join(ck, "meta.json")) as f:
-            meta = json.load(f)
+        ck, meta, _ = found
         self.run.truncate_metrics(int(meta["metrics_size"]))
-        self.sched.load_state_dict(load_pickle(os.path.join(ck, "scheduler.pkl")))
-        envs = load_pickle(os.path.join(ck, "envs.pkl"))
-        for e, s in zip(self.envs, envs):
-            e.episode = e.episodes_done = int(s["episode"])
-            e._rng.bit_generator.state = s["rng"]
-        self.agent.load(os.path.join(ck, "agent"))
-        if meta.get("adapter") and self.adapter_loader is not None:
-            self.adapter_loader(meta["adapter"])
         self.sched.restart_inflight()  # a fine-tune the checkpoint caught in the background runs again
         # TensorBoard: drop events logged after the checkpoint
         self.metrics.close()

@@ -40,10 +40,8 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import threading
 import time
-import uuid
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -668,32 +666,27 @@ def base_fingerprint(model: GroundedRelationModel) -> str:
 
 
 def save_model(model: GroundedRelationModel, directory: Path, extra: Optional[Dict] = None) -> Path:
-    """config.json + model.safetensors (+ pretrain_metrics.json), written atomically."""
+    """config.json + model.safetensors (+ pretrain_metrics.json), written atomically: a hidden temp
+    dir, every file fsynced, renamed into place (``rls3_ros.core.atomic_io.atomic_dir``); files of an
+    existing directory that are not ours (README.md) are copied into the new one first."""
     from safetensors.torch import save_file
 
+    from rls3_ros.core.atomic_io import atomic_dir
+
     directory = Path(directory).absolute()
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="." + directory.name + ".tmp-", dir=directory.parent))
-    try:
-        os.chmod(tmp, 0o755)
+    with atomic_dir(str(directory)) as tmp_dir:
+        tmp = Path(tmp_dir)
         (tmp / CONFIG).write_text(model.config.to_json())
         save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))
         if extra is not None:
             (tmp / "pretrain_metrics.json").write_text(json.dumps(extra, indent=1))
-        if directory.exists():
-            # keep files we do not own (README.md) by moving them into the new directory
+        if directory.is_dir():  # keep files we do not own (README.md): the old directory stays whole until the swap
             for f in directory.iterdir():
                 if f.name not in (CONFIG, WEIGHTS, "pretrain_metrics.json") and not (tmp / f.name).exists():
-                    shutil.move(str(f), str(tmp / f.name))
-            old = directory.with_name(directory.name + f".old-{uuid.uuid4().hex[:8]}")
-            os.rename(directory, old)
-            os.rename(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+                    if f.is_dir():
+                        shutil.copytree(f, tmp / f.name, symlinks=True)
+                    else:
+                        shutil.copy2(f, tmp / f.name, follow_symlinks=False)
     return directory
 
 

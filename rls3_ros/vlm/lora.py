@@ -90,15 +90,16 @@ class AdapterHost:
         return [p for p in self.model.parameters() if p.requires_grad]
 
     def save(self, directory: str) -> str:
-        """Save the active adapter in peft format: write into a temp dir, then rename into place."""
+        """Save the active adapter in peft format: written into a hidden temp dir, every file and the
+        directory fsynced, then renamed into place (``rls3_ros.core.atomic_io.atomic_dir``; a full
+        disk raises ``DiskFullError`` and leaves the previous adapter as it was)."""
+        from rls3_ros.core.atomic_io import atomic_dir
+
         with self.lock:
             if not self.has_adapter:
                 raise ValueError("no active adapter to save (fine-tune or load one first)")
             directory = os.path.abspath(directory)
-            parent = os.path.dirname(directory)
-            os.makedirs(parent, exist_ok=True)
-            tmp = tempfile.mkdtemp(prefix="." + os.path.basename(directory) + ".tmp-", dir=parent)
-            try:
+            with atomic_dir(directory) as tmp:
                 self.model.save_pretrained(tmp)
                 meta = {"family": self.family, "base": self.base_spec}
                 if self.base_fingerprint:
@@ -106,16 +107,6 @@ class AdapterHost:
                 meta.update(target_modules=list(self.lora.target_modules), r=self.lora.r)
                 with open(os.path.join(tmp, ADAPTER_META), "w") as f:
                     json.dump(meta, f, indent=1)
-                old = None
-                if os.path.exists(directory):
-                    old = directory + f".old-{uuid.uuid4().hex[:8]}"
-                    os.rename(directory, old)
-                os.rename(tmp, directory)
-                if old:
-                    shutil.rmtree(old, ignore_errors=True)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
             self.path = directory
             return directory
 
