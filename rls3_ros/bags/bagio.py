@@ -447,7 +447,8 @@ def storage_failure(exc: BaseException) -> Optional[str]:
         code = errno.errorcode.get(exc.errno or 0, "")
         return f"{os.strerror(exc.errno) if exc.errno else exc} ({code})" if code else _reason(exc)
     if isinstance(exc, sqlite3.Error):
-        return f"sqlite3: {_reason(exc)}"
+        name = getattr(exc, "sqlite_errorname", "")
+        return f"sqlite3: {' '.join(str(exc).split())}" + (f" ({name})" if name else f" ({exc.__class__.__name__})")
     return None
 
 
