@@ -31,47 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 
-def axis_of(terms: Sequence[str]) -> Dict[str, str]:
-    from rls3_ros.captions import terms as T
-
-    out = {}
-    for name, axis in (("vertical", T.VERTICAL_TERMS), ("depth", T.DEPTH_TERMS), ("lateral", T.LATERAL_TERMS)):
-        out[name] = next((t for t in terms if t in axis), "none")
-    return out
-
-
-def score_answers(pairs: Sequence[tuple]) -> Dict[str, object]:
-    """pairs: (truth terms, answered terms) per relation -> exact, per_term, per_axis, n."""
-    per_term_hit: Dict[str, int] = {}
-    per_term_n: Dict[str, int] = {}
-    axis_hit = {"vertical": 0, "depth": 0, "lateral": 0}
-    exact = 0
-    for truth, ans in pairs:
-        exact += int(set(truth) == set(ans))
-        for t in truth:
-            per_term_n[t] = per_term_n.get(t, 0) + 1
-            per_term_hit[t] = per_term_hit.get(t, 0) + int(t in ans)
-        at, aa = axis_of(truth), axis_of(ans)
-        for k in axis_hit:
-            axis_hit[k] += int(at[k] == aa[k])
-    n = len(pairs)
-    return {"n": n, "exact": exact / n if n else float("nan"),
-            "per_term": {t: {"accuracy": per_term_hit[t] / per_term_n[t], "n": per_term_n[t]}
-                         for t in sorted(per_term_n, key=lambda t: -per_term_n[t])},
-            "per_axis": {k: v / n for k, v in axis_hit.items()} if n else {}}
-
-
-def where_pairs(model, samples) -> List[tuple]:
-    from rls3_ros.vlm.answers import QueryRequest, answer_query
-
-    out = []
-    for s in samples:
-        for r in s.relations:
-            ans = answer_query(model, s.image, QueryRequest("where", r.subject_description, r.reference_description))
-            if not ans.success:
-                raise RuntimeError(f"{s.sample_id}: {ans.message}")
-            out.append((list(r.terms), list(ans.terms)))
-    return out
+from rls3_ros.vlm.where_metric import axis_of, score_answers, where_pairs  # noqa: E402,F401
 
 
 def main(argv=None) -> int:

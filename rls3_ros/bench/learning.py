@@ -66,6 +66,12 @@ BENCH_EVAL = {"test_scenes": 700, "test_per_term": 300, "tail_scenes": 300, "val
 QUICK_EVAL = {"test_scenes": 12, "test_per_term": 10, "tail_scenes": 10, "val_scenes": 6, "val_per_term": 5,
               "val_tail_scenes": 6, "extra_splits": ["tail", "val"]}
 SAC_UPDATES = {"gradient_steps": 4, "batch_size": 64, "train_freq": 1}
+# the from-scratch regime's recipe (the weak base and the fine-tuning its results were measured with),
+# pinned here since the main job (config/train.yaml) tunes the served model with its own recipe
+SCRATCH_REGIME = {"run": {"vlm": "grounded"},
+                  "loop": {"fine_tune_steps_per_sample": 1.0, "replay_fraction": 0.3, "cumulative": False,
+                           "gate": False},
+                  "eval": {"replay_scenes": 40, "replay_rare_keep": 0.0}}
 # the sampler variants: (agent, overrides); the env settings only matter to SAC/PPO
 VARIANTS: Dict[str, Dict[str, Any]] = {
     "random": {"agent": "random"},
@@ -102,6 +108,9 @@ def bench_config(sampler: str, seed: int, budget: int, quick: bool, overrides: S
         raise ValueError(f"unknown sampler {sampler!r} (choose from {', '.join(VARIANTS)})")
     v = VARIANTS[sampler]
     cfg = load_train_config(quick=quick)
+    for section, values in SCRATCH_REGIME.items():
+        cfg[section].update(values)
+    cfg["run"].pop("lora_learning_rate", None)  # the weak base's own LoRA rate (3e-3)
     cfg["run"]["agent"] = v["agent"]
     cfg["run"]["seed"] = int(seed)
     cfg["run"]["torch_threads"] = 1  # runs go two at a time on two cores

@@ -111,8 +111,12 @@ def cli_train(argv: List[str]) -> int:
     dt = time.monotonic() - t0
     log(f"done ({summary['stop_reason']}) in {dt / 60:.1f} min: {summary['iterations']} fine-tunes, "
         f"{summary['valid_samples']} valid samples, {summary['renders']} renders")
-    log(f"test accuracy: base {summary['base_accuracy']:.3f} -> tuned {summary['final_accuracy']:.3f}")
+    log(f"test accuracy: base {summary['base_accuracy']:.3f} -> last adapter {summary['final_accuracy']:.3f}")
     run = RunDir(path)
+    if summary.get("served") is not None:
+        it = summary["served"]["served_iteration"]
+        log(f"serve it: rls3 query --run {run.path} ... (adapter {summary['served']['adapter']})" if it else
+            "no adapter beat the base on validation: the base stays served")
     log(f"report: {run.report_path}")
     log(f"plot:   {run.plot_path}")
     print(run.path)

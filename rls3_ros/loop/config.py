@@ -60,7 +60,10 @@ class RunConfig(_Section):
     image_size: int = _f(160, "px, square renders fed to the VLM", node=False, ge=16)
     scene_types: List[str] = _f([], "scene types ([] = all of the backend's)", node=False)
     n_envs: int = _f(1, "parallel simulators (one backend each)", node=False, ge=1)
-    vlm: str = _f("grounded", "model spec: grounded | embedded | clip:/dir | ... | py:mod:fn", node=False)
+    vlm: str = _f("grounded:serving", "model spec: grounded:serving (the served model) | grounded (the weak base of "
+                  "the benchmark's from-scratch regime) | embedded | clip:/dir | ... | py:mod:fn", node=False)
+    lora_learning_rate: Optional[float] = _f(None, "LoRA learning rate of the loop's fine-tunes (unset = the model "
+                                             "family's default; grounded: 3e-3)", node=False, gt=0.0)
     torch_threads: int = _f(2, "torch intra-op threads", node=False, ge=1)
     sim_worker: bool = _f(True, "in-process loop: simulators in worker processes, the next episode's scene built "
                           "ahead (rls3_ros.loop.sim_worker); torch then keeps a core free (at most cores - 1 threads)",
@@ -84,6 +87,11 @@ class LoopConfig(_Section):
     fine_tune_steps_per_sample: float = _f(0.0, "when > 0: steps per generated sample in the batch instead of "
                                                 "fine_tune_steps", ge=0.0)
     replay_fraction: float = _f(0.3, "share of each fine-tuning set drawn from base data", ge=0.0, lt=1.0)
+    cumulative: bool = _f(False, "every fine-tune trains on all samples generated so far (+ replay), not only the "
+                                 "latest batch: a capable base is not pulled toward one small batch")
+    gate: bool = _f(True, "promotion gate: an adapter is served only if it beats the served model on the "
+                           "validation split by a paired sign test (rls3_ros.loop.promotion)")
+    gate_alpha: float = _f(0.05, "promotion gate: one-sided significance level of the paired test", gt=0.0, lt=1.0)
     budget_valid_samples: int = _f(1200, "stop after this many valid samples (0 = no limit)", ge=0)
     budget_renders: int = _f(0, "stop after this many renders (0 = no limit)", ge=0)
     max_iterations: int = _f(0, "stop after this many fine-tunes (0 = no limit)", ge=0)
@@ -328,7 +336,7 @@ def validate_config(cfg: Dict[str, Any], model_cls=TrainConfig) -> BaseModel:
 def needs_validation(cfg: Dict[str, Any]) -> bool:
     """Whether a run needs the validation set (early stopping, a sampler or observation that reads
     the validation error, or an extra ``val`` split)."""
-    return bool(int(cfg["loop"].get("patience", 0)) or cfg["run"]["agent"] in ("upper", "teacher")
+    return bool(int(cfg["loop"].get("patience", 0)) or cfg["loop"].get("gate") or cfg["run"]["agent"] in ("upper", "teacher")
                 or cfg["env"].get("observe_vlm") or "val" in (cfg["eval"].get("extra_splits") or ()))
 
 

@@ -220,8 +220,10 @@ class LoopRunner:
         write_report(self.run, {"wall_s": s.wall_s, "generated_terms": s.generated_terms,
                                 "time_split": s.time_split(loop_s, stages0),
                                 "background_split": s.background_totals(), "sim_split": sim_split})
+        served = self.served_gain()
         base, last = s.history[0], s.history[-1]
         return {"run_dir": self.run.path, "stop_reason": s.stop_reason, "iterations": s.iteration,
+                "served": served,
                 "episodes": s.episodes, "renders": s.renders, "valid_samples": s.valid_samples,
                 "base_accuracy": base.test_accuracy, "final_accuracy": last.test_accuracy,
                 "best_iteration": s.best_iteration, "wall_s": s.wall_s, "session_s": loop_s,
@@ -235,6 +237,39 @@ class LoopRunner:
                            "splits": {k: {"accuracy": v["accuracy"], "per_term": v["per_term"],
                                           "per_combo": v["per_combo"]} for k, v in h.splits.items()}}
                           for h in s.history]}
+
+    def served_gain(self) -> Optional[Dict[str, Any]]:
+        """The served model against the base (``rls3_ros.loop.served_gain``): logged, appended to report.md
+        and written to ``served_gain.json``; None when the run has no gate or no evaluation."""
+        from rls3_ros.core.atomic_io import atomic_write_json
+        from rls3_ros.loop.served_gain import format_gain, served_gain
+
+        s = self.sched
+        if not s.config.gate or not s.history:
+            return None
+        vlm = getattr(self, "vlm", None)
+        test = (getattr(self, "splits", None) or {}).get("test")
+
+        def load(path: str) -> None:
+            vlm.load_adapter(path) if path else vlm.reset_adapter()
+
+        try:
+            g = served_gain(s.history, s.served_iteration, vlm if hasattr(vlm, "where") else None, test, load)
+        finally:
+            if vlm is not None and hasattr(vlm, "reset_adapter"):
+                load(s.served_adapter)
+        g["gate"] = list(s.gate_decisions)
+        atomic_write_json(os.path.join(self.run.path, "served_gain.json"), g, indent=1)
+        lines = format_gain(g)
+        for line in lines:
+            self.log(line)
+        with open(os.path.join(self.run.path, "report.md"), "a") as f:
+            f.write("\n## Served model (promotion gate)\n\n```\n" + "\n".join(lines) + "\n```\n\n"
+                    "| iteration | validation served -> candidate | gained | lost | p | promoted |\n|---|---|---|---|---|---|\n")
+            for d in s.gate_decisions:
+                f.write(f"| {d['iteration']} | {d['served_accuracy']:.3f} -> {d['candidate_accuracy']:.3f} | "
+                        f"{d['wins']} | {d['losses']} | {d['p_value']:.3g} | {'yes' if d['promoted'] else 'no'} |\n")
+        return g
 
     def sim_work(self) -> Dict[str, float]:
         """The envs' simulators' cumulative own work (``SimSource.work_seconds``), summed."""
@@ -315,6 +350,12 @@ def _takes_arg(fn) -> bool:
         return False
 
 
+def vlm_options(rc: Dict[str, Any]) -> Dict[str, Any]:
+    """Loader options of the run's VLM: the LoRA learning rate when ``run.lora_learning_rate`` is set."""
+    lr = rc.get("lora_learning_rate")
+    return {"lora": {"learning_rate": float(lr)}} if lr is not None else {}
+
+
 def backend_params(rc: Dict[str, Any], seed: int) -> Dict[str, Any]:
     """Constructor parameters of the loop's simulator backend (the loop uses RGB only: no depth pass)."""
     params: Dict[str, Any] = {"image_size": int(rc["image_size"]), "seed": int(seed)}
@@ -383,7 +424,7 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
         if pretrain and rc["vlm"] == "embedded":
             ensure_pretrained(rc["vlm"], log)
         t0 = time.monotonic()
-        vlm = load_model(rc["vlm"])  # "embedded", a model directory, or py:<module>:<fn>[:<arg>]
+        vlm = load_model(rc["vlm"], options=vlm_options(rc))  # "grounded:serving", "embedded", a model directory, ...
         log(f"VLM {rc['vlm']!r} loaded in {time.monotonic() - t0:.1f} s")
     from rls3_ros.vlm.feature_cache import FeatureCache
 
@@ -443,7 +484,7 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
     if background:  # the trainer's own copy of the VLM, fine-tuned and evaluated in a thread (same features cache)
         from rls3_ros.vlm.answers import load_model
 
-        train_vlm, train_lock = load_model(rc["vlm"]), threading.RLock()
+        train_vlm, train_lock = load_model(rc["vlm"], options=vlm_options(rc)), threading.RLock()
         train_vlm.ensure_adapter()  # here, not in the thread: building layers draws from torch's global
         # generator, which the agent draws from meanwhile
     else:
@@ -462,9 +503,12 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
         with lock:
             vlm.load_adapter(path)
 
+    from rls3_ros.loop.serving import ServedAdapterFile
+
     runner = LoopRunner(cfg, run, envs, trainer, evaluator, replay, adapter_loader=load_adapter,
                         progress=progress, log=log, background_fine_tune=background,
-                        on_adapter=land_adapter if background else None)
+                        on_adapter=land_adapter if background else None,
+                        callbacks=[ServedAdapterFile(run.path, log=log)])
     trainer.progress = runner.fine_tune_progress
     job = runner.agent.overlap_job() if all(hasattr(s, "idle_jobs") for s in sources) else None
     if job is not None:  # the agent's updates run while the simulator workers simulate

@@ -17,7 +17,16 @@ Additions (documented parameters, lessons of the toy RLS3 in DESIGN.md):
   ``min_delta`` for ``patience`` fine-tunes (0 = off); the best-validation iteration is kept;
 - budgets counted both in simulator renders (the real cost) and in valid samples; when a
   budget runs out with a non-empty batch, a last (shorter) fine-tune uses it, so no
-  generated sample is wasted.
+  generated sample is wasted;
+- ``cumulative``: every fine-tune trains on all samples generated so far (+ replay), so a capable
+  base is not pulled toward the latest small batch (measured on the served base: fine-tuning on
+  one batch at a time lowered it, on everything so far with replay from its own pre-training
+  distribution it rose; docs/learning.md);
+- ``gate``: the promotion gate (``rls3_ros.loop.promotion``). After every fine-tune the new adapter
+  is compared with the served model (the base until a first promotion) on the validation split,
+  relation by relation; it becomes the served adapter only if it wins a paired sign test. Every
+  decision is in the iteration's record (``gate``), ``served_iteration`` / ``served_adapter`` name
+  what is served, and callbacks hear ``on_promotion``.
 
 Background fine-tuning (``background=True``, the in-process loop's ``run.overlap_fine_tune``):
 the E-th episode hands the batch to a thread that fine-tunes and evaluates a second copy of the
@@ -49,6 +58,7 @@ import numpy as np
 
 from rls3_ros.loop.config import LoopConfig
 from rls3_ros.loop.env import EpisodeRecord
+from rls3_ros.loop.promotion import GateDecision, decide
 from rls3_ros.core.scene import Sample
 from rls3_ros.vlm.interface import Evaluation, FineTuneResult, combo_key
 
@@ -123,6 +133,9 @@ class IterationInfo:
     total_eval_s: float = 0.0  # cumulative time in evaluation
     # every evaluated split (test, val, tail, ...): accuracy, per term / combination accuracy and loss
     splits: Dict[str, Dict[str, Any]] = field(default_factory=dict)
+    earlier_samples: int = 0  # cumulative: samples of earlier batches trained on again
+    gate: Dict[str, Any] = field(default_factory=dict)  # the promotion gate's decision (GateDecision.to_dict)
+    served_iteration: int = 0  # what is served after this iteration (0 = the base)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -136,6 +149,7 @@ class _InFlight:
     batch: List[Sample]
     replay: List[Sample]
     counts: Dict[str, int] = field(default_factory=dict)  # episodes, steps, renders, valid samples at its start
+    earlier: List[Sample] = field(default_factory=list)  # cumulative: earlier batches, trained on again
     thread: Optional[threading.Thread] = None
     result: Optional[tuple] = None
     error: Optional[BaseException] = None
@@ -156,10 +170,14 @@ class SchedulerCallbacks:
     def on_stop(self, scheduler: "Scheduler", reason: str) -> None:
         pass
 
+    def on_promotion(self, scheduler: "Scheduler", decision: GateDecision) -> None:
+        """An adapter passed the promotion gate and is now the served one."""
+
 
 def split_record(ev: Evaluation) -> Dict[str, Any]:
     """What the history keeps of one split's evaluation (JSON-ready)."""
     return {"accuracy": float(ev.accuracy), "loss": float(ev.mean_loss), "n": int(ev.n),
+            "correct": "".join("1" if c else "0" for c in ev.correct),  # per relation: paired comparisons
             "per_term": dict(ev.per_term), "per_term_loss": dict(ev.per_term_loss), "counts": dict(ev.counts),
             "per_combo": dict(ev.per_combo), "per_combo_loss": dict(ev.per_combo_loss),
             "combo_counts": dict(ev.combo_counts)}
@@ -207,6 +225,11 @@ class Scheduler:
         self.lock = threading.RLock()
         self.rng = np.random.default_rng([int(config.seed), 7])
         self.batch: List[Sample] = []
+        self.pool: List[Sample] = []  # cumulative: every batch trained on so far
+        self.served_iteration = 0
+        self.served_adapter = ""  # "" = the base model
+        self.served_val_correct: Optional[List[bool]] = None
+        self.gate_decisions: List[Dict[str, Any]] = []
         self.episodes = 0
         self.steps = 0
         self.renders = 0
@@ -357,19 +380,24 @@ class Scheduler:
                 return None
             c = self.config
             batch = list(self.batch)
+            earlier = list(self.pool) if c.cumulative else []
             n_replay = 0
             if self.replay_pool and c.replay_fraction > 0:
-                n_replay = int(round(c.replay_fraction / (1.0 - c.replay_fraction) * len(batch)))
+                n_replay = int(round(c.replay_fraction / (1.0 - c.replay_fraction) * (len(batch) + len(earlier))))
                 n_replay = min(n_replay, len(self.replay_pool))
             replay = [self.replay_pool[i] for i in self.rng.choice(len(self.replay_pool), n_replay, replace=False)] if n_replay else []
             iteration = self.iteration + 1
             for cb in self.callbacks:
-                cb.on_fine_tune_start(self, iteration, len(batch) + len(replay))
+                cb.on_fine_tune_start(self, iteration, len(earlier) + len(batch) + len(replay))
             self.batch = []  # "Clear Batch"
+            if c.cumulative:
+                self.pool.extend(batch)
             if self.background:
-                self._start_background(iteration, batch, replay)
+                self._start_background(iteration, batch, replay, earlier=earlier)
                 return None
-            return self._record_fine_tune(iteration, batch, replay, *self._train_and_evaluate(iteration, batch, replay))
+            return self._record_fine_tune(iteration, batch, replay,
+                                          *self._train_and_evaluate(iteration, batch, replay, earlier),
+                                          earlier=len(earlier))
 
     def land(self, wait: bool = True) -> Optional[IterationInfo]:
         """Record the background fine-tune if it has finished (``wait``: wait for it first)."""
@@ -386,7 +414,8 @@ class Scheduler:
             out = job.result[0]
             if self.on_adapter is not None and out.adapter_path:
                 self.on_adapter(out.adapter_path)
-            return self._record_fine_tune(job.iteration, job.batch, job.replay, *job.result, counts=job.counts)
+            return self._record_fine_tune(job.iteration, job.batch, job.replay, *job.result, counts=job.counts,
+                                          earlier=len(job.earlier))
 
     def finish(self) -> None:
         """Land a fine-tune still in flight (call when the agent stops)."""
@@ -397,11 +426,13 @@ class Scheduler:
         pending = getattr(self, "_saved_inflight", None)
         self._saved_inflight = None
         if pending is not None:
-            it, batch, replay, counts = pending
+            it, batch, replay, counts = pending[:4]
+            earlier = list(pending[4]) if len(pending) > 4 else []
             if self.background:
-                self._start_background(it, batch, replay, counts)
+                self._start_background(it, batch, replay, counts, earlier=earlier)
             else:
-                self._record_fine_tune(it, batch, replay, *self._train_and_evaluate(it, batch, replay), counts=counts)
+                self._record_fine_tune(it, batch, replay, *self._train_and_evaluate(it, batch, replay, earlier),
+                                       counts=counts, earlier=len(earlier))
 
     # ------------------------------------------------------------------ internals
     def _counts(self) -> Dict[str, int]:
@@ -409,12 +440,12 @@ class Scheduler:
                 "valid_samples": self.valid_samples}
 
     def _start_background(self, iteration: int, batch: List[Sample], replay: List[Sample],
-                          counts: Optional[Dict[str, int]] = None) -> None:
-        job = _InFlight(iteration, batch, replay, dict(counts or self._counts()))
+                          counts: Optional[Dict[str, int]] = None, earlier: Sequence[Sample] = ()) -> None:
+        job = _InFlight(iteration, batch, replay, dict(counts or self._counts()), list(earlier))
 
         def work():
             try:
-                job.result = self._train_and_evaluate(iteration, batch, replay)
+                job.result = self._train_and_evaluate(iteration, batch, replay, job.earlier)
             except BaseException as e:  # noqa: BLE001 - re-raised when it lands
                 job.error = e
 
@@ -422,14 +453,17 @@ class Scheduler:
         self._inflight = job
         job.thread.start()
 
-    def _train_and_evaluate(self, iteration: int, batch: List[Sample], replay: List[Sample]):
-        """The fine-tune and the evaluation of its adapter (no scheduler state touched: may run in a thread)."""
+    def _train_and_evaluate(self, iteration: int, batch: List[Sample], replay: List[Sample],
+                            earlier: Sequence[Sample] = ()):
+        """The fine-tune and the evaluation of its adapter (no scheduler state touched: may run in a thread).
+        Steps follow the new batch (the same training per generated sample whatever ``earlier`` holds)."""
         t0 = time.monotonic()
-        out = self.trainer.fine_tune(batch + replay, self.config.steps_for(len(batch)), iteration)
+        out = self.trainer.fine_tune(list(earlier) + batch + replay, self.config.steps_for(len(batch)), iteration)
         ft_s = time.monotonic() - t0
         return (out, ft_s, *self._evaluate())
 
-    def _record_fine_tune(self, iteration, batch, replay, out, ft_s, evals, eval_s, counts=None) -> IterationInfo:
+    def _record_fine_tune(self, iteration, batch, replay, out, ft_s, evals, eval_s, counts=None,
+                          earlier: int = 0) -> IterationInfo:
         self.total_fine_tune_s += ft_s
         self.iteration = iteration
         self.trained_samples += len(batch)
@@ -438,7 +472,8 @@ class Scheduler:
             for r in s.relations:
                 for t in r.terms:
                     terms[t] = terms.get(t, 0) + 1
-        info = self._record(iteration, batch, len(replay), out, ft_s, out.adapter_path, evals, eval_s, terms, counts)
+        info = self._record(iteration, batch, len(replay), out, ft_s, out.adapter_path, evals, eval_s, terms, counts,
+                            earlier=earlier)
         if self.config.patience and self.bad_rounds >= self.config.patience:
             self._stop("early_stopping")
         self.checkpoint_pending = True
@@ -450,7 +485,8 @@ class Scheduler:
         evals: Dict[str, Optional[Evaluation]] = {}
         evals["test"] = self.evaluator.evaluate("test") if self.evaluator else None
         evals["val"] = (self.evaluator.evaluate("val")
-                        if (self.evaluator and (self.config.patience or self.always_validate)) else None)
+                        if (self.evaluator and (self.config.patience or self.config.gate or self.always_validate))
+                        else None)
         for name in self.extra_splits:
             if name not in evals or evals[name] is None:
                 evals[name] = self.evaluator.evaluate(name) if self.evaluator else None
@@ -461,8 +497,30 @@ class Scheduler:
         self.foreground_eval_s += eval_s
         return self._record(iteration, batch, n_replay, out, ft_s, adapter_path, evals, eval_s, terms)
 
+    def _gate(self, iteration: int, adapter_path: str, val: Optional[Evaluation]) -> Dict[str, Any]:
+        """The promotion gate for iteration ``iteration`` (0: the base's validation answers become the reference)."""
+        if not self.config.gate or val is None:
+            return {}
+        if iteration == 0:
+            self.served_val_correct = list(val.correct)
+            return {}
+        served = self.served_val_correct
+        if served is None or len(served) != len(val.correct):
+            served = []  # no reference answers (e.g. resumed from a run without the gate): nothing is promoted
+        d = decide(iteration, adapter_path, self.served_adapter, served, val.correct if served else [],
+                   self.config.gate_alpha)
+        if d.promoted:
+            self.served_iteration, self.served_adapter = iteration, adapter_path
+            self.served_val_correct = list(val.correct)
+        rec = d.to_dict()
+        self.gate_decisions.append(rec)
+        if d.promoted:
+            for cb in self.callbacks:
+                cb.on_promotion(self, d)
+        return rec
+
     def _record(self, iteration, batch, n_replay, out, ft_s, adapter_path, evals, eval_s, terms=None,
-                counts=None) -> IterationInfo:
+                counts=None, earlier: int = 0) -> IterationInfo:
         """One iteration into the history; ``counts``: the generation counters when its fine-tune started
         (a background one lands later: its curve point is what it was trained on)."""
         at = counts or self._counts()
@@ -481,6 +539,7 @@ class Scheduler:
                 self.best_val, self.best_iteration = test.accuracy, iteration
         elif test is not None:
             self.best_val = test.accuracy
+        gate = self._gate(iteration, adapter_path, val)
         info = IterationInfo(
             iteration=iteration,
             episodes=at["episodes"],
@@ -505,6 +564,9 @@ class Scheduler:
             total_fine_tune_s=self.total_fine_tune_s,
             total_eval_s=self.total_eval_s,
             splits=splits,
+            earlier_samples=int(earlier),
+            gate=gate,
+            served_iteration=self.served_iteration,
         )
         self.history.append(info)
         for cb in self.callbacks:
@@ -526,6 +588,11 @@ class Scheduler:
                 "config": self.config.model_dump(),
                 "rng": self.rng.bit_generator.state,
                 "batch": list(self.batch),
+                "pool": list(self.pool),
+                "served_iteration": self.served_iteration,
+                "served_adapter": self.served_adapter,
+                "served_val_correct": self.served_val_correct,
+                "gate_decisions": list(self.gate_decisions),
                 "episodes": self.episodes,
                 "steps": self.steps,
                 "renders": self.renders,
@@ -548,7 +615,8 @@ class Scheduler:
                 "j2_n": self.j2_n,
                 "wall_s": self.wall_s,
                 "inflight": ((self._inflight.iteration, list(self._inflight.batch), list(self._inflight.replay),
-                              dict(self._inflight.counts)) if self._inflight is not None else None),
+                              dict(self._inflight.counts), list(self._inflight.earlier))
+                             if self._inflight is not None else None),
                 "total_fine_tune_s": self.total_fine_tune_s,
                 "total_eval_s": self.total_eval_s,
                 "wait_s": self.wait_s,
@@ -559,6 +627,12 @@ class Scheduler:
         with self.lock:
             self.rng.bit_generator.state = d["rng"]
             self.batch = list(d.get("batch", []))
+            self.pool = list(d.get("pool", []))
+            self.served_iteration = int(d.get("served_iteration", 0))
+            self.served_adapter = str(d.get("served_adapter", ""))
+            svc = d.get("served_val_correct")
+            self.served_val_correct = [bool(x) for x in svc] if svc is not None else None
+            self.gate_decisions = list(d.get("gate_decisions", []))
             for k in ("episodes", "steps", "renders", "valid_samples", "trained_samples", "iteration",
                       "episodes_since_fine_tune", "best_val", "best_iteration", "bad_rounds", "j2_sum", "j2_n"):
                 setattr(self, k, d[k])

@@ -42,6 +42,8 @@ class Evaluation:
     per_combo: Dict[str, float] = field(default_factory=dict)  # "above+in front" -> accuracy
     combo_counts: Dict[str, int] = field(default_factory=dict)
     per_combo_loss: Dict[str, float] = field(default_factory=dict)
+    # per relation, in scoring order: answered correctly (the promotion gate pairs two models on it)
+    correct: List[bool] = field(default_factory=list)
 
 
 def combo_key(terms: Sequence[str]) -> str:
@@ -90,6 +92,7 @@ def evaluation_of(scores: Sequence[RelationScore]) -> Evaluation:
         per_combo={c: c_hits[c] / c_n[c] for c in c_n},
         combo_counts=c_n,
         per_combo_loss={c: c_loss[c] / c_n[c] for c in c_n},
+        correct=[bool(s.correct) for s in scores],
     )
 
 
