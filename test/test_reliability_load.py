@@ -20,7 +20,7 @@ def test_quick_load_with_adapter_swap_loses_and_fails_nothing(tmp_path, monkeypa
     from rls3_ros.bench.load import run_load
 
     torch.manual_seed(0)
-    m = tm.TinySpatialVLM(seed=1)
+    m = tm.TinySpatialVLM(net=tm.build_base(0), seed=1)  # the served base: an adapter only loads on its own
     m.fine_tune(tm.make_samples(16, seed=2), 5)
     adapter = m.save_adapter(str(tmp_path / "swap_adapter"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TEST_DIR), os.environ.get("PYTHONPATH", "")]))

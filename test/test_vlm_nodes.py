@@ -30,6 +30,10 @@ FINE_TUNE = "/vlm_trainer/fine_tune"
 pytestmark = pytest.mark.timeout(120)
 
 
+def ROOTS(module_root: Path) -> str:  # noqa: N802 - adapter_roots of the query nodes: pytest's base temp dir
+    return f"[{str(module_root.parent)!r}]"
+
+
 def _env(root: Path) -> dict:
     env = isolated_ros_env(root)
     env["OMP_NUM_THREADS"] = "1"  # 2 shared cores: one torch thread per node process
@@ -53,6 +57,7 @@ def graph(tmp_path_factory):
         env, "vlm_trainer", log_dir=root)
     query = NodeProcess(
         ["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-p", f"model:={MODEL}", "-p", "publish_annotated:=true",
+         "-p", f"adapter_roots:={ROOTS(root)}",
          "-p", "image_qos:=reliable", "-p", "frame_tolerance:=0.05"], env, "spatial_query", log_dir=root)
     with trainer, query:
         spinner = BackgroundSpinner("vlm_nodes_test_client")
@@ -100,7 +105,7 @@ def _image_msg(img, header=None):
 
 def _local_adapter(tmp: Path, name: str, samples, steps: int, seed: int) -> str:
     torch.manual_seed(seed)
-    m = tm.TinySpatialVLM(seed=seed)
+    m = tm.TinySpatialVLM(net=tm.build_base(0), seed=seed)  # the served base (adapters only load on their own)
     m.fine_tune(samples, steps)
     return m.save_adapter(str(tmp / name))
 
@@ -307,7 +312,8 @@ def test_queries_are_answered_while_an_adapter_loads(graph, samples, tmp_path):
     adapter = _local_adapter(tmp_path, "slow", samples, 10, 4)
     name = "sq_slow_swap"
     with NodeProcess(["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-r", f"__node:={name}",
-                      "-p", "model:=py:vlm_test_model:load_slow_adapter:3", "-p", "follow_adapter_topic:=false"],
+                      "-p", "model:=py:vlm_test_model:load_slow_adapter:3", "-p", "follow_adapter_topic:=false",
+                      "-p", f"adapter_roots:={ROOTS(graph.root)}"],
                      graph.env, name, log_dir=graph.root) as proc:
         proc.wait_for_output("model ready", 60)
         client = SpatialQueryClient(graph.node, f"/{name}/query")
@@ -496,7 +502,8 @@ def test_model_missing_at_start_then_appears_and_lifecycle_transitions(graph, sa
     name = "sq_late"
     with NodeProcess(["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-r", f"__node:={name}",
                       "-p", f"model:=py:vlm_test_model:load:{base_dir}", "-p", "load_retry_period:=0.3",
-                      "-p", "adapter_topic:=late_adapter"], graph.env, name, log_dir=graph.root) as proc:
+                      "-p", "adapter_topic:=late_adapter", "-p", f"adapter_roots:={ROOTS(graph.root)}"],
+                     graph.env, name, log_dir=graph.root) as proc:
         proc.wait_for_output("not available", 60)
         proc.wait_for_output("announced adapter .* will be loaded with the model", 30)
         from rls3_ros.ros.client import SpatialQueryClient

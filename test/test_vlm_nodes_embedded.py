@@ -58,7 +58,8 @@ def test_embedded_model_through_trainer_and_query_nodes(base_dir, tmp_path):
         with NodeProcess(["-m", "rls3_ros.ros.nodes.vlm_trainer", "--ros-args", "-p", f"model:={spec}",
                           "-p", f"adapter_dir:={adapters}", "-p", "torch_threads:=1"], env, "trainer", log_dir=tmp_path) as tr, \
                 NodeProcess(["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-p", f"model:={spec}",
-                             "-p", "torch_threads:=1"], env, "query", log_dir=tmp_path) as q:
+                             "-p", "torch_threads:=1", "-p", f"adapter_roots:=[{str(adapters)!r}]"],
+                            env, "query", log_dir=tmp_path) as q:
             spinner = BackgroundSpinner("embedded_test_client")
             try:
                 node = spinner.node

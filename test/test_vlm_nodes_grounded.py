@@ -97,7 +97,8 @@ def graph(tmp_path_factory):
                           "-p", f"adapter_dir:={adapters}", "-p", "torch_threads:=1"], env, "vlm_trainer",
                          log_dir=root) as trainer, \
                 NodeProcess(["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-p", "model:=grounded",
-                             "-p", "torch_threads:=1"], env, "spatial_query", log_dir=root) as query:
+                             "-p", "torch_threads:=1", "-p", f"adapter_roots:=[{str(adapters)!r}]"],
+                            env, "spatial_query", log_dir=root) as query:
             spinner = BackgroundSpinner("grounded_nodes_test_client")
             try:
                 from rls3_ros.ros.client import SpatialQueryClient

@@ -237,6 +237,10 @@ class TinySpatialVLM(SpatialVLM):
         tmp = tempfile.mkdtemp(prefix=".tmp-adapter-", dir=parent)
         try:
             self.model.save_pretrained(tmp)
+            # like AdapterHost: record the base it was trained on (the nodes load no adapter without it)
+            from rls3_ros.vlm.adapter_trust import model_fingerprint, write_adapter_meta
+
+            write_adapter_meta(tmp, model_fingerprint(self), self.family)
             if os.path.exists(directory):
                 old = tempfile.mkdtemp(prefix=".old-adapter-", dir=parent)
                 os.rename(directory, os.path.join(old, "a"))

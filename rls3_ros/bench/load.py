@@ -199,7 +199,9 @@ def run_load(n_clients: int = 8, n_queries: int = 1000, model: str = "grounded",
         adapter = make_swap_adapter(spec, str(root / "swap_adapter"))
     node_log = open(root / "spatial_query.log", "wb")
     node = subprocess.Popen([sys.executable, "-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args",
-                             "-p", f"model:={spec}", "-p", "follow_adapter_topic:=false", "-p", "image_qos:=reliable"],
+                             "-p", f"model:={spec}", "-p", "follow_adapter_topic:=false", "-p", "image_qos:=reliable",
+                             # set_adapter loads only from adapter roots: the swap adapter's directory
+                             "-p", f"adapter_roots:={json.dumps([os.path.dirname(os.path.abspath(adapter))])}"],
                             env=env, stdout=node_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     clients: List[subprocess.Popen] = []
     swap: Dict[str, Any] = {}

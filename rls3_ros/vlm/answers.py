@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import stat
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -220,20 +221,30 @@ def _answer(model, image, req, known, default_candidates, object_key=None) -> Qu
 
 # -- model loading ----------------------------------------------------------------------
 
-def load_model(spec: str, adapter: str = "", options: Optional[Dict] = None) -> SpatialVLM:
+def load_model(spec: str, adapter: str = "", options: Optional[Dict] = None, allow_code: bool = True,
+               adapter_policy=None) -> SpatialVLM:
     """A SpatialVLM from a model spec, with ``adapter`` activated if given.
 
     ``spec``: anything ``rls3_ros.vlm.factory.load_vlm`` accepts ("embedded", a directory, a
     Hugging Face id ...), or ``py:<module>:<function>[:<arg>]`` to call a loader function
     (``function(arg)`` or ``function()``) returning a SpatialVLM — for plugins and tests.
+    A ``py:`` spec imports and runs code named by a string: it must come from the operator (the
+    command line, a launch or params file read at start-up), never from anything a remote ROS
+    participant can set (the nodes make their ``model`` parameter read-only and read it once);
+    ``allow_code=False`` refuses it (ValueError).
     ``options``: keyword options for the loader (e.g. ``{"lora": {"batch_size": 8}}``, see
     ``load_vlm``); passed to ``py:`` loaders as keywords too.
+    ``adapter`` is checked and loaded through ``rls3_ros.vlm.adapter_trust`` (regular files within
+    size and rank caps, safetensors weights, staged copy); ``adapter_policy``: an
+    ``AdapterPolicy`` (default: anywhere, ``rls3_adapter.json`` optional: a local operator's path).
     Raises whatever the loader raises (FileNotFoundError for a missing model, ValueError
     for an unusable adapter).
     """
     spec = (spec or "").strip()
     if not spec:
         raise ValueError("empty model spec")
+    if spec.startswith("py:") and not allow_code:
+        raise ValueError(f"model spec {spec[:80]!r}: py: specs run code and are only accepted from the operator at start-up")
     if spec.startswith("py:"):
         parts = spec[3:].split(":", 2)
         if len(parts) < 2:
@@ -247,15 +258,25 @@ def load_model(spec: str, adapter: str = "", options: Optional[Dict] = None) -> 
     if not isinstance(model, SpatialVLM):
         raise TypeError(f"model spec {spec!r} gave a {type(model).__name__}, not a SpatialVLM")
     if adapter:
-        check_adapter_dir(adapter)
-        model.load_adapter(adapter)
+        from rls3_ros.vlm.adapter_trust import AdapterPolicy, base_identity, load_checked
+
+        policy = adapter_policy or AdapterPolicy(require_meta=False)
+        load_checked(model, adapter, policy, base_identity(model))
     return model
 
 
-def check_adapter_dir(path: str) -> str:
-    """Raise ValueError with a reason unless ``path`` is a peft adapter directory."""
-    if not os.path.isdir(path):
-        raise ValueError(f"no adapter directory {path!r}")
-    if not os.path.isfile(os.path.join(path, "adapter_config.json")):
-        raise ValueError(f"{path!r} is not a peft adapter (adapter_config.json missing)")
-    return path
+def check_adapter_dir(path: str, policy=None, base=None) -> str:
+    """Raise ValueError (``adapter_trust.AdapterRefused``) with a reason unless ``path`` is a peft
+    adapter directory that ``policy`` (an ``AdapterPolicy``; default: anywhere, no
+    ``rls3_adapter.json`` needed) accepts for the served ``base`` (a ``BaseIdentity``); returns
+    its real path. The full check (including the weights) is ``adapter_trust.stage_adapter``."""
+    from rls3_ros.vlm.adapter_trust import ADAPTER_CONFIG, AdapterPolicy, AdapterRefused, resolve_adapter_dir
+
+    real = resolve_adapter_dir(path, policy or AdapterPolicy(require_meta=False))
+    try:
+        st = os.lstat(os.path.join(real, ADAPTER_CONFIG))
+    except OSError:
+        raise AdapterRefused(f"{path!r} is not a peft adapter ({ADAPTER_CONFIG} missing)") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise AdapterRefused(f"{path!r}: {ADAPTER_CONFIG} is not a regular file")
+    return real

@@ -14,7 +14,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
-ADAPTER_META = "rls3_adapter.json"
+from rls3_ros.vlm.adapter_trust import ADAPTER_META, weights_fingerprint
 
 
 @dataclass
@@ -48,6 +48,8 @@ class AdapterHost:
     ``base_fingerprint`` (optional): a hash of the base weights, written into every saved adapter's
     ``rls3_adapter.json``; an adapter whose recorded fingerprint differs is refused on load (it was
     trained on another base). ``refit_hint`` ends that refusal's message (which base to use instead).
+    Without one given, the fingerprint is ``adapter_trust.weights_fingerprint`` of the base,
+    computed on first use: every family's adapters record their base, which the nodes require.
     """
 
     def __init__(self, base: nn.Module, lora: LoraSettings, family: str, base_spec: str = "",
@@ -57,12 +59,24 @@ class AdapterHost:
         self.lora = lora
         self.family = family
         self.base_spec = base_spec
-        self.base_fingerprint = base_fingerprint
+        self._base_fingerprint = base_fingerprint
         self.refit_hint = refit_hint
         self.lock = threading.RLock()
         self.path = ""
         for p in self.base.parameters():
             p.requires_grad_(False)
+
+    @property
+    def base_fingerprint(self) -> str:
+        if not self._base_fingerprint:
+            with self.lock:
+                if not self._base_fingerprint:
+                    self._base_fingerprint = weights_fingerprint(self.base)
+        return self._base_fingerprint
+
+    @base_fingerprint.setter
+    def base_fingerprint(self, value: str) -> None:
+        self._base_fingerprint = value
 
     @property
     def has_adapter(self) -> bool:

@@ -14,7 +14,9 @@ Services
   that is the reference, unparsable relation, no model yet, node not active) gets
   ``success=false`` and a reason; the node lives on. Without a matching scene state, names
   with words the model never learnt are refused (``SpatialVLM.unknown_words``).
-- ``~/set_adapter`` (rls3_msgs/srv/SetAdapter): switch the LoRA adapter ("" = base).
+- ``~/set_adapter`` (rls3_msgs/srv/SetAdapter): switch the LoRA adapter ("" = base). The path
+  is untrusted input (see "Adapters from the network" below); a refusal says why and keeps the
+  active adapter.
 
 Hot swap: a new adapter is loaded into a *new* model instance off the query path, then the
 model reference is replaced under a lock. Queries in flight finish on the old instance, later
@@ -23,6 +25,22 @@ ones use the new one: no query fails during a swap. The node spins a single-thre
 ms per query); the swap callbacks (``~/set_adapter``, ``adapter`` announcements) are
 coroutines that run the load on a worker thread and await it, so the executor keeps answering
 queries (on the old adapter) while an adapter loads.
+
+Adapters from the network: a ROS 2 domain without SROS2 authenticates nobody, so a path from
+``~/set_adapter`` or an ``adapter`` announcement is checked before any work
+(``rls3_ros.vlm.adapter_trust``): it must resolve (symlinks, ``..``) to a directory inside
+``adapter_roots`` (a missing and a forbidden path get the same refusal, which never tells whether
+a path exists); ``rls3_adapter.json`` must record the served base's fingerprint (an adapter of
+another base, e.g. announced by a trainer of another model, is refused and the node serves on);
+files read must be regular files (a FIFO, device or symlink is refused without being opened for a
+blocking read) within size caps (``max_adapter_mb``); ``adapter_config.json`` must be a plain LoRA
+config (rank <= ``max_adapter_rank``, finite alpha, target modules of the served model, no
+option that selects code or heavy work); weights only as safetensors (never a pickle). The
+checked files are copied to a private directory and loaded from there, by a worker thread given
+``adapter_load_timeout`` s: a stuck read answers with a timeout reason while queries go on.
+``model``, ``adapter`` and the adapter limits are read-only after start (``set_parameters`` on
+them is refused): a ``py:`` model spec runs code and only comes from the operator's command
+line or params file.
 
 Topics
 - subscribes ``<image_topic>`` (sensor_msgs/Image, or sensor_msgs/CompressedImage with
@@ -45,11 +63,19 @@ depth, also a 3D point in the camera optical frame (``point_3d``, the image's he
 intrinsics and depth come from: ``rls3_ros.ros.nodes.grounding_msgs``.
 
 Parameters (defaults)
-- ``model`` ("grounded:serving"): model spec for ``rls3_ros.vlm.answers.load_model``. The
+- ``model`` ("grounded:serving", read-only): model spec for ``rls3_ros.vlm.answers.load_model``. The
   default is the serving base trained on every relation (models/grounded_serving/README.md,
   per-term accuracy there); "grounded" is the deliberately weak base the RLS3 loop starts from,
   the one to serve together with the loop's adapters (an adapter only loads on its own base).
-- ``adapter`` (""): adapter directory to load at activation ("" = base model).
+- ``adapter`` ("", read-only): adapter directory to load at activation ("" = base model); it is
+  an adapter root itself and gets the same checks.
+- ``adapter_roots`` (["runs"], read-only): directories adapters may be loaded from (relative ones
+  resolved against the working directory at start; ``runs/`` holds the loop's and the training
+  graph's adapters, ``runs/adapters`` the trainer's default ``adapter_dir``). A list, or one
+  string with ``:``-separated paths.
+- ``adapter_load_timeout`` (60.0, read-only): seconds an adapter's files may take to read.
+- ``max_adapter_rank`` (256, read-only), ``max_adapter_mb`` (256, read-only): largest LoRA rank
+  and adapter weights file accepted.
 - ``autostart`` (true): configure + activate at start.
 - ``image_topic`` ("image_raw"), ``image_qos`` ("sensor_data" | "reliable" | "system_default").
 - ``image_transport`` ("raw"): "raw" subscribes ``image_topic`` as sensor_msgs/Image,
@@ -86,6 +112,7 @@ from __future__ import annotations
 import collections
 import copy
 import gc
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -116,7 +143,19 @@ from rls3_ros.ros.nodes.grounding_msgs import GroundingInputs, fill_locations, l
 from rls3_ros.core.image_codec import ImageConversionError, image_msg_to_rgb, numpy_to_image_msg
 from rls3_ros.ros.nodes.node_main import run_node
 from rls3_ros.core.scene import SceneState
-from rls3_ros.vlm.answers import QueryRequest, answer_query, check_adapter_dir, load_model
+from rls3_ros.vlm.adapter_trust import (
+    AdapterLimits,
+    AdapterPolicy,
+    AdapterRefused,
+    BaseIdentity,
+    StagedAdapter,
+    base_identity,
+    load_staged,
+    parse_roots,
+    refusal_reason,
+    stage_adapter_bounded,
+)
+from rls3_ros.vlm.answers import QueryRequest, answer_query, load_model
 from rls3_ros.vlm.interface import SpatialVLM
 from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
 
@@ -145,6 +184,12 @@ def _is_empty_image(msg: Image) -> bool:
     return msg.width == 0 and msg.height == 0 and len(msg.data) == 0
 
 
+def _shown(path: str) -> str:
+    """A requested path for messages and logs (repr, cut at 200 characters)."""
+    path = str(path)
+    return repr(path) if len(path) <= 200 else repr(path[:200]) + "..."
+
+
 def _set_torch_threads(node, n: int) -> None:
     if n > 0:
         import torch
@@ -161,8 +206,13 @@ class SpatialQueryNode(LifecycleNode):
         d = self._declare
         d("model", "grounded:serving", "model spec: 'grounded:serving' (default: trained on every relation), 'grounded' "
                                        "(the weak base of the RLS3 loop), 'embedded', a model directory / HF id, or "
-                                       "py:<module>:<fn>[:<arg>]")
-        d("adapter", "", "LoRA adapter directory loaded at activation ('' = base model)")
+                                       "py:<module>:<fn>[:<arg>] (read-only: set at start only)", read_only=True)
+        d("adapter", "", "LoRA adapter directory loaded at activation ('' = base model)", read_only=True)
+        d("adapter_roots", ["runs"], "directories adapters may be loaded from (set_adapter, announcements)",
+          read_only=True, dynamic_typing=True)
+        d("adapter_load_timeout", 60.0, "seconds an adapter's files may take to read", read_only=True)
+        d("max_adapter_rank", 256, "largest LoRA rank accepted", read_only=True)
+        d("max_adapter_mb", 256, "largest adapter weights file accepted [MiB]", read_only=True)
         d("autostart", True, "configure and activate at start (no lifecycle manager needed)")
         d("image_topic", "image_raw", "camera topic used when a request has no image")
         d("image_qos", "sensor_data", "QoS of the camera subscription: sensor_data | reliable | system_default")
@@ -181,6 +231,11 @@ class SpatialQueryNode(LifecycleNode):
         d("camera_info_topic", "camera_info", "camera intrinsics for the 3D points of the object locations")
         d("depth_topic", "", "depth images (32FC1 m / 16UC1 mm) for the 3D points ('' = none)")
         _set_torch_threads(self, int(self._p("torch_threads")))
+        # read once: the model spec (py: runs code) is the operator's, never a later parameter change
+        self._model_spec = str(self._p("model"))
+        self._start_cwd = os.getcwd()
+        self._adapter_policy: Optional[AdapterPolicy] = None  # built on configure
+        self._base: Optional[BaseIdentity] = None  # the served base (adapters must record it)
 
         self._model_lock = threading.Lock()  # guards self._loaded (the reference swap)
         self._loaded: Optional[LoadedModel] = None
@@ -209,8 +264,9 @@ class SpatialQueryNode(LifecycleNode):
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 self.trigger_activate()
 
-    def _declare(self, name, default, description):
-        self.declare_parameter(name, default, ParameterDescriptor(description=description))
+    def _declare(self, name, default, description, read_only=False, dynamic_typing=False):
+        self.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=read_only,
+                                                                  dynamic_typing=dynamic_typing))
 
     def _p(self, name):
         return self.get_parameter(name).value
@@ -236,6 +292,7 @@ class SpatialQueryNode(LifecycleNode):
             errors.append("load_retry_period must be > 0")
         if self._p("swap_mode") not in ("reload", "copy"):
             errors.append("swap_mode must be 'reload' or 'copy'")
+        errors += self._adapter_settings()
         if errors:
             for e in errors:
                 self.get_logger().error(f"bad parameter: {e}")
@@ -321,6 +378,33 @@ class SpatialQueryNode(LifecycleNode):
             self._scenes.clear()
         self._grounding.clear()
 
+    def _adapter_settings(self) -> list:
+        """Errors of the adapter parameters; builds the adapter policy (roots resolved against the
+        working directory at start, plus the start-up ``adapter`` itself)."""
+        try:
+            roots = list(parse_roots(self._p("adapter_roots")))
+            startup = str(self._p("adapter")).strip()
+            if startup:
+                roots.append(os.path.join(self._start_cwd, startup))
+            rank, mb, timeout = self._p("max_adapter_rank"), self._p("max_adapter_mb"), self._p("adapter_load_timeout")
+            if not 1 <= int(rank) <= 4096:
+                return [f"max_adapter_rank must be in 1..4096 (got {rank})"]
+            if not 1 <= int(mb) <= 65536:
+                return [f"max_adapter_mb must be in 1..65536 (got {mb})"]
+            if not float(timeout) > 0:
+                return [f"adapter_load_timeout must be > 0 (got {timeout})"]
+            limits = AdapterLimits(max_rank=int(rank), max_weights_bytes=int(mb) << 20)
+            self._adapter_policy = AdapterPolicy.for_roots(roots, base_dir=self._start_cwd, limits=limits)
+        except (ValueError, TypeError) as e:
+            return [str(e)]
+        return []
+
+    def _stage(self, path: str) -> StagedAdapter:
+        """The checked, staged copy of adapter ``path`` (AdapterRefused with a reason otherwise)."""
+        if self._adapter_policy is None:
+            raise AdapterRefused("node not configured: no adapter roots")
+        return stage_adapter_bounded(path, self._adapter_policy, self._base, float(self._p("adapter_load_timeout")))
+
     # -- model loading -----------------------------------------------------------------------
     def _start_loader(self) -> None:
         self._stop_loader()
@@ -342,7 +426,7 @@ class SpatialQueryNode(LifecycleNode):
         gc.collect()
 
     def _load_loop(self, stop: threading.Event) -> None:
-        spec = str(self._p("model"))
+        spec = self._model_spec
         period = float(self._p("load_retry_period"))
         attempt = 0
         while not stop.is_set():
@@ -351,6 +435,7 @@ class SpatialQueryNode(LifecycleNode):
             t0 = time.monotonic()
             try:
                 model = load_model(spec)
+                self._base = base_identity(model)  # before any adapter: what announced adapters must fit
             except Exception as e:  # noqa: BLE001 - any failure: report and retry
                 self._load_status = (f"model {spec!r} not available (attempt {attempt}: {type(e).__name__}: {e}); "
                                      f"retrying every {period:.1f} s")
@@ -363,13 +448,12 @@ class SpatialQueryNode(LifecycleNode):
                 active = ""
                 if want:
                     try:
-                        check_adapter_dir(want)
-                        model.reset_adapter()
-                        model.load_adapter(want)
-                        active = model.adapter or want
+                        with self._stage(want) as staged:
+                            active = load_staged(model, staged)
                     except Exception as e:  # noqa: BLE001
                         model.reset_adapter()
-                        self.get_logger().error(f"adapter {want!r} not loaded ({e}); serving the base model")
+                        self.get_logger().error(f"adapter {_shown(want)} not loaded ({refusal_reason(e)}); "
+                                                "serving the base model")
                 with self._model_lock:
                     if self._wanted_adapter != want:  # an announcement arrived meanwhile
                         continue
@@ -386,19 +470,24 @@ class SpatialQueryNode(LifecycleNode):
         with self._model_lock:
             return self._loaded
 
-    def _build_swapped(self, current: LoadedModel, path: str) -> SpatialVLM:
-        """A new model instance with adapter ``path`` ("" = base), built off the query path."""
+    def _build_swapped(self, current: LoadedModel, staged: Optional[StagedAdapter]) -> SpatialVLM:
+        """A new model instance with the checked adapter ``staged`` (None = base), built off the query path."""
         if self._p("swap_mode") == "copy":
             try:
                 with current.lock:
                     new = copy.deepcopy(current.model)
                 new.reset_adapter()
-                if path:
-                    new.load_adapter(path)
+                if staged is not None:
+                    load_staged(new, staged)
                 return new
+            except AdapterRefused:
+                raise
             except Exception as e:  # noqa: BLE001 - fall back to a fresh instance
                 self.get_logger().warning(f"swap by copy failed ({type(e).__name__}: {e}); reloading the model")
-        return load_model(str(self._p("model")), path)
+        new = load_model(self._model_spec)
+        if staged is not None:
+            load_staged(new, staged)
+        return new
 
     def _swap_adapter(self, path: str) -> Tuple[bool, str, str]:
         """(success, message, active adapter) of switching to ``path``; the old model stays on failure."""
@@ -408,17 +497,21 @@ class SpatialQueryNode(LifecycleNode):
         if current is None:
             return False, f"model not ready: {self._load_status}", ""
         path = path.strip()
-        if path:
-            try:
-                check_adapter_dir(path)
-            except ValueError as e:
-                return False, f"{e}; kept adapter {current.adapter!r}", current.adapter
         t0 = time.monotonic()
+        staged = None
         try:
-            new = self._build_swapped(current, path)
+            if path:  # every check (roots, files, limits, base) before any work, the read bounded in time
+                staged = self._stage(path)
+            new = self._build_swapped(current, staged)
+        except AdapterRefused as e:
+            return False, f"adapter {_shown(path)} refused: {e}; kept adapter {current.adapter!r}", current.adapter
         except Exception as e:  # noqa: BLE001
-            return False, f"cannot load adapter {path!r}: {type(e).__name__}: {e}; kept adapter {current.adapter!r}", current.adapter
-        active = (new.adapter or path) if path else ""
+            return (False, f"cannot load adapter {_shown(path)}: {refusal_reason(e)}; kept adapter {current.adapter!r}",
+                    current.adapter)
+        finally:
+            if staged is not None:
+                staged.cleanup()
+        active = staged.source if staged is not None else ""
         with self._model_lock:
             if not self._active:
                 return False, "node was deactivated during the swap", ""
@@ -479,13 +572,17 @@ class SpatialQueryNode(LifecycleNode):
             if cur is None:  # not loaded yet: the loader picks this adapter up
                 self._wanted_adapter = msg.path
         if cur is None:
-            self.get_logger().info(f"announced adapter {msg.path!r} (iteration {msg.iteration}) will be loaded with the model")
+            self.get_logger().info(f"announced adapter {_shown(msg.path)} (iteration {msg.iteration}) will be loaded "
+                                   "with the model")
             return
         if cur.adapter == msg.path:
             return
         ok, message, _ = await self._off_executor(self._swap_adapter, msg.path)
-        log = self.get_logger().info if ok else self.get_logger().error
-        log(f"announced adapter (iteration {msg.iteration}): {message}")
+        # one logging call site per severity: rclpy refuses a call site whose severity changes
+        if ok:
+            self.get_logger().info(f"announced adapter (iteration {msg.iteration}): {message}")
+        else:
+            self.get_logger().error(f"announced adapter (iteration {msg.iteration}) not loaded: {message}")
 
     async def _on_set_adapter(self, req: SetAdapter.Request, resp: SetAdapter.Response) -> SetAdapter.Response:
         try:
@@ -493,7 +590,7 @@ class SpatialQueryNode(LifecycleNode):
         except Exception as e:  # noqa: BLE001 - never raise out of a callback
             resp.success, resp.message = False, f"internal error: {type(e).__name__}: {e}"
         if not resp.success:
-            self.get_logger().warning(f"set_adapter {req.path!r} failed: {resp.message}")
+            self.get_logger().warning(f"set_adapter {_shown(req.path)} failed: {resp.message}")
         return resp
 
     def _frame_for(self, stamp_ns: int) -> Tuple[Optional[object], str]:

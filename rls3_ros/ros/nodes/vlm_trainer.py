@@ -19,12 +19,26 @@ Services / actions
   (``train_instance``), so ``~/score_samples`` keeps answering with the current model and
   cancel stays responsive; the tuned instance replaces the served one when training succeeds.
   Adapters are saved atomically (written to a temporary directory, then renamed) as
-  ``<adapter_dir>/iter_XXXX`` (``_N`` suffix if that name exists).
+  ``<adapter_dir>/iter_XXXX`` (``_N`` suffix if that name exists), each with an
+  ``rls3_adapter.json`` recording the base's fingerprint and family (``spatial_query`` only
+  loads adapters that record its own base). The goal carries no model spec or path: nothing in
+  it selects code or files.
 
 Parameters (defaults)
-- ``model`` ("grounded"): model spec (see ``rls3_ros.vlm.answers.load_model``).
-- ``adapter`` (""): adapter to start from ("" = base model).
+- ``model`` ("grounded", read-only): model spec (see ``rls3_ros.vlm.answers.load_model``). Read
+  once at start: a ``py:`` spec runs code, so only the operator's command line or params file
+  sets it (``set_parameters`` on it is refused, and every model instance the node builds later,
+  e.g. a fine-tune goal's training instance, uses the start-up spec).
+- ``adapter`` ("", read-only): adapter to start from ("" = base model); checked like every
+  adapter (``rls3_ros.vlm.adapter_trust``: inside ``adapter_roots``, regular files within the
+  caps, a plain LoRA config, safetensors weights, ``rls3_adapter.json`` with this base's
+  fingerprint); a refused one stops the node at start (one line, exit code 2).
 - ``adapter_dir`` ("runs/adapters"): where adapters are saved (made absolute).
+- ``adapter_roots`` (["runs"], read-only): directories adapters may be loaded from, besides
+  ``adapter_dir`` and the start-up ``adapter`` (which always are); relative ones resolved
+  against the working directory at start.
+- ``adapter_load_timeout`` (60.0), ``max_adapter_rank`` (256), ``max_adapter_mb`` (256), all
+  read-only: seconds an adapter's files may take to read, largest LoRA rank and weights file.
 - ``buffer_size`` (2000): max buffered samples.
 - ``default_steps`` (100): optimiser steps when a goal says 0; ``max_steps`` (100000).
 - ``batch_size`` (0), ``learning_rate`` (0.0): LoRA fine-tuning batch size and learning
@@ -71,6 +85,16 @@ from std_msgs.msg import Header
 from rls3_ros.ros.nodes.conversions import msg_to_sample
 from rls3_ros.ros.nodes.node_main import NodeStartupError, run_node
 from rls3_ros.core.scene import Sample
+from rls3_ros.vlm.adapter_trust import (
+    AdapterLimits,
+    AdapterPolicy,
+    base_identity,
+    load_staged,
+    parse_roots,
+    refusal_reason,
+    stage_adapter_bounded,
+    write_adapter_meta,
+)
 from rls3_ros.vlm.answers import load_model
 from rls3_ros.vlm.interface import SpatialVLM
 from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
@@ -95,9 +119,15 @@ class VlmTrainer(Node):
     def __init__(self, node_name: str = "vlm_trainer", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         d = self._declare
-        d("model", "grounded", "model spec: 'grounded' (default), 'embedded', a model directory / HF id, or py:<module>:<fn>[:<arg>]")
-        d("adapter", "", "adapter to start from ('' = base model)")
-        d("adapter_dir", "runs/adapters", "directory for saved adapters (iter_XXXX)")
+        d("model", "grounded", "model spec: 'grounded' (default), 'embedded', a model directory / HF id, or "
+                               "py:<module>:<fn>[:<arg>] (read-only: set at start only)", read_only=True)
+        d("adapter", "", "adapter to start from ('' = base model)", read_only=True)
+        d("adapter_dir", "runs/adapters", "directory for saved adapters (iter_XXXX)", read_only=True)
+        d("adapter_roots", ["runs"], "directories adapters may be loaded from (besides adapter_dir and adapter)",
+          read_only=True, dynamic_typing=True)
+        d("adapter_load_timeout", 60.0, "seconds an adapter's files may take to read", read_only=True)
+        d("max_adapter_rank", 256, "largest LoRA rank accepted", read_only=True)
+        d("max_adapter_mb", 256, "largest adapter weights file accepted [MiB]", read_only=True)
         d("buffer_size", 2000, "max buffered samples (oldest dropped first)")
         d("default_steps", 100, "optimiser steps when a goal asks for 0")
         d("batch_size", 0, "fine-tuning batch size (0 = the model's default)")
@@ -122,18 +152,28 @@ class VlmTrainer(Node):
         self._from_bag = self._load_bag()
 
         self.adapter_dir = os.path.abspath(str(self._p("adapter_dir")))
+        self._adapter_policy = self._make_adapter_policy()
         lora = {}
         if int(self._p("batch_size")) > 0:
             lora["batch_size"] = int(self._p("batch_size"))
         if float(self._p("learning_rate")) > 0:
             lora["learning_rate"] = float(self._p("learning_rate"))
         self._load_options = {"lora": lora} if lora else {}
-        spec = str(self._p("model"))
+        # read once: the model spec (py: runs code) is the operator's, never a later parameter change
+        self._model_spec = spec = str(self._p("model"))
         t0 = time.monotonic()
         try:
-            self._model: SpatialVLM = load_model(spec, str(self._p("adapter")), self._load_options)
+            self._model: SpatialVLM = load_model(spec, "", self._load_options)
+            self._base = base_identity(self._model)  # before any adapter: what every adapter must fit
         except Exception as e:  # noqa: BLE001 - turned into a one-line startup error
             raise NodeStartupError(f"cannot load model {spec!r}: {type(e).__name__}: {e}") from e
+        start_adapter = str(self._p("adapter")).strip()
+        if start_adapter:
+            try:
+                self._load_adapter(self._model, start_adapter)
+            except Exception as e:  # noqa: BLE001 - turned into a one-line startup error
+                raise NodeStartupError(f"cannot load model {spec!r} with adapter {start_adapter!r}: "
+                                       f"{refusal_reason(e)}") from e
         self.get_logger().info(f"model {spec!r} loaded in {time.monotonic() - t0:.2f} s (adapter {self._model.adapter!r}"
                                f"{', options ' + repr(self._load_options) if self._load_options else ''})")
 
@@ -165,8 +205,27 @@ class VlmTrainer(Node):
             f"default_steps={self._p('default_steps')} buffered={self.buffered()}"
         )
 
-    def _declare(self, name, default, description):
-        self.declare_parameter(name, default, ParameterDescriptor(description=description))
+    def _declare(self, name, default, description, read_only=False, dynamic_typing=False):
+        self.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=read_only,
+                                                                  dynamic_typing=dynamic_typing))
+
+    def _make_adapter_policy(self) -> AdapterPolicy:
+        """Where adapters may be loaded from: ``adapter_roots`` + ``adapter_dir`` + the start-up adapter."""
+        try:
+            roots = list(parse_roots(self._p("adapter_roots"))) + [self.adapter_dir]
+            startup = str(self._p("adapter")).strip()
+            if startup:
+                roots.append(os.path.abspath(startup))
+            return AdapterPolicy.for_roots(roots, limits=AdapterLimits(
+                max_rank=int(self._p("max_adapter_rank")), max_weights_bytes=int(self._p("max_adapter_mb")) << 20))
+        except (ValueError, TypeError) as e:
+            raise NodeStartupError(str(e)) from None
+
+    def _load_adapter(self, model: SpatialVLM, path: str) -> str:
+        """Check (adapter_trust), stage and activate adapter ``path`` in ``model``; returns its path."""
+        staged = stage_adapter_bounded(path, self._adapter_policy, self._base, float(self._p("adapter_load_timeout")))
+        with staged:
+            return load_staged(model, staged)
 
     def _p(self, name):
         return self.get_parameter(name).value
@@ -180,9 +239,12 @@ class VlmTrainer(Node):
         if float(self._p("learning_rate")) < 0:
             errors.append(f"learning_rate must be >= 0 (got {self._p('learning_rate')})")
         for name, lo in (("buffer_size", 1), ("default_steps", 1), ("batch_size", 0), ("max_steps", 1), ("score_chunk", 1),
-                         ("max_score_samples", 1), ("max_train_samples", 0)):
+                         ("max_score_samples", 1), ("max_train_samples", 0), ("max_adapter_rank", 1),
+                         ("max_adapter_mb", 1)):
             if int(self._p(name)) < lo:
                 errors.append(f"{name} must be >= {lo} (got {self._p(name)})")
+        if not float(self._p("adapter_load_timeout")) > 0:
+            errors.append(f"adapter_load_timeout must be > 0 (got {self._p('adapter_load_timeout')})")
         if self._p("train_instance") not in ("reload", "copy", "in_place"):
             errors.append(f"train_instance must be reload | copy | in_place (got {self._p('train_instance')!r})")
         if str(self._p("bag_topic")).strip() and not str(self._p("bag")).strip():
@@ -332,7 +394,10 @@ class VlmTrainer(Node):
             except Exception as e:  # noqa: BLE001
                 self.get_logger().warning(f"cannot deep-copy the model ({type(e).__name__}: {e}); reloading it instead")
         try:
-            return load_model(str(self._p("model")), adapter, self._load_options)
+            model = load_model(self._model_spec, "", self._load_options)
+            if adapter:
+                self._load_adapter(model, adapter)
+            return model
         except Exception as e:  # noqa: BLE001
             self.get_logger().warning(f"cannot load a training instance ({type(e).__name__}: {e}); training in place")
             return None
@@ -421,6 +486,8 @@ class VlmTrainer(Node):
                 return FineTune.Result(success=False, message=msg, samples_used=len(samples),
                                        final_loss=float(result.final_loss))
             path = model.save_adapter(self._adapter_path(int(goal.iteration)))
+            # the base it fits, for every model family (spatial_query loads no adapter without it)
+            write_adapter_meta(path, self._base.fingerprint, self._base.family, self._model_spec)
             ev = model.evaluate(samples)
             if not in_place:
                 with self._serve_lock:
