@@ -25,12 +25,21 @@ CompressedImage (jpeg/png) is decoded with ``cv2.imdecode(IMREAD_COLOR)``: rosba
 ``compressed_image_to_cvimage`` reads with ANYCOLOR (a grey PNG then fails its BGR->RGB step)
 and asserts instead of saying why. cv_bridge is not used (not installable here, and one
 codec means one behaviour wherever the message is read).
+
+Limits before work: a compressed frame's size is read from its own header (PNG ``IHDR``, JPEG
+``SOF`` marker; ``compressed_size``) and refused *before* decoding when it exceeds
+``MAX_PIXELS`` (a 0.75 MB PNG can declare 16000 x 16000 px and would allocate 0.7 GB in the
+decoder); streams that are neither PNG nor JPEG, and JPEGs with more than ``MAX_JPEG_SCANS``
+scans (each progressive scan re-reads the whole image), are refused undecoded too. A service that
+answers queries checks its own, tighter ``ImageLimits`` (``check_image_msg``: header width and
+height of an Image, header size of a CompressedImage) before it converts anything.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from array import array
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Optional, Tuple
 
@@ -52,7 +61,14 @@ ENCODINGS = {
 }
 RGB_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16")
 DEPTH_ENCODINGS = ("32FC1", "16UC1")  # metres, millimetres
-MAX_PIXELS = 4096 * 4096
+MAX_PIXELS = 4096 * 4096  # absolute cap of every conversion here (live, bags), checked before the work
+# defaults of the query limits (spatial_query's max_image_side / max_image_pixels parameters)
+MAX_IMAGE_SIDE = 4096
+MAX_IMAGE_PIXELS = 2048 * 1024  # a 1920x1080 frame fits; with its 32FC1 depth a request stays < 15 MB
+MAX_JPEG_SCANS = 100  # progressive JPEGs have ~10; each scan makes the decoder pass over the image
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (every SOFn except DHT C4, JPG C8, DAC CC): they carry the image size
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -62,10 +78,109 @@ class ImageConversionError(ValueError):
     """The image message (or array) cannot be converted; the message says why."""
 
 
+def _shown(text: Any, n: int = 64) -> str:
+    """repr of a message string for an error, cut at ``n`` characters (a reason never echoes 10 MB)."""
+    text = str(text)
+    return repr(text) if len(text) <= n else repr(text[:n]) + "..."
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Largest image a service works on: each side <= ``max_side`` px and width x height <=
+    ``max_pixels``. ``check`` raises ImageConversionError naming the limit."""
+
+    max_side: int = MAX_IMAGE_SIDE
+    max_pixels: int = MAX_IMAGE_PIXELS
+
+    def check(self, width: int, height: int, what: str = "image") -> None:
+        w, h = int(width), int(height)
+        if w > self.max_side or h > self.max_side:
+            raise ImageConversionError(f"{what} too large: {w}x{h} px, a side above max_image_side {self.max_side}")
+        if w * h > self.max_pixels:
+            raise ImageConversionError(f"{what} too large: {w}x{h} = {w * h} px above max_image_pixels {self.max_pixels}")
+
+
+def compressed_size(data: Any) -> Tuple[str, int, int]:
+    """(kind "png" | "jpeg", width, height) of a compressed image, read from its header (PNG IHDR,
+    JPEG SOF marker) without decoding; ImageConversionError for anything else. ``data``: bytes,
+    array.array or a uint8 array."""
+    buf = _data_bytes(data)
+    head = buf[:32].tobytes()
+    if head.startswith(PNG_SIGNATURE):
+        if len(head) < 24 or head[12:16] != b"IHDR":
+            raise ImageConversionError("PNG without an IHDR header")
+        w, h = int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+        if w == 0 or h == 0:
+            raise ImageConversionError(f"PNG header gives an empty image ({w}x{h})")
+        return "png", w, h
+    if head.startswith(b"\xff\xd8"):
+        return ("jpeg",) + _jpeg_size(buf)
+    raise ImageConversionError("not a PNG or JPEG stream")
+
+
+def _jpeg_size(buf: np.ndarray) -> Tuple[int, int]:
+    """(width, height) from the first SOF marker, walking the marker segments after SOI."""
+    n, i = int(buf.size), 2
+    while i < n:
+        if buf[i] != 0xFF:
+            raise ImageConversionError(f"corrupt JPEG: no marker at byte {i}")
+        while i < n and buf[i] == 0xFF:  # fill bytes
+            i += 1
+        if i >= n:
+            break
+        marker = int(buf[i])
+        i += 1
+        if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length
+            continue
+        if marker in (0xD8, 0xD9, 0xDA):
+            raise ImageConversionError("JPEG without a frame header (SOF) before its image data")
+        if i + 2 > n:
+            break
+        length = (int(buf[i]) << 8) | int(buf[i + 1])
+        if length < 2:
+            raise ImageConversionError(f"corrupt JPEG: segment length {length}")
+        if marker in _JPEG_SOF:
+            if i + 7 > n:
+                break
+            h = (int(buf[i + 3]) << 8) | int(buf[i + 4])
+            w = (int(buf[i + 5]) << 8) | int(buf[i + 6])
+            if w == 0 or h == 0:
+                raise ImageConversionError(f"JPEG frame header gives an empty image ({w}x{h}; a DNL height is not supported)")
+            return w, h
+        i += length
+    raise ImageConversionError("truncated JPEG: no frame header (SOF)")
+
+
+def check_image_msg(msg: Any, limits: ImageLimits) -> Tuple[int, int]:
+    """(width, height) of an Image (its header fields) or a CompressedImage (its stream's header),
+    after checking them against ``limits``; nothing is converted or decoded. ImageConversionError
+    with the reason otherwise (a compressed stream larger than an uncompressed image of the limit
+    is refused too)."""
+    if is_compressed(msg):
+        buf = _data_bytes(msg.data)
+        if buf.size == 0:
+            raise ImageConversionError(f"empty compressed image (format {_shown(msg.format)})")
+        if buf.size > 3 * limits.max_pixels + 65536:
+            raise ImageConversionError(f"compressed image of {buf.size} bytes is larger than an uncompressed "
+                                       f"image of max_image_pixels {limits.max_pixels}; not decoded")
+        try:
+            kind, w, h = compressed_size(buf)
+        except ImageConversionError as e:
+            raise ImageConversionError(f"cannot decode compressed image (format {_shown(msg.format)}): {e}") from None
+        try:
+            limits.check(w, h, f"compressed image ({kind} header)")
+        except ImageConversionError as e:
+            raise ImageConversionError(f"{e}; refused before decoding") from None
+        return w, h
+    w, h = int(msg.width), int(msg.height)
+    limits.check(w, h)
+    return w, h
+
+
 def layout(encoding: str) -> Tuple[np.dtype, int]:
     """(dtype, channels) of a supported encoding; ImageConversionError naming it otherwise."""
     if encoding not in ENCODINGS:
-        raise ImageConversionError(f"unsupported encoding {encoding!r} (supported: {', '.join(ENCODINGS)})")
+        raise ImageConversionError(f"unsupported encoding {_shown(encoding)} (supported: {', '.join(ENCODINGS)})")
     dtype, channels = ENCODINGS[encoding]
     return np.dtype(dtype), channels
 
@@ -133,21 +248,33 @@ def image_msg_to_rgb(msg: Any) -> np.ndarray:
 
 
 def compressed_msg_to_rgb(msg: Any) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of a sensor_msgs/CompressedImage (jpeg/png, grey or colour)."""
+    """(H, W, 3) uint8 RGB of a sensor_msgs/CompressedImage (jpeg/png, grey or colour). The size in
+    the stream's header is checked against ``MAX_PIXELS`` before decoding."""
     import cv2
 
-    fmt = str(msg.format)
+    fmt = _shown(msg.format)
     buf = _data_bytes(msg.data)
     if buf.size == 0:
-        raise ImageConversionError(f"empty compressed image (format {fmt!r})")
+        raise ImageConversionError(f"empty compressed image (format {fmt})")
+    try:
+        kind, w, h = compressed_size(buf)
+    except ImageConversionError as e:
+        raise ImageConversionError(f"cannot decode compressed image (format {fmt}): {e}") from None
+    if w * h > MAX_PIXELS:
+        raise ImageConversionError(f"image too large ({w}x{h} > {MAX_PIXELS} pixels in its {kind} header); "
+                                   "refused before decoding")
+    if kind == "jpeg":
+        scans = buf.tobytes().count(b"\xff\xda")
+        if scans > MAX_JPEG_SCANS:
+            raise ImageConversionError(f"JPEG with {scans} scans (more than {MAX_JPEG_SCANS}); refused before decoding")
     try:
         img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     except cv2.error as e:
-        raise ImageConversionError(f"cannot decode compressed image (format {fmt!r}): {' '.join(str(e).split())}") from None
+        raise ImageConversionError(f"cannot decode compressed image (format {fmt}): {' '.join(str(e).split())[:200]}") from None
     if img is None:
-        raise ImageConversionError(f"cannot decode compressed image (format {fmt!r})")
+        raise ImageConversionError(f"cannot decode compressed image (format {fmt})")
     if img.ndim != 3 or img.shape[2] != 3 or img.shape[0] * img.shape[1] == 0:
-        raise ImageConversionError(f"decoded image has shape {img.shape} (format {fmt!r})")
+        raise ImageConversionError(f"decoded image has shape {img.shape} (format {fmt})")
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
         raise ImageConversionError(f"image too large ({img.shape[1]}x{img.shape[0]} > {MAX_PIXELS} pixels)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)

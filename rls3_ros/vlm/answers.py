@@ -20,13 +20,57 @@ from rls3_ros.captions import terms as T
 from rls3_ros.vlm.interface import SpatialVLM
 
 QUERY_TYPES = ("where", "check", "what")
-MAX_TEXT_CHARS = 1000  # longest object name / relation accepted (a 100 kB name would stall the model)
-MAX_CANDIDATES = 256  # most 'what' candidates accepted per query
+MAX_TEXT_CHARS = 1000  # longest object name / relation / query type accepted (a 100 kB name would stall the model)
+MAX_CANDIDATES = 256  # most 'what' candidates accepted per query, given or taken from the scene state
 MIN_IMAGE_SIDE = 16  # smallest image width and height [px] answered (a 1x1 or 64x1 image has no layout)
 
 
 class QueryError(ValueError):
     """A query that cannot be answered; the message says why."""
+
+
+def check_limits(req: "QueryRequest") -> None:
+    """Refuse (QueryError) a request whose texts or candidate list exceed the limits, before any
+    work: every text the query type uses at most ``MAX_TEXT_CHARS`` characters (stripped), at most
+    ``MAX_CANDIDATES`` candidates. Fields the query type ignores are not looked at. Cheap: a
+    service calls it before it converts the image or takes the model lock."""
+    qt = req.query_type or ""
+    if len(qt) > MAX_TEXT_CHARS:
+        raise QueryError(f"query_type is too long ({len(qt)} characters > {MAX_TEXT_CHARS}); "
+                         f"use one of: {', '.join(QUERY_TYPES)}")
+    qt = qt.strip().lower()
+    fields = [("reference", req.reference)]
+    if qt in ("where", "check"):
+        fields.append(("subject", req.subject))
+    if qt in ("check", "what"):
+        fields.append(("relation", req.relation))
+    for role, text in fields:
+        n = len((text or "").strip())
+        if n > MAX_TEXT_CHARS:
+            raise QueryError(f"{role} {'is' if role == 'relation' else 'name is'} too long "
+                             f"({n} characters > {MAX_TEXT_CHARS})")
+    if qt == "what":
+        if len(req.candidates) > MAX_CANDIDATES:
+            raise QueryError(f"too many candidates ({len(req.candidates)} > {MAX_CANDIDATES})")
+        for i, c in enumerate(req.candidates):
+            n = len((c or "").strip())
+            if n > MAX_TEXT_CHARS:
+                raise QueryError(f"candidate {i} name is too long ({n} characters > {MAX_TEXT_CHARS})")
+
+
+def prepare_image(model: Optional[SpatialVLM], image: np.ndarray) -> None:
+    """Do a model's per-image work that needs no model lock, so a big image holds the lock only for
+    the model's own passes: the grounded model's frozen encoder features (its ``features`` is a
+    thread-safe ``FeatureCache`` keyed by the image content; the locked pass then finds them
+    cached, the same features). A no-op for other models; never raises."""
+    cache = getattr(model, "features", None)
+    try:
+        from rls3_ros.vlm.feature_cache import FeatureCache
+
+        if isinstance(cache, FeatureCache):
+            cache([image])
+    except Exception:  # noqa: BLE001 - the locked pass computes (and reports) it again
+        pass
 
 
 @dataclass
@@ -150,6 +194,7 @@ def answer_query(
 
 
 def _answer(model, image, req, known, default_candidates, object_key=None) -> QueryAnswer:
+    check_limits(req)
     qt = (req.query_type or "").strip().lower()
     if qt not in QUERY_TYPES:
         raise QueryError(f"unknown query_type {req.query_type!r}; use one of: {', '.join(QUERY_TYPES)}")
@@ -196,11 +241,13 @@ def _answer(model, image, req, known, default_candidates, object_key=None) -> Qu
             success=True, message="ok", answer=answer, terms=terms, holds=bool(holds),
             confidence=float(p if holds else 1.0 - p), adapter=adapter,
         )
-    if len(req.candidates) > MAX_CANDIDATES:
-        raise QueryError(f"too many candidates ({len(req.candidates)} > {MAX_CANDIDATES})")
     cands = [c.strip() for c in req.candidates if c.strip()]
     if not cands:
-        cands = [c for c in (default_candidates or []) if not _same_object(c, reference, object_key)]
+        defaults = list(default_candidates or [])
+        if len(defaults) > MAX_CANDIDATES:
+            raise QueryError(f"'what' without candidates takes them from the scene state, which has {len(defaults)} "
+                             f"objects (> {MAX_CANDIDATES}); name the candidates")
+        cands = [c for c in defaults if not _same_object(c, reference, object_key)]
         if not cands:
             raise QueryError("'what' needs candidates: none given and no scene objects known")
     else:

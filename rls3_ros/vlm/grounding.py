@@ -19,6 +19,12 @@ turns it into a :class:`Location`:
 point, ``depth_at``, or the camera-frame depth of the object's pose in a scene state,
 ``scene_depth``). Frames follow ``rls3_ros.core.scene``: camera optical frame, x right, y down,
 z forward, metres.
+
+Sanity limits of the 3D inputs (intrinsics and depths come from untrusted messages): intrinsics
+must be finite with fx, fy >= ``MIN_FOCAL_PX`` and the principal point inside the image
+(``check_intrinsics``); a depth outside ``MIN_DEPTH_M`` .. ``MAX_DEPTH_M`` is no depth
+(``depth_in_range``; ``depth_at`` ignores such pixels); ``point_3d`` gives no point farther than
+``MAX_POINT_RANGE_M`` from the camera (only intrinsics of a few pixels' focal length put one there).
 """
 
 from __future__ import annotations
@@ -169,6 +175,11 @@ def calibration_error(confidences: Sequence[float], hits: Sequence[bool], bins: 
 
 
 # ------------------------------------------------------------------------------ 3D
+MIN_FOCAL_PX = 1.0  # smallest focal length accepted [px]
+MIN_DEPTH_M, MAX_DEPTH_M = 0.01, 100.0  # depths outside are "no depth"
+MAX_POINT_RANGE_M = 1000.0  # no 3D point farther from the camera than this
+
+
 @dataclass(frozen=True)
 class Intrinsics:
     """Pinhole intrinsics [px] of an image of ``width`` x ``height``."""
@@ -192,13 +203,49 @@ class Intrinsics:
         return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, int(width), int(height))
 
 
+def check_intrinsics(k: Intrinsics, max_side: Optional[int] = None, what: str = "camera intrinsics") -> Intrinsics:
+    """``k`` if it is a usable pinhole camera, else ValueError with the reason: finite numbers,
+    fx and fy >= ``MIN_FOCAL_PX``, an image of 1 .. ``max_side`` px a side (when given), the principal
+    point (cx, cy) inside it."""
+    vals = {"fx": k.fx, "fy": k.fy, "cx": k.cx, "cy": k.cy}
+    bad = [f"{n}={v}" for n, v in vals.items() if not math.isfinite(float(v))]
+    if bad:
+        raise ValueError(f"{what}: {', '.join(bad)} not finite")
+    if k.width < 1 or k.height < 1:
+        raise ValueError(f"{what} have no image size ({k.width}x{k.height})")
+    if max_side is not None and (k.width > max_side or k.height > max_side):
+        raise ValueError(f"{what} are for a {k.width}x{k.height} image, a side above max_image_side {max_side}")
+    if k.fx < MIN_FOCAL_PX or k.fy < MIN_FOCAL_PX:
+        raise ValueError(f"{what}: focal length fx={k.fx:g}, fy={k.fy:g} px below {MIN_FOCAL_PX:g} px")
+    if not (0.0 <= k.cx <= k.width and 0.0 <= k.cy <= k.height):
+        raise ValueError(f"{what}: principal point ({k.cx:g}, {k.cy:g}) outside the {k.width}x{k.height} image")
+    return k
+
+
+def depth_in_range(z: Optional[float]) -> bool:
+    """True for a finite depth within ``MIN_DEPTH_M`` .. ``MAX_DEPTH_M``."""
+    return z is not None and math.isfinite(z) and MIN_DEPTH_M <= z <= MAX_DEPTH_M
+
+
+def point_3d(u: float, v: float, depth: float, k: Intrinsics) -> Optional[Tuple[float, float, float]]:
+    """``back_project`` if ``depth`` is in range and the point finite and within
+    ``MAX_POINT_RANGE_M`` of the camera; None otherwise."""
+    if not depth_in_range(depth):
+        return None
+    p = back_project(u, v, depth, k)
+    if not all(math.isfinite(c) for c in p) or math.sqrt(sum(c * c for c in p)) > MAX_POINT_RANGE_M:
+        return None
+    return p
+
+
 def back_project(u: float, v: float, depth: float, k: Intrinsics) -> Tuple[float, float, float]:
     """Pixel (u, v) at ``depth`` [m along the optical axis] -> (x, y, z) in the camera optical frame."""
     return (float((u - k.cx) * depth / k.fx), float((v - k.cy) * depth / k.fy), float(depth))
 
 
 def depth_at(depth: np.ndarray, u: float, v: float, radius: int = 2) -> Optional[float]:
-    """Median of the valid depths [m] (finite, > 0) within ``radius`` px of (u, v); None if none."""
+    """Median of the valid depths [m] (finite, within ``MIN_DEPTH_M`` .. ``MAX_DEPTH_M``) within
+    ``radius`` px of (u, v); None if none."""
     d = np.asarray(depth)
     if d.ndim != 2:
         return None
@@ -207,7 +254,7 @@ def depth_at(depth: np.ndarray, u: float, v: float, radius: int = 2) -> Optional
     if not (0 <= iu < w and 0 <= iv < h):
         return None
     win = d[max(0, iv - radius): iv + radius + 1, max(0, iu - radius): iu + radius + 1].astype(np.float64)
-    win = win[np.isfinite(win) & (win > 0)]
+    win = win[np.isfinite(win) & (win >= MIN_DEPTH_M) & (win <= MAX_DEPTH_M)]
     return float(np.median(win)) if win.size else None
 
 

@@ -1,9 +1,18 @@
-"""The one ``main`` every rls3_ros node uses: init, spin on a multi-threaded executor, shut down."""
+"""The one ``main`` every rls3_ros node uses: init, spin on a multi-threaded executor, shut down.
+
+Stopping: SIGINT (Ctrl-C, ``kill -INT``) and SIGTERM stop a node cleanly (the node's ``close``,
+then ``destroy_node``) with exit code 0, however the node was started. A shell starts a
+background job (``node &`` in a script) with SIGINT ignored, and a parent may hand down SIGINT or
+SIGTERM blocked: ``run_node`` unblocks both and installs its own handlers before ROS starts, so a
+node started that way stops on ``kill -INT`` like one started in a terminal. A node that cannot
+start exits with 2 (one line on stderr).
+"""
 
 from __future__ import annotations
 
+import signal
 import sys
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Union
 
 import rclpy
 from rclpy.exceptions import NameValidationException, ParameterException
@@ -15,15 +24,33 @@ class NodeStartupError(RuntimeError):
     """A node cannot start (bad parameters, missing model ...): logged and exit code 2, no traceback."""
 
 
-def run_node(factory: Callable[[], Node], args: Optional[List[str]] = None, num_threads: int = 4) -> int:
-    """Create the node from ``factory`` and spin it until Ctrl-C or shutdown; return an exit code.
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def install_stop_signals() -> None:
+    """SIGINT and SIGTERM unblocked and handled (KeyboardInterrupt in the main thread), whatever
+    disposition the process inherited (a background job's ignored SIGINT, a blocked mask).
+    rclpy's own handlers, installed by ``rclpy.init`` afterwards, chain to these."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+
+
+def run_node(factory: Callable[[], Node], args: Optional[List[str]] = None,
+             num_threads: Union[int, Callable[[Node], int]] = 4) -> int:
+    """Create the node from ``factory`` and spin it until SIGINT/SIGTERM or shutdown; return an
+    exit code (0 after a stop signal).
 
     ``NodeStartupError`` raised by the factory is reported on stderr as one line (exit 2), so a
     launcher shows why a node did not start instead of a traceback. ``num_threads`` <= 1: a
     single-threaded executor (a node whose callbacks run one at a time anyway saves the thread
-    pool's hand-off on every request).
+    pool's hand-off on every request); a callable gets the created node and returns the count
+    (e.g. from a parameter).
     """
     label = getattr(factory, "__name__", "node")
+    install_stop_signals()
     try:
         rclpy.init(args=args)
     except Exception as e:  # noqa: BLE001 - e.g. an unreadable/invalid --params-file (RCLError)
@@ -34,7 +61,8 @@ def run_node(factory: Callable[[], Node], args: Optional[List[str]] = None, num_
     code = 0
     try:
         node = factory()
-        executor = SingleThreadedExecutor() if num_threads <= 1 else MultiThreadedExecutor(num_threads=num_threads)
+        threads = int(num_threads(node)) if callable(num_threads) else int(num_threads)
+        executor = SingleThreadedExecutor() if threads <= 1 else MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
         try:
             executor.spin()

@@ -20,11 +20,29 @@ Services
 
 Hot swap: a new adapter is loaded into a *new* model instance off the query path, then the
 model reference is replaced under a lock. Queries in flight finish on the old instance, later
-ones use the new one: no query fails during a swap. The node spins a single-threaded executor
-(a query's callback is GIL-bound Python and torch: a thread pool only added a hand-off, ~0.5-1
-ms per query); the swap callbacks (``~/set_adapter``, ``adapter`` announcements) are
-coroutines that run the load on a worker thread and await it, so the executor keeps answering
-queries (on the old adapter) while an adapter loads.
+ones use the new one: no query fails during a swap. The swap callbacks (``~/set_adapter``,
+``adapter`` announcements) are coroutines that run the load on a worker thread and await it, so
+the executor keeps answering queries (on the old adapter) while an adapter loads.
+
+Bounded work per request (untrusted input: limits are checked before work, and a big request
+never holds up small ones):
+- Queries run on a pool of ``query_threads`` executor threads (a reentrant callback group), so a
+  big request's transfer, conversion and encoder pass overlap other queries; only the model's own
+  passes are serialised per model instance (its lock), and a request holds that lock only for
+  them: the grounded model's image features are computed before it (``answers.prepare_image``),
+  the 3D points after it.
+- Before any conversion: the texts and the 'what' candidates (``answers.check_limits``: 1000
+  characters, 256 candidates; a 'what' without candidates takes the scene state's objects, at most
+  256 of them), the image size from the Image header or, for a compressed frame, from its PNG/JPEG
+  header (``image_codec.check_image_msg``: ``max_image_side``, ``max_image_pixels``; a frame that
+  decodes to more is refused undecoded). Camera frames over the limits are not buffered: a
+  placeholder keeps their stamp and reason, and a query for them is answered with it.
+- Scene states with more than ``max_scene_objects`` objects are dropped on arrival (throttled
+  warning), on the object count read from the serialized message (``cdr_peek``): before rclpy
+  deserializes them (a 10,000-object message held the GIL 1.1 s in deserialization).
+- Each request has a deadline (``query_deadline`` s from its callback start): a request still
+  waiting for the model then is answered ``success=false`` "deadline exceeded ..." instead of
+  queueing on. Every limit is a read-only parameter (a remote ``set_parameters`` cannot raise it).
 
 Adapters from the network: a ROS 2 domain without SROS2 authenticates nobody, so a path from
 ``~/set_adapter`` or an ``adapter`` announcement is checked before any work
@@ -105,6 +123,17 @@ Parameters (defaults)
 - ``torch_threads`` (0): torch intra-op threads (0 = torch default). On a CPU shared with
   other busy processes, 1 avoids OpenMP stalls (measured: ~0.4 ms vs ~100 ms per query of a
   tiny model at load average 6 on 2 cores).
+- ``query_threads`` (4, read-only): executor threads answering queries in parallel (topics and
+  swaps share them).
+- ``query_deadline`` (10.0, read-only): seconds a request may take until it holds the model;
+  later it is answered "deadline exceeded".
+- ``max_image_side`` (4096, read-only), ``max_image_pixels`` (2097152 = 2048 x 1024, a 1920x1080
+  frame fits; read-only): largest request image, camera frame (raw or compressed: its header
+  size), depth image and camera_info image size accepted. Requests of ~20 MB and more (e.g. a
+  2048x2048 image with a 32FC1 depth image) were measured to delay other clients' calls by ~2 s
+  on loopback DDS whether the node accepts them or not (lost fragments are repaired late), hence
+  the default.
+- ``max_scene_objects`` (256, read-only): scene states with more objects are dropped.
 """
 
 from __future__ import annotations
@@ -131,6 +160,7 @@ from rclpy.qos import (
     qos_profile_sensor_data,
     qos_profile_system_default,
 )
+from rclpy.serialization import deserialize_message
 from rclpy.task import Future
 from rls3_msgs.msg import AdapterInfo, SceneState as SceneStateMsg
 from rls3_msgs.srv import SetAdapter, SpatialQuery
@@ -138,9 +168,16 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from rls3_ros.ros.nodes.annotate import draw_annotation, find_object, scene_object_names
+from rls3_ros.ros.nodes.cdr_peek import scene_state_prefix
 from rls3_ros.ros.nodes.conversions import msg_to_scene, stamp_to_ns
-from rls3_ros.ros.nodes.grounding_msgs import GroundingInputs, fill_locations, labelled_locations
-from rls3_ros.core.image_codec import ImageConversionError, image_msg_to_rgb, numpy_to_image_msg
+from rls3_ros.ros.nodes.grounding_msgs import GroundingInputs, labelled_locations, locate, set_locations
+from rls3_ros.core.image_codec import (
+    ImageConversionError,
+    ImageLimits,
+    check_image_msg,
+    image_msg_to_rgb,
+    numpy_to_image_msg,
+)
 from rls3_ros.ros.nodes.node_main import run_node
 from rls3_ros.core.scene import SceneState
 from rls3_ros.vlm.adapter_trust import (
@@ -155,7 +192,7 @@ from rls3_ros.vlm.adapter_trust import (
     refusal_reason,
     stage_adapter_bounded,
 )
-from rls3_ros.vlm.answers import QueryRequest, answer_query, load_model
+from rls3_ros.vlm.answers import QueryError, QueryRequest, answer_query, check_limits, load_model, prepare_image
 from rls3_ros.vlm.interface import SpatialVLM
 from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
 
@@ -178,6 +215,18 @@ class LoadedModel:
     model: SpatialVLM
     adapter: str
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class RefusedFrame:
+    """A camera frame over the image limits, kept in the frame buffer instead of its pixels: its
+    header (for lookups by stamp) and why it cannot be used."""
+
+    header: Header
+    reason: str
+
+
+MAX_QUERY_THREADS = 64
 
 
 def _is_empty_image(msg: Image) -> bool:
@@ -230,6 +279,13 @@ class SpatialQueryNode(LifecycleNode):
         d("locate_objects", True, "answer with the subject's and reference's locations (2D box/point, 3D point)")
         d("camera_info_topic", "camera_info", "camera intrinsics for the 3D points of the object locations")
         d("depth_topic", "", "depth images (32FC1 m / 16UC1 mm) for the 3D points ('' = none)")
+        d("query_threads", 4, "executor threads answering queries in parallel", read_only=True)
+        d("query_deadline", 10.0, "seconds a request may take until it holds the model; then 'deadline exceeded'",
+          read_only=True)
+        d("max_image_side", 4096, "largest image side [px] accepted (request, camera frame, depth, camera_info)",
+          read_only=True)
+        d("max_image_pixels", 2048 * 1024, "largest image width x height [px] accepted", read_only=True)
+        d("max_scene_objects", 256, "scene states with more objects are dropped", read_only=True)
         _set_torch_threads(self, int(self._p("torch_threads")))
         # read once: the model spec (py: runs code) is the operator's, never a later parameter change
         self._model_spec = str(self._p("model"))
@@ -247,6 +303,8 @@ class SpatialQueryNode(LifecycleNode):
         self._frames: Deque = collections.deque(maxlen=30)  # Image or CompressedImage (image_transport)
         self._scenes: Deque[Tuple[int, SceneState]] = collections.deque(maxlen=30)  # (stamp ns, valid scene)
         self._n_bad_scenes = 0
+        self._n_refused_frames = 0
+        self._limits = ImageLimits()  # from max_image_side / max_image_pixels on configure
         self._grounding = GroundingInputs()
         self._buf_lock = threading.Lock()
         self._subs = []
@@ -271,6 +329,30 @@ class SpatialQueryNode(LifecycleNode):
     def _p(self, name):
         return self.get_parameter(name).value
 
+    def query_threads(self) -> int:
+        """Executor threads for ``run_node`` (``query_threads``, clamped to 1 .. 64)."""
+        return max(1, min(MAX_QUERY_THREADS, int(self._p("query_threads"))))
+
+    def _limit_settings(self) -> list:
+        """Errors of the limit parameters; sets the image limits when they are valid."""
+        errors = []
+        if not 1 <= int(self._p("query_threads")) <= MAX_QUERY_THREADS:
+            errors.append(f"query_threads must be 1 .. {MAX_QUERY_THREADS}")
+        deadline = float(self._p("query_deadline"))
+        if not (deadline > 0 and deadline < float("inf")):
+            errors.append("query_deadline must be a finite number of seconds > 0")
+        side, pixels = int(self._p("max_image_side")), int(self._p("max_image_pixels"))
+        if side < 16:
+            errors.append("max_image_side must be >= 16 (the smallest image answered is 16x16 px)")
+        if pixels < 256:
+            errors.append("max_image_pixels must be >= 256 (16x16 px)")
+        if int(self._p("max_scene_objects")) < 1:
+            errors.append("max_scene_objects must be >= 1")
+        if not errors:
+            self._limits = ImageLimits(side, pixels)
+            self._grounding.limits = self._limits
+        return errors
+
     # -- lifecycle transitions -------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Validate parameters; create the camera, scene-state and adapter subscriptions and
@@ -292,6 +374,7 @@ class SpatialQueryNode(LifecycleNode):
             errors.append("load_retry_period must be > 0")
         if self._p("swap_mode") not in ("reload", "copy"):
             errors.append("swap_mode must be 'reload' or 'copy'")
+        errors += self._limit_settings()
         errors += self._adapter_settings()
         if errors:
             for e in errors:
@@ -307,7 +390,8 @@ class SpatialQueryNode(LifecycleNode):
                 IMAGE_TRANSPORTS[self._p("image_transport")], image_topic, self._on_image, IMAGE_QOS[self._p("image_qos")],
                 callback_group=self._topic_group, event_callbacks=events,
             ),
-            self.create_subscription(SceneStateMsg, self._p("scene_topic"), self._on_scene, 10, callback_group=self._topic_group),
+            self.create_subscription(SceneStateMsg, self._p("scene_topic"), self._on_scene_raw, 10,
+                                     callback_group=self._topic_group, raw=True),  # object count read before deserializing
         ]
         self._grounding.resize(int(self._p("frame_buffer")))
         if self._p("locate_objects"):
@@ -528,19 +612,57 @@ class SpatialQueryNode(LifecycleNode):
         )
 
     def _on_image(self, msg) -> None:  # Image or CompressedImage
+        """Buffer a camera frame; one over the image limits (Image header size, compressed stream
+        header size) is kept as a ``RefusedFrame`` (stamp + reason, no pixels)."""
+        try:
+            check_image_msg(msg, self._limits)
+        except ImageConversionError as e:
+            self._n_refused_frames += 1
+            kind = "compressed image" if isinstance(msg, CompressedImage) else "image"
+            msg = RefusedFrame(msg.header, f"bad {kind}: {e}")
+            self.get_logger().warning(f"camera frame refused: {msg.reason} ({self._n_refused_frames} so far)",
+                                      throttle_duration_sec=5.0)
         with self._buf_lock:
             self._frames.append(msg)
 
+    def _drop_scene(self, stamp_ns: int, scene_id: str, n_objects: int, limit: int) -> None:
+        self._n_bad_scenes += 1
+        self.get_logger().warning(
+            f"dropped scene_state (stamp {stamp_ns / 1e9:.3f}, scene {scene_id[:80]!r}): {n_objects} objects > "
+            f"max_scene_objects {limit} ({self._n_bad_scenes} dropped so far)", throttle_duration_sec=5.0)
+
+    def _on_scene_raw(self, data: bytes) -> None:
+        """A serialized scene state: one with more than ``max_scene_objects`` objects is dropped on
+        its CDR object count, before deserialization (rclpy would hold the GIL ~0.1 ms per object)."""
+        limit = int(self._p("max_scene_objects"))
+        prefix = scene_state_prefix(data)
+        if prefix is not None and prefix.n_objects > limit:
+            self._drop_scene(prefix.sec * 10**9 + prefix.nanosec, prefix.scene_id, prefix.n_objects, limit)
+            return
+        try:
+            msg = deserialize_message(data, SceneStateMsg)
+        except Exception as e:  # noqa: BLE001 - malformed bytes: drop them
+            self._n_bad_scenes += 1
+            self.get_logger().warning(f"dropped scene_state: cannot deserialize ({type(e).__name__}) "
+                                      f"({self._n_bad_scenes} dropped so far)", throttle_duration_sec=5.0)
+            return
+        self._on_scene(msg)
+
     def _on_scene(self, msg: SceneStateMsg) -> None:
-        """Keep a scene state only if it converts (usable camera info, finite numbers): a bad
-        one is dropped here, so it can never fail a later query."""
+        """Keep a scene state only if it converts (usable camera info, finite numbers) and has at
+        most ``max_scene_objects`` objects (counted before conversion): a bad one is dropped here,
+        so it can never fail or stall a later query."""
+        limit = int(self._p("max_scene_objects"))
+        if len(msg.objects) > limit:
+            self._drop_scene(stamp_to_ns(msg.header.stamp), msg.scene_id, len(msg.objects), limit)
+            return
         try:
             scene = msg_to_scene(msg)
         except Exception as e:  # noqa: BLE001 - MessageConversionError and anything else: drop it
             self._n_bad_scenes += 1
             self.get_logger().warning(
-                f"dropped scene_state (stamp {stamp_to_ns(msg.header.stamp) / 1e9:.3f}, scene {msg.scene_id!r}): "
-                f"{' '.join(str(e).split())} ({self._n_bad_scenes} dropped so far)", throttle_duration_sec=5.0)
+                f"dropped scene_state (stamp {stamp_to_ns(msg.header.stamp) / 1e9:.3f}, scene {msg.scene_id[:80]!r}): "
+                f"{' '.join(str(e).split())[:300]} ({self._n_bad_scenes} dropped so far)", throttle_duration_sec=5.0)
             return
         with self._buf_lock:
             self._scenes.append((stamp_to_ns(msg.header.stamp), scene))
@@ -629,7 +751,7 @@ class SpatialQueryNode(LifecycleNode):
     def _on_query(self, req: SpatialQuery.Request, resp: SpatialQuery.Response) -> SpatialQuery.Response:
         t0 = time.monotonic()
         try:
-            self._answer(req, resp)
+            self._answer(req, resp, t0 + float(self._p("query_deadline")))
         except Exception as e:  # noqa: BLE001 - never raise out of a callback
             resp.success, resp.message = False, f"internal error: {type(e).__name__}: {e}"
             self.get_logger().error(f"query failed internally: {resp.message}")
@@ -639,12 +761,15 @@ class SpatialQueryNode(LifecycleNode):
             if self._loaded is None or not self._active:  # a client polling a loading node: keep the log short
                 self.get_logger().info(f"query rejected: {resp.message}", throttle_duration_sec=2.0)
             else:
-                self.get_logger().info(f"query {req.query_type!r} rejected: {resp.message}")
+                self.get_logger().info(f"query {req.query_type[:40]!r} rejected: {resp.message}")
         else:
-            self.get_logger().debug(f"query {req.query_type!r} answered in {1e3 * (time.monotonic() - t0):.1f} ms")
+            self.get_logger().debug(f"query {req.query_type[:40]!r} answered in {1e3 * (time.monotonic() - t0):.1f} ms")
         return resp
 
-    def _answer(self, req: SpatialQuery.Request, resp: SpatialQuery.Response) -> None:
+    def _answer(self, req: SpatialQuery.Request, resp: SpatialQuery.Response, deadline: float) -> None:
+        """Answer ``req`` into ``resp``: limits first (texts, candidates, image header size), then
+        the conversion and the lock-free image work, then the model under its lock (waited for
+        until ``deadline``, time.monotonic()), then the 3D points and the annotation."""
         resp.header = req.header
         if not self._active:
             state = self._state_machine.current_state[1] if hasattr(self, "_state_machine") else "?"
@@ -656,6 +781,12 @@ class SpatialQueryNode(LifecycleNode):
             resp.success, resp.message = False, f"model not ready: {self._load_status}"
             return
         resp.adapter = loaded.adapter
+        q = QueryRequest(req.query_type, req.subject, req.reference, req.relation, list(req.candidates))
+        try:
+            check_limits(q)  # texts and candidates: before anything is converted
+        except QueryError as e:
+            resp.success, resp.message = False, str(e)
+            return
         if _is_empty_image(req.image):
             frame, why = self._frame_for(stamp_to_ns(req.header.stamp))
             if frame is None:
@@ -664,10 +795,14 @@ class SpatialQueryNode(LifecycleNode):
         else:
             frame = req.image
         resp.header = frame.header if (frame.header.frame_id or stamp_to_ns(frame.header.stamp)) else req.header
+        if isinstance(frame, RefusedFrame):  # a camera frame over the limits (checked on arrival)
+            resp.success, resp.message = False, frame.reason
+            return
+        kind = "compressed image" if isinstance(frame, CompressedImage) else "image"
         try:
+            check_image_msg(frame, self._limits)  # header sizes only: before any conversion or decoding
             image = image_msg_to_rgb(frame)  # Image or CompressedImage
         except ImageConversionError as e:
-            kind = "compressed image" if isinstance(frame, CompressedImage) else "image"
             resp.success, resp.message = False, f"bad {kind}: {e}"
             return
         if not image.flags.writeable:  # a view of the message buffer; torch wants writable arrays
@@ -680,10 +815,24 @@ class SpatialQueryNode(LifecycleNode):
             o = find_object(scene, name)
             return f"id:{o.id}" if o is not None else name.strip().lower()
 
-        q = QueryRequest(req.query_type, req.subject, req.reference, req.relation, list(req.candidates))
-        with loaded.lock:
+        prepare_image(loaded.model, image)  # per-image model work that needs no lock (big images: most of it)
+        locate_wanted = bool(self._p("locate_objects"))
+        waited = time.monotonic()
+        if deadline - waited <= 0 or not loaded.lock.acquire(timeout=deadline - waited):
+            resp.success, resp.message = False, (
+                f"deadline exceeded: the request did not reach the model within query_deadline "
+                f"{float(self._p('query_deadline')):g} s (waited {time.monotonic() - waited:.2f} s for it; "
+                "the node is busy, retry later)")
+            return
+        located = None
+        try:  # the model's own passes only: the answer and the grounding of its two objects
             ans = answer_query(loaded.model, image, q, known_objects=names, default_candidates=defaults,
                                object_key=object_key)
+            if ans.success and locate_wanted:
+                names2 = [self._located_subject(req, ans), req.reference.strip()]
+                located = (names2, *locate(loaded.model, image, names2))
+        finally:
+            loaded.lock.release()
         resp.success, resp.message, resp.answer = ans.success, ans.message, ans.answer
         if ans.success and scene is None:
             resp.message = f"{ans.message}; answered from the image alone ({no_scene})"
@@ -697,18 +846,22 @@ class SpatialQueryNode(LifecycleNode):
         resp.holds = bool(ans.holds)
         resp.ranked_candidates = [c for c, _ in ans.ranked]
         resp.candidate_scores = [float(s) for _, s in ans.ranked]
-        if self._p("locate_objects"):
-            self._locate(req, resp, loaded, image, scene, ans)
+        if located is not None:
+            self._set_locations(req, resp, image, scene, *located)
         if self._annotated_pub is not None:
             self._publish_annotated(image, resp.header, scene, req, ans.answer, ans.confidence, ans.ranked,
                                     labelled_locations([resp.subject_location, resp.reference_location]))
 
-    def _locate(self, req, resp, loaded: LoadedModel, image: np.ndarray, scene, ans) -> None:
-        """Fill the subject's and reference's locations; notes on what is missing go to ``message``."""
-        subject = ans.ranked[0][0] if req.query_type.strip().lower() == "what" and ans.ranked else req.subject.strip()
-        with loaded.lock:
-            notes = fill_locations(resp, loaded.model, image, subject, req.reference.strip(), resp.header,
-                                   req.camera_info, req.depth, self._grounding, scene, float(self._p("frame_tolerance")))
+    @staticmethod
+    def _located_subject(req, ans) -> str:
+        """The subject whose location an answer carries ('what': the best candidate)."""
+        return ans.ranked[0][0] if req.query_type.strip().lower() == "what" and ans.ranked else req.subject.strip()
+
+    def _set_locations(self, req, resp, image: np.ndarray, scene, names, locs, notes) -> None:
+        """Fill the subject's and reference's locations (3D points from intrinsics and depth, outside
+        the model lock); notes on what is missing go to ``message``."""
+        set_locations(resp, image, names, locs, notes, resp.header, req.camera_info, req.depth, self._grounding, scene,
+                      float(self._p("frame_tolerance")), self._limits.max_side)
         if notes:
             resp.message = f"{resp.message}; " + "; ".join(notes)
 
@@ -729,7 +882,8 @@ class SpatialQueryNode(LifecycleNode):
 
 
 def main(args=None) -> int:
-    return run_node(SpatialQueryNode, args, num_threads=1)  # swaps do not block it: see _off_executor
+    # queries in parallel on query_threads executor threads (the model lock serialises only model passes)
+    return run_node(SpatialQueryNode, args, num_threads=lambda node: node.query_threads())
 
 
 if __name__ == "__main__":
