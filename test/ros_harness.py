@@ -14,15 +14,29 @@ from typing import Callable, Dict, List, Optional
 
 PYTHON = sys.executable
 
+# A deadline in a test catches a hang; it never checks speed (a busy CI machine runs everything
+# several times slower). Every wait of this harness, the per-test pytest timeout (conftest.py) and
+# the deadlines tests pass to nodes through ``deadline()`` allow TIMEOUT_SCALE times the figure
+# written in the test, which its author chose as ~10x the idle duration. RLS3_TEST_TIMEOUT_SCALE
+# sets another factor (a slower machine: more; a failing test found sooner: 1).
+TIMEOUT_SCALE = max(1.0, float(os.environ.get("RLS3_TEST_TIMEOUT_SCALE", "4")))
+
+
+def deadline(seconds: float) -> float:
+    """``seconds`` as the harness allows it (``TIMEOUT_SCALE`` x), for deadlines a test hands to
+    anything that is not this harness (a node's parameter, ``--timeout``, ``subprocess.run``)."""
+    return float(seconds) * TIMEOUT_SCALE
+
 
 def poll_until(predicate: Callable[[], object], timeout: float, what: str = "condition", interval: float = 0.02):
-    """Poll ``predicate`` until it returns a truthy value (returned) or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
+    """Poll ``predicate`` until it returns a truthy value (returned) or fail after ``deadline(timeout)`` s."""
+    timeout = deadline(timeout)
+    end = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
-        if time.monotonic() > deadline:
+        if time.monotonic() > end:
             raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
         time.sleep(interval)
 
@@ -82,6 +96,7 @@ class NodeProcess:
 
     def wait(self, timeout: float = 60.0) -> int:
         assert self.proc is not None
+        timeout = deadline(timeout)
         try:
             return self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -166,8 +181,8 @@ def call_service(node, srv_type, name: str, request, timeout: float = 30.0):
     """Wait for service ``name`` and call it from the background-spun ``node``."""
     client = node.create_client(srv_type, name)
     try:
-        if not client.wait_for_service(timeout_sec=timeout):
-            raise TimeoutError(f"service {name} not available after {timeout}s")
+        if not client.wait_for_service(timeout_sec=deadline(timeout)):
+            raise TimeoutError(f"service {name} not available after {deadline(timeout)}s")
         return spin_until_future(client.call_async(request), timeout, f"answer of {name}")
     finally:
         node.destroy_client(client)

@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from reliability_common import node_env
-from ros_harness import NodeProcess, poll_until
+from ros_harness import NodeProcess, deadline, poll_until
 from tiny_training_graph import tiny_training_override
 
 pytestmark = pytest.mark.timeout(240)
@@ -68,7 +68,7 @@ def test_graph_killed_mid_fine_tune_stops_with_the_reason_and_resumes_from_the_l
     launch = ["-m", "rls3_ros.ros.launcher", "training", "--params-file", str(params)]
 
     # -- 1. the first launch; SIGKILL the vlm_trainer in the middle of fine-tune 2
-    first = launch + ["--run-dir", str(run_dir), "--set", f"rl_sampler.fine_tune_steps={STEPS}", "--timeout", "150"]
+    first = launch + ["--run-dir", str(run_dir), "--set", f"rl_sampler.fine_tune_steps={STEPS}", "--timeout", str(int(deadline(150)))]
     with NodeProcess(first, env, "launch_first", log_dir=tmp_path) as p:
         poll_until(lambda: _latest(run_dir) not in ("", "ckpt-000"), 150, "the checkpoint of fine-tune 1")
         p.wait_for_output(rf"\[vlm_trainer\].*fine-tune iteration 2: {STEPS} steps", 90)
@@ -91,7 +91,7 @@ def test_graph_killed_mid_fine_tune_stops_with_the_reason_and_resumes_from_the_l
     assert sorted(os.listdir(run_dir / "adapters")) == ["iter_0001"]  # nothing half-written
 
     # -- 2. --resume: same parameter file, no --set (the run's config.yaml brings fine_tune_steps back)
-    with NodeProcess(launch + ["--resume", str(run_dir), "--timeout", "150"], env, "launch_resume", log_dir=tmp_path) as p:
+    with NodeProcess(launch + ["--resume", str(run_dir), "--timeout", str(int(deadline(150)))], env, "launch_resume", log_dir=tmp_path) as p:
         code = p.wait(timeout=170)
         out = p.output()
     assert code == 0, out[-4000:]

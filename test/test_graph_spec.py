@@ -20,7 +20,7 @@ import yaml
 from rls3_ros.ros import graph_spec as G
 from rls3_ros.ros.launcher import node_command, resume_info
 
-from ros_harness import NodeProcess
+from ros_harness import NodeProcess, deadline
 from tiny_training_graph import tiny_training_override
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -136,7 +136,7 @@ def test_the_training_graph_works_pushed_into_a_namespace_with_two_bridges(ros_e
     env["PYTHONPATH"] = os.pathsep.join([str(TEST_DIR), env.get("PYTHONPATH", "")]).strip(os.pathsep)
     env["RLS3_CACHE"] = str(tmp_path / "cache")
     args = ["-m", "rls3_ros.ros.launcher", "training", "--namespace", "team1", "--bridges", "2",
-            "--params-file", str(params), "--run-dir", str(run_dir), "--timeout", "150"]
+            "--params-file", str(params), "--run-dir", str(run_dir), "--timeout", str(int(deadline(150)))]
     with NodeProcess(args, env, "launch_ns") as p:
         code = p.wait(timeout=170)
         out = p.output()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ros_harness import NodeProcess, poll_until
+from ros_harness import NodeProcess, deadline, poll_until
 from tiny_training_graph import tiny_training_override
 
 TEST_DIR = Path(__file__).resolve().parent
@@ -42,7 +42,7 @@ def test_training_graph_runs_the_loop_over_ros(ros_env, tmp_path):
     params.write_text(tiny_training_override("sac", 12, learning_starts=4))
     run_dir = tmp_path / "run"
     args = ["-m", "rls3_ros.ros.launcher", "training", "--bridges", "2", "--params-file", str(params),
-            "--run-dir", str(run_dir), "--timeout", "150"]
+            "--run-dir", str(run_dir), "--timeout", str(int(deadline(150)))]
     with NodeProcess(args, _env(ros_env, tmp_path), "launch_training") as p:
         code = p.wait(timeout=170)
         out = p.output()
@@ -77,7 +77,7 @@ def test_a_node_that_dies_stops_the_graph_with_its_reason(ros_env, tmp_path):
     params = tmp_path / "override.yaml"
     params.write_text(tiny_training_override("random", 12, learning_starts=4))
     args = ["-m", "rls3_ros.ros.launcher", "training", "--params-file", str(params), "--run-dir",
-            str(tmp_path / "run"), "--set", "rl_sampler.T0=99", "--timeout", "60"]
+            str(tmp_path / "run"), "--set", "rl_sampler.T0=99", "--timeout", str(int(deadline(60)))]
     with NodeProcess(args, _env(ros_env, tmp_path), "launch_bad") as p:
         code = p.wait(timeout=90)
         out = p.output()
@@ -141,7 +141,7 @@ def test_the_teacher_runs_over_the_graph_and_learns_from_its_evaluations(ros_env
     params.write_text(tiny_training_override("teacher", 18, val_scenes=2, val_per_term=5, val_tail_scenes=2))
     run_dir = tmp_path / "run"
     args = ["-m", "rls3_ros.ros.launcher", "training", "--params-file", str(params), "--run-dir", str(run_dir),
-            "--timeout", "150"]
+            "--timeout", str(int(deadline(150)))]
     with NodeProcess(args, _env(ros_env, tmp_path), "launch_teacher") as p:
         code = p.wait(timeout=170)
         out = p.output()

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from ros_harness import deadline
+
 _OVERRIDE = """
 /**/sim_bridge:
   ros__parameters:
@@ -22,12 +24,15 @@ _OVERRIDE = """
     replay_scenes: 2
     moves_per_scene: 3
     test_per_term: 5
+    val_scenes: 2
+    val_per_term: 5
     dataset_key: ros-test-64
-    wait_for_services: 60.0
+    wait_for_services: {wait_for_services}
 """
 
 
 def tiny_training_override(agent: str, budget: int, **sampler_params: object) -> str:
     """YAML for ``rls3 launch training --params-file``; ``sampler_params`` adds rl_sampler parameters."""
     extra = "".join(f"    {k}: {v}\n" for k, v in sampler_params.items())
-    return _OVERRIDE.format(agent=agent, budget=budget) + extra
+    # how long the sampler waits for the other nodes to start: a hang guard, scaled like the tests' own
+    return _OVERRIDE.format(agent=agent, budget=budget, wait_for_services=deadline(60.0)) + extra
