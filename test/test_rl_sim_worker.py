@@ -202,7 +202,6 @@ def test_ctrl_c_leaves_no_worker_and_no_worker_traceback(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     script = tmp_path / "hold.py"
     script.write_text(
@@ -223,13 +222,21 @@ def test_ctrl_c_leaves_no_worker_and_no_worker_traceback(tmp_path):
     line = p.stdout.readline()
     assert line.startswith("pids"), (line, p.stderr.read() if p.poll() is not None else "")
     pids = [int(x) for x in line.split()[1:]]
+    from ros_harness import deadline, poll_until
+
     os.killpg(p.pid, signal.SIGINT)
-    out, err = p.communicate(timeout=60)
+    out, err = p.communicate(timeout=deadline(60))
     assert "closed" in out
     assert "Traceback" not in err, err
-    time.sleep(0.5)
-    for pid in pids:
-        assert not os.path.exists(f"/proc/{pid}") or open(f"/proc/{pid}/stat").read().split()[2] == "Z"
+
+    def gone(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split()[2] == "Z"
+        except OSError:
+            return True
+
+    poll_until(lambda: all(gone(pid) for pid in pids), 30, "the worker processes to exit")
 
 
 def test_fixed_tail_split_is_the_same_through_the_worker_processes():

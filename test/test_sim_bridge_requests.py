@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from ros_harness import poll_until
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -48,8 +50,6 @@ def _record_publishes(bridge):
 
 
 def test_topics_without_subscribers_are_skipped_but_the_answer_carries_scene_and_image(bridge):
-    import time
-
     from rclpy.qos import qos_profile_sensor_data
     from rls3_msgs.msg import SceneState
     from sensor_msgs.msg import CameraInfo, Image
@@ -65,11 +65,8 @@ def test_topics_without_subscribers_are_skipped_but_the_answer_carries_scene_and
     bridge.create_subscription(Image, "image_raw", lambda m: None, qos_profile_sensor_data)
     bridge.create_subscription(CameraInfo, "camera_info", lambda m: None, qos_profile_sensor_data)
     bridge.create_subscription(SceneState, "scene_state", lambda m: None, 10)
-    deadline = time.monotonic() + 20
     pubs = (bridge.image_pub, bridge.info_pub, bridge.scene_pub)
-    while not all(p.get_subscription_count() for p in pubs):
-        assert time.monotonic() < deadline, "subscriptions not matched"
-        time.sleep(0.05)
+    poll_until(lambda: all(p.get_subscription_count() for p in pubs), 20, "the subscriptions to be matched", 0.05)
     assert _swap(bridge).success
     assert sent == {"image_raw": 1, "camera_info": 1, "scene_state": 1}
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 import vlm_test_model as tm
-from ros_harness import BackgroundSpinner, NodeProcess, UnspunNode, call_service, poll_until, spin_until_future
+from ros_harness import BackgroundSpinner, NodeProcess, UnspunNode, call_service, deadline, poll_until, spin_until_future
 from rls3_ros.ros.isolation import isolated_ros_env
 
 TEST_DIR = Path(__file__).resolve().parent
@@ -303,16 +302,20 @@ def test_hot_swap_under_a_query_stream_loses_none(graph, samples, tmp_path):
 
 
 def test_queries_are_answered_while_an_adapter_loads(graph, samples, tmp_path):
-    """A 3 s adapter load (set_adapter) does not stall the query service: queries keep being
-    answered by the old adapter during the load, the new one answers afterwards."""
+    """An adapter load (set_adapter) does not stall the query service: queries keep being answered
+    by the old adapter while the load is held (the test model's load waits for the test to open a
+    gate), the new one answers afterwards. No figure of time: the load lasts until the test has seen
+    the answers it waits for."""
     from rls3_msgs.srv import SetAdapter
 
     from rls3_ros.ros.client import SpatialQueryClient
 
     adapter = _local_adapter(tmp_path, "slow", samples, 10, 4)
+    gate = tmp_path / "adapter_gate"
+    gate.mkdir()
     name = "sq_slow_swap"
     with NodeProcess(["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-r", f"__node:={name}",
-                      "-p", "model:=py:vlm_test_model:load_slow_adapter:3", "-p", "follow_adapter_topic:=false",
+                      "-p", f"model:=py:vlm_test_model:load_gated_adapter:{gate}", "-p", "follow_adapter_topic:=false",
                       "-p", f"adapter_roots:={ROOTS(graph.root)}"],
                      graph.env, name, log_dir=graph.root) as proc:
         proc.wait_for_output("model ready", 60)
@@ -325,30 +328,35 @@ def test_queries_are_answered_while_an_adapter_loads(graph, samples, tmp_path):
         def stream():
             while not stop.is_set():
                 try:
-                    a = client.where_is("red square", "blue square", image=img, timeout=10)
-                    answers.append((time.monotonic(), a))
+                    answers.append(client.where_is("red square", "blue square", image=img, timeout=10))
                 except Exception as e:  # noqa: BLE001 - a query lost during the swap
                     errors.append(e)
 
         t = threading.Thread(target=stream)
         t.start()
+        swap = graph.node.create_client(SetAdapter, f"/{name}/set_adapter")
         try:
             poll_until(lambda: len(answers) >= 3, 20, "first answers")
-            t0 = time.monotonic()
-            r = call_service(graph.node, SetAdapter, f"/{name}/set_adapter", SetAdapter.Request(path=adapter), timeout=30)
-            t1 = time.monotonic()
+            assert swap.wait_for_service(timeout_sec=20)
+            future = swap.call_async(SetAdapter.Request(path=adapter))
+            poll_until((gate / "loading").exists, 30, "the adapter load to begin")
+            n = len(answers)  # from here on until the gate opens, every answer comes during the load
+            poll_until(lambda: len(answers) >= n + 5, 30, "answers during the adapter load")
+            during = answers[n:]
+            assert not future.done(), "set_adapter answered while its load was held"
+            (gate / "open").touch()
+            r = spin_until_future(future, 30, "set_adapter's answer")
             assert r.success and r.active_adapter == adapter, r.message
-            n = len(answers)
-            poll_until(lambda: len(answers) >= n + 3, 20, "answers after the swap")
+            m = len(answers)
+            poll_until(lambda: len(answers) >= m + 3, 20, "answers after the swap")
         finally:
+            (gate / "open").touch()
             stop.set()
-            t.join(timeout=20)
-        assert t1 - t0 >= 2.9, "the adapter load was not slow: the test proves nothing"
+            t.join(timeout=deadline(20))
+            graph.node.destroy_client(swap)
         assert not errors, errors[:3]
-        during = [a for ts, a in answers if t0 + 0.5 < ts < t1 - 0.5]
-        assert len(during) >= 5, f"only {len(during)} queries answered during a {t1 - t0:.1f} s adapter load"
         assert all(a.success and a.adapter == "" for a in during), [a.message for a in during if not a.success][:3]
-        assert answers[-1][1].success and answers[-1][1].adapter == adapter
+        assert answers[-1].success and answers[-1].adapter == adapter
 
 
 # -- vlm_trainer ------------------------------------------------------------------------
@@ -467,10 +475,12 @@ def test_fine_tune_cancel_and_score_stays_responsive(graph, samples):
     ac, handle = _send_goal(node, goal, feedback)
     assert handle.accepted
     poll_until(lambda: len(feedback) >= 3, 30, "training feedback")
-    # while training: scoring answers, a second goal is rejected
-    t0 = time.monotonic()
+    # while training: scoring answers (not after the 100000 steps: the training is still going on
+    # once the answer is here), a second goal is rejected. How fast it answers is not asserted.
     r = _score(node, [sample_to_msg(samples[0])])
-    assert r.success and time.monotonic() - t0 < 5.0, r.message
+    assert r.success, r.message
+    at_answer = len(feedback)
+    poll_until(lambda: len(feedback) > at_answer, 30, "training feedback after the score's answer")
     ac2, h2 = _send_goal(node, FineTune.Goal(iteration=100, steps=5, use_buffer=True), [])
     assert not h2.accepted
     spin_until_future(handle.cancel_goal_async(), 20, "cancel response")

@@ -309,6 +309,32 @@ def load_slow_adapter(arg: str = "3", lora: Optional[dict] = None) -> SlowAdapte
     return SlowAdapterVLM(float(arg or 3))
 
 
+class GatedAdapterVLM(TinySpatialVLM):
+    """TinySpatialVLM whose ``load_adapter`` lasts as long as a test wants: it creates
+    ``<gate>/loading``, then waits until ``<gate>/open`` exists (an hour at most). What happens
+    during an adapter load is then tested by events, not by how much fits into a fixed delay."""
+
+    def __init__(self, gate: str, **kw) -> None:
+        super().__init__(**kw)
+        self.gate = gate
+
+    def load_adapter(self, directory: str) -> None:
+        os.makedirs(self.gate, exist_ok=True)
+        with open(os.path.join(self.gate, "loading"), "w"):
+            pass
+        end = time.monotonic() + 3600.0
+        while not os.path.exists(os.path.join(self.gate, "open")):
+            if time.monotonic() > end:
+                raise RuntimeError(f"the test never opened {self.gate}/open")
+            time.sleep(0.02)
+        super().load_adapter(directory)
+
+
+def load_gated_adapter(arg: str, lora: Optional[dict] = None) -> GatedAdapterVLM:
+    """Loader for ``py:vlm_test_model:load_gated_adapter:<gate dir>`` (see ``GatedAdapterVLM``)."""
+    return GatedAdapterVLM(arg)
+
+
 # -- synthetic captioned samples --------------------------------------------------------
 COLOURS = {"red square": (220, 30, 30), "blue square": (30, 60, 220), "green square": (30, 190, 60)}
 
