@@ -439,10 +439,21 @@ def test_fine_tune_adapter_loads_with_plain_peft_and_changes_answers(graph, samp
         y1 = peft_model(*x)
     assert not torch.allclose(y0, y1, atol=1e-4)
 
-    # announced (transient local) and published as metrics
-    poll_until(lambda: any(a.path == res.adapter_path for a in announced), 20, "adapter announcement")
+    # published as metrics; saved but not announced (not served) until the promotion gate asks for it
     m = poll_until(lambda: next((m for m in metrics if m.adapter_path == res.adapter_path), None), 20, "metrics")
     assert m.iteration == 7 and m.batch_size == 16 and m.loss == pytest.approx(res.final_loss)
+    assert not any(a.path == res.adapter_path for a in announced), "an unpromoted adapter was announced"
+    from rls3_msgs.srv import SetAdapter
+
+    promote = node.create_client(SetAdapter, "/vlm_trainer/promote")
+    assert promote.wait_for_service(timeout_sec=20)
+    refused = spin_until_future(promote.call_async(SetAdapter.Request(path=str(graph.root))), 20, "promote refusal")
+    assert not refused.success and "not an adapter this trainer saved" in refused.message
+    assert not any(a.path == str(graph.root) for a in announced)
+    ok = spin_until_future(promote.call_async(SetAdapter.Request(path=res.adapter_path)), 20, "promote")
+    assert ok.success, ok.message
+    # announced (transient local)
+    poll_until(lambda: any(a.path == res.adapter_path for a in announced), 20, "adapter announcement")
 
     # the query node follows the announcement; its answers are the adapter's answers
     def switched():

@@ -386,3 +386,33 @@ def make_samples(n: int, seed: int = 0, size: int = 64) -> List[Sample]:
         scene = SceneState(scene_id=f"squares-{seed}-{i}", scene_type="test", seed=seed, camera=cam, objects=objs, stamp_ns=i)
         out.append(Sample(sample_id=f"t{seed}-{i}", image=img, scene=scene, relations=rels, episode=0, step=i))
     return out
+
+
+# -- a scripted promotion gate ------------------------------------------------------------
+# relations answered correctly (the first N of every scored batch) by the adapter of fine-tune k
+# (iter_000k; 0 = the base): the gate must refuse 1, 3, 5, 7 (fewer or as many) and promote 2, 4, 6
+SCRIPTED_GATE = {0: 3, 1: 1, 2: 6, 3: 6, 4: 9, 5: 4, 6: 11, 7: 11}
+
+
+class ScriptedGateVLM(TinySpatialVLM):
+    """TinySpatialVLM (real peft adapters, saved and loaded as usual) whose scores say which relations
+    are answered correctly by a fixed script per fine-tuning iteration: what the promotion gate decides
+    is then known in advance, and a test can check that the query server serves exactly that."""
+
+    def score(self, samples):
+        import re
+
+        out = super().score(samples)
+        m = re.search(r"iter_0*(\d+)", os.path.basename(self.adapter or ""))
+        k = int(m.group(1)) if m else 0
+        good = SCRIPTED_GATE.get(k, SCRIPTED_GATE[max(SCRIPTED_GATE)])
+        for i, s in enumerate(out):
+            s.correct = i < good
+        return out
+
+
+def load_scripted_gate(arg: str = "", lora: Optional[dict] = None) -> ScriptedGateVLM:
+    """Loader for ``py:vlm_test_model:load_scripted_gate`` (see ``ScriptedGateVLM``)."""
+    kw = {k: v for k, v in {"lr": (lora or {}).get("learning_rate"), "batch_size": (lora or {}).get("batch_size")}.items()
+          if v is not None}
+    return ScriptedGateVLM(**kw)

@@ -3,7 +3,7 @@
     rls3 query --image x.png --subject mug --reference lamp               # where is the mug?
     rls3 query --image x.png --subject mug --relation left --reference lamp   # is it left of?
     rls3 query --image x.png --relation left --reference lamp --candidates mug book   # what is?
-    ... [--model embedded] [--adapter DIR] [--json]
+    ... [--model embedded] [--adapter DIR | --run runs/<ts>] [--json]
     rls3 query --via-ros [--service /spatial_query/query] ...             # ask a running node
 
 Direct mode (default) loads the model in this process (no ROS needed) and answers exactly
@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="grounded:serving",
                    help="model spec (direct mode), default 'grounded:serving' (the query server's model)")
     p.add_argument("--adapter", default="", help="LoRA adapter directory (direct mode)")
+    p.add_argument("--run", default="", help="a training run directory: answer with the adapter it serves (the last "
+                                              "one that passed its promotion gate; none: its base) (direct mode)")
     p.add_argument("--via-ros", action="store_true", help="ask a running spatial_query node")
     p.add_argument("--service", default="/spatial_query/query", help="query service (--via-ros)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the node (--via-ros)")
@@ -65,6 +67,10 @@ def answer_direct(a: argparse.Namespace, req: QueryRequest, image: np.ndarray) -
     from rls3_ros.vlm.answers import answer_query, load_model
 
     try:
+        if a.run:
+            from rls3_ros.loop.serving import served_adapter
+
+            a.adapter = served_adapter(a.run)
         model = load_model(a.model, a.adapter)
     except Exception as e:  # noqa: BLE001 - shown as one line
         return QueryAnswer(success=False, message=f"cannot load model {a.model!r}"

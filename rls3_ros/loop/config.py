@@ -178,6 +178,8 @@ class GraphConfig(_Section):
     caption_service: str = _f("caption_oracle/caption_scene", "CaptionScene service")
     score_service: str = _f("vlm_trainer/score_samples", "ScoreSamples service")
     fine_tune_action: str = _f("vlm_trainer/fine_tune", "FineTune action")
+    promote_service: str = _f("vlm_trainer/promote", "SetAdapter service announcing an adapter that passed the "
+                                                     "promotion gate (the query server then serves it)")
     placement_bounds: List[float] = _f([], "[x0,y0,z0,x1,y1,z1] place-target box ([] or [0.0] = from the scene)")
     run_dir: str = _f("", "run directory ('' = runs/<timestamp>)")
     resume: bool = _f(False, "continue the run in run_dir from its last checkpoint")

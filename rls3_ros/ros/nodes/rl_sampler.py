@@ -73,7 +73,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rls3_msgs.action import FineTune
 from rls3_msgs.msg import TrainingMetrics
-from rls3_msgs.srv import ApplyAction, CaptionScene, ResetScene, ScoreSamples
+from rls3_msgs.srv import ApplyAction, CaptionScene, ResetScene, ScoreSamples, SetAdapter
 
 from rls3_ros.ros.nodes.conversions import msg_to_relation, msg_to_scene, sample_to_msg, scene_to_msg
 from rls3_ros.core.image_codec import image_msg_to_rgb
@@ -81,6 +81,7 @@ from rls3_ros.ros.nodes.node_main import NodeStartupError, run_node
 from rls3_ros.loop.config import NODE_PARAMS, NodeParam, config_from_params, needs_validation, to_dict
 from rls3_ros.loop.env import SimSource, SimStep, bounds_from_scene
 from rls3_ros.loop.scheduler import Evaluator, SchedulerCallbacks, Trainer, TrainOutcome
+from rls3_ros.loop.serving import ServedAdapterFile
 from rls3_ros.core.scene import quat_to_matrix
 from rls3_ros.vlm.interface import FineTuneResult, RelationScore, evaluation_of
 from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
@@ -339,6 +340,8 @@ class RlSampler(Node):
         self.caption_client = self.create_client(CaptionScene, self.p["caption_service"], callback_group=self.group, qos_profile=SERVICE_QOS)
         self.score_client = self.create_client(ScoreSamples, self.p["score_service"], callback_group=self.group, qos_profile=SERVICE_QOS)
         self.fine_tune_client = ActionClient(self, FineTune, self.p["fine_tune_action"], callback_group=self.group)
+        self.promote_client = self.create_client(SetAdapter, self.p["promote_service"], callback_group=self.group,
+                                                 qos_profile=SERVICE_QOS)
         self.exit_code = 0
         self.summary: Dict[str, Any] = {}
         self.runner = None
@@ -447,9 +450,13 @@ class RlSampler(Node):
             def on_iteration(self, sch, info):
                 node._publish(sch, float("nan"), info)
 
+            def on_promotion(self, sch, decision):
+                node._promote(decision.candidate)
+
         runner = LoopRunner(cfg, run, envs, RosTrainer(self, self.caller, self.fine_tune_client,
                                                        float(p["fine_tune_timeout"])),
-                            RosEvaluator(scorer, splits), replay, callbacks=[_Publish()], progress=False, log=log)
+                            RosEvaluator(scorer, splits), replay,
+                            callbacks=[_Publish(), ServedAdapterFile(run.path, log=log)], progress=False, log=log)
         self.runner = runner
         try:
             if p["resume"]:
@@ -457,6 +464,16 @@ class RlSampler(Node):
             return runner.run_loop()
         finally:
             runner.close()
+
+    def _promote(self, path: str) -> None:
+        """Have the trainer announce an adapter that passed the promotion gate (the query server serves it)."""
+        try:
+            res = self.caller.call(self.promote_client, SetAdapter.Request(path=path), "promote")
+        except StageError as e:
+            self.get_logger().error(f"promoted adapter {path!r} not announced: {e}")
+            return
+        if not res.success:
+            self.get_logger().error(f"promoted adapter {path!r} not announced: {res.message}")
 
     def _publish(self, sch, j2: float, info=None) -> None:
         last = info or (sch.history[-1] if sch.history else None)

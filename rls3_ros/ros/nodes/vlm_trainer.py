@@ -1,5 +1,5 @@
 """``vlm_trainer`` node: buffers captioned samples, scores them (the RL reward) and
-fine-tunes the spatial VLM with LoRA, announcing every new adapter.
+fine-tunes the spatial VLM with LoRA, announcing the adapters that passed the promotion gate.
 
 Topics
 - subscribes ``samples`` (rls3_msgs/Sample, from the caption oracle): valid, captioned
@@ -11,6 +11,10 @@ Topics
 Services / actions
 - ``~/score_samples`` (rls3_msgs/srv/ScoreSamples): per-relation loss / correctness /
   confidence of the current model on the given samples (the RL extrinsic reward).
+- ``~/promote`` (rls3_msgs/srv/SetAdapter): announce one of the adapters this node saved on the
+  adapter topic, i.e. have ``spatial_query`` serve it. The ``rl_sampler`` calls it for every adapter
+  that passed the promotion gate (``rls3_ros.loop.promotion``); a path this node did not save (or
+  that is not a checked adapter of this base under ``adapter_dir``) is refused with a reason.
 - ``~/fine_tune`` (rls3_msgs/action/FineTune): LoRA fine-tuning on the buffer and/or the
   goal's samples. Feedback: step, total steps, loss. Cancel stops training at the next step
   (no adapter saved, the served model unchanged). Result: adapter path, samples used, final
@@ -25,7 +29,7 @@ Services / actions
   it selects code or files.
 
 Parameters (defaults)
-- ``model`` ("grounded", read-only): model spec (see ``rls3_ros.vlm.answers.load_model``). Read
+- ``model`` ("grounded:serving", read-only): model spec (the model ``spatial_query`` serves) (see ``rls3_ros.vlm.answers.load_model``). Read
   once at start: a ``py:`` spec runs code, so only the operator's command line or params file
   sets it (``set_parameters`` on it is refused, and every model instance the node builds later,
   e.g. a fine-tune goal's training instance, uses the start-up spec).
@@ -34,6 +38,8 @@ Parameters (defaults)
   caps, a plain LoRA config, safetensors weights, ``rls3_adapter.json`` with this base's
   fingerprint); a refused one stops the node at start (one line, exit code 2).
 - ``adapter_dir`` ("runs/adapters"): where adapters are saved (made absolute).
+- ``announce`` ("promoted"): "promoted" announces an adapter only through ``~/promote`` (after the
+  promotion gate); "every" announces every saved adapter at once (unvalidated: the old behaviour).
 - ``adapter_roots`` (["runs"], read-only): directories adapters may be loaded from, besides
   ``adapter_dir`` and the start-up ``adapter`` (which always are); relative ones resolved
   against the working directory at start.
@@ -70,7 +76,7 @@ import math
 import os
 import threading
 import time
-from typing import Deque, List, Optional
+from typing import Deque, Dict, List, Optional
 
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
@@ -79,7 +85,7 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rls3_msgs.action import FineTune
 from rls3_msgs.msg import AdapterInfo, RelationScore as RelationScoreMsg, Sample as SampleMsg, TrainingMetrics
-from rls3_msgs.srv import ScoreSamples
+from rls3_msgs.srv import ScoreSamples, SetAdapter
 from std_msgs.msg import Header
 
 from rls3_ros.ros.nodes.conversions import msg_to_sample
@@ -119,10 +125,12 @@ class VlmTrainer(Node):
     def __init__(self, node_name: str = "vlm_trainer", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
         d = self._declare
-        d("model", "grounded", "model spec: 'grounded' (default), 'embedded', a model directory / HF id, or "
+        d("model", "grounded:serving", "model spec: 'grounded:serving' (default, the served model), 'grounded', 'embedded', a model directory / HF id, or "
                                "py:<module>:<fn>[:<arg>] (read-only: set at start only)", read_only=True)
         d("adapter", "", "adapter to start from ('' = base model)", read_only=True)
         d("adapter_dir", "runs/adapters", "directory for saved adapters (iter_XXXX)", read_only=True)
+        d("announce", "promoted", "promoted: announce adapters through ~/promote (after the promotion gate) | "
+                                  "every: announce every saved adapter (unvalidated)", read_only=True)
         d("adapter_roots", ["runs"], "directories adapters may be loaded from (besides adapter_dir and adapter)",
           read_only=True, dynamic_typing=True)
         d("adapter_load_timeout", 60.0, "seconds an adapter's files may take to read", read_only=True)
@@ -195,6 +203,9 @@ class VlmTrainer(Node):
         self.create_service(ScoreSamples, "~/score_samples", self._on_score, callback_group=self._score_group, qos_profile=SERVICE_QOS)
         self._metrics_pub = self.create_publisher(TrainingMetrics, self._p("metrics_topic"), 10)
         self._adapter_pub = self.create_publisher(AdapterInfo, self._p("adapter_topic"), ADAPTER_QOS)
+        self._saved: Dict[str, int] = {}  # adapters saved by this node -> iteration (what ~/promote may announce)
+        self.create_service(SetAdapter, "~/promote", self._on_promote, callback_group=self._score_group,
+                            qos_profile=SERVICE_QOS)
         self._action = ActionServer(
             self, FineTune, "~/fine_tune",
             execute_callback=self._execute, goal_callback=self._on_goal, cancel_callback=self._on_cancel,
@@ -245,6 +256,8 @@ class VlmTrainer(Node):
                 errors.append(f"{name} must be >= {lo} (got {self._p(name)})")
         if not float(self._p("adapter_load_timeout")) > 0:
             errors.append(f"adapter_load_timeout must be > 0 (got {self._p('adapter_load_timeout')})")
+        if self._p("announce") not in ("promoted", "every"):
+            errors.append(f"announce must be promoted | every (got {self._p('announce')!r})")
         if self._p("train_instance") not in ("reload", "copy", "in_place"):
             errors.append(f"train_instance must be reload | copy | in_place (got {self._p('train_instance')!r})")
         if str(self._p("bag_topic")).strip() and not str(self._p("bag")).strip():
@@ -513,11 +526,16 @@ class VlmTrainer(Node):
                 term_accuracy=[float(ev.per_term[t]) for t in names], adapter_path=path,
             )
         )
-        self._adapter_pub.publish(AdapterInfo(header=header, path=path, iteration=int(goal.iteration), test_accuracy=math.nan))
+        self._saved[os.path.realpath(path)] = int(goal.iteration)
+        every = str(self._p("announce")) == "every"
+        if every:
+            self._adapter_pub.publish(AdapterInfo(header=header, path=path, iteration=int(goal.iteration),
+                                                  test_accuracy=math.nan))
         dt = time.monotonic() - t0
         self.get_logger().info(
             f"fine-tune iteration {goal.iteration} done in {dt:.1f} s: loss {result.final_loss:.4f}, "
-            f"train accuracy {ev.accuracy:.3f}, adapter {path!r} announced"
+            f"train accuracy {ev.accuracy:.3f}, adapter {path!r} "
+            + ("announced" if every else "saved (announced once ~/promote is called for it)")
         )
         goal_handle.succeed()
         return FineTune.Result(
@@ -525,6 +543,31 @@ class VlmTrainer(Node):
             adapter_path=path, samples_used=len(samples), final_loss=float(result.final_loss),
             term_names=names, term_accuracy=[float(ev.per_term[t]) for t in names],
         )
+
+
+    def _on_promote(self, req: SetAdapter.Request, resp: SetAdapter.Response) -> SetAdapter.Response:
+        """Announce an adapter this node saved (the promotion gate passed it)."""
+        path = str(req.path or "").strip()
+        real = os.path.realpath(path) if path else ""
+        iteration = self._saved.get(real)
+        if iteration is None and real and os.path.dirname(real) == os.path.realpath(self.adapter_dir):
+            try:  # saved by an earlier run of this node (a resumed graph): checked like any adapter
+                with stage_adapter_bounded(path, self._adapter_policy, self._base,
+                                           float(self._p("adapter_load_timeout"))):
+                    iteration = 0
+            except Exception as e:  # noqa: BLE001 - answered with the reason
+                resp.success, resp.message = False, f"not promoted: {refusal_reason(e)}"
+                return resp
+        if iteration is None:
+            resp.success = False
+            resp.message = "not promoted: not an adapter this trainer saved (only its own adapters can be announced)"
+            self.get_logger().warning(f"promote refused: {path!r} is not one of this trainer's adapters")
+            return resp
+        header = Header(stamp=self.get_clock().now().to_msg())
+        self._adapter_pub.publish(AdapterInfo(header=header, path=path, iteration=int(iteration), test_accuracy=math.nan))
+        self.get_logger().info(f"adapter {path!r} (iteration {iteration}) promoted and announced")
+        resp.success, resp.message, resp.active_adapter = True, "announced", path
+        return resp
 
 
 def main(args=None) -> int:
