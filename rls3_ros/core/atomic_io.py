@@ -223,10 +223,9 @@ def atomic_dir(path: str, mode: int = 0o755) -> Iterator[str]:
     except BaseException as e:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)
-        err = _disk_full(path, e)
-        if err is e:
+        if disk_full_cause(e) is None:
             raise
-        raise err from e
+        raise DiskFullError(path) from e  # named by the directory being written, not its temporary
 
 
 # ------------------------------------------------------------------------------ leftovers

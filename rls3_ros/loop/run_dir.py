@@ -277,14 +277,13 @@ class RunDir:
         return final
 
     def resolve_adapter(self, adapter: str) -> str:
-        """The adapter directory a checkpoint's ``meta.json`` names; after the run directory was moved,
-        the same name under this run's ``adapters/``. "" for the base model."""
+        """The adapter directory a checkpoint's ``meta.json`` names: the same name under this run's
+        ``adapters/`` first (a run directory moved or copied elsewhere uses its own), else the
+        recorded path (an adapter directory outside the run). "" for the base model."""
         if not adapter:
             return ""
-        if os.path.isdir(adapter):
-            return adapter
-        moved = os.path.join(self.adapters_dir, os.path.basename(adapter.rstrip("/")))
-        return moved if os.path.isdir(moved) else adapter
+        own = os.path.join(self.adapters_dir, os.path.basename(adapter.rstrip("/")))
+        return own if os.path.isdir(own) else adapter
 
     def check_run_owner(self) -> None:
         """The run directory and its ``checkpoints/`` are ours and not writable by others."""

@@ -107,6 +107,11 @@ def resume_info(path: str) -> ResumeInfo:
             ck = os.path.join(run_dir, "checkpoints", name)
     except OSError:
         pass
+    if (not ck and os.path.isdir(os.path.join(run_dir, "checkpoints"))) or \
+            (ck and os.path.isfile(os.path.join(ck, "MANIFEST.json"))):  # the checkpoint rl_sampler resumes
+        from rls3_ros.loop.run_dir import RunDir  # from: the newest that verifies (owner, SHA-256 manifest)
+
+        ck = RunDir(run_dir).check_resumable() or ""  # CheckpointError (a ValueError): one line
     if not ck:
         raise ValueError(f"{path} has no checkpoint (no checkpoints/LATEST naming a complete checkpoint): "
                          "nothing to resume; start a new run instead")
