@@ -188,8 +188,9 @@ def test_announcements_accepted_then_refused_leave_the_node_serving(world):
         poll_until(lambda: pub.get_subscription_count() > 0, 30, "spatial_query's adapter subscription")
         pub.publish(AdapterInfo(path=w.good2, iteration=11))
         poll_until(lambda: (lambda a: a.success and a.adapter == w.good2)(_ask(w)), 60, "announced adapter served")
-        # a trainer of another base announces its adapter, then a path that does not exist
-        for it, path in ((12, other), (13, str(w.roots / "gone"))):
+        # a path that does not exist (refused before too: the second log call site severity crashed
+        # the node), then the adapter of a trainer of another base
+        for it, path in ((12, str(w.roots / "gone")), (13, other)):
             pub.publish(AdapterInfo(path=path, iteration=it))
             w.proc.wait_for_output(rf"announced adapter \(iteration {it}\) not loaded", 60)
         out = w.proc.output()
