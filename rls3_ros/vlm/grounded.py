@@ -708,11 +708,12 @@ def load_model(directory: Path) -> GroundedRelationModel:
 
 # Named grounded models: ``grounded:<name>`` / ``load("<name>")`` -> the model directory name.
 # "serving" is the base trained on every relation that the query server answers with
-# (models/grounded_serving/README.md); the plain "grounded" base is the deliberately weak one the
-# RLS3 loop and the learning benchmark start from (models/grounded/README.md).
+# (models/grounded_serving/README.md), and what the RLS3 loop fine-tunes by default; the plain
+# "grounded" base is the deliberately weak one of the learning benchmark's from-scratch regime
+# (models/grounded/README.md).
 NAMED_MODELS = {"serving": "grounded_serving"}
-SERVING_BUILD = ("rls3 pretrain --out models/grounded_serving --seed 0 --n-train 1200 --n-test 300 "
-                 "--rare-keep 1.0 --steps 1000 --force")
+SERVING_BUILD = ("rls3 pretrain --out models/grounded_serving --seed 0 --n-train 4800 --n-test 300 "
+                 "--rare-keep 1.0 --steps 2000 --force")
 
 
 def default_dirs(name: str = "grounded") -> List[Path]:
