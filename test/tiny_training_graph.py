@@ -19,6 +19,7 @@ _OVERRIDE = """
     T0: 3
     E: 2
     fine_tune_steps: 2
+    fine_tune_steps_per_sample: 0.0
     budget_valid_samples: {budget}
     test_scenes: 2
     replay_scenes: 2
