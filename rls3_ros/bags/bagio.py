@@ -23,6 +23,7 @@ from rosbags.interfaces import Connection, Qos
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys.store import Typestore
 
+from rls3_ros.bags.checks import printable
 from rls3_ros.bags.typestore import base_typestore, typestore_for_connections
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,12 @@ class BagReader:
         return payload_problem(store if store is not None else self.typestore, first[1], connection.msgtype)
 
     def deserialize(self, raw: bytes, msgtype: str):
+        from rls3_ros.bags.checks import size_problem
+
         assert self.typestore is not None
+        problem = size_problem(self.typestore, raw, msgtype)  # a hostile definition decodes nothing
+        if problem is not None:
+            raise BagError(f"bag {str(self.path)!r}: a {printable(msgtype)} message {problem}")
         try:
             return self.typestore.deserialize_cdr(raw, msgtype)
         except Exception as exc:
@@ -466,13 +472,14 @@ def cli_boundary(name: str, body: Callable[[], int]) -> int:
     """Run a CLI body: BagError / bad input -> one line on stderr and exit 2, never a traceback."""
     try:
         return body()
-    except BagError as exc:
-        print(f"rls3 {name}: error: {exc}", file=sys.stderr, flush=True)
+    except BagError as exc:  # names from a bag may hold control characters: escaped, one line
+        print(f"rls3 {name}: error: {printable(' '.join(str(exc).split()), 2000)}", file=sys.stderr, flush=True)
         return 2
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - the CLI boundary: never a traceback
-        print(f"rls3 {name}: error: {exc.__class__.__name__}: {exc}", file=sys.stderr, flush=True)
+        print(f"rls3 {name}: error: {exc.__class__.__name__}: {printable(' '.join(str(exc).split()), 2000)}",
+              file=sys.stderr, flush=True)
         return 1
 
 

@@ -124,11 +124,71 @@ def expected_types(topic: str) -> Optional[FrozenSet[str]]:
     return None
 
 
+_PRIMITIVE_SIZES = {
+    "bool": 1, "byte": 1, "char": 1, "int8": 1, "uint8": 1, "octet": 1,
+    "int16": 2, "uint16": 2, "int32": 4, "uint32": 4, "float32": 4,
+    "int64": 8, "uint64": 8, "float64": 8, "float128": 16,
+    "string": 4, "wstring": 4,  # the length prefix
+}
+_INFINITE = float("inf")
+
+
+def min_cdr_size(store, msgtype: str) -> float:
+    """A lower bound of the CDR size of a ``msgtype`` message (without the 4-byte header).
+
+    Fixed arrays count ``n x element``, sequences and strings their 4-byte length, every struct
+    element at least 1 byte (so no definition can make a few bytes stand for millions of
+    elements). A type that contains itself outside a sequence can have no finite message:
+    ``inf``. Cached per store. KeyError for an unknown type.
+    """
+    cache = store.__dict__.setdefault("_rls3_min_cdr_size", {})
+    if msgtype in cache:
+        return cache[msgtype]
+    visiting = set()
+
+    def struct(name: str) -> float:
+        if name in cache:
+            return cache[name]
+        if name in visiting:
+            return _INFINITE
+        visiting.add(name)
+        _consts, fields = store.fielddefs[name]
+        total = 0.0
+        for _fname, desc in fields:
+            total += field(desc)
+            if total == _INFINITE:
+                break
+        visiting.discard(name)
+        cache[name] = max(1.0, total)
+        return cache[name]
+
+    def field(desc) -> float:
+        kind, arg = int(desc[0]), desc[1]
+        if kind == 1:  # BASE: (type, string bound)
+            return float(_PRIMITIVE_SIZES.get(arg[0], 1))
+        if kind == 2:  # NAME
+            return struct(arg)
+        if kind == 3:  # ARRAY: (element, n)
+            n = int(arg[1])
+            elem = field(arg[0])
+            return elem * n if n > 0 else 0.0
+        return 4.0  # SEQUENCE: its element count (elements themselves bounded by the payload)
+
+    return struct(msgtype)
+
+
 def payload_problem(store, raw, msgtype: str) -> Optional[str]:
     """``None`` if ``raw`` (CDR with its 4-byte encapsulation header) decodes as ``msgtype`` with
-    ``store`` and nothing is left over; else a one-line reason (never raises)."""
+    ``store`` and nothing is left over; else a one-line reason (never raises).
+
+    The payload's size is checked against the definition's minimum first: a definition from a
+    bag can describe millions of elements (``string[99999999]``) that a short payload cannot
+    hold, and decoding it would take the memory of all of them before failing."""
     if store is None or msgtype not in store.fielddefs:
         return f"no definition of {printable(msgtype)!r} to check it against"
+    problem = size_problem(store, raw, msgtype)
+    if problem is not None:
+        return problem
     try:
         store.deserialize_cdr(raw, msgtype)
     except RecursionError:
@@ -138,4 +198,19 @@ def payload_problem(store, raw, msgtype: str) -> Optional[str]:
     except Exception as exc:  # noqa: BLE001 - rosbags SerdeError, struct/unicode/numpy errors
         text = printable(" ".join(str(exc).split()), 160)
         return f"does not decode as {printable(msgtype)} ({len(raw)} bytes): {text or exc.__class__.__name__}"
+    return None
+
+
+def size_problem(store, raw, msgtype: str) -> Optional[str]:
+    """A one-line reason when ``raw`` is too short for any ``msgtype`` message (or the type
+    cannot have a finite message); None otherwise or when the type is unknown."""
+    try:
+        need = min_cdr_size(store, msgtype)
+    except (KeyError, RecursionError, TypeError, ValueError, IndexError):
+        return None
+    if need == _INFINITE:
+        return f"does not decode as {printable(msgtype)}: its definition contains itself (no message can be that type)"
+    have = max(0, len(raw) - 4)
+    if need > have:
+        return f"does not decode as {printable(msgtype)}: it needs at least {need:.0f} bytes, the payload has {have}"
     return None

@@ -52,9 +52,13 @@ def _iter_msgs(path, topic):
 def _frame(path, conn, t, msg) -> BagFrame:
     try:
         rgb = image_msg_to_rgb(msg)
+        return BagFrame(conn.topic, header_stamp_ns(msg) or t, t, str(msg.header.frame_id), rgb)
     except ImageConversionError as exc:
         raise BagError(f"bag {str(path)!r}: frame on {conn.topic} at {t}: {exc}") from None
-    return BagFrame(conn.topic, header_stamp_ns(msg) or t, t, str(msg.header.frame_id), rgb)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError, OverflowError) as exc:
+        # a bag whose own Image definition differs from this install's
+        raise BagError(f"bag {str(path)!r}: frame on {conn.topic} at {t} does not convert to an image "
+                       f"({exc.__class__.__name__}: {exc})") from None
 
 
 def iter_images(path: os.PathLike | str, topic: Optional[str] = None) -> Iterator[BagFrame]:

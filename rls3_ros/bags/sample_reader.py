@@ -47,10 +47,15 @@ def iter_samples(
             msg = bag.deserialize(raw, conn.msgtype)
             try:
                 s = bagmsg_to_sample(msg)
-            except (BagConversionError, ImageConversionError) as exc:
+            except (BagConversionError, ImageConversionError, AttributeError, TypeError, ValueError, KeyError,
+                    IndexError, OverflowError) as exc:
+                # the last ones: a bag whose own Sample definition differs from this install's
                 if skip_unconvertible:
                     continue
-                raise BagError(f"bag {str(path)!r}: sample {getattr(msg, 'sample_id', '?')!r} on {conn.topic}: {exc}") from None
+                what = exc if isinstance(exc, (BagConversionError, ImageConversionError)) else (
+                    f"does not convert to a core Sample ({exc.__class__.__name__}: {exc}); "
+                    f"the bag's definition of {SAMPLE_TYPE} differs from this install's?")
+                raise BagError(f"bag {str(path)!r}: sample {str(getattr(msg, 'sample_id', '?'))[:80]!r} on {conn.topic}: {what}") from None
             if only_valid and not s.valid:
                 continue
             yield s

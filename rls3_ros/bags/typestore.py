@@ -147,9 +147,18 @@ def base_typestore() -> Typestore:
     return store
 
 
+MAX_DEFINITION_CHARS = 64 * 1024  # one connection's embedded definition (real ones: a few kB)
+MAX_BAG_DEFINITION_CHARS = 512 * 1024  # all of a bag's embedded definitions together
+
+
 def types_from_connection(conn: Connection) -> Dict[str, tuple]:
-    """Types defined by a connection's embedded message definition ({} when it has none)."""
+    """Types defined by a connection's embedded message definition ({} when it has none).
+
+    ValueError for a definition over :data:`MAX_DEFINITION_CHARS` (parsing and registering
+    grow faster than its length: 200 kB took 12 s)."""
     fmt, data = conn.msgdef.format, conn.msgdef.data
+    if data and len(data) > MAX_DEFINITION_CHARS:
+        raise ValueError(f"embedded definition of {len(data)} characters, over the limit of {MAX_DEFINITION_CHARS}")
     if fmt == MessageDefinitionFormat.MSG and data:
         return dict(get_types_from_msg(data, conn.msgtype))
     if fmt == MessageDefinitionFormat.IDL and data:
@@ -180,7 +189,18 @@ def typestore_for_connections(connections: Iterable[Connection], base: Optional[
     """
     conns = list(connections)
     bag_typs: Dict[str, tuple] = {}
+    seen_defs: set = set()
+    budget = MAX_BAG_DEFINITION_CHARS
     for c in conns:
+        key = (c.msgtype, c.msgdef.data)
+        if key in seen_defs:  # many topics of one type: parsed once
+            continue
+        seen_defs.add(key)
+        budget -= len(c.msgdef.data or "")
+        if budget < 0:
+            log.warning("the bag's embedded definitions exceed %d characters: %s (%s) and later ones are not used",
+                        MAX_BAG_DEFINITION_CHARS, printable(c.topic), printable(c.msgtype))
+            break
         try:
             bag_typs.update(types_from_connection(c))
         except Exception as exc:  # a broken embedded definition: fall back on the base store

@@ -82,7 +82,8 @@ def _samples(a) -> int:
         invalid += not s.valid
         for r in s.relations:
             terms.update(r.terms)
-    print(f"{n} samples ({invalid} invalid), {sum(terms.values())} relation terms: " + ", ".join(f"{t} {k}" for t, k in terms.most_common()))
+    print(f"{n} samples ({invalid} invalid), {sum(terms.values())} relation terms: "
+          + printable(", ".join(f"{t} {k}" for t, k in terms.most_common()), 2000))
     return 0
 
 
