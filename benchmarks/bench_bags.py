@@ -11,7 +11,11 @@
    there happen in DDS (reliable keep-last histories overwritten), not in the recorder's queue.
 2. replay: the MCAP bag is replayed by ``rls3 replay`` into a probe process; reported: the
    inter-arrival error (gap at the subscriber minus the gap in the bag) p50/p99/max, the
-   replay's total length error, and the replayer's own publish lateness p50/p99.
+   replay's total length error, and the replayer's own publish lateness p50/p99/max (every
+   message is decoded as its declared type before it is due: ~0.01 ms per 224x224 Image,
+   ~0.1 ms per Sample). These timing figures live here, not in the tests: test_bag_ros checks
+   that replay is paced and complete, never how closely (a busy machine once made the span
+   error 55.7 ms against a 40 ms test bound).
 Everything runs in real processes over loopback DDS on an isolated domain.
 """
 
@@ -158,14 +162,15 @@ def replay_run(work: Path, env, bag: Path, prefix: str, rate: float = 1.0) -> di
     rp = Proc(["-m", "rls3_ros.ros.replayer", str(bag), "--rate", str(rate), "--wait-for-subscribers", "30"], env, work / "replay.log")
     code = rp.p.wait(600)
     rp.stop()
-    m = re.search(r"lateness_p50_ms=([\d.]+) lateness_p99_ms=([\d.]+)", rp.out())
+    m = re.search(r"lateness_p50_ms=([\d.]+) lateness_p99_ms=([\d.]+)(?: lateness_max_ms=([\d.]+))?", rp.out())
     if code != 0 or not m:
         raise RuntimeError(f"replayer exited {code}:\n{rp.out()[-2000:]}")
     pr.p.wait(60)
     pr.stop()
     arr = json.loads(arrivals.read_text())["arrivals"]
     res = {"rate": rate, "messages_in_bag": n, "messages_received": len(arr),
-           "replayer_lateness_p50_ms": float(m.group(1)), "replayer_lateness_p99_ms": float(m.group(2))}
+           "replayer_lateness_p50_ms": float(m.group(1)), "replayer_lateness_p99_ms": float(m.group(2)),
+           "replayer_lateness_max_ms": float(m.group(3)) if m.group(3) else None}
     for label, topic in (("all", None), ("images", f"{prefix}/image_raw")):
         a = np.array([x[1] for x in arr if topic is None or x[0] == topic], dtype=np.int64)
         bt = np.array([t for tp, t in msgs if topic is None or tp == topic], dtype=np.int64)
@@ -208,7 +213,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f"replay: {replay['messages_received']}/{replay['messages_in_bag']} received; inter-arrival error p50 "
           f"{replay.get('interarrival_error_all_p50_ms')} ms p99 {replay.get('interarrival_error_all_p99_ms')} ms "
           f"(images p99 {replay.get('interarrival_error_images_p99_ms')} ms); span error {replay.get('span_error_all_ms')} ms; "
-          f"replayer lateness p50 {replay['replayer_lateness_p50_ms']} ms p99 {replay['replayer_lateness_p99_ms']} ms", flush=True)
+          f"replayer lateness p50 {replay['replayer_lateness_p50_ms']} ms p99 {replay['replayer_lateness_p99_ms']} ms "
+          f"max {replay['replayer_lateness_max_ms']} ms", flush=True)
     for r in records + [stress]:
         r.pop("_bag", None)
         r.pop("_prefix", None)
