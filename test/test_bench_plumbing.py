@@ -1,10 +1,13 @@
 """The benchmarks' plumbing (not their numbers): a tiny learning benchmark through the real
-loop writes the stable keys, the Markdown and the plots; the README section is regenerated."""
+loop writes the stable keys, the Markdown and the plots; no benchmark writes the README."""
 
 import json
+import re
+from pathlib import Path
 
 from rls3_ros.bench.learning import run_benchmark, samples_to_reach
-from rls3_ros.bench.readme_results import END, START, update_readme
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_tiny_learning_benchmark_writes_stable_keys(tmp_path):
@@ -42,11 +45,12 @@ def test_samples_to_reach_ignores_the_base_point():
     assert samples_to_reach(pts, 0.95) is None
 
 
-def test_readme_results_section_is_regenerated(tmp_path):
-    (tmp_path / "learning.md").write_text("# Learning\n\n| a |\n\n![c](learning_curves.png)\n")
-    readme = tmp_path / "README.md"
-    readme.write_text(f"intro\n{START}\nold\n{END}\nrest\n")
-    assert update_readme(tmp_path, readme)
-    text = readme.read_text()
-    assert "old" not in text and "### Learning" in text and "(results/learning_curves.png)" in text
-    assert text.startswith("intro\n") and text.endswith(f"{END}\nrest\n")
+def test_no_benchmark_writes_the_readme():
+    """Benchmarks write results/ only: the README links results/*.md and keeps no generated section.
+    No module of ``rls3 bench`` or script of benchmarks/ names the README (the learning and speed
+    benchmarks used to rewrite a section of it after every full run)."""
+    sources = sorted((REPO / "rls3_ros" / "bench").glob("*.py")) + sorted((REPO / "benchmarks").glob("*.py"))
+    assert len(sources) > 5, sources
+    offenders = [str(p.relative_to(REPO)) for p in sources if re.search(r"readme", p.read_text(), re.I)]
+    assert not offenders, f"benchmark sources that name the README: {offenders}"
+    assert "<!-- results:start -->" not in (REPO / "README.md").read_text()

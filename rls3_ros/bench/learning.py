@@ -502,11 +502,7 @@ def run_benchmark(samplers: Sequence[str], seeds: Sequence[int], budget: int, qu
     write_markdown(doc, out_dir / f"{name}.md")
     if not keep_runs:
         shutil.rmtree(runs_root, ignore_errors=True)
-    from rls3_ros.bench.readme_results import is_repo_results, update_readme
-
-    if not quick and is_repo_results(out_dir):
-        update_readme(out_dir)
-    return doc
+    return doc  # writes results/ only (docs/results.md lists the files)
 
 
 def cli_bench_learning(argv: List[str]) -> int:

@@ -367,11 +367,7 @@ def run_speed(quick: bool, out_dir: Path, image_size: int = 224, log=print) -> D
     (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
     write_markdown(doc, out_dir / f"{name}.md")
     plot_bridges(doc, out_dir / "speed_bridges.png")
-    from rls3_ros.bench.readme_results import is_repo_results, update_readme
-
-    if not quick and is_repo_results(out_dir):
-        update_readme(out_dir)
-    return doc
+    return doc  # writes results/ only (docs/results.md lists the files)
 
 
 def cli_bench_speed(argv: List[str]) -> int:
