@@ -247,7 +247,8 @@ def test_compressed_header_sizes_are_read_without_decoding():
             ok, enc = cv2.imencode(ext, np.zeros(shape, np.uint8), params)
             assert compressed_size(enc.tobytes()) == (kind, shape[1], shape[0])
     assert compressed_size(_png(16000, 16000)) == ("png", 16000, 16000)
-    for junk in (b"not a jpeg", b"GIF89a....", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xd9", b"BM" + bytes(60)):
+    for junk in (b"not a jpeg", b"GIF89a....", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff\xd9", b"BM" + bytes(60),
+                 b"\xff\xd8" + b"\xff\xe0\x00\x02" * 500_000, b"\xff\xd8" + b"\xff" * 3_000_000):  # bounded walks
         with pytest.raises(ImageConversionError):
             compressed_size(junk)
     msg = SimpleNamespace(format="png", data=_png(5000, 10))

@@ -118,17 +118,23 @@ def compressed_size(data: Any) -> Tuple[str, int, int]:
     raise ImageConversionError("not a PNG or JPEG stream")
 
 
-def _jpeg_size(buf: np.ndarray) -> Tuple[int, int]:
-    """(width, height) from the first SOF marker, walking the marker segments after SOI."""
-    n, i = int(buf.size), 2
+def _jpeg_size(buf: np.ndarray, max_steps: int = 4096) -> Tuple[int, int]:
+    """(width, height) from the first SOF marker, walking the marker segments after SOI (at most
+    ``max_steps`` markers and fill bytes: real files have a few dozen before the frame header)."""
+    data = buf.tobytes()
+    n, i, steps = len(data), 2, 0
     while i < n:
-        if buf[i] != 0xFF:
+        steps += 1
+        if steps > max_steps:
+            raise ImageConversionError(f"corrupt JPEG: no frame header (SOF) within {max_steps} markers")
+        if data[i] != 0xFF:
             raise ImageConversionError(f"corrupt JPEG: no marker at byte {i}")
-        while i < n and buf[i] == 0xFF:  # fill bytes
-            i += 1
+        i += 1
+        if i < n and data[i] == 0xFF:  # fill bytes
+            continue
         if i >= n:
             break
-        marker = int(buf[i])
+        marker = data[i]
         i += 1
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:  # TEM, RSTn: no length
             continue
@@ -136,14 +142,14 @@ def _jpeg_size(buf: np.ndarray) -> Tuple[int, int]:
             raise ImageConversionError("JPEG without a frame header (SOF) before its image data")
         if i + 2 > n:
             break
-        length = (int(buf[i]) << 8) | int(buf[i + 1])
+        length = (data[i] << 8) | data[i + 1]
         if length < 2:
             raise ImageConversionError(f"corrupt JPEG: segment length {length}")
         if marker in _JPEG_SOF:
             if i + 7 > n:
                 break
-            h = (int(buf[i + 3]) << 8) | int(buf[i + 4])
-            w = (int(buf[i + 5]) << 8) | int(buf[i + 6])
+            h = (data[i + 3] << 8) | data[i + 4]
+            w = (data[i + 5] << 8) | data[i + 6]
             if w == 0 or h == 0:
                 raise ImageConversionError(f"JPEG frame header gives an empty image ({w}x{h}; a DNL height is not supported)")
             return w, h

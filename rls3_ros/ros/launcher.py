@@ -7,7 +7,9 @@ rls3_ros.ros.nodes.<node> --ros-args --params-file config/<graph>.yaml [-r __ns:
 [-p ...]``. ``--namespace ns`` pushes the whole graph into ``ns`` (names inside are relative).
 
 - Output of every node is printed line by line, prefixed with ``[<namespace/>node]``.
-- Ctrl-C (SIGINT) or SIGTERM stops every node (SIGINT, then SIGTERM, then SIGKILL).
+- Ctrl-C (SIGINT) or SIGTERM stops every node (SIGINT, then SIGTERM, then SIGKILL) and the
+  launcher exits with 130 (128 + SIGINT), however it was started (a background job's ignored or a
+  parent's blocked SIGINT is restored). A node stopped by SIGINT/SIGTERM exits with 0.
 - A node that exits stops the run: the launcher prints its name, exit code and last log lines
   and returns that code (non-zero). The training graph ends normally when ``rl_sampler``
   finishes its budget and exits with 0; then the other nodes are stopped and 0 is returned.

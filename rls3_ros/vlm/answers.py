@@ -12,7 +12,7 @@ import importlib
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -20,7 +20,9 @@ from rls3_ros.captions import terms as T
 from rls3_ros.vlm.interface import SpatialVLM
 
 QUERY_TYPES = ("where", "check", "what")
-MAX_TEXT_CHARS = 1000  # longest object name / relation / query type accepted (a 100 kB name would stall the model)
+# longest object name / relation / query type accepted: descriptions are a few words ("small red mug"); each
+# character costs tokenisation under the model lock (256 candidates of 1000 characters held it ~50-100 ms)
+MAX_TEXT_CHARS = 200
 MAX_CANDIDATES = 256  # most 'what' candidates accepted per query, given or taken from the scene state
 MIN_IMAGE_SIDE = 16  # smallest image width and height [px] answered (a 1x1 or 64x1 image has no layout)
 
@@ -172,6 +174,7 @@ def answer_query(
     known_objects: Optional[Sequence[str]] = None,
     default_candidates: Optional[Sequence[str]] = None,
     object_key: Optional[Callable[[str], str]] = None,
+    checked: Optional["CheckedQuery"] = None,
 ) -> QueryAnswer:
     """Answer one query; never raises for a bad request (success=False + reason instead).
 
@@ -182,18 +185,57 @@ def answer_query(
     object's id, so "mug_1" and "red mug" are the same object); default: the lower-cased name.
     A subject that is the reference is refused; a 'what' candidate that is the reference is not
     ranked. Images smaller than ``MIN_IMAGE_SIDE`` pixels on a side are refused.
+    ``checked``: the result of :func:`check_query` for this request (validation already done,
+    e.g. before taking the model lock): only the model's pass runs.
     """
     try:
-        return _answer(model, image, req, known_objects, default_candidates, object_key)
-    except QueryError as e:
-        return QueryAnswer(success=False, message=str(e), adapter=getattr(model, "adapter", "") if model else "")
-    except (ValueError, KeyError) as e:  # the model rejected the inputs: still the asker's problem
-        return QueryAnswer(success=False, message=f"model rejected the query: {e}", adapter=getattr(model, "adapter", ""))
+        if checked is None:
+            checked = _check(model, image, req, known_objects, default_candidates, object_key)
+        return _run(model, checked)
     except Exception as e:  # noqa: BLE001 - a query must never kill the caller
-        return QueryAnswer(success=False, message=f"model failed: {type(e).__name__}: {e}", adapter=getattr(model, "adapter", ""))
+        return _failed(model, e)
 
 
-def _answer(model, image, req, known, default_candidates, object_key=None) -> QueryAnswer:
+def check_query(
+    model: Optional[SpatialVLM],
+    image: Optional[np.ndarray],
+    req: QueryRequest,
+    known_objects: Optional[Sequence[str]] = None,
+    default_candidates: Optional[Sequence[str]] = None,
+    object_key: Optional[Callable[[str], str]] = None,
+) -> Union["CheckedQuery", QueryAnswer]:
+    """Everything :func:`answer_query` checks, without a model pass (names against the scene or the
+    model's vocabulary, relation, candidates, image): a :class:`CheckedQuery` to pass to
+    ``answer_query(..., checked=...)``, or the failed answer. Reads the model only (its
+    vocabulary), so a service can run it before the model lock."""
+    try:
+        return _check(model, image, req, known_objects, default_candidates, object_key)
+    except Exception as e:  # noqa: BLE001
+        return _failed(model, e)
+
+
+def _failed(model, e: Exception) -> QueryAnswer:
+    adapter = getattr(model, "adapter", "") if model is not None else ""
+    if isinstance(e, QueryError):
+        return QueryAnswer(success=False, message=str(e), adapter=adapter)
+    if isinstance(e, (ValueError, KeyError)):  # the model rejected the inputs: still the asker's problem
+        return QueryAnswer(success=False, message=f"model rejected the query: {e}", adapter=adapter)
+    return QueryAnswer(success=False, message=f"model failed: {type(e).__name__}: {e}", adapter=adapter)
+
+
+@dataclass
+class CheckedQuery:
+    """A validated query (``check_query``): what the model pass needs."""
+
+    qt: str
+    img: np.ndarray
+    reference: str
+    subject: str = ""
+    terms: List[str] = field(default_factory=list)
+    candidates: List[str] = field(default_factory=list)
+
+
+def _check(model, image, req, known, default_candidates, object_key=None) -> CheckedQuery:
     check_limits(req)
     qt = (req.query_type or "").strip().lower()
     if qt not in QUERY_TYPES:
@@ -208,7 +250,6 @@ def _answer(model, image, req, known, default_candidates, object_key=None) -> Qu
     if img.shape[0] < MIN_IMAGE_SIDE or img.shape[1] < MIN_IMAGE_SIDE:
         raise QueryError(f"image is too small ({img.shape[1]}x{img.shape[0]} px): width and height must be at least "
                          f"{MIN_IMAGE_SIDE} px")
-    adapter = model.adapter
     reference = check_object("reference", req.reference, known, model)
 
     def subject_of() -> str:
@@ -219,28 +260,10 @@ def _answer(model, image, req, known, default_candidates, object_key=None) -> Qu
         return subject
 
     if qt == "where":
-        subject = subject_of()
-        probs = {k: float(v) for k, v in model.where(img, subject, reference).items()}
-        if not probs:
-            raise QueryError("the model returned no term probabilities")
-        terms = predicted_terms(probs)
-        conf = float(min(probs[t] for t in terms))
-        return QueryAnswer(
-            success=True, message="ok", answer=T.make_caption(subject, terms, reference), terms=terms,
-            confidence=conf, term_probabilities=probs, adapter=adapter,
-        )
+        return CheckedQuery(qt, img, reference, subject_of())
     terms = parse_relation(req.relation)
-    relation = " and ".join(terms)
     if qt == "check":
-        subject = subject_of()
-        holds, p = model.check(img, subject, relation, reference)
-        phrase = T.relation_phrase(terms)
-        answer = (f"Yes, the {subject} is {phrase} the {reference}." if holds
-                  else f"No, the {subject} is not {phrase} the {reference}.")
-        return QueryAnswer(
-            success=True, message="ok", answer=answer, terms=terms, holds=bool(holds),
-            confidence=float(p if holds else 1.0 - p), adapter=adapter,
-        )
+        return CheckedQuery(qt, img, reference, subject_of(), terms)
     cands = [c.strip() for c in req.candidates if c.strip()]
     if not cands:
         defaults = list(default_candidates or [])
@@ -256,7 +279,34 @@ def _answer(model, image, req, known, default_candidates, object_key=None) -> Qu
         cands = [c for c in cands if not _same_object(c, reference, object_key)]
         if not cands:
             raise QueryError(f"'what' needs candidates other than the reference {reference!r}")
-    ranked = [(str(c), float(s)) for c, s in model.what(img, relation, reference, cands)]
+    return CheckedQuery(qt, img, reference, "", terms, cands)
+
+
+def _run(model, q: CheckedQuery) -> QueryAnswer:
+    """The model pass of a checked query."""
+    adapter = model.adapter
+    img, reference, subject, terms = q.img, q.reference, q.subject, q.terms
+    if q.qt == "where":
+        probs = {k: float(v) for k, v in model.where(img, subject, reference).items()}
+        if not probs:
+            raise QueryError("the model returned no term probabilities")
+        terms = predicted_terms(probs)
+        conf = float(min(probs[t] for t in terms))
+        return QueryAnswer(
+            success=True, message="ok", answer=T.make_caption(subject, terms, reference), terms=terms,
+            confidence=conf, term_probabilities=probs, adapter=adapter,
+        )
+    relation = " and ".join(terms)
+    if q.qt == "check":
+        holds, p = model.check(img, subject, relation, reference)
+        phrase = T.relation_phrase(terms)
+        answer = (f"Yes, the {subject} is {phrase} the {reference}." if holds
+                  else f"No, the {subject} is not {phrase} the {reference}.")
+        return QueryAnswer(
+            success=True, message="ok", answer=answer, terms=terms, holds=bool(holds),
+            confidence=float(p if holds else 1.0 - p), adapter=adapter,
+        )
+    ranked = [(str(c), float(s)) for c, s in model.what(img, relation, reference, q.candidates)]
     if not ranked:
         raise QueryError("the model ranked no candidates")
     best, score = ranked[0]

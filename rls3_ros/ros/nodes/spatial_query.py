@@ -29,9 +29,10 @@ never holds up small ones):
 - Queries run on a pool of ``query_threads`` executor threads (a reentrant callback group), so a
   big request's transfer, conversion and encoder pass overlap other queries; only the model's own
   passes are serialised per model instance (its lock), and a request holds that lock only for
-  them: the grounded model's image features are computed before it (``answers.prepare_image``),
-  the 3D points after it.
-- Before any conversion: the texts and the 'what' candidates (``answers.check_limits``: 1000
+  them: names, relation and candidates are checked before it (``answers.check_query``), the
+  grounded model's image features computed before it (``answers.prepare_image``), the 3D points
+  after it.
+- Before any conversion: the texts and the 'what' candidates (``answers.check_limits``: 200
   characters, 256 candidates; a 'what' without candidates takes the scene state's objects, at most
   256 of them), the image size from the Image header or, for a compressed frame, from its PNG/JPEG
   header (``image_codec.check_image_msg``: ``max_image_side``, ``max_image_pixels``; a frame that
@@ -192,7 +193,16 @@ from rls3_ros.vlm.adapter_trust import (
     refusal_reason,
     stage_adapter_bounded,
 )
-from rls3_ros.vlm.answers import QueryError, QueryRequest, answer_query, check_limits, load_model, prepare_image
+from rls3_ros.vlm.answers import (
+    QueryAnswer,
+    QueryError,
+    QueryRequest,
+    answer_query,
+    check_limits,
+    check_query,
+    load_model,
+    prepare_image,
+)
 from rls3_ros.vlm.interface import SpatialVLM
 from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
 
@@ -815,6 +825,11 @@ class SpatialQueryNode(LifecycleNode):
             o = find_object(scene, name)
             return f"id:{o.id}" if o is not None else name.strip().lower()
 
+        checked = check_query(loaded.model, image, q, known_objects=names, default_candidates=defaults,
+                              object_key=object_key)  # names, relation, candidates: no model pass, no lock
+        if isinstance(checked, QueryAnswer):
+            resp.success, resp.message = False, checked.message
+            return
         prepare_image(loaded.model, image)  # per-image model work that needs no lock (big images: most of it)
         locate_wanted = bool(self._p("locate_objects"))
         waited = time.monotonic()
@@ -826,8 +841,7 @@ class SpatialQueryNode(LifecycleNode):
             return
         located = None
         try:  # the model's own passes only: the answer and the grounding of its two objects
-            ans = answer_query(loaded.model, image, q, known_objects=names, default_candidates=defaults,
-                               object_key=object_key)
+            ans = answer_query(loaded.model, image, q, checked=checked)
             if ans.success and locate_wanted:
                 names2 = [self._located_subject(req, ans), req.reference.strip()]
                 located = (names2, *locate(loaded.model, image, names2))
