@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ros_harness import NodeProcess, poll_until
+from mcap.records import Chunk as McapChunk
+from mcap.records import Message as McapMessage
+from mcap.stream_reader import StreamReader, breakup_chunk
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 
@@ -216,9 +219,10 @@ def test_record_survives_a_reliable_and_a_best_effort_publisher_on_one_topic(tmp
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])
 def test_record_hitting_a_file_size_limit_keeps_a_readable_partial_bag(tmp_path, ros_env, storage):
     """RLIMIT_FSIZE in the recorder's process makes the bag's file hit EFBIG after ~3 MB of
-    96x96 frames: one line, exit 2, and the frames written before it stay in a bag that rosbags
-    opens (MCAP cut after its last complete record and closed with a footer; sqlite3 keeps its
-    periodic commits). Before: the whole partial bag was deleted."""
+    96x96 frames: one line, exit 2, and the frames written before it stay in a complete bag that
+    rosbags opens (MCAP: the chunk being written dropped, the file cut after the last complete
+    chunk, summary and metadata.yaml written in the room that left; sqlite3: its periodic
+    commits, then its metadata row). Before: the whole partial bag was deleted."""
     limit = 3 * 1024 * 1024
 
     def file_size_limit():
@@ -236,8 +240,8 @@ def test_record_hitting_a_file_size_limit_keeps_a_readable_partial_bag(tmp_path,
     errors = [line for line in out.splitlines() if "error:" in line]
     assert len(errors) == 1 and "Traceback" not in out, out
     assert "EFBIG" in errors[0] or "SQLITE_" in errors[0], errors[0]
-    assert "kept the" in errors[0]
-    assert not (tmp_path / "full.partial").exists()
+    assert "kept the" in errors[0] and "(a complete bag)" in errors[0]  # room was left for summary and metadata.yaml
+    assert not (tmp_path / "full.partial").exists() and (bag / "metadata.yaml").exists()
     files = [p for p in bag.iterdir() if p.suffix in (".mcap", ".db3")]
     assert len(files) == 1 and files[0].stat().st_size <= limit
     with Reader(files[0]) as r:  # rosbags itself, on the storage file
@@ -249,3 +253,53 @@ def test_record_hitting_a_file_size_limit_keeps_a_readable_partial_bag(tmp_path,
     assert f"kept the {n} message(s)" in errors[0]
     with BagReader(bag) as b:  # and the project's reader, on the directory
         assert b.topic_counts() == {"/full/image_raw": n}
+    with Reader(bag) as r:  # and rosbags on the directory: metadata.yaml agrees with the data
+        assert r.message_count == n and len(list(r.messages())) == n
+
+
+def _chunk_starts(mcap: Path):
+    data = mcap.read_bytes()
+    pos, starts = 8, []
+    while pos + 9 <= len(data) and data[pos] != 0x0F:  # up to DataEnd
+        if data[pos] == 0x06:
+            starts.append(pos)
+        pos += 9 + int.from_bytes(data[pos + 1:pos + 9], "little")
+    return starts
+
+
+@pytest.mark.parametrize("room, complete", [(5000, True), (100, False)])
+def test_bag_writer_at_a_file_size_limit_keeps_complete_chunks(tmp_path, room, complete):
+    """The writer in its own process, its third 1 MB chunk hitting RLIMIT_FSIZE: the two chunks
+    before it stay. With room left for the summary (5000 bytes) the bag is complete (summary and
+    metadata.yaml); with 100 bytes only the DataEnd record and footer fit: a summary-less MCAP
+    that readers scan. Either way rosbags reads exactly those two chunks' messages, in order."""
+    program = [sys.executable, str(PROGRAMS / "bag_writer_at_limit.py")]
+    full = tmp_path / "full"
+    p = subprocess.run([*program, str(full), "--count", "4000"], capture_output=True, text=True, timeout=120)
+    assert p.stdout.startswith("CLOSED"), p.stdout + p.stderr
+    starts = _chunk_starts(full / "full.mcap")
+    assert len(starts) == 4
+    with open(full / "full.mcap", "rb") as f:  # messages per chunk, read by the mcap library
+        per_chunk = [sum(isinstance(r, McapMessage) for r in breakup_chunk(rec))
+                     for rec in StreamReader(f, emit_chunks=True).records if isinstance(rec, McapChunk)]
+    with Reader(full) as r:
+        times = [t for _c, t, _raw in r.messages()]
+    bag = tmp_path / "cut"
+    p = subprocess.run([*program, str(bag), "--count", "4000", "--limit", str(starts[2] + room)], capture_output=True, text=True,
+                       timeout=120)
+    assert p.stdout.startswith("FAILED") and "Traceback" not in p.stderr, p.stdout + p.stderr
+    assert "EFBIG" in p.stdout and "kept the" in p.stdout
+    assert ("(a complete bag)" in p.stdout) == complete, p.stdout
+    assert (bag / "metadata.yaml").exists() == complete
+    mcap = bag / "cut.mcap"
+    assert mcap.stat().st_size <= starts[2] + room
+    store = get_typestore(Stores.ROS2_KILTED)
+    with Reader(mcap) as r:
+        texts = [store.deserialize_cdr(raw, "std_msgs/msg/String").data for _c, _t, raw in r.messages()]
+        kept_times = [t for _c, t, _raw in r.messages()]
+    n = len(texts)
+    assert n == per_chunk[0] + per_chunk[1]  # the two complete chunks, nothing of the third
+    assert [int(t[:8]) for t in texts] == list(range(n)) and kept_times == times[:n]
+    assert f"kept the {n} message(s)" in p.stdout
+    with BagReader(bag) as b:
+        assert b.message_count == n

@@ -283,48 +283,48 @@ class AtomicBagWriter:
         if bio is not None and not bio.closed:
             bio.flush()
 
-    def salvage(self) -> Tuple[Optional[Path], int]:
+    def salvage(self) -> Tuple[Optional[Path], int, bool]:
         """After a write failure (disk full, file too large): keep what reached the file.
 
-        The storage file is closed without writing more: an MCAP file is cut after its last
-        complete record and gets a DataEnd record and a footer (no summary: readers scan it),
-        if even those bytes do not fit the last records go until they do; a sqlite3 file rolls
-        its open transaction back (every :meth:`checkpoint` committed before stays). The bag
-        directory is then moved to ``out`` (no metadata.yaml: :class:`BagReader`, rosbags with
-        the storage file's path, and ``ros2 bag reindex`` read it). Returns (``out``, messages
-        it holds) when the result opens and reads, else removes it and returns (None, 0).
+        First a complete close with only that data (:func:`_close_after_failure`: MCAP drops the
+        chunk it was writing, is cut after its last indexed chunk and gets its summary; sqlite3
+        rolls the open transaction back, every :meth:`checkpoint` commit stays, and gets its
+        metadata row; then metadata.yaml), checked by reading it back. If that does not fit or
+        does not read back, the file is only made readable: an MCAP file is cut after its last
+        complete record and closed with DataEnd + footer (no summary: readers scan it; records
+        go from the end until even that fits), sqlite3 is rolled back and closed; no
+        metadata.yaml (:class:`BagReader`, rosbags on the storage file, ``ros2 bag reindex`` read
+        it). The bag directory is then moved to ``out``. Returns (``out``, messages it holds,
+        whether it got its summary and metadata.yaml), or (None, 0, False) after removing what
+        does not read back.
         """
         w, self._writer = self._writer, None
         storage = getattr(w, "storage", None) if w is not None else None
         bagdir = self.partial / self.out.name
+        complete = False
+        if storage is not None:
+            try:
+                expected = _close_after_failure(w, self.storage)
+                with BagReader(bagdir) as bag:
+                    complete = sum(1 for _ in bag.messages()) == expected
+            except Exception as exc:  # noqa: BLE001 - no room for it, or rosbags' state was off
+                log.info("no complete close after the failure (%s): keeping the data without a summary", _reason(exc))
         try:
-            if storage is not None and self.storage == "mcap":
-                try:
-                    storage.bio.close()  # flushing its buffer fails again: the raw file closes anyway
-                except Exception:  # noqa: BLE001
-                    pass
-            elif storage is not None:
-                try:
-                    storage.conn.rollback()
-                finally:
-                    storage.conn.close()
-            files = [f for f in bagdir.iterdir() if f.suffix in (".mcap", ".db3")]
-            if len(files) != 1:
-                raise BagError("no storage file was written")
-            if self.storage == "mcap":
-                with open(files[0], "rb") as f:
-                    f.seek(max(0, files[0].stat().st_size - 8))
-                    complete = f.read(8) == _MCAP_MAGIC and files[0].stat().st_size > 16
-                if not complete:  # else only metadata.yaml failed: the file has its summary
+            if not complete:
+                _close_storage_quietly(storage, self.storage)
+                files = [f for f in bagdir.iterdir() if f.suffix in (".mcap", ".db3")]
+                if len(files) != 1:
+                    raise BagError("no storage file was written")
+                if self.storage == "mcap":
                     _finish_partial_mcap(files[0])
-            for extra in bagdir.iterdir():  # a half-written metadata.yaml or temp file: not part of the bag
-                if extra.suffix in (".yaml", ".tmp"):
-                    extra.unlink()
+                for extra in bagdir.iterdir():  # a half-written metadata.yaml or temp file: not part of the bag
+                    if extra.suffix in (".yaml", ".tmp"):
+                        extra.unlink()
             os.rename(bagdir, self.out)
         except Exception as exc:  # noqa: BLE001 - nothing could be kept
             log.warning("could not keep the partial bag %s: %s", self.out, _reason(exc))
             self._cleanup()
-            return None, 0
+            return None, 0, False
         self._cleanup()
         try:
             with BagReader(self.out) as bag:
@@ -332,8 +332,8 @@ class AtomicBagWriter:
         except BagError as exc:
             log.warning("the partial bag %s does not read back (%s); removing it", self.out, exc)
             shutil.rmtree(self.out, ignore_errors=True)
-            return None, 0
-        return self.out, n
+            return None, 0, False
+        return self.out, n, complete
 
     def close(self) -> Path:
         """Finish the bag and move it to ``out``; returns ``out``."""
@@ -362,11 +362,11 @@ class AtomicBagWriter:
         if reason is None:
             self.abort()
             return f"bag {str(self.out)!r}: writing failed: {_reason(exc)}; nothing kept"
-        kept, n = self.salvage()
+        kept, n, complete = self.salvage()
         if kept is None:
             return f"bag {str(self.out)!r}: writing failed: {reason}; nothing could be kept"
         return (f"bag {str(self.out)!r}: writing failed: {reason}; kept the {n} message(s) written before it "
-                f"(no summary/metadata.yaml; readable as it is)")
+                + ("(a complete bag)" if complete else "(without summary and metadata.yaml: no room for them; readable as it is)"))
 
     def abort(self) -> None:
         """Drop everything written; nothing is left at ``out`` nor ``out.partial``."""
@@ -422,6 +422,75 @@ def _mcap_record_ends(path: Path) -> List[int]:
     if not ends:
         raise BagError(f"{str(path)!r} has no complete MCAP header")
     return ends
+
+
+def _close_storage_quietly(storage, kind: str) -> None:
+    """Close rosbags' storage object without writing anything more (errors ignored)."""
+    if storage is None:
+        return
+    if kind == "mcap":
+        try:
+            storage.bio.close()  # flushing its buffer fails again: the raw file closes anyway
+        except Exception:  # noqa: BLE001
+            pass
+        return
+    for step in ("rollback", "close"):
+        try:
+            getattr(storage.conn, step)()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _close_after_failure(w, kind: str) -> int:
+    """Close rosbags' Writer ``w`` properly with only the data that reached its file; returns
+    the number of messages the closed bag holds. Raises if it cannot (then nothing is promised
+    about the file: the caller makes it readable another way)."""
+    storage = w.storage
+    if kind == "mcap":
+        from collections import defaultdict
+        from io import BytesIO
+
+        from rosbags.rosbag2.storage_mcap import PendingChunk
+
+        # the chunk being written when it failed is lost: forget its messages
+        dropped = storage.chunk
+        kept = dict(storage.channel_stats)
+        for cid, msgs in dropped.msgs.items():
+            kept[cid] = kept.get(cid, 0) - len(msgs)
+        end, t_min, t_max = None, 2**63 - 1, 0
+        for rec in storage.chunks:  # ChunkIndex records of the chunks fully written
+            raw = rec.getvalue()
+            t_min = min(t_min, int.from_bytes(raw[0:8], "little"))
+            t_max = max(t_max, int.from_bytes(raw[8:16], "little"))
+            start, length = int.from_bytes(raw[16:24], "little"), int.from_bytes(raw[24:32], "little")
+            n_off = int.from_bytes(raw[32:36], "little")
+            index_len = int.from_bytes(raw[36 + n_off:44 + n_off], "little")
+            end = start + length + index_len
+        _close_storage_quietly(storage, kind)
+        path = Path(storage.path)
+        if end is None:
+            end = _mcap_record_ends(path)[0]  # no chunk made it: only the header
+        if path.stat().st_size < end:
+            raise BagError("the last chunk's index did not reach the file")
+        bio = open(path, "r+b")
+        bio.truncate(end)
+        bio.seek(end)
+        storage.bio = bio
+        storage.chunk = PendingChunk(2**63 - 1, 0, BytesIO(), defaultdict(list))
+        storage.channel_stats = kept
+        storage.message_start_time, storage.message_end_time = t_min, t_max
+        w.counts = {c.id: kept.get(c.id, 0) for c in w.connections}
+        w.min_timestamp, w.max_timestamp = t_min, t_max
+    else:
+        conn = storage.conn
+        conn.rollback()  # what the last checkpoint committed stays
+        rows = conn.execute("SELECT topic_id, count(*), min(timestamp), max(timestamp) FROM messages GROUP BY topic_id").fetchall()
+        counts = {int(r[0]): int(r[1]) for r in rows}
+        w.counts = {c.id: counts.get(c.id, 0) for c in w.connections}
+        w.min_timestamp = min([int(r[2]) for r in rows] or [2**63 - 1])
+        w.max_timestamp = max([int(r[3]) for r in rows] or [0])
+    w.close()  # summary / metadata row, then metadata.yaml: raises if there is no room
+    return sum(w.counts.values())
 
 
 def _finish_partial_mcap(path: Path) -> None:

@@ -25,9 +25,12 @@ How it works
   the bag finished (index + metadata.yaml) in ``OUT.partial/`` and only then renamed to
   ``OUT``. A killed (-9) run leaves only ``OUT.partial``.
 - Disk full (ENOSPC), file too large (EFBIG, a file size limit) or another storage write error:
-  what reached the file is kept at ``OUT`` (MCAP cut after its last complete record and closed
-  with a footer; sqlite3 keeps what its once-a-second commits made durable; no metadata.yaml),
-  one line says so, exit 2. Any other writer failure removes ``OUT.partial``.
+  what reached the file is kept at ``OUT``, one line says how much, exit 2. MCAP drops the
+  chunk it was writing and is closed after its last complete chunk with its summary and
+  metadata.yaml (the dropped chunk left room for them); sqlite3 keeps what its once-a-second
+  commits made durable and gets its metadata row and metadata.yaml. When even that does not
+  fit, the file is only made readable (MCAP: DataEnd + footer, readers scan it; no
+  metadata.yaml). Any other writer failure removes ``OUT.partial``.
 
 Exit code 0 on a complete bag, 2 on bad arguments / unusable output / a writer failure.
 """
