@@ -4,7 +4,9 @@
    (sim_bridge + caption_oracle processes), and with 1, 2 and 4 parallel sim_bridges;
 2. query latency: a direct in-process model call vs the spatial_query node from another
    process (p50/p99), and p99 with 8 concurrent client processes (with an adapter swap);
-3. fine-tuning throughput of the embedded VLM (relations/s through the LoRA training step);
+3. fine-tuning throughput of the embedded VLM (relations/s through the LoRA training step), and
+   the vlm_trainer node's ScoreSamples latency idle and while it runs a fine-tune
+   (``rls3_ros.bench.trainer_score``);
 4. the whole in-process training loop (random and SAC): valid samples/s and the time split per
    stage (simulator, captions, VLM scoring, fine-tuning, evaluation, agent).
 
@@ -289,6 +291,11 @@ def write_markdown(doc: Dict[str, Any], path: Path) -> None:
         lines.append(f"| fine-tuning, relations/s (LoRA, batch {ft['batch_size']}) | {ft['relations_per_s']:.1f} |")
     lines.append(f"| fine-tuning, optimiser steps/s | {ft['steps_per_s']:.2f} |")
     lines.append(f"| scoring (reward), relations/s | {ft['score_relations_per_s']:.1f} |")
+    sd = doc.get("score_during_fine_tune")
+    if sd:
+        lines.append(f"| vlm_trainer ScoreSamples (1 sample) p50 / max, idle; while it fine-tunes | "
+                     f"{sd['idle']['p50_ms']:.1f} / {sd['idle']['max_ms']:.1f} ms; "
+                     f"{sd['during_fine_tune']['p50_ms']:.1f} / {sd['during_fine_tune']['max_ms']:.1f} ms |")
     lines += ["", "![bridges](speed_bridges.png)", ""]
     path.write_text("\n".join(lines))
 
@@ -359,6 +366,12 @@ def run_speed(quick: bool, out_dir: Path, image_size: int = 224, log=print) -> D
         doc["query_p99_ms_8_clients_outside_swap"] = load["latency_outside_swap"]["p99_ms"]
     log("[bench speed] fine-tuning throughput")
     doc["fine_tune"] = bench_fine_tune(160, 24 if quick else 64, 5 if quick else 20)
+    log("[bench speed] the vlm_trainer's scoring, idle and while it fine-tunes")
+    from rls3_ros.bench.trainer_score import bench_score_during_fine_tune, captioned_renders
+
+    with tempfile.TemporaryDirectory(prefix="rls3-speeds-") as tmp:
+        doc["score_during_fine_tune"] = bench_score_during_fine_tune(DEFAULT_MODEL, captioned_renders(160, 8), 10 if quick else 40,
+                                                                     Path(tmp))
     doc["host"] = {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
                    "loadavg_start": load0, "loadavg_end": os.getloadavg()[0], "reference": reference}
     doc["date_utc"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
