@@ -153,7 +153,7 @@ def test_lora_adapter_standard_peft_roundtrip_and_hot_swap(samples, tmp_path):
     other = load_vlm("embedded:random", config=dict(TINY, hidden_size=16, num_heads=2))
     other.fine_tune(samples[:4], steps=1)
     wrong = other.save_adapter(str(tmp_path / "wrong"))
-    with pytest.raises(ValueError, match="does not fit"):
+    with pytest.raises(ValueError, match="does not fit|only fits its own base"):  # every family records its base
         vlm.load_adapter(wrong)
     assert vlm.adapter == out
     assert np.allclose([s.confidence for s in vlm.score(samples[:4])], after, atol=1e-6)
