@@ -156,8 +156,8 @@ def test_checkpoint_with_a_fine_tune_in_flight_loses_nothing(parts, tmp_path):  
     assert trainer.started.wait(60)
     state = sched.state_dict()  # taken while fine-tune 1 is still running
     assert state["inflight"] is not None
-    it, batch, _, counts = state["inflight"]
-    assert it == 1 and batch and counts["episodes"] == 2
+    it, batch, _, counts, earlier = state["inflight"]
+    assert it == 1 and batch and counts["episodes"] == 2 and earlier == []  # cumulative: nothing before the first
     trainer.release.set()
     sched.finish()
     assert sched.iteration == 1

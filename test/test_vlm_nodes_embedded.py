@@ -55,7 +55,7 @@ def test_embedded_model_through_trainer_and_query_nodes(base_dir, tmp_path):
     rel = s.relations[0]
     adapters = tmp_path / "adapters"
     try:
-        with NodeProcess(["-m", "rls3_ros.ros.nodes.vlm_trainer", "--ros-args", "-p", f"model:={spec}",
+        with NodeProcess(["-m", "rls3_ros.ros.nodes.vlm_trainer", "--ros-args", "-p", f"model:={spec}", "-p", "announce:=every",
                           "-p", f"adapter_dir:={adapters}", "-p", "torch_threads:=1"], env, "trainer", log_dir=tmp_path) as tr, \
                 NodeProcess(["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-p", f"model:={spec}",
                              "-p", "torch_threads:=1", "-p", f"adapter_roots:=[{str(adapters)!r}]"],

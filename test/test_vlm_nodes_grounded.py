@@ -93,7 +93,7 @@ def graph(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with NodeProcess(["-m", "rls3_ros.ros.nodes.vlm_trainer", "--ros-args", "-p", "model:=grounded",
+        with NodeProcess(["-m", "rls3_ros.ros.nodes.vlm_trainer", "--ros-args", "-p", "model:=grounded", "-p", "announce:=every",
                           "-p", f"adapter_dir:={adapters}", "-p", "torch_threads:=1"], env, "vlm_trainer",
                          log_dir=root) as trainer, \
                 NodeProcess(["-m", "rls3_ros.ros.nodes.spatial_query", "--ros-args", "-p", "model:=grounded",

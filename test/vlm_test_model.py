@@ -162,7 +162,11 @@ class TinySpatialVLM(SpatialVLM):
                 p.requires_grad_("lora_" in n)
             return
         cfg = LoraConfig(r=4, lora_alpha=8, target_modules=LORA_TARGETS, lora_dropout=0.0, init_lora_weights=True)
-        self.model = get_peft_model(self.base, cfg)
+        # a fresh adapter's weights from a fixed seed, as AdapterHost does: the same whenever it is built
+        # (the paper loop builds it at the first fine-tune, the background loop before the loop starts)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            self.model = get_peft_model(self.base, cfg)
 
     def ensure_adapter(self) -> None:
         self._ensure_lora()
