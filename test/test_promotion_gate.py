@@ -11,6 +11,8 @@ import pytest
 
 from rls3_ros.loop.promotion import decide, sign_test_p
 
+from test_rl_scheduler import parts  # noqa: F401 - the module fixture (renders, oracle, tiny VLM)
+
 
 def _binom_tail(wins: int, n: int) -> float:
     # the same tail summed independently, from the pmf recursion
@@ -55,30 +57,7 @@ def test_gate_promotes_only_a_significant_paired_gain():
         decide(7, "x", "", served, served[:-1])
 
 
-@pytest.fixture(scope="module")
-def parts():
-    import threading
-
-    import torch
-
-    torch.set_num_threads(1)
-    import vlm_test_model
-    from rls3_ros.captions.oracle import CaptionOracle
-    from rls3_ros.loop.datasets import generate_samples
-    from rls3_ros.loop.env import BackendSource
-    from rls3_ros.sim.factory import make_backend
-
-    src = BackendSource(make_backend("mujoco", image_size=64, seed=0))
-    oracle = CaptionOracle()
-    test = generate_samples(src, oracle.caption_scene, "test", 3, moves_per_scene=3)
-    val = generate_samples(src, oracle.caption_scene, "val", 4, moves_per_scene=3)
-    replay = generate_samples(src, oracle.caption_scene, "replay", 3, moves_per_scene=3)
-    yield {"src": src, "oracle": oracle, "test": test, "val": val, "replay": replay, "load": vlm_test_model.load,
-           "lock": threading.RLock()}
-    src.close()
-
-
-def test_loop_serves_only_adapters_that_passed_the_gate(parts, tmp_path):
+def test_loop_serves_only_adapters_that_passed_the_gate(parts, tmp_path):  # noqa: F811
     """A real loop with the gate (alpha 0.5, so both outcomes occur): every promotion won its paired
     test, served.json names the last promoted adapter, every other adapter stays on disk unnamed, and
     the served model's validation accuracy never went down."""

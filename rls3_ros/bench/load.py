@@ -335,24 +335,10 @@ def run_big_request_load(model: str = "grounded", n_small: int = 500, out: Optio
                                    + (root / "spatial_query.log").read_text(errors="replace")[-3000:])
             time.sleep(0.1)
         # this process publishes the maximum-size camera and depth frames (one stamp)
-        old_env = {k: os.environ.get(k) for k in env if k.startswith(("ROS_", "FASTDDS", "RMW_"))}
-        os.environ.update({k: env[k] for k in old_env})
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import CompressedImage, Image
         from std_msgs.msg import Header
 
-        ctx = rclpy.Context()
-        rclpy.init(context=ctx)
-        for k, v in old_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        pnode = rclpy.create_node("load_big_frames", context=ctx)
-        ex = SingleThreadedExecutor(context=ctx)
-        ex.add_node(pnode)
-        threading.Thread(target=ex.spin, daemon=True).start()
+        ctx, pnode, ex = _spun_node(env, "load_big_frames")
         qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE)
         pub_img = pnode.create_publisher(CompressedImage, BIG_CAMERA_TOPIC, qos)
         pub_depth = pnode.create_publisher(Image, BIG_DEPTH_TOPIC, qos)
@@ -429,27 +415,57 @@ def run_big_request_load(model: str = "grounded", n_small: int = 500, out: Optio
             os.replace(tmp, p)
         return row
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        if ctx is not None:
-            try:
-                ex.shutdown(timeout_sec=2.0)
-                pnode.destroy_node()
-            except Exception:  # noqa: BLE001
-                pass
-            ctx.try_shutdown()
-        if node.poll() is None:
-            node.send_signal(2)
-            try:
-                node.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                node.wait()
-        node_log.close()
-        if tmp_ctx is not None:
-            tmp_ctx.cleanup()
+        _stop_all(procs, ctx, locals().get("ex"), locals().get("pnode"), node, node_log, tmp_ctx)
+
+
+def _spun_node(env: Dict[str, str], name: str):
+    """(context, node, executor) of a node in this process, in the isolated domain of ``env`` (its ROS
+    variables applied only while the context starts), spun in a daemon thread."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    old_env = {k: os.environ.get(k) for k in env if k.startswith(("ROS_", "FASTDDS", "RMW_"))}
+    os.environ.update({k: env[k] for k in old_env})
+    ctx = rclpy.Context()
+    try:
+        rclpy.init(context=ctx)
+    finally:
+        for k, v in old_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    node = rclpy.create_node(name, context=ctx)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    threading.Thread(target=ex.spin, daemon=True).start()
+    return ctx, node, ex
+
+
+def _stop_all(procs, ctx, ex, rnode, node, node_log, tmp_ctx) -> None:
+    """End a benchmark's client processes, its in-process ROS context and node, the node under test (SIGINT,
+    then kill) and its log and temp directory."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    if ctx is not None:
+        try:
+            ex.shutdown(timeout_sec=2.0)
+            rnode.destroy_node()
+        except Exception:  # noqa: BLE001
+            pass
+        ctx.try_shutdown()
+    if node.poll() is None:
+        node.send_signal(2)
+        try:
+            node.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            node.kill()
+            node.wait()
+    node_log.close()
+    if tmp_ctx is not None:
+        tmp_ctx.cleanup()
 
 
 # ---------------------------------------------------------------------------------------- driver
@@ -499,23 +515,9 @@ def run_load(n_clients: int = 8, n_queries: int = 1000, model: str = "grounded",
                                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
 
         # the swap client (this process, its own rclpy context in the isolated domain)
-        old_env = {k: os.environ.get(k) for k in env if k.startswith(("ROS_", "FASTDDS", "RMW_"))}
-        os.environ.update({k: env[k] for k in old_env})
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
         from rls3_msgs.srv import SetAdapter
 
-        ctx = rclpy.Context()
-        rclpy.init(context=ctx)
-        for k, v in old_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        snode = rclpy.create_node("load_swapper", context=ctx)
-        ex = SingleThreadedExecutor(context=ctx)
-        ex.add_node(snode)
-        threading.Thread(target=ex.spin, daemon=True).start()
+        ctx, snode, ex = _spun_node(env, "load_swapper")
         sclient = snode.create_client(SetAdapter, SWAP_SERVICE, qos_profile=SERVICE_QOS)
         if not sclient.wait_for_service(timeout_sec=60):
             raise RuntimeError("set_adapter service not available")
@@ -610,27 +612,7 @@ def run_load(n_clients: int = 8, n_queries: int = 1000, model: str = "grounded",
             + (f"; wrote {out}" if out else ""))
         return result
     finally:
-        for p in clients:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        if ctx is not None:
-            try:
-                ex.shutdown(timeout_sec=2.0)
-                snode.destroy_node()
-            except Exception:  # noqa: BLE001
-                pass
-            ctx.try_shutdown()
-        if node.poll() is None:
-            node.send_signal(2)
-            try:
-                node.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                node.kill()
-                node.wait()
-        node_log.close()
-        if tmp_ctx is not None:
-            tmp_ctx.cleanup()
+        _stop_all(clients, ctx, locals().get("ex"), locals().get("snode"), node, node_log, tmp_ctx)
 
 
 def cli_bench_load(argv: List[str]) -> int:

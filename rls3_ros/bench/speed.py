@@ -36,33 +36,10 @@ def bench_fine_tune(image_size: int, n_samples: int, steps: int, seed: int = 0) 
     """Relations/s through the default model's LoRA fine-tuning on real captioned renders."""
     import torch
 
-    from rls3_ros.bench.generation import random_moves
-    from rls3_ros.captions.oracle import CaptionOracle
-    from rls3_ros.core.scene import Sample
-    from rls3_ros.sim.factory import make_backend
+    from rls3_ros.bench.trainer_score import captioned_renders
     from rls3_ros.vlm.answers import load_model
 
-    backend = make_backend("mujoco", image_size=image_size, seed=seed)
-    oracle = CaptionOracle()
-    samples: List[Sample] = []
-    try:
-        s = 0
-        while len(samples) < n_samples:
-            scene = backend.reset(seed + s)
-            bounds = backend.placement_bounds()
-            for mv in random_moves(scene, bounds, np.random.default_rng(s), 6):
-                active = [o.id for o in backend.state().active_objects()]
-                if mv.object_id not in active:
-                    mv.object_id = active[0]
-                res = backend.apply(mv)
-                if res.valid:
-                    rels = oracle.caption_scene(res.scene)
-                    if rels:
-                        samples.append(Sample(f"ft{len(samples)}", res.render.rgb, res.scene, rels))
-            s += 1
-    finally:
-        backend.close()
-    samples = samples[:n_samples]
+    samples = captioned_renders(image_size, n_samples, seed, prefix="ft")
     torch.set_num_threads(2)
     vlm = load_model(DEFAULT_MODEL)
     n_rel = sum(len(x.relations) for x in samples)

@@ -22,8 +22,8 @@ import numpy as np
 from rls3_ros.bench.query import stats
 
 
-def captioned_renders(image_size: int, n: int, seed: int = 0) -> List[Any]:
-    """``n`` captioned samples from valid random moves in MuJoCo scenes (as ``bench_fine_tune``)."""
+def captioned_renders(image_size: int, n: int, seed: int = 0, prefix: str = "sc") -> List[Any]:
+    """``n`` captioned samples from valid random moves in MuJoCo scenes (ids ``<prefix><k>``)."""
     from rls3_ros.bench.generation import random_moves
     from rls3_ros.captions.oracle import CaptionOracle
     from rls3_ros.core.scene import Sample
@@ -44,7 +44,7 @@ def captioned_renders(image_size: int, n: int, seed: int = 0) -> List[Any]:
                 if res.valid:
                     rels = oracle.caption_scene(res.scene)
                     if rels:
-                        samples.append(Sample(f"sc{len(samples)}", res.render.rgb, res.scene, rels))
+                        samples.append(Sample(f"{prefix}{len(samples)}", res.render.rgb, res.scene, rels))
             s += 1
     finally:
         backend.close()
