@@ -54,3 +54,24 @@ def test_no_benchmark_writes_the_readme():
     offenders = [str(p.relative_to(REPO)) for p in sources if re.search(r"readme", p.read_text(), re.I)]
     assert not offenders, f"benchmark sources that name the README: {offenders}"
     assert "<!-- results:start -->" not in (REPO / "README.md").read_text()
+
+
+def test_the_two_learning_regimes_start_from_their_own_base_and_recipe():
+    """scratch: the weak base with the recipe results/learning.json was measured with (pinned whatever the
+    main job's config says); served: the served model with the main job's recipe for it."""
+    from rls3_ros.bench.learning import SCRATCH_REGIME, bench_config, result_name
+    from rls3_ros.loop.config import validate_config
+
+    scratch = bench_config("random", 0, 600, False)
+    served = bench_config("random", 0, 600, False, regime="served")
+    for cfg in (scratch, served):
+        validate_config(cfg)
+    assert scratch["run"]["vlm"] == "grounded" and "lora_learning_rate" not in scratch["run"]
+    for section, values in SCRATCH_REGIME.items():
+        assert {k: scratch[section][k] for k in values} == values
+    assert served["run"]["vlm"] == "grounded:serving" and served["loop"]["cumulative"]
+    assert served["eval"]["replay_rare_keep"] == 1.0
+    # both on the same pre-registered splits
+    for k in ("test_scenes", "test_per_term", "tail_scenes", "val_scenes", "val_tail_scenes"):
+        assert scratch["eval"][k] == served["eval"][k]
+    assert result_name("scratch", False) == "learning" and result_name("served", False) == "learning_served"

@@ -100,17 +100,28 @@ def _nan(x) -> float:
         return float("nan")
 
 
-def bench_config(sampler: str, seed: int, budget: int, quick: bool, overrides: Sequence[str] = ()) -> Dict[str, Any]:
-    """The loop configuration of one benchmark run: the main job's, with the benchmark's protocol."""
+REGIMES = ("scratch", "served")
+
+
+def bench_config(sampler: str, seed: int, budget: int, quick: bool, overrides: Sequence[str] = (),
+                 regime: str = "scratch") -> Dict[str, Any]:
+    """The loop configuration of one benchmark run: the main job's, with the benchmark's protocol.
+
+    ``regime``: "scratch" = the weak base and its recipe (``SCRATCH_REGIME``, what results/learning.json
+    was measured with); "served" = the served model with the main job's recipe for it
+    (config/train.yaml: cumulative fine-tuning, 80 % replay of its own distribution, LoRA 1e-3)."""
     from rls3_ros.loop.config_files import apply_sets, load_train_config
 
     if sampler not in VARIANTS:
         raise ValueError(f"unknown sampler {sampler!r} (choose from {', '.join(VARIANTS)})")
+    if regime not in REGIMES:
+        raise ValueError(f"unknown regime {regime!r} (choose from {', '.join(REGIMES)})")
     v = VARIANTS[sampler]
     cfg = load_train_config(quick=quick)
-    for section, values in SCRATCH_REGIME.items():
-        cfg[section].update(values)
-    cfg["run"].pop("lora_learning_rate", None)  # the weak base's own LoRA rate (3e-3)
+    if regime == "scratch":
+        for section, values in SCRATCH_REGIME.items():
+            cfg[section].update(values)
+        cfg["run"].pop("lora_learning_rate", None)  # the weak base's own LoRA rate (3e-3)
     cfg["run"]["agent"] = v["agent"]
     cfg["run"]["seed"] = int(seed)
     cfg["run"]["torch_threads"] = 1  # runs go two at a time on two cores
@@ -322,6 +333,7 @@ def _band(curves: List[List[List[float]]], grid: np.ndarray):
 
 
 def plot(doc: Dict[str, Any], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -439,9 +451,11 @@ def prepare_sets(cfg: Dict[str, Any], log=print) -> Dict[str, int]:
 
 
 def run_benchmark(samplers: Sequence[str], seeds: Sequence[int], budget: int, quick: bool, out_dir: Path,
-                  overrides: Sequence[str] = (), keep_runs: bool = True, jobs: int = 0, log=print) -> Dict[str, Any]:
+                  overrides: Sequence[str] = (), keep_runs: bool = True, jobs: int = 0, log=print,
+                  regime: str = "scratch") -> Dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    runs_root = out_dir / ("learning_runs_quick" if quick else "learning_runs")
+    name = result_name(regime, quick)
+    runs_root = out_dir / (name.replace("learning", "learning_runs", 1))
     if runs_root.exists():
         shutil.rmtree(runs_root)
     runs_root.mkdir(parents=True)
@@ -449,11 +463,11 @@ def run_benchmark(samplers: Sequence[str], seeds: Sequence[int], budget: int, qu
     if REFERENCE not in samplers:
         samplers.insert(0, REFERENCE)
     t0 = time.monotonic()
-    first = bench_config(samplers[0], seeds[0], budget, quick, overrides)
+    first = bench_config(samplers[0], seeds[0], budget, quick, overrides, regime)
     log("[bench learning] fixed evaluation sets (generated once, cached):")
     sizes = prepare_sets(first, log=lambda m: log(f"[bench learning]   {m}"))
     jobs = int(jobs) or min(2, os.cpu_count() or 1)
-    todo = [{"sampler": n, "seed": s, "cfg": bench_config(n, s, budget, quick, overrides),
+    todo = [{"sampler": n, "seed": s, "cfg": bench_config(n, s, budget, quick, overrides, regime),
              "run_path": str(runs_root / f"{n}-seed{s}")} for s in seeds for n in samplers]
     # the random runs are 3x longer: start them first so the pool stays busy
     todo.sort(key=lambda j: (j["seed"], j["sampler"] != REFERENCE))
@@ -494,15 +508,20 @@ def run_benchmark(samplers: Sequence[str], seeds: Sequence[int], budget: int, qu
         "vlm": first["run"]["vlm"],
         "host": {"cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version()},
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command": "rls3 bench learning" + (" --quick" if quick else ""),
+        "regime": regime,
+        "command": "rls3 bench learning" + (" --quick" if quick else "") + (f" --regime {regime}" if regime != "scratch" else ""),
     })
-    name = "learning_quick" if quick else "learning"
     (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=2, default=float) + "\n")
-    plot(doc, out_dir)
+    plot(doc, out_dir if regime == "scratch" else out_dir / name)  # the served regime's plots in their own folder
     write_markdown(doc, out_dir / f"{name}.md")
     if not keep_runs:
         shutil.rmtree(runs_root, ignore_errors=True)
     return doc  # writes results/ only (docs/results.md lists the files)
+
+
+def result_name(regime: str, quick: bool) -> str:
+    """results/<name>.json: learning (the scratch regime, its stable keys), learning_served; _quick for --quick."""
+    return ("learning" if regime == "scratch" else f"learning_{regime}") + ("_quick" if quick else "")
 
 
 def cli_bench_learning(argv: List[str]) -> int:
@@ -514,18 +533,22 @@ def cli_bench_learning(argv: List[str]) -> int:
                    help=f"renders per run R (default {DEFAULT_BUDGET}, quick {QUICK_BUDGET}); random runs to 3R")
     p.add_argument("--jobs", type=int, default=0, help="runs at a time (default: 2 or the core count if fewer)")
     p.add_argument("--out", default="results", help="output directory (default results/)")
+    p.add_argument("--regime", default="scratch", choices=list(REGIMES),
+                   help="scratch: the weak base and its recipe (results/learning.json); served: the served model "
+                        "grounded:serving with the main job's recipe (results/learning_served.json)")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a loop setting for every run, e.g. --set loop.E=2")
     a = p.parse_args(argv)
     seeds = list(range(a.seeds if a.seeds is not None else (QUICK_SEEDS if a.quick else DEFAULT_SEEDS)))
     budget = a.budget if a.budget is not None else (QUICK_BUDGET if a.quick else DEFAULT_BUDGET)
-    doc = run_benchmark(a.samplers, seeds, budget, a.quick, Path(a.out), a.sets, jobs=a.jobs)
+    doc = run_benchmark(a.samplers, seeds, budget, a.quick, Path(a.out), a.sets, jobs=a.jobs, regime=a.regime)
     print(f"\nbase accuracy: balanced {doc['base_split_accuracy']['test']:.3f}, tail {doc['base_split_accuracy']['tail']:.3f}")
     for name, s in doc["samplers"].items():
         fa = s["final_accuracy_mean_ci"]
         pr = s.get("paired", {}).get("vs_random", {})
         print(f"{name:>10}: at R balanced {fa['test']['mean']:.3f}, tail {fa['tail']['mean']:.3f}"
               + (f"  (vs random: balanced {_fmt_ci(pr['test'])}, tail {_fmt_ci(pr['tail'])} pt)" if pr else ""))
-    print(f"wrote {a.out}/{'learning_quick' if a.quick else 'learning'}.json, .md, learning_curves.png, "
-          "learning_modes.png, learning_terms.png")
+    name = result_name(a.regime, a.quick)
+    print(f"wrote {a.out}/{name}.json, .md, " + ("" if a.regime == "scratch" else f"{name}/")
+          + "learning_curves.png, learning_modes.png, learning_terms.png")
     return 0
