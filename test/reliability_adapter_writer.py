@@ -11,8 +11,8 @@ it prints ``PAUSE`` and sleeps, so the test's SIGKILL lands mid write. Prints ``
 
 from __future__ import annotations
 
+import signal
 import sys
-import time
 
 import peft
 import torch
@@ -37,7 +37,8 @@ def main() -> int:
         out = orig(self, d, *a, **kw)
         if pausing:
             print(f"PAUSE {d}", flush=True)
-            time.sleep(120)
+            while True:  # until the test kills this process mid-save
+                signal.pause()
         return out
 
     peft.PeftModel.save_pretrained = save_pretrained

@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,7 +62,8 @@ def main() -> int:
 
     def pause(what):
         say(f"PAUSE {what}")
-        time.sleep(120)
+        while True:  # until the test kills this process in this window
+            signal.pause()
 
     # -- fault windows -----------------------------------------------------------------------
     orig_save = peft.PeftModel.save_pretrained

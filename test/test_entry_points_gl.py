@@ -49,8 +49,7 @@ def _bare_env(tmp_path: Path) -> dict:
 
 def _console_script(name: str) -> str:
     exe = Path(PYTHON).with_name(name)
-    if not exe.is_file():
-        pytest.skip(f"console script {name} not installed next to {PYTHON}")
+    assert exe.is_file(), f"console script {name} not installed next to {PYTHON} (make setup installs it)"
     return str(exe)
 
 

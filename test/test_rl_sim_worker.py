@@ -205,7 +205,7 @@ def test_ctrl_c_leaves_no_worker_and_no_worker_traceback(tmp_path):
 
     script = tmp_path / "hold.py"
     script.write_text(
-        "import signal, time\n"
+        "import signal\n"
         # a terminal's Ctrl-C: live even when this test runs in a background job, whose SIGINT is ignored
         "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "from rls3_ros.loop.sim_worker import PrefetchSource\n"
@@ -213,7 +213,7 @@ def test_ctrl_c_leaves_no_worker_and_no_worker_traceback(tmp_path):
         "src.reset(1); src.prefetch(2, None)\n"
         "try:\n"  # the Ctrl-C may arrive as soon as the pids are out, even inside print()
         "    print('pids', *[w.proc.pid for w in src._workers], flush=True)\n"
-        "    time.sleep(60)\n"
+        "    signal.pause()\n"  # until the test's Ctrl-C
         "except KeyboardInterrupt:\n"
         "    src.close()\n"
         "    print('closed', flush=True)\n")

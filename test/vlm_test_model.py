@@ -296,23 +296,6 @@ def load(arg: str = "", lora: Optional[dict] = None) -> TinySpatialVLM:
     return TinySpatialVLM(net, **kw)
 
 
-class SlowAdapterVLM(TinySpatialVLM):
-    """TinySpatialVLM whose ``load_adapter`` takes ``delay`` s (a big adapter on a slow disk)."""
-
-    def __init__(self, delay: float, **kw) -> None:
-        super().__init__(**kw)
-        self.delay = delay
-
-    def load_adapter(self, directory: str) -> None:
-        time.sleep(self.delay)
-        super().load_adapter(directory)
-
-
-def load_slow_adapter(arg: str = "3", lora: Optional[dict] = None) -> SlowAdapterVLM:
-    """Loader for ``py:vlm_test_model:load_slow_adapter[:<seconds>]``: adapter loads take that long."""
-    return SlowAdapterVLM(float(arg or 3))
-
-
 class GatedAdapterVLM(TinySpatialVLM):
     """TinySpatialVLM whose ``load_adapter`` lasts as long as a test wants: it creates
     ``<gate>/loading``, then waits until ``<gate>/open`` exists (an hour at most). What happens

@@ -187,16 +187,10 @@ def bench_ros(n_per_bridge: int, image_size: int, bridges: int, seed: int = 0, w
                                       env=env, stdout=log, stderr=subprocess.STDOUT))
         import os
 
-        saved = {k: os.environ.get(k) for k in env if k.startswith(("ROS_", "FASTDDS", "RMW_"))}
-        os.environ.update({k: env[k] for k in saved})
-        try:
+        from rls3_ros.ros.isolation import ros_env_applied
+
+        with ros_env_applied(env):
             client = _GraphClient(namespaces)
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
         try:
             client.wait_ready(120.0)
             # Same move sequences as the in-process run (bounds from a local backend of the same seed).

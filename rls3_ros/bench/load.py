@@ -291,15 +291,8 @@ def run_big_request_load(model: str = "grounded", n_small: int = 500, out: Optio
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
     from rls3_ros.core.image_codec import numpy_to_image_msg
-    from rls3_ros.ros.isolation import isolated_ros_env
 
-    tmp_ctx = tempfile.TemporaryDirectory(prefix="rls3-load-big-") if workdir is None else None
-    root = Path(workdir or tmp_ctx.name)
-    root.mkdir(parents=True, exist_ok=True)
-    env = isolated_ros_env(root)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    here = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([p for p in (env.get("PYTHONPATH", ""), here) if p])
+    tmp_ctx, root, env = _bench_root(workdir, "rls3-load-big-")
     spec = _resolve_model(model)
     t_start = time.monotonic()
     node_log = open(root / "spatial_query.log", "wb")
@@ -418,23 +411,31 @@ def run_big_request_load(model: str = "grounded", n_small: int = 500, out: Optio
         _stop_all(procs, ctx, locals().get("ex"), locals().get("pnode"), node, node_log, tmp_ctx)
 
 
+def _bench_root(workdir: Optional[str], prefix: str):
+    """(temp dir or None, the benchmark's root directory, an isolated ROS env for its processes)."""
+    from rls3_ros.ros.isolation import isolated_ros_env
+
+    tmp_ctx = tempfile.TemporaryDirectory(prefix=prefix) if workdir is None else None
+    root = Path(workdir or tmp_ctx.name)
+    root.mkdir(parents=True, exist_ok=True)
+    env = isolated_ros_env(root)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    here = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = os.pathsep.join([p for p in (env.get("PYTHONPATH", ""), here) if p])
+    return tmp_ctx, root, env
+
+
 def _spun_node(env: Dict[str, str], name: str):
     """(context, node, executor) of a node in this process, in the isolated domain of ``env`` (its ROS
     variables applied only while the context starts), spun in a daemon thread."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
-    old_env = {k: os.environ.get(k) for k in env if k.startswith(("ROS_", "FASTDDS", "RMW_"))}
-    os.environ.update({k: env[k] for k in old_env})
+    from rls3_ros.ros.isolation import ros_env_applied
+
     ctx = rclpy.Context()
-    try:
+    with ros_env_applied(env):
         rclpy.init(context=ctx)
-    finally:
-        for k, v in old_env.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     node = rclpy.create_node(name, context=ctx)
     ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(node)
@@ -474,15 +475,8 @@ def run_load(n_clients: int = 8, n_queries: int = 1000, model: str = "grounded",
              workdir: Optional[str] = None, log=print) -> Dict[str, Any]:
     """Run the load benchmark (see module docstring); returns the result dict (also written to
     ``out`` unless None)."""
-    from rls3_ros.ros.isolation import isolated_ros_env
 
-    tmp_ctx = tempfile.TemporaryDirectory(prefix="rls3-load-") if workdir is None else None
-    root = Path(workdir or tmp_ctx.name)
-    root.mkdir(parents=True, exist_ok=True)
-    env = isolated_ros_env(root)
-    env.setdefault("OMP_NUM_THREADS", "1")
-    here = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([p for p in (env.get("PYTHONPATH", ""), here) if p])
+    tmp_ctx, root, env = _bench_root(workdir, "rls3-load-")
     spec = _resolve_model(model)
     t_start = time.monotonic()
     if not adapter:

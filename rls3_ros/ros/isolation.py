@@ -7,11 +7,12 @@ Fast DDS profile, and ROS_HOME / log / Mesa cache directories inside ``root``.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import sys
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _PROFILE_NAME = "fastdds_localhost.xml"
@@ -56,3 +57,19 @@ def isolated_ros_env(root: Path, domain_id: Optional[int] = None, base: Optional
         }
     )
     return env
+
+
+@contextlib.contextmanager
+def ros_env_applied(env: Dict[str, str]) -> Iterator[None]:
+    """Apply ``env``'s ROS / Fast DDS variables to this process while the block runs (an rclpy context
+    started inside joins that isolated domain), then restore them."""
+    saved = {k: os.environ.get(k) for k in env if k.startswith(("ROS_", "FASTDDS", "RMW_"))}
+    os.environ.update({k: env[k] for k in saved})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
