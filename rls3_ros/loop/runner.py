@@ -242,7 +242,7 @@ class LoopRunner:
         """The served model against the base (``rls3_ros.loop.served_gain``): logged, appended to report.md
         and written to ``served_gain.json``; None when the run has no gate or no evaluation."""
         from rls3_ros.core.atomic_io import atomic_write_json
-        from rls3_ros.loop.served_gain import format_gain, served_gain
+        from rls3_ros.loop.served_gain import format_gain, report_section, served_gain
 
         s = self.sched
         if not s.config.gate or not s.history:
@@ -260,15 +260,10 @@ class LoopRunner:
                 load(s.served_adapter)
         g["gate"] = list(s.gate_decisions)
         atomic_write_json(os.path.join(self.run.path, "served_gain.json"), g, indent=1)
-        lines = format_gain(g)
-        for line in lines:
+        for line in format_gain(g):
             self.log(line)
         with open(os.path.join(self.run.path, "report.md"), "a") as f:
-            f.write("\n## Served model (promotion gate)\n\n```\n" + "\n".join(lines) + "\n```\n\n"
-                    "| iteration | validation served -> candidate | gained | lost | p | promoted |\n|---|---|---|---|---|---|\n")
-            for d in s.gate_decisions:
-                f.write(f"| {d['iteration']} | {d['served_accuracy']:.3f} -> {d['candidate_accuracy']:.3f} | "
-                        f"{d['wins']} | {d['losses']} | {d['p_value']:.3g} | {'yes' if d['promoted'] else 'no'} |\n")
+            f.write(report_section(g))
         return g
 
     def sim_work(self) -> Dict[str, float]:

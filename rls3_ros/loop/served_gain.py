@@ -78,3 +78,13 @@ def format_gain(g: Dict[str, Any]) -> List[str]:
         lines.append(f"  {name:11s} {d['base']:.3f} -> {d['tuned']:.3f}  gain {100 * d['gain']:+.1f} pt "
                      f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] (95 % paired bootstrap, n={d['n']})")
     return lines
+
+
+def report_section(g: Dict[str, Any]) -> str:
+    """The run report's section: the served model's gains and every gate decision (``g["gate"]``)."""
+    out = ["", "## Served model (promotion gate)", "", "```", *format_gain(g), "```", "",
+           "| iteration | validation served -> candidate | gained | lost | p | promoted |", "|---|---|---|---|---|---|"]
+    for d in g.get("gate", []):
+        out.append(f"| {d['iteration']} | {d['served_accuracy']:.3f} -> {d['candidate_accuracy']:.3f} | {d['wins']} | "
+                   f"{d['losses']} | {d['p_value']:.3g} | {'yes' if d['promoted'] else 'no'} |")
+    return "\n".join(out) + "\n"
