@@ -59,10 +59,10 @@ def write_sample_bag(path: Path):
 
 
 def _action_client(node, action: str):
-    from rclpy.action import ActionClient
+    from rls3_ros.ros.rosutil import SpinSafeActionClient
     from rls3_msgs.action import FineTune
 
-    ac = ActionClient(node, FineTune, action)
+    ac = SpinSafeActionClient(node, FineTune, action)
     assert ac.wait_for_server(timeout_sec=30), f"no action server {action}"
     return ac
 

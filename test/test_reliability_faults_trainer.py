@@ -57,7 +57,7 @@ def _load_plain_peft_tiny(path: Path):
 
 # -- 1. the vlm_trainer node ------------------------------------------------------------------------
 def test_trainer_node_killed_mid_fine_tune_leaves_complete_adapters_and_restarts_on_the_last(tmp_path, monkeypatch):
-    from rclpy.action import ActionClient
+    from rls3_ros.ros.rosutil import SpinSafeActionClient
     from rls3_msgs.action import FineTune
     from rls3_msgs.srv import ScoreSamples
 
@@ -79,7 +79,7 @@ def test_trainer_node_killed_mid_fine_tune_leaves_complete_adapters_and_restarts
         node = spinner.node
         with trainer("trainer1") as t1:
             t1.wait_for_output("vlm_trainer ready", 90)
-            ac = ActionClient(node, FineTune, FINE_TUNE)
+            ac = SpinSafeActionClient(node, FineTune, FINE_TUNE)
             assert ac.wait_for_server(timeout_sec=30)
             h = spin_until_future(ac.send_goal_async(FineTune.Goal(iteration=1, steps=5, samples=goal_samples)), 30, "goal 1")
             res = spin_until_future(h.get_result_async(), 60, "result 1").result
@@ -111,7 +111,7 @@ def test_trainer_node_killed_mid_fine_tune_leaves_complete_adapters_and_restarts
             assert r.success, r.message
             assert [s.loss for s in r.scores] == pytest.approx(expect, abs=1e-5)
             # and it trains on: the next adapter is complete and gets a fresh name
-            ac = ActionClient(node, FineTune, FINE_TUNE)
+            ac = SpinSafeActionClient(node, FineTune, FINE_TUNE)
             assert ac.wait_for_server(timeout_sec=30)
             h = spin_until_future(ac.send_goal_async(FineTune.Goal(iteration=2, steps=5, samples=goal_samples)), 30, "goal 3")
             res = spin_until_future(h.get_result_async(), 60, "result 3").result

@@ -135,7 +135,7 @@ def test_model_parameter_cannot_be_set_remotely_and_no_code_runs(world):
 
 
 def test_trainer_model_parameter_refused_and_a_fine_tune_goal_runs_no_code(tmp_path, monkeypatch):
-    from rclpy.action import ActionClient
+    from rls3_ros.ros.rosutil import SpinSafeActionClient
     from rls3_msgs.action import FineTune
     from rls3_msgs.srv import ScoreSamples
 
@@ -155,7 +155,7 @@ def test_trainer_model_parameter_refused_and_a_fine_tune_goal_runs_no_code(tmp_p
             r = _set_param(node, "/vlm_trainer/set_parameters", "model", f"py:os:system:touch {marker}")
             assert not r.successful and "read-only" in r.reason, r.reason
             samples = tm.make_samples(4, seed=4)
-            ac = ActionClient(node, FineTune, "/vlm_trainer/fine_tune")
+            ac = SpinSafeActionClient(node, FineTune, "/vlm_trainer/fine_tune")
             assert ac.wait_for_server(timeout_sec=30)
             goal = FineTune.Goal(iteration=1, steps=3, use_buffer=False, samples=[sample_to_msg(s) for s in samples])
             handle = spin_until_future(ac.send_goal_async(goal), 30, "goal acceptance")

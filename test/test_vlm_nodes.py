@@ -387,10 +387,10 @@ def test_score_samples_answers_and_refuses(graph, samples):
 
 
 def _send_goal(node, goal, feedback):
-    from rclpy.action import ActionClient
+    from rls3_ros.ros.rosutil import SpinSafeActionClient
     from rls3_msgs.action import FineTune
 
-    ac = ActionClient(node, FineTune, FINE_TUNE)
+    ac = SpinSafeActionClient(node, FineTune, FINE_TUNE)
     assert ac.wait_for_server(timeout_sec=20)
     handle = spin_until_future(ac.send_goal_async(goal, feedback_callback=lambda f: feedback.append(f.feedback)), 20,
                                "goal acceptance")

@@ -33,7 +33,7 @@ def base_dir(tmp_path_factory):
 
 def test_embedded_model_through_trainer_and_query_nodes(base_dir, tmp_path):
     from peft import PeftModel
-    from rclpy.action import ActionClient
+    from rls3_ros.ros.rosutil import SpinSafeActionClient
     from rls3_msgs.action import FineTune
     from rls3_msgs.srv import ScoreSamples
 
@@ -76,7 +76,7 @@ def test_embedded_model_through_trainer_and_query_nodes(base_dir, tmp_path):
                 assert r.success and len(r.scores) == sum(len(x.relations) for x in samples[:4]), r.message
                 assert all(0.0 <= x.confidence <= 1.0 and x.loss >= 0.0 for x in r.scores)
 
-                ac = ActionClient(node, FineTune, "/vlm_trainer/fine_tune")
+                ac = SpinSafeActionClient(node, FineTune, "/vlm_trainer/fine_tune")
                 assert ac.wait_for_server(timeout_sec=20)
                 feedback = []
                 goal = FineTune.Goal(iteration=1, steps=12, samples=[sample_to_msg(x) for x in samples])

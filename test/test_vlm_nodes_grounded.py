@@ -171,7 +171,7 @@ def test_query_node_answers_like_the_grounded_model_in_process(graph, renders):
 
 def test_trainer_fine_tunes_grounded_and_query_node_follows_under_a_query_stream(graph, renders):
     from peft import PeftModel
-    from rclpy.action import ActionClient
+    from rls3_ros.ros.rosutil import SpinSafeActionClient
     from rls3_msgs.action import FineTune
     from rls3_msgs.srv import ScoreSamples
     from safetensors.torch import load_file
@@ -206,7 +206,7 @@ def test_trainer_fine_tunes_grounded_and_query_node_follows_under_a_query_stream
 
     t = threading.Thread(target=stream, daemon=True)
     t.start()
-    ac = ActionClient(node, FineTune, "/vlm_trainer/fine_tune")
+    ac = SpinSafeActionClient(node, FineTune, "/vlm_trainer/fine_tune")
     try:
         poll_until(lambda: len(answers) >= 3, 60, "first streamed answers")
         assert ac.wait_for_server(timeout_sec=20)

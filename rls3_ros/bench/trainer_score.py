@@ -86,7 +86,7 @@ def bench_score_during_fine_tune(model: str, samples: Sequence[Any], n: int, wor
             time.sleep(0.1)
 
         import rclpy
-        from rclpy.action import ActionClient
+        from rls3_ros.ros.rosutil import SpinSafeActionClient
         from rclpy.executors import MultiThreadedExecutor
         from rls3_msgs.action import FineTune
         from rls3_msgs.srv import ScoreSamples
@@ -100,7 +100,7 @@ def bench_score_during_fine_tune(model: str, samples: Sequence[Any], n: int, wor
         ex.add_node(node)
         threading.Thread(target=ex.spin, daemon=True).start()
         score = node.create_client(ScoreSamples, "/vlm_trainer/score_samples")
-        fine_tune = ActionClient(node, FineTune, "/vlm_trainer/fine_tune")
+        fine_tune = SpinSafeActionClient(node, FineTune, "/vlm_trainer/fine_tune")
         if not score.wait_for_service(timeout_sec=60) or not fine_tune.wait_for_server(timeout_sec=60):
             raise RuntimeError("vlm_trainer services not available")
         msgs = [sample_to_msg(s) for s in samples]

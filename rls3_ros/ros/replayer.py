@@ -57,6 +57,7 @@ class ReplayOptions:
     remaps: Dict[str, str] = field(default_factory=dict)
     clock_hz: Optional[float] = None
     wait_for_subscribers: Optional[float] = None  # seconds to wait for >=1 subscriber per topic
+    delivery_timeout: float = 2.0  # seconds to wait at the end for reliable subscribers to acknowledge
     qos_depth: int = 10
 
 
@@ -307,6 +308,9 @@ def replay(opts: ReplayOptions, ros_args: Optional[List[str]] = None, stop=None,
                 if n_loop == 0:
                     break
             interrupted = stop.is_set()
+            if not interrupted and not rosutil.wait_for_delivery(list(pubs.values()) + ([clock_pub] if clock_pub else []),
+                                                                 opts.delivery_timeout):
+                logger.warning(f"not every reliable subscriber acknowledged the last messages within {opts.delivery_timeout:g} s")
             stats = _percentiles(late)
             logger.info(
                 f"replay {'interrupted' if interrupted else 'done'}: "

@@ -1,12 +1,14 @@
-"""Small rclpy helpers shared by the recorder and the replayer (imports rclpy)."""
+"""Small rclpy helpers shared by the nodes, the bag tools and the tests (imports rclpy)."""
 
 from __future__ import annotations
 
 import importlib
 import signal
 import threading
+import time
 from typing import Dict, List, Optional
 
+from rclpy.action import ActionClient
 from rclpy.qos import (
     DurabilityPolicy,
     HistoryPolicy,
@@ -141,3 +143,41 @@ class StopFlag:
 
     def set(self) -> None:
         self.event.set()
+
+
+def wait_for_delivery(publishers, timeout: float = 2.0) -> bool:
+    """Wait (at most ``timeout`` s) until every reliable reader acknowledged every sample.
+
+    A writer that goes away with unacknowledged samples loses them (Fast DDS does not
+    linger), so a reliable subscriber would miss the last frames of a replay or a stream.
+    Best-effort publishers count as delivered. Returns whether all were acknowledged."""
+    from rclpy.duration import Duration
+
+    end = time.monotonic() + max(0.0, float(timeout))
+    while True:
+        try:
+            if all(p.wait_for_all_acked(Duration(seconds=0.1)) for p in publishers):
+                return True
+        except Exception:  # noqa: BLE001 - a publisher already destroyed: nothing left to deliver
+            return True
+        if time.monotonic() >= end:
+            return False
+
+
+class SpinSafeActionClient(ActionClient):
+    """An ``ActionClient`` that can be created while another thread spins its node.
+
+    rclpy 9's ``ActionClient.__init__`` registers the client with the node before it
+    creates its lock, so an executor spinning in another thread can call
+    ``get_num_entities`` on a half-built client, raise ``AttributeError: _lock`` and die
+    (seen on a loaded machine: every later goal on that node timed out). Here the lock is
+    made first and kept."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        object.__setattr__(self, "_lock", threading.Lock())
+        super().__init__(*args, **kwargs)
+
+    def __setattr__(self, name, value) -> None:
+        if name == "_lock" and "_lock" in self.__dict__:
+            return  # keep the lock the spinning thread may already hold
+        super().__setattr__(name, value)

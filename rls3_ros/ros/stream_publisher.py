@@ -66,6 +66,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     from rls3_ros.core.image_codec import numpy_to_image_msg
     from rls3_ros.ros.nodes.conversions import CAMERA_FRAME, header_from_ns, scene_to_msg
+    from rls3_ros.ros.rosutil import wait_for_delivery
 
     backend = None
     if a.backend:
@@ -119,13 +120,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     elapsed = (time.monotonic_ns() - t0) / 1e9
     p99 = float(np.percentile(np.asarray(late) / 1e6, 99)) if late else 0.0
     # let reliable readers fetch the last samples before the writer goes away
-    end = time.monotonic() + 2.0
-    while time.monotonic() < end:
-        try:
-            if all(x.wait_for_all_acked(rclpy.duration.Duration(seconds=0.1)) for x in pubs):
-                break
-        except Exception:  # noqa: BLE001
-            time.sleep(0.1)
+    wait_for_delivery(pubs, 2.0)
     fps = sent / elapsed if elapsed > 0 else 0.0
     render_fps = sent / (render_ns / 1e9) if render_ns else 0.0
     print(f"STREAM DONE published={sent} elapsed={elapsed:.3f} fps={fps:.1f} render_fps={render_fps:.1f} late_p99_ms={p99:.3f}", flush=True)

@@ -66,7 +66,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import rclpy
 from geometry_msgs.msg import Pose
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-from rclpy.action import ActionClient
+from rls3_ros.ros.rosutil import SpinSafeActionClient
 from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
@@ -339,7 +339,7 @@ class RlSampler(Node):
             self.sources[-1].log = self.get_logger().warning
         self.caption_client = self.create_client(CaptionScene, self.p["caption_service"], callback_group=self.group, qos_profile=SERVICE_QOS)
         self.score_client = self.create_client(ScoreSamples, self.p["score_service"], callback_group=self.group, qos_profile=SERVICE_QOS)
-        self.fine_tune_client = ActionClient(self, FineTune, self.p["fine_tune_action"], callback_group=self.group)
+        self.fine_tune_client = SpinSafeActionClient(self, FineTune, self.p["fine_tune_action"], callback_group=self.group)
         self.promote_client = self.create_client(SetAdapter, self.p["promote_service"], callback_group=self.group,
                                                  qos_profile=SERVICE_QOS)
         self.exit_code = 0
