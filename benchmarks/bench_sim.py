@@ -99,7 +99,7 @@ class _RosClient:
         return fut.result()
 
     def reset(self, seed: int):
-        from rls3_ros.ros.nodes.conversions import msg_to_scene
+        from rls3_ros.ros.conversions import msg_to_scene
 
         r = self.call(self.reset_c, self.ResetScene.Request(seed=seed))
         if not r.success:
@@ -107,7 +107,7 @@ class _RosClient:
         return msg_to_scene(r.scene)
 
     def apply(self, a):
-        from rls3_ros.ros.nodes.conversions import msg_to_scene
+        from rls3_ros.ros.conversions import msg_to_scene
 
         req = self.ApplyAction.Request(action_type=a.action_type, object_id=a.object_id)
         if a.position is not None:

@@ -128,7 +128,7 @@ def test_bag_samples_match_the_rclpy_node_conversions(tmp_path):
     from rclpy.serialization import deserialize_message, serialize_message
     from rls3_msgs.msg import Sample as SampleMsg
 
-    from rls3_ros.ros.nodes.conversions import msg_to_sample, sample_to_msg
+    from rls3_ros.ros.conversions import msg_to_sample, sample_to_msg
 
     store = base_typestore()
     for s in make_samples(4, seed=3):

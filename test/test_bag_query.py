@@ -47,7 +47,7 @@ def test_query_node_answers_on_a_replayed_robot_bag(tmp_path, ros_env, rclpy_nod
     from std_msgs.msg import Header
 
     from rls3_ros.ros.client import SpatialQueryClient
-    from rls3_ros.ros.nodes.conversions import stamp_to_ns
+    from rls3_ros.ros.conversions import stamp_to_ns
 
     frames = write_robot_bag(tmp_path / "robot")
     assert [np.array_equal(f.rgb, rgb) for f, (_t, rgb) in zip(iter_images(tmp_path / "robot"), frames)] == [True] * len(frames)

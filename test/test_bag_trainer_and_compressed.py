@@ -82,7 +82,7 @@ def test_trainer_fills_its_buffer_from_a_bag_and_fine_tunes_on_it(tmp_path, ros_
     from rls3_msgs.msg import Sample as SampleMsg
 
     from rls3_ros.bags.sample_reader import read_samples
-    from rls3_ros.ros.nodes.conversions import sample_to_msg
+    from rls3_ros.ros.conversions import sample_to_msg
 
     bag = tmp_path / "samples_bag"
     captioned = write_sample_bag(bag)
@@ -206,7 +206,7 @@ def test_query_node_answers_on_a_replayed_compressed_stream(tmp_path, ros_env, r
 
     from rls3_ros.bags.bagio import BagReader
     from rls3_ros.ros.client import SpatialQueryClient
-    from rls3_ros.ros.nodes.conversions import stamp_to_ns
+    from rls3_ros.ros.conversions import stamp_to_ns
 
     bag = tmp_path / "compressed_bag"
     frames = write_compressed_bag(bag)

@@ -14,7 +14,7 @@ from sensor_msgs.msg import Image
 
 from ros_harness import NodeProcess, call_service, poll_until
 from rls3_ros.captions import CaptionOracle
-from rls3_ros.ros.nodes.conversions import header_from_ns, msg_to_relation, scene_to_msg, stamp_to_ns
+from rls3_ros.ros.conversions import header_from_ns, msg_to_relation, scene_to_msg, stamp_to_ns
 from rls3_ros.core.image_codec import image_msg_to_rgb, numpy_to_image_msg
 from rls3_ros.core.scene import CameraModel, ObjectState, SceneState
 
@@ -130,7 +130,7 @@ def test_node_captions_samples_of_a_real_sim_bridge(ros_env, rclpy_node):
     move of the bridge each come out as a captioned sample matching the bridge's scene."""
     from rls3_msgs.srv import ApplyAction, ResetScene
 
-    from rls3_ros.ros.nodes.conversions import msg_to_scene
+    from rls3_ros.ros.conversions import msg_to_scene
 
     node = rclpy_node
     got = []

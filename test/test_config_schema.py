@@ -103,7 +103,7 @@ def test_a_new_schema_field_becomes_a_node_parameter_without_other_edits(ros_env
 def test_bad_node_values_are_refused_with_the_parameter_and_range(ros_env):
     from rclpy.parameter import Parameter
 
-    from rls3_ros.ros.nodes.node_main import NodeStartupError
+    from rls3_ros.ros.node_main import NodeStartupError
 
     for p, value, expected in (("E", 0, "E must be an integer >= 1 (got 0)"),
                                ("eta", 1.5, "eta must be a number in (0.0, 1.0] (got 1.5)"),

@@ -8,7 +8,7 @@ import pytest
 from rclpy.serialization import deserialize_message, serialize_message
 
 from programs.sample_factory import digest, make_sample
-from rls3_ros.ros.nodes.conversions import msg_to_sample, sample_to_msg
+from rls3_ros.ros.conversions import msg_to_sample, sample_to_msg
 
 MSG_DIR = Path(__file__).resolve().parent.parent / "rls3_msgs"
 
@@ -58,7 +58,7 @@ def test_header_is_shared_by_sample_scene_and_image():
 
 
 def test_scene_with_nan_pose_is_rejected_with_a_reason():
-    from rls3_ros.ros.nodes.conversions import msg_to_scene
+    from rls3_ros.ros.conversions import msg_to_scene
 
     msg = sample_to_msg(make_sample())
     msg.scene.objects[0].pose.position.x = float("nan")

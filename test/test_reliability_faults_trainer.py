@@ -61,7 +61,7 @@ def test_trainer_node_killed_mid_fine_tune_leaves_complete_adapters_and_restarts
     from rls3_msgs.action import FineTune
     from rls3_msgs.srv import ScoreSamples
 
-    from rls3_ros.ros.nodes.conversions import sample_to_msg
+    from rls3_ros.ros.conversions import sample_to_msg
 
     env = node_env(tmp_path)
     apply_ros_env(env, monkeypatch)

@@ -139,7 +139,7 @@ def test_trainer_model_parameter_refused_and_a_fine_tune_goal_runs_no_code(tmp_p
     from rls3_msgs.action import FineTune
     from rls3_msgs.srv import ScoreSamples
 
-    from rls3_ros.ros.nodes.conversions import sample_to_msg
+    from rls3_ros.ros.conversions import sample_to_msg
 
     env = node_env(tmp_path)
     apply_ros_env(env, monkeypatch)

@@ -94,7 +94,7 @@ def _depth(value: float, h: int = 64, w: int = 64):
 
 def _scene_msg(n: int, sec: int, names=None):
     from rls3_ros.core.scene import CameraModel, ObjectState, SceneState
-    from rls3_ros.ros.nodes.conversions import header_from_ns, scene_to_msg
+    from rls3_ros.ros.conversions import header_from_ns, scene_to_msg
 
     cam = CameraModel.look_at((0.0, -2.0, 1.5), (0.0, 0.0, 0.8), 64, 64, 60.0)
     names = names or [f"box {i}" for i in range(n)]
@@ -278,7 +278,7 @@ def test_text_and_candidate_limits_are_checked_before_the_model():
 def test_scene_object_count_is_read_from_the_serialized_message():
     from rclpy.serialization import serialize_message
 
-    from rls3_ros.ros.nodes.cdr_peek import scene_state_prefix
+    from rls3_ros.ros.cdr_peek import scene_state_prefix
 
     for n, sec in ((0, 1), (3, 2 ** 31 - 1), (300, 7)):
         msg = _scene_msg(n, sec)

@@ -141,7 +141,7 @@ def test_camera_frames_by_stamp_scene_objects_and_annotated_image(graph, samples
     from rls3_msgs.msg import SceneState
     from sensor_msgs.msg import Image
 
-    from rls3_ros.ros.nodes.conversions import scene_to_msg
+    from rls3_ros.ros.conversions import scene_to_msg
 
     node = graph.node
     img_pub = node.create_publisher(Image, "image_raw", 10)
@@ -177,7 +177,7 @@ def test_camera_frames_by_stamp_scene_objects_and_annotated_image(graph, samples
 
     # annotated image: same header, boxes of the named objects drawn in the subject colour
     img = poll_until(lambda: next((m for m in annotated if m.header.stamp.sec == 1001), None), 10, "annotated image")
-    from rls3_ros.ros.nodes.annotate import COLOURS
+    from rls3_ros.ros.annotate import COLOURS
     from rls3_ros.core.image_codec import image_msg_to_rgb
 
     arr = image_msg_to_rgb(img)
@@ -227,7 +227,7 @@ def test_bad_queries_are_refused_with_reasons(graph, samples, case, fields, reas
     if header.stamp.sec == 42:  # a scene state with this stamp makes the object names known
         from rls3_msgs.msg import SceneState
 
-        from rls3_ros.ros.nodes.conversions import scene_to_msg
+        from rls3_ros.ros.conversions import scene_to_msg
 
         pub = graph.node.create_publisher(SceneState, "scene_state", 10)
         poll_until(lambda: pub.get_subscription_count() > 0, 20, "scene subscription")
@@ -368,7 +368,7 @@ def _score(node, sample_msgs):
 
 
 def test_score_samples_answers_and_refuses(graph, samples):
-    from rls3_ros.ros.nodes.conversions import sample_to_msg
+    from rls3_ros.ros.conversions import sample_to_msg
 
     msgs = [sample_to_msg(s) for s in samples[:4]]
     r = _score(graph.node, msgs)
@@ -403,7 +403,7 @@ def test_fine_tune_adapter_loads_with_plain_peft_and_changes_answers(graph, samp
     from rls3_msgs.msg import AdapterInfo, Sample, TrainingMetrics
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
-    from rls3_ros.ros.nodes.conversions import sample_to_msg
+    from rls3_ros.ros.conversions import sample_to_msg
 
     node = graph.node
     metrics, announced = [], []
@@ -478,7 +478,7 @@ def test_fine_tune_cancel_and_score_stays_responsive(graph, samples):
     from action_msgs.msg import GoalStatus
     from rls3_msgs.action import FineTune
 
-    from rls3_ros.ros.nodes.conversions import sample_to_msg
+    from rls3_ros.ros.conversions import sample_to_msg
 
     node = graph.node
     feedback = []
@@ -597,7 +597,7 @@ def test_buffer_drops_oldest_and_clear_buffer(graph, samples):
     from rls3_msgs.action import FineTune
     from rls3_msgs.msg import Sample
 
-    from rls3_ros.ros.nodes.conversions import sample_to_msg
+    from rls3_ros.ros.conversions import sample_to_msg
 
     extra = tm.make_samples(60, seed=11)  # buffer_size is 50 in this graph
     pub = graph.node.create_publisher(Sample, "samples", 100)

@@ -38,7 +38,7 @@ def test_embedded_model_through_trainer_and_query_nodes(base_dir, tmp_path):
     from rls3_msgs.srv import ScoreSamples
 
     from rls3_ros.ros.client import SpatialQueryClient
-    from rls3_ros.ros.nodes.conversions import sample_to_msg
+    from rls3_ros.ros.conversions import sample_to_msg
     from rls3_ros.vlm.embedded import SpatialMatchModel
     from rls3_ros.vlm.standin import make_samples
 

@@ -176,7 +176,7 @@ def test_trainer_fine_tunes_grounded_and_query_node_follows_under_a_query_stream
     from rls3_msgs.srv import ScoreSamples
     from safetensors.torch import load_file
 
-    from rls3_ros.ros.nodes.conversions import msg_to_sample, sample_to_msg
+    from rls3_ros.ros.conversions import msg_to_sample, sample_to_msg
     from rls3_ros.vlm import grounded as G
 
     node, client = graph.node, graph.client

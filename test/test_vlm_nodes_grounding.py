@@ -93,7 +93,7 @@ def _header(sec: int, frame_id: str = "world"):
 
 
 def _camera_info(scene, header):
-    from rls3_ros.ros.nodes.conversions import camera_info_msg
+    from rls3_ros.ros.conversions import camera_info_msg
 
     return camera_info_msg(scene.camera, header)  # frame_id: the camera optical frame
 
@@ -180,7 +180,7 @@ def test_plain_client_with_its_own_image_gets_3d_points_from_the_scene_state(gra
     from rls3_msgs.msg import SceneState
     from rls3_msgs.srv import SpatialQuery
 
-    from rls3_ros.ros.nodes.conversions import scene_to_msg
+    from rls3_ros.ros.conversions import scene_to_msg
     from rls3_ros.core.image_codec import numpy_to_image_msg
 
     node = graph.node
@@ -236,7 +236,7 @@ def test_annotated_image_draws_the_predicted_locations(graph, frames):
     from sensor_msgs.msg import Image
 
     from rls3_ros.ros.client import SpatialQueryClient
-    from rls3_ros.ros.nodes.annotate import draw_annotation
+    from rls3_ros.ros.annotate import draw_annotation
     from rls3_ros.core.image_codec import image_msg_to_rgb
 
     got = []

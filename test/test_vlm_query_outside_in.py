@@ -102,7 +102,7 @@ def _image(rgb, header=None):
 
 
 def _scene_msg(scene, header):
-    from rls3_ros.ros.nodes.conversions import scene_to_msg
+    from rls3_ros.ros.conversions import scene_to_msg
 
     return scene_to_msg(scene, header)
 

@@ -1,7 +1,7 @@
 """rosbags message objects <-> core types of ``rls3_ros.core.scene`` (no rclpy).
 
 The scene/sample mapping is :mod:`rls3_ros.core.scene_msgs`, the same one the rclpy node layer
-(``rls3_ros.ros.nodes.conversions``) uses, bound here to a rosbags typestore: a sample exported
+(``rls3_ros.ros.conversions``) uses, bound here to a rosbags typestore: a sample exported
 here and read by an rclpy node gives the same core objects as one published by the node
 layer. Images (Image and CompressedImage) go through :mod:`rls3_ros.core.image_codec`, the codec
 the nodes use, so a frame decodes to the same array live and on replay.

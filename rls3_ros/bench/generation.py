@@ -34,7 +34,7 @@ from rls3_ros.bench.proc_cpu import cpu_seconds
 from rls3_ros.ros.isolation import isolated_ros_env
 from rls3_ros.sim.raster_threads import shared_raster_threads
 from rls3_ros.sim.backend import PLACE, SWAP, MoveAction
-from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
+from rls3_ros.ros.service_qos import SERVICE_QOS
 
 # The simulator settings the ROS path's sim_bridge uses (its defaults at 224 px): the in-process
 # baseline builds its backend with the same ones, so both paths do the same simulator work per
@@ -164,7 +164,7 @@ def bench_ros(n_per_bridge: int, image_size: int, bridges: int, seed: int = 0, w
     """Samples/s through ``bridges`` sim_bridge processes + one caption_oracle process."""
     import subprocess
 
-    from rls3_ros.ros.nodes.conversions import msg_to_scene
+    from rls3_ros.ros.conversions import msg_to_scene
     from rls3_ros.sim.factory import make_backend
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="rls3-genbench-"))

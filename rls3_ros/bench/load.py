@@ -36,7 +36,7 @@ runs only it (merged into ``--out`` under ``big_request``).
 """
 
 from __future__ import annotations
-from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
+from rls3_ros.ros.service_qos import SERVICE_QOS
 
 import argparse
 import json

@@ -17,7 +17,7 @@ def main() -> int:
     from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
     from rls3_msgs.srv import SpatialQuery
 
-    from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
+    from rls3_ros.ros.service_qos import SERVICE_QOS
 
     rclpy.init()
     node = rclpy.create_node("noop_query")

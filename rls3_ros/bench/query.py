@@ -127,7 +127,7 @@ class _Node:
         return time.perf_counter() - t
 
     def ask_on_camera_frame(self, msg) -> float:
-        from rls3_ros.ros.nodes.conversions import ns_to_stamp
+        from rls3_ros.ros.conversions import ns_to_stamp
 
         self._stamp += 1
         msg.header.stamp = ns_to_stamp(1_000_000_000 * self._stamp)

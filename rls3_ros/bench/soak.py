@@ -71,7 +71,7 @@ def run_soak(ops: int = 1000, image_size: int = 64, reset_every: int = 4, trim: 
     from rclpy.executors import SingleThreadedExecutor
     from rls3_msgs.srv import ApplyAction, ResetScene
 
-    from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
+    from rls3_ros.ros.service_qos import SERVICE_QOS
     from rls3_ros.ros.isolation import isolated_ros_env
 
     if ops < 1 or reset_every < 1 or sample_every < 1:

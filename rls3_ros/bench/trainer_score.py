@@ -91,7 +91,7 @@ def bench_score_during_fine_tune(model: str, samples: Sequence[Any], n: int, wor
         from rls3_msgs.action import FineTune
         from rls3_msgs.srv import ScoreSamples
 
-        from rls3_ros.ros.nodes.conversions import sample_to_msg
+        from rls3_ros.ros.conversions import sample_to_msg
 
         ctx = rclpy.Context()
         rclpy.init(context=ctx)

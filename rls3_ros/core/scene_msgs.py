@@ -1,6 +1,6 @@
 """Core types of ``rls3_ros.core.scene`` <-> rls3_msgs message objects of any Python message library.
 
-One mapping for both places that convert: rclpy messages (``rls3_ros.ros.nodes.conversions``)
+One mapping for both places that convert: rclpy messages (``rls3_ros.ros.conversions``)
 and rosbags typestore messages (``rls3_ros.bags.convert``, which must work without rclpy).
 Fields are read by attribute; messages are built through a ``types`` lookup (full type name,
 e.g. ``"std_msgs/msg/Header"`` -> a class whose constructor takes every field by keyword),

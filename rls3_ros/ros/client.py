@@ -48,7 +48,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from rls3_ros.core.image_codec import numpy_to_image_msg
-from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
+from rls3_ros.ros.service_qos import SERVICE_QOS
 
 ImageLike = Union[None, np.ndarray, Image]
 DepthLike = Union[None, np.ndarray, Image]

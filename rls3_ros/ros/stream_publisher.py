@@ -65,7 +65,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from sensor_msgs.msg import Image
 
     from rls3_ros.core.image_codec import numpy_to_image_msg
-    from rls3_ros.ros.nodes.conversions import CAMERA_FRAME, header_from_ns, scene_to_msg
+    from rls3_ros.ros.conversions import CAMERA_FRAME, header_from_ns, scene_to_msg
     from rls3_ros.ros.rosutil import wait_for_delivery
 
     backend = None

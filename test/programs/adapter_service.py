@@ -6,7 +6,7 @@ import sys
 import rclpy
 from rls3_msgs.srv import SetAdapter
 
-from rls3_ros.ros.nodes.node_main import run_node
+from rls3_ros.ros.node_main import run_node
 
 
 def adapter_service():

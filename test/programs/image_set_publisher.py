@@ -43,7 +43,7 @@ def main(argv=None):
     from std_msgs.msg import Header
 
     from rls3_ros.core.image_codec import numpy_to_image_msg
-    from rls3_ros.ros.nodes.node_main import run_node
+    from rls3_ros.ros.node_main import run_node
 
     cases = image_cases()
     msgs = [numpy_to_image_msg(arr, enc, Header(frame_id=name), Image, big_endian=be, step=step)

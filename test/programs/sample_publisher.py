@@ -5,8 +5,8 @@ import sys
 import rclpy
 from rls3_msgs.msg import Sample
 
-from rls3_ros.ros.nodes.conversions import sample_to_msg
-from rls3_ros.ros.nodes.node_main import run_node
+from rls3_ros.ros.conversions import sample_to_msg
+from rls3_ros.ros.node_main import run_node
 from sample_factory import make_sample
 
 

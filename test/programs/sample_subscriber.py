@@ -5,7 +5,7 @@ import sys
 import rclpy
 from rls3_msgs.msg import Sample
 
-from rls3_ros.ros.nodes.conversions import msg_to_sample
+from rls3_ros.ros.conversions import msg_to_sample
 from sample_factory import digest
 
 

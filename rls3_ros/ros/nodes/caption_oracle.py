@@ -61,11 +61,11 @@ from rls3_msgs.srv import CaptionScene
 from sensor_msgs.msg import Image
 
 from rls3_ros.captions.oracle import CaptionOracle, OracleConfig
-from rls3_ros.ros.nodes.conversions import msg_to_scene, relation_to_msg, stamp_to_ns
+from rls3_ros.ros.conversions import msg_to_scene, relation_to_msg, stamp_to_ns
 from rls3_ros.core.image_codec import image_msg_to_rgb, numpy_to_image_msg
-from rls3_ros.ros.nodes.node_main import NodeStartupError, run_node
+from rls3_ros.ros.node_main import NodeStartupError, run_node
 from rls3_ros.core.scene import SceneState, SpatialRelation
-from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
+from rls3_ros.ros.service_qos import SERVICE_QOS
 
 _ORACLE_DOCS = {
     "horizontal_half_width_deg": "half-width of the pure horizontal sectors [deg] (22.5 = 8 x 45 deg)",

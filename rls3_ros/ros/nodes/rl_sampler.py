@@ -75,16 +75,16 @@ from rls3_msgs.action import FineTune
 from rls3_msgs.msg import TrainingMetrics
 from rls3_msgs.srv import ApplyAction, CaptionScene, ResetScene, ScoreSamples, SetAdapter
 
-from rls3_ros.ros.nodes.conversions import msg_to_relation, msg_to_scene, sample_to_msg, scene_to_msg
+from rls3_ros.ros.conversions import msg_to_relation, msg_to_scene, sample_to_msg, scene_to_msg
 from rls3_ros.core.image_codec import image_msg_to_rgb
-from rls3_ros.ros.nodes.node_main import NodeStartupError, run_node
+from rls3_ros.ros.node_main import NodeStartupError, run_node
 from rls3_ros.loop.config import NODE_PARAMS, NodeParam, config_from_params, needs_validation, to_dict
 from rls3_ros.loop.env import SimSource, SimStep, bounds_from_scene
 from rls3_ros.loop.scheduler import Evaluator, SchedulerCallbacks, Trainer, TrainOutcome
 from rls3_ros.loop.serving import ServedAdapterFile
 from rls3_ros.core.scene import quat_to_matrix
 from rls3_ros.vlm.interface import FineTuneResult, RelationScore, evaluation_of
-from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
+from rls3_ros.ros.service_qos import SERVICE_QOS
 
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
 _ARRAY_TYPES = {"list_str": Parameter.Type.STRING_ARRAY, "list_float": Parameter.Type.DOUBLE_ARRAY,

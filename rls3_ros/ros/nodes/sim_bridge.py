@@ -59,11 +59,11 @@ from rls3_msgs.srv import ApplyAction, ResetScene
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
-from rls3_ros.ros.nodes.conversions import camera_info_msg, scene_to_msg
+from rls3_ros.ros.conversions import camera_info_msg, scene_to_msg
 from rls3_ros.core.image_codec import numpy_to_image_msg
-from rls3_ros.ros.nodes.node_main import NodeStartupError, run_node
+from rls3_ros.ros.node_main import NodeStartupError, run_node
 from rls3_ros.sim.backend import ACTION_TYPES, BAD_REQUEST, MoveAction
-from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
+from rls3_ros.ros.service_qos import SERVICE_QOS
 
 ALL_SCENE_TYPES = ["kitchen", "living_room", "bedroom", "dining_room"]
 MALLOC_ARENAS = 2

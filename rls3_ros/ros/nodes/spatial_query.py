@@ -79,7 +79,7 @@ the subject is the best candidate): 2D box, point and confidence from the model'
 (``SpatialVLM.locate``; the grounded model's attention map). A model without grounding answers
 with ``found=false`` and says so in ``message`` (the query still succeeds). With intrinsics and a
 depth, also a 3D point in the camera optical frame (``point_3d``, the image's header); where
-intrinsics and depth come from: ``rls3_ros.ros.nodes.grounding_msgs``.
+intrinsics and depth come from: ``rls3_ros.ros.grounding_msgs``.
 
 Parameters (defaults)
 - ``model`` ("grounded:serving", read-only): model spec for ``rls3_ros.vlm.answers.load_model``. The
@@ -168,10 +168,10 @@ from rls3_msgs.srv import SetAdapter, SpatialQuery
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
-from rls3_ros.ros.nodes.annotate import draw_annotation, find_object, scene_object_names
-from rls3_ros.ros.nodes.cdr_peek import scene_state_prefix
-from rls3_ros.ros.nodes.conversions import msg_to_scene, stamp_to_ns
-from rls3_ros.ros.nodes.grounding_msgs import GroundingInputs, labelled_locations, locate, set_locations
+from rls3_ros.ros.annotate import draw_annotation, find_object, scene_object_names
+from rls3_ros.ros.cdr_peek import scene_state_prefix
+from rls3_ros.ros.conversions import msg_to_scene, stamp_to_ns
+from rls3_ros.ros.grounding_msgs import GroundingInputs, labelled_locations, locate, set_locations
 from rls3_ros.core.image_codec import (
     ImageConversionError,
     ImageLimits,
@@ -179,7 +179,7 @@ from rls3_ros.core.image_codec import (
     image_msg_to_rgb,
     numpy_to_image_msg,
 )
-from rls3_ros.ros.nodes.node_main import run_node
+from rls3_ros.ros.node_main import run_node
 from rls3_ros.core.scene import SceneState
 from rls3_ros.vlm.adapter_trust import (
     AdapterLimits,
@@ -204,7 +204,7 @@ from rls3_ros.vlm.answers import (
     prepare_image,
 )
 from rls3_ros.vlm.interface import SpatialVLM
-from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
+from rls3_ros.ros.service_qos import SERVICE_QOS
 
 IMAGE_QOS = {
     "sensor_data": qos_profile_sensor_data,

@@ -88,8 +88,8 @@ from rls3_msgs.msg import AdapterInfo, RelationScore as RelationScoreMsg, Sample
 from rls3_msgs.srv import ScoreSamples, SetAdapter
 from std_msgs.msg import Header
 
-from rls3_ros.ros.nodes.conversions import msg_to_sample
-from rls3_ros.ros.nodes.node_main import NodeStartupError, run_node
+from rls3_ros.ros.conversions import msg_to_sample
+from rls3_ros.ros.node_main import NodeStartupError, run_node
 from rls3_ros.core.scene import Sample
 from rls3_ros.vlm.adapter_trust import (
     AdapterLimits,
@@ -103,7 +103,7 @@ from rls3_ros.vlm.adapter_trust import (
 )
 from rls3_ros.vlm.answers import load_model
 from rls3_ros.vlm.interface import SpatialVLM
-from rls3_ros.ros.nodes.service_qos import SERVICE_QOS
+from rls3_ros.ros.service_qos import SERVICE_QOS
 
 ADAPTER_QOS = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,

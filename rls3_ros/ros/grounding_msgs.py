@@ -39,7 +39,7 @@ from sensor_msgs.msg import CameraInfo, Image, RegionOfInterest
 from std_msgs.msg import Header
 
 from rls3_ros.core.image_codec import DEPTH_ENCODINGS, ImageConversionError, ImageLimits, image_msg_to_numpy
-from rls3_ros.ros.nodes.conversions import stamp_to_ns
+from rls3_ros.ros.conversions import stamp_to_ns
 from rls3_ros.vlm import grounding as G
 
 
