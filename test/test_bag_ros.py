@@ -3,7 +3,7 @@
 publisher process -> `rls3 record` process -> bag on disk -> `rls3 replay` process -> probe
 process. The tests check behaviour (every message arrives, bytes and order as recorded, replay
 paced by the bag's times rather than sent in a burst), never speed: the timing figures (publish
-lateness, inter-arrival and span error) are measured by benchmarks/bench_bags.py into
+lateness, inter-arrival and span error) are measured by `rls3 bench bags` into
 results/bags.json.
 """
 
@@ -165,7 +165,7 @@ def test_foreign_bags_replay_with_filter_remap_rate_offset_and_clock(tmp_path, r
     arr = read_arrivals(out)
     imgs = [a for a in arr if a[0] == "/robot/image"]
     assert [a[3] for a in imgs] == [zlib.crc32(r) for _t, r in want[1:]]  # offset skipped frame 0
-    assert imgs[1][1] > imgs[0][1]  # in bag order (how close the gap is to 100 ms / rate 2: bench_bags)
+    assert imgs[1][1] > imgs[0][1]  # in bag order (how close the gap is to 100 ms / rate 2: rls3 bench bags)
     clocks = [a for a in arr if a[0] == "/clock"]
     assert len(clocks) >= 3
     secs = [int.from_bytes(bytes.fromhex(a[4])[4:8], "little") + int.from_bytes(bytes.fromhex(a[4])[8:12], "little") / 1e9 for a in clocks]

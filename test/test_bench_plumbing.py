@@ -47,9 +47,9 @@ def test_samples_to_reach_ignores_the_base_point():
 
 def test_no_benchmark_writes_the_readme():
     """Benchmarks write results/ only: the README links results/*.md and keeps no generated section.
-    No module of ``rls3 bench`` or script of benchmarks/ names the README (the learning and speed
+    No module of ``rls3 bench`` names the README (the learning and speed
     benchmarks used to rewrite a section of it after every full run)."""
-    sources = sorted((REPO / "rls3_ros" / "bench").glob("*.py")) + sorted((REPO / "benchmarks").glob("*.py"))
+    sources = sorted((REPO / "rls3_ros" / "bench").glob("*.py"))
     assert len(sources) > 5, sources
     offenders = [str(p.relative_to(REPO)) for p in sources if re.search(r"readme", p.read_text(), re.I)]
     assert not offenders, f"benchmark sources that name the README: {offenders}"
@@ -75,3 +75,19 @@ def test_the_two_learning_regimes_start_from_their_own_base_and_recipe():
     for k in ("test_scenes", "test_per_term", "tail_scenes", "val_scenes", "val_tail_scenes"):
         assert scratch["eval"][k] == served["eval"][k]
     assert result_name("scratch", False) == "learning" and result_name("served", False) == "learning_served"
+
+
+def test_every_listed_benchmark_resolves_to_its_command(capsys):
+    """``rls3 bench --help`` lists every benchmark (the simulator, bag and 'where' ones included: there is no
+    second benchmark directory), and each name resolves to a callable of its module."""
+    import importlib
+
+    from rls3_ros.bench import BENCHMARKS
+    from rls3_ros.cli.main import main
+
+    assert main(["bench", "--help"]) == 0
+    listed = re.findall(r"^  (\S+)\s", capsys.readouterr().out, re.M)
+    assert listed == list(BENCHMARKS) and {"where", "sim", "bags"} <= set(listed)
+    for module, func, _ in BENCHMARKS.values():
+        assert callable(getattr(importlib.import_module(module), func))
+    assert not (REPO / "benchmarks").exists()

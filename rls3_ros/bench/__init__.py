@@ -1,4 +1,4 @@
-"""Benchmarks: ``rls3 bench learning|speed|load|query|grounding`` -> results/<name>.json, .md, plots.
+"""Benchmarks: ``rls3 bench <name>`` (``rls3 bench --help`` lists them) -> results/<name>.json, .md, plots.
 
 Speed and accuracy targets live here, not in timed tests: each benchmark prints its numbers
 and writes them to files under ``results/``.
@@ -20,6 +20,9 @@ BENCHMARKS = {
     "soak": ("rls3_ros.bench.soak", "cli_bench_soak", "sim_bridge RSS over 1,000 resets/moves"),
     "grounding": ("rls3_ros.bench.grounding", "cli_bench_grounding",
                   "object locations: pointing accuracy and box IoU vs the oracle's boxes, base vs tuned"),
+    "where": ("rls3_ros.bench.where", "cli_bench_where", "open 'where' answers of the models vs the caption oracle"),
+    "sim": ("rls3_ros.bench.sim", "cli_bench_sim", "MuJoCo frames/s and moves/s, raw vs through sim_bridge"),
+    "bags": ("rls3_ros.bench.bags", "cli_bench_bags", "bag record throughput and replay timing error"),
 }
 
 

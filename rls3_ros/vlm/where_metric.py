@@ -9,7 +9,7 @@ probability >= 0.5), and the answer's term set is compared with the caption orac
 - ``per_axis[a]``: the answer's term on axis a (vertical / depth / lateral, "none" included)
   equals the truth's.
 
-Used by ``benchmarks/bench_where.py`` and by the loop's served-model report.
+Used by ``rls3 bench where`` and by the loop's served-model report.
 """
 
 from __future__ import annotations

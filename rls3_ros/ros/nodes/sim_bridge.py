@@ -28,7 +28,7 @@ caps the arenas at 2 (``mallopt(M_ARENA_MAX)``, before any thread starts; an exp
 hands the freed pages back after each reset (a whole model was freed) and after every
 ``TRIM_EVERY_MOVES``-th move (a move frees only its render and messages, which malloc reuses for
 the next one; a trim walks every arena, ~0.3 ms, 2 % of a 224 px move): RSS stays flat (``test/test_sim_bridge_soak.py``,
-``benchmarks/bench_soak.py``).
+``rls3 bench soak``).
 
 Services (relative, so bridges run side by side in namespaces):
   ~/reset_scene  (rls3_msgs/srv/ResetScene)   build the scene of a seed; answers scene + image

@@ -1,7 +1,6 @@
 """'Where' answers of the grounded bases, scored the way a robot sees them.
 
-    python benchmarks/bench_where.py [--n 300] [--models grounded grounded:serving]
-                                      [--out results/where_accuracy.json]
+    rls3 bench where [--n 300] [--models grounded grounded:serving] [--out results/where_accuracy.json]
 
 Images: the pretraining held-out set (``render_corpus(n, seed 7919, 160 px)``: MuJoCo scenes of
 other seeds than any training image, every relation the caption oracle states). For every
@@ -22,28 +21,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import List, Optional
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-
-from rls3_ros.vlm.where_metric import axis_of, score_answers, where_pairs  # noqa: E402,F401
+from rls3_ros.vlm.where_metric import score_answers, where_pairs
 
 
-def main(argv=None) -> int:
+def cli_bench_where(argv: Optional[List[str]] = None) -> int:
     import torch
 
     from rls3_ros.vlm.answers import load_model
     from rls3_ros.vlm.pretrain import render_corpus
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="rls3 bench where", description=__doc__.split("\n\n")[0])
     p.add_argument("--n", type=int, default=300, help="held-out images (default 300 = the whole set)")
     p.add_argument("--models", nargs="+", default=["grounded", "grounded:serving"])
-    p.add_argument("--out", default=str(REPO / "results" / "where_accuracy.json"))
+    p.add_argument("--out", default="results/where_accuracy.json")
     a = p.parse_args(argv)
     torch.set_num_threads(1)
     t0 = time.monotonic()
@@ -61,10 +55,7 @@ def main(argv=None) -> int:
               + ", ".join(f"{k} {v:.3f}" for k, v in sc["per_axis"].items()) + "; per term "
               + ", ".join(f"{t} {d['accuracy']:.2f}" for t, d in sc["per_term"].items()))
     res["render_s"] = round(t_render, 1)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
     print(f"wrote {a.out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

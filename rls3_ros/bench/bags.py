@@ -1,6 +1,6 @@
 """Bag benchmark: record throughput at the simulator's full rate, replay timing error.
 
-    .venv/bin/python benchmarks/bench_bags.py [--quick] [--frames N] [--out results/bags.json]
+    rls3 bench bags [--quick] [--frames N] [--out results/bags.json]
 
 1. record: a publisher process renders 224x224 rgb8 frames with the MuJoCo backend
    (``rls3_ros.sim.factory.make_backend``) as fast as it can and publishes image_raw + the
@@ -35,10 +35,9 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from rls3_ros.ros.isolation import isolated_ros_env
 
-from rls3_ros.ros.isolation import isolated_ros_env  # noqa: E402
+SOURCE_ROOT = Path(__file__).resolve().parents[2]  # on the subprocesses' PYTHONPATH
 
 PY = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")
@@ -148,7 +147,6 @@ def record_run(work: Path, env, name: str, storage: str, frames: int, rate: floa
 
 
 def replay_run(work: Path, env, bag: Path, prefix: str, rate: float = 1.0) -> dict:
-    sys.path.insert(0, str(REPO))
     from rls3_ros.bags.bagio import BagReader
 
     with BagReader(bag) as b:
@@ -185,17 +183,17 @@ def replay_run(work: Path, env, bag: Path, prefix: str, rate: float = 1.0) -> di
     return res
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def cli_bench_bags(argv: Optional[List[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="rls3 bench bags", description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer frames (CI smoke)")
     ap.add_argument("--frames", type=int, default=None)
-    ap.add_argument("--out", default=str(REPO / "results" / "bags.json"))
+    ap.add_argument("--out", default="results/bags.json")
     a = ap.parse_args(argv)
     frames = a.frames or (150 if a.quick else 600)
 
     work = Path(tempfile.mkdtemp(prefix="bench-bags-"))
     env = isolated_ros_env(work)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = str(SOURCE_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     use_mujoco = mujoco_available(env)
     backend = "mujoco" if use_mujoco else ""
     rate = 0.0 if use_mujoco else 60.0  # MuJoCo: its full rate; synthetic: the simulator's nominal 60 Hz
@@ -235,7 +233,3 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(json.dumps(result, indent=2))
     print(f"wrote {out}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,6 +17,8 @@ Measures (all on this machine, CPU rendering, no shadows):
 Other processes share the CPU, so each rate is measured in rounds and reported as best
 (~ the machine's speed) and median (~ this run's). Writes results/sim_speed.json and prints
 it. ``--quick`` uses fewer frames.
+
+    rls3 bench sim [--quick] [--out results/sim_speed.json]
 """
 
 from __future__ import annotations
@@ -29,11 +31,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import List, Optional
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 ROUNDS = 7
 
 
@@ -196,10 +197,10 @@ def bench_apply(size: int, moves_per_round: int) -> dict:
         ros.close()
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+def cli_bench_sim(argv: Optional[List[str]] = None) -> int:
+    p = argparse.ArgumentParser(prog="rls3 bench sim", description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="fewer frames (CI smoke run)")
-    p.add_argument("--out", default=str(REPO / "results" / "sim_speed.json"))
+    p.add_argument("--out", default="results/sim_speed.json")
     a = p.parse_args(argv)
     per_round = 8 if a.quick else 40
     load0 = round(os.getloadavg()[0], 2)
@@ -233,7 +234,3 @@ def main(argv=None) -> int:
     Path(a.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
