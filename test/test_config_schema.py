@@ -23,7 +23,7 @@ def _declared(node_name: str = "rl_sampler", overrides=()):
     import rclpy
     from rclpy.node import Node
 
-    from rls3_ros.ros.nodes.rl_sampler import declare_config_parameters
+    from rls3_ros.ros.node_params import declare_config_parameters
 
     ctx = rclpy.Context()
     rclpy.init(context=ctx)
@@ -89,7 +89,7 @@ class _Extended(C.GraphRunConfig):
 
 
 def test_a_new_schema_field_becomes_a_node_parameter_without_other_edits(ros_env, monkeypatch):
-    import rls3_ros.ros.nodes.rl_sampler as S
+    import rls3_ros.ros.node_params as S
 
     params = C.node_params(_Extended)
     assert params["warmup_episodes"].default == 3 and params["warmup_episodes"].low == 0

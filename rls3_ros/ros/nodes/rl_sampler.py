@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import threading
 import time
 import traceback
@@ -65,12 +64,9 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import rclpy
 from geometry_msgs.msg import Pose
-from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rls3_ros.ros.rosutil import SpinSafeActionClient
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
-from rclpy.parameter import Parameter
 from rls3_msgs.action import FineTune
 from rls3_msgs.msg import TrainingMetrics
 from rls3_msgs.srv import ApplyAction, CaptionScene, ResetScene, ScoreSamples, SetAdapter
@@ -78,63 +74,14 @@ from rls3_msgs.srv import ApplyAction, CaptionScene, ResetScene, ScoreSamples, S
 from rls3_ros.ros.conversions import msg_to_relation, msg_to_scene, sample_to_msg, scene_to_msg
 from rls3_ros.core.image_codec import image_msg_to_rgb
 from rls3_ros.ros.node_main import NodeStartupError, run_node
-from rls3_ros.loop.config import NODE_PARAMS, NodeParam, config_from_params, needs_validation, to_dict
+from rls3_ros.ros.node_params import config_table, declare_config_parameters, print_help_if_asked
+from rls3_ros.loop.config import config_from_params, needs_validation, to_dict
 from rls3_ros.loop.env import SimSource, SimStep, bounds_from_scene
 from rls3_ros.loop.scheduler import Evaluator, SchedulerCallbacks, Trainer, TrainOutcome
 from rls3_ros.loop.serving import ServedAdapterFile
 from rls3_ros.core.scene import quat_to_matrix
 from rls3_ros.vlm.interface import FineTuneResult, RelationScore, evaluation_of
 from rls3_ros.ros.service_qos import SERVICE_QOS
-
-_INT64 = (-(2 ** 63), 2 ** 63 - 1)
-_ARRAY_TYPES = {"list_str": Parameter.Type.STRING_ARRAY, "list_float": Parameter.Type.DOUBLE_ARRAY,
-                "list_int": Parameter.Type.INTEGER_ARRAY}
-
-
-def parameter_descriptor(p: NodeParam, with_range: bool = True) -> ParameterDescriptor:
-    """A schema field as a ROS parameter descriptor: its doc and (numbers) its range (ROS ranges are
-    inclusive: an exclusive bound is checked by the schema)."""
-    d = ParameterDescriptor(description=p.description)
-    if p.default is None:
-        d.dynamic_typing = True  # unset by default: any type the schema accepts
-    elif with_range and p.kind == "int" and (p.low is not None or p.high is not None):
-        lo = _INT64[0] if p.low is None else int(math.ceil(p.low))
-        hi = _INT64[1] if p.high is None else int(math.floor(p.high))
-        d.integer_range = [IntegerRange(from_value=lo, to_value=hi, step=0)]
-    elif with_range and p.kind == "float" and (p.low is not None or p.high is not None):
-        lo = -sys.float_info.max if p.low is None else float(p.low)
-        hi = sys.float_info.max if p.high is None else float(p.high)
-        d.floating_point_range = [FloatingPointRange(from_value=lo, to_value=hi, step=0.0)]
-    return d
-
-
-def declare_config_parameters(node: Node) -> Dict[str, Any]:
-    """Declare every parameter of the schema (``NODE_PARAMS``) on ``node``, validate the values
-    against the schema (``NodeStartupError`` naming the parameter, its value and the allowed range)
-    and attach the ranges; returns the validated values by parameter name."""
-    for p in NODE_PARAMS.values():
-        if isinstance(p.default, list) and not p.default:  # rclpy cannot infer an empty list's type
-            node.declare_parameter(p.name, _ARRAY_TYPES[p.kind], parameter_descriptor(p, False))
-        else:
-            node.declare_parameter(p.name, p.default, parameter_descriptor(p, False))
-    values = {}
-    for name in NODE_PARAMS:
-        try:
-            values[name] = node.get_parameter(name).value
-        except ParameterUninitializedException:  # a typed empty list left unset
-            values[name] = None
-    try:
-        cfg = config_from_params(values)
-    except ValueError as e:
-        raise NodeStartupError(str(e)) from None
-    for p in NODE_PARAMS.values():  # valid values: the ranges now hold for later `ros2 param set`
-        if p.default is not None and p.kind in ("int", "float") and (p.low is not None or p.high is not None):
-            d = parameter_descriptor(p)
-            d.type = node.describe_parameter(p.name).type
-            node.set_descriptor(p.name, d)
-    dump = cfg.model_dump()
-    return {name: dump[p.targets[0][0]][p.targets[0][1]] for name, p in NODE_PARAMS.items()}
-
 
 class StageError(RuntimeError):
     """A graph stage failed (service missing, timeout, success=false)."""
@@ -513,6 +460,8 @@ _factory.__name__ = "rl_sampler"
 
 
 def main(args=None) -> int:
+    if print_help_if_asked("rl_sampler", config_table(), args):
+        return 0
     code = run_node(_factory, args)
     node = _holder.get("node")
     if code == 0 and node is not None and node.exit_code:
