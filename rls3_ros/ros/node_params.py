@@ -177,7 +177,8 @@ def declare(node: Node, table: Sequence[Param]) -> None:
             else:
                 node.declare_parameter(p.name, p.default, d)
         except InvalidParameterTypeException as e:
-            raise NodeStartupError(f"parameter {p.name} must be a {_TYPE_NAMES.get(p.kind, p.kind)} "
+            t = type(p.default).__name__
+            raise NodeStartupError(f"parameter {p.name} must be {'an' if t[0] in 'aeiou' else 'a'} {t} "
                                    f"(default {p.default!r}): {' '.join(str(e).split())}") from None
     for p in table:
         if p.read_only:

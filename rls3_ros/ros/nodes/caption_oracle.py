@@ -18,24 +18,9 @@ Matching: images and scene states wait in two small bounded caches keyed by stam
 One sample per stamp: messages repeating a recently captioned stamp are ignored.
 When a cache is full its oldest entry is dropped (counted, logged at most every 5 s).
 
-Parameters (defaults) — oracle geometry, see ``rls3_ros.captions.oracle.OracleConfig``:
-    horizontal_half_width_deg (22.5), horizontal_frame ("camera"), vertical_threshold_deg (20.0),
-    vertical_only_elevation_deg (67.5), min_horizontal_distance (0.01 m),
-    min_distance (0.02 m), vertical_requires_separation (false),
-    vertical_overlap_tolerance (0.02 m), use_support_terms (true), support_vertical_only (true),
-    require_visible (true), require_active (true), boundary_margin_deg (0.0),
-    max_pairs (0 = all eligible pairs per image), negatives (true);
-node:
-    seed (-1): -1 = deterministic pair order (subject = earlier object); >= 0 = pairs
-        randomised with numpy default_rng([seed, stamp_ns]) (reproducible on replay).
-    cache_size (16): unmatched messages kept per topic.
-    stamp_tolerance_ns (0): 0 = stamps must be equal; > 0 = nearest partner within it.
-    sample_id_prefix (""): sample_id = "<prefix><scene_id>-<stamp_ns>".
-    image_qos ("sensor_data"): QoS of the image_raw subscription, "sensor_data" (best
-        effort, matches sim_bridge's default and any reliable publisher) | "reliable".
-    scene_qos ("reliable"): QoS of the scene_state subscription, same choices.
-    qos_depth (10): queue depth of the reliable subscriptions and the samples publisher.
-    Incompatible-QoS events are logged as warnings.
+Parameters: the table ``PARAMETERS`` below (name, default, type, range, doc): the oracle geometry
+(defaults of ``rls3_ros.captions.oracle.OracleConfig``) and the node's own; declared from it
+(``rls3_ros.ros.node_params``), ``ros2 param describe`` and ``--help`` show the same.
 Parameters can be changed at run time (``ros2 param set``); invalid values are refused
 with the reason.
 """
@@ -49,9 +34,8 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-from rclpy.exceptions import InvalidParameterTypeException
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
 from rclpy.event_handler import SubscriptionEventCallbacks
@@ -64,35 +48,52 @@ from rls3_ros.captions.oracle import CaptionOracle, OracleConfig
 from rls3_ros.ros.conversions import msg_to_scene, relation_to_msg, stamp_to_ns
 from rls3_ros.core.image_codec import image_msg_to_rgb, numpy_to_image_msg
 from rls3_ros.ros.node_main import NodeStartupError, run_node
+from rls3_ros.ros.node_params import Param, declare_parameters, print_help_if_asked
 from rls3_ros.core.scene import SceneState, SpatialRelation
 from rls3_ros.ros.service_qos import SERVICE_QOS
 
-_ORACLE_DOCS = {
-    "horizontal_half_width_deg": "half-width of the pure horizontal sectors [deg] (22.5 = 8 x 45 deg)",
-    "horizontal_frame": "sector alignment: camera (camera yaw) | pair_ray (midpoint-to-camera direction)",
-    "vertical_threshold_deg": "elevation beyond which A is above/below B [deg]",
-    "vertical_only_elevation_deg": "elevation beyond which the horizontal term is dropped [deg]",
-    "min_horizontal_distance": "horizontal offsets below this get no horizontal term [m]",
-    "min_distance": "pairs closer than this are not captioned [m]",
-    "vertical_requires_separation": "above/below also need vertically separated 3D boxes (false = paper)",
-    "vertical_overlap_tolerance": "vertical box overlap still counted as separated [m]",
-    "use_support_terms": "on/under from ObjectState.supported_by",
-    "support_vertical_only": "on/under relations carry no horizontal term",
-    "require_visible": "caption visible objects only",
-    "require_active": "each pair contains an active object (if any is active)",
-    "boundary_margin_deg": "skip pairs within this margin of a sector/band boundary [deg]",
-    "max_pairs": "relations per image, 0 = all",
-    "negatives": "attach hard-negative captions",
-}
-_NODE_PARAMS = {
-    "seed": (-1, "-1: deterministic pair order; >=0: randomised per stamp (reproducible)"),
-    "cache_size": (16, "unmatched image / scene messages kept per topic"),
-    "stamp_tolerance_ns": (0, "0: equal stamps; >0: nearest partner within this many ns"),
-    "sample_id_prefix": ("", "sample_id = <prefix><scene_id>-<stamp_ns>"),
-    "qos_depth": (10, "subscription/publisher queue depth"),
-    "image_qos": ("sensor_data", "image_raw subscription QoS: sensor_data | reliable"),
-    "scene_qos": ("reliable", "scene_state subscription QoS: sensor_data | reliable"),
-}
+_ORACLE = OracleConfig()
+PARAMETERS = [
+    # the oracle geometry (OracleConfig; its validate() checks vertical_only_elevation_deg > vertical_threshold_deg)
+    Param("horizontal_half_width_deg", _ORACLE.horizontal_half_width_deg,
+          "half-width of the pure horizontal sectors [deg] (22.5 = 8 x 45 deg)", low=0, high=45, low_open=True,
+          high_open=True),
+    Param("horizontal_frame", _ORACLE.horizontal_frame,
+          "sector alignment: camera (camera yaw) | pair_ray (midpoint-to-camera direction)",
+          choices=("camera", "pair_ray")),
+    Param("vertical_threshold_deg", _ORACLE.vertical_threshold_deg, "elevation beyond which A is above/below B [deg]",
+          low=0, high=90, high_open=True),
+    Param("vertical_only_elevation_deg", _ORACLE.vertical_only_elevation_deg,
+          "elevation beyond which the horizontal term is dropped [deg] (> vertical_threshold_deg)", high=90),
+    Param("min_horizontal_distance", _ORACLE.min_horizontal_distance,
+          "horizontal offsets below this get no horizontal term [m]", low=0),
+    Param("min_distance", _ORACLE.min_distance, "pairs closer than this are not captioned [m]", low=0),
+    Param("vertical_requires_separation", _ORACLE.vertical_requires_separation,
+          "above/below also need vertically separated 3D boxes (false = paper)"),
+    Param("vertical_overlap_tolerance", _ORACLE.vertical_overlap_tolerance,
+          "vertical box overlap still counted as separated [m]", low=0),
+    Param("use_support_terms", _ORACLE.use_support_terms, "on/under from ObjectState.supported_by"),
+    Param("support_vertical_only", _ORACLE.support_vertical_only, "on/under relations carry no horizontal term"),
+    Param("require_visible", _ORACLE.require_visible, "caption visible objects only"),
+    Param("require_active", _ORACLE.require_active, "each pair contains an active object (if any is active)"),
+    Param("boundary_margin_deg", _ORACLE.boundary_margin_deg,
+          "skip pairs within this margin of a sector/band boundary [deg]", low=0, high=22.5, high_open=True),
+    Param("max_pairs", _ORACLE.max_pairs, "relations per image, 0 = all eligible pairs", low=0),
+    Param("negatives", _ORACLE.negatives, "attach hard-negative captions"),
+    # the node
+    Param("seed", -1, "-1: deterministic pair order (subject = earlier object); >= 0: pairs randomised with "
+                      "numpy default_rng([seed, stamp_ns]) (reproducible on replay)"),
+    Param("cache_size", 16, "unmatched image / scene messages kept per topic", low=1),
+    Param("stamp_tolerance_ns", 0, "0: stamps must be equal; > 0: nearest partner within this many ns", low=0),
+    Param("sample_id_prefix", "", "sample_id = <prefix><scene_id>-<stamp_ns>"),
+    Param("qos_depth", 10, "queue depth of the reliable subscriptions and the samples publisher", low=1),
+    Param("image_qos", "sensor_data", "image_raw subscription QoS: sensor_data (best effort, matches sim_bridge's "
+                                      "default and any reliable publisher) | reliable",
+          choices=("sensor_data", "reliable"), fold_case=True),
+    Param("scene_qos", "reliable", "scene_state subscription QoS", choices=("sensor_data", "reliable"), fold_case=True),
+]
+_ORACLE_FIELDS = [f.name for f in fields(OracleConfig)]
+assert [p.name for p in PARAMETERS[:len(_ORACLE_FIELDS)]] == _ORACLE_FIELDS, "every OracleConfig field is a parameter"
 
 
 class BadSceneError(ValueError):
@@ -114,16 +115,7 @@ class CaptionOracleNode(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("caption_oracle", **kwargs)
-        defaults = OracleConfig()
-        decl = [(f.name, getattr(defaults, f.name), _ORACLE_DOCS[f.name]) for f in fields(OracleConfig)]
-        decl += [(name, default, doc) for name, (default, doc) in _NODE_PARAMS.items()]
-        for name, default, doc in decl:
-            try:
-                self.declare_parameter(name, default, ParameterDescriptor(description=doc))
-            except InvalidParameterTypeException as e:
-                raise NodeStartupError(
-                    f"parameter {name} must be a {type(default).__name__} (default {default!r}): {e}"
-                ) from None
+        declare_parameters(self, PARAMETERS)
         try:
             self._oracle = CaptionOracle(self._config_from({}))
         except (ValueError, TypeError) as e:
@@ -133,8 +125,6 @@ class CaptionOracleNode(Node):
         self._tolerance = int(self.get_parameter("stamp_tolerance_ns").value)
         self._prefix = str(self.get_parameter("sample_id_prefix").value)
         depth = int(self.get_parameter("qos_depth").value)
-        if self._cache_size < 1 or self._tolerance < 0 or depth < 1:
-            raise NodeStartupError("cache_size and qos_depth must be >= 1, stamp_tolerance_ns >= 0")
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._lock = threading.Lock()
@@ -150,10 +140,8 @@ class CaptionOracleNode(Node):
             name = str(self.get_parameter(key).value).strip().lower()
             if name == "sensor_data":
                 qos[key] = qos_profile_sensor_data
-            elif name == "reliable":
+            else:  # "reliable" (checked against the table's choices)
                 qos[key] = QoSProfile(depth=depth, reliability=ReliabilityPolicy.RELIABLE)
-            else:
-                raise NodeStartupError(f"{key} must be 'sensor_data' or 'reliable', got {name!r}")
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         topics = MutuallyExclusiveCallbackGroup()
         self._pub = self.create_publisher(SampleMsg, "samples", QoSProfile(depth=depth))
@@ -172,17 +160,18 @@ class CaptionOracleNode(Node):
     # -- parameters -------------------------------------------------------------------
     def _config_from(self, overrides: dict) -> OracleConfig:
         values = {}
-        for f in fields(OracleConfig):
-            v = overrides.get(f.name, self.get_parameter(f.name).value)
-            values[f.name] = type(getattr(OracleConfig(), f.name))(v)
+        for name in _ORACLE_FIELDS:
+            v = overrides.get(name, self.get_parameter(name).value)
+            values[name] = type(getattr(_ORACLE, name))(v)
         return OracleConfig(**values).validate()
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         overrides = {p.name: p.value for p in params}
+        errors = [e for e in (p.error(overrides[p.name]) for p in PARAMETERS if p.name in overrides) if e]
+        if errors:
+            return SetParametersResult(successful=False, reason="; ".join(errors))
         try:
             oracle = CaptionOracle(self._config_from(overrides))
-            if int(overrides.get("cache_size", 1)) < 1 or int(overrides.get("stamp_tolerance_ns", 0)) < 0:
-                raise ValueError("cache_size must be >= 1 and stamp_tolerance_ns >= 0")
         except (ValueError, TypeError) as e:
             return SetParametersResult(successful=False, reason=str(e))
         self._oracle = oracle
@@ -298,6 +287,8 @@ def main(args: Optional[List[str]] = None) -> int:
     # One executor thread: every callback is short pure Python (a caption is ~0.3 ms), so a thread
     # pool only added its hand-off per message and GIL contention; measured per ``~/caption_scene``
     # request: 0.93 instead of 1.1-1.2 ms of the oracle's CPU, round trip 1.1-1.3 instead of 1.5 ms.
+    if print_help_if_asked("caption_oracle", PARAMETERS, args):
+        return 0
     return run_node(CaptionOracleNode, args, num_threads=1)
 
 

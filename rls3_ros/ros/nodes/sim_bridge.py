@@ -1,23 +1,8 @@
 """sim_bridge node: owns one simulator backend, resets scenes and applies moves on request.
 
-Parameters (defaults):
-  backend (str, "mujoco")            simulator backend: mujoco | ai2thor
-  scene_types (str[], all four)      scene types reset draws from (kitchen, living_room, bedroom, dining_room)
-  image_size (int, 224)              square image size [px]
-  seed (int, 0)                      seed of the scene built at startup
-  camera_distance (double[2], [1.6, 1.9])  camera distance range to the workspace [m] (mujoco)
-  camera_height (double[2], [1.45, 1.75])  camera height range [m] (mujoco)
-  fovy (double[2], [56.0, 62.0])     vertical field-of-view range [deg] (mujoco)
-  min_visible_fraction (double, 0.3) occlusion threshold of the validity check
-  image_qos (str, "sensor_data")     QoS of image_raw and camera_info: sensor_data | reliable
-  frame_id (str, "world")            frame of scene_state / image headers
-  local_executable_path (str, "")    ai2thor only: path of a local AI2-THOR Unity build
-  trim_memory (bool, true)           return freed heap to the OS after every reset and every
-                                     TRIM_EVERY_MOVES-th move (glibc malloc_trim)
-  render_threads (int, 0)            llvmpipe raster threads of the process (0 = Mesa's default, one
-                                     per core); a training graph of N > 1 bridges on C cores gives
-                                     each C // N (rls3_ros/sim/raster_threads.py: 2 bridges on 2 cores
-                                     1.55-1.60 x one bridge with 1 each, 1.42-1.55 with Mesa's 2)
+Parameters: the table ``PARAMETERS`` below (name, default, type, range, doc), declared from it
+(``rls3_ros.ros.node_params``); ``ros2 param describe``, ``--help`` and the table in
+``docs/simulator.md`` show the same.
 
 Memory: every reset builds a new MuJoCo model (8-20 MB of decoded textures, plus the renderer's
 copies) and frees the old one; a move allocates the render and the image messages. With glibc's
@@ -53,7 +38,6 @@ from rclpy.event_handler import PublisherEventCallbacks
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
-from rcl_interfaces.msg import ParameterDescriptor
 from rls3_msgs.msg import SceneState as SceneStateMsg
 from rls3_msgs.srv import ApplyAction, ResetScene
 from sensor_msgs.msg import CameraInfo, Image
@@ -62,6 +46,7 @@ from std_msgs.msg import Header
 from rls3_ros.ros.conversions import camera_info_msg, scene_to_msg
 from rls3_ros.core.image_codec import numpy_to_image_msg
 from rls3_ros.ros.node_main import NodeStartupError, run_node
+from rls3_ros.ros.node_params import Param, declare_parameters, print_help_if_asked
 from rls3_ros.sim.backend import ACTION_TYPES, BAD_REQUEST, MoveAction
 from rls3_ros.ros.service_qos import SERVICE_QOS
 
@@ -69,6 +54,27 @@ ALL_SCENE_TYPES = ["kitchen", "living_room", "bedroom", "dining_room"]
 MALLOC_ARENAS = 2
 TRIM_EVERY_MOVES = 16
 _M_ARENA_MAX = -8  # glibc mallopt parameter
+
+PARAMETERS = [
+    Param("backend", "mujoco", "simulator backend: mujoco | ai2thor"),
+    Param("scene_types", ALL_SCENE_TYPES, "scene types reset draws from (kitchen, living_room, bedroom, dining_room)"),
+    Param("image_size", 224, "square image size [px]"),
+    Param("seed", 0, "seed of the scene built at startup", low=0),
+    Param("camera_distance", [1.6, 1.9], "camera distance range to the workspace [m] (mujoco)"),
+    Param("camera_height", [1.45, 1.75], "camera height range [m] (mujoco)"),
+    Param("fovy", [56.0, 62.0], "vertical field-of-view range [deg] (mujoco)"),
+    Param("min_visible_fraction", 0.3, "occlusion threshold of the validity check"),
+    Param("image_qos", "sensor_data", "QoS of image_raw and camera_info", choices=("sensor_data", "reliable"),
+          fold_case=True),
+    Param("frame_id", "world", "frame of the scene_state / image headers"),
+    Param("local_executable_path", "", "ai2thor only: path of a local AI2-THOR Unity build"),
+    Param("trim_memory", True, f"return freed heap to the OS after every reset and every {TRIM_EVERY_MOVES}th move "
+                               "(glibc malloc_trim; see Memory in the module doc)"),
+    Param("render_threads", 0, "llvmpipe raster threads of this process (0 = Mesa's default, one per core; set "
+                               "before its first GL context): a graph of N > 1 bridges on C cores gives each C // N "
+                               "(rls3_ros.sim.raster_threads: 2 bridges on 2 cores 1.55-1.60 x one bridge with 1 "
+                               "each, 1.42-1.55 with Mesa's 2)"),
+]
 
 
 def _libc():
@@ -111,39 +117,16 @@ class SimBridge(Node):
 
     def __init__(self, node_name: str = "sim_bridge", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        d = ParameterDescriptor
-        self.declare_parameter("backend", "mujoco", d(description="simulator backend: mujoco | ai2thor"))
-        self.declare_parameter("scene_types", ALL_SCENE_TYPES, d(description="scene types reset draws from"))
-        self.declare_parameter("image_size", 224, d(description="square image size [px]"))
-        self.declare_parameter("seed", 0, d(description="seed of the scene built at startup"))
-        self.declare_parameter("camera_distance", [1.6, 1.9], d(description="camera distance range [m]"))
-        self.declare_parameter("camera_height", [1.45, 1.75], d(description="camera height range [m]"))
-        self.declare_parameter("fovy", [56.0, 62.0], d(description="vertical field of view range [deg]"))
-        self.declare_parameter("min_visible_fraction", 0.3, d(description="occlusion threshold"))
-        self.declare_parameter("image_qos", "sensor_data", d(description="image QoS: sensor_data | reliable"))
-        self.declare_parameter("frame_id", "world", d(description="frame of the published headers"))
-        self.declare_parameter("local_executable_path", "", d(description="ai2thor: local Unity build path"))
-        self.declare_parameter("trim_memory", True, d(description="return freed heap to the OS after every reset and every 16th move"))
-        self.declare_parameter("render_threads", 0, d(description=(
-            "llvmpipe raster threads of this process (0 = Mesa's default, one per core; set before its "
-            "first GL context): a graph of N bridges on C cores gives each C // N (rls3_ros.sim.raster_threads)")))
-        self.trim_memory = bool(self.get_parameter("trim_memory").value)
+        p = declare_parameters(self, PARAMETERS)
+        self.trim_memory = bool(p["trim_memory"])
         self._moves_since_trim = 0
-
-        p = {n: self.get_parameter(n).value for n in (
-            "backend", "scene_types", "image_size", "seed", "camera_distance", "camera_height", "fovy",
-            "min_visible_fraction", "image_qos", "frame_id", "local_executable_path")}
         qos_name = str(p["image_qos"]).strip().lower()
         if qos_name == "sensor_data":
             image_qos = qos_profile_sensor_data
-        elif qos_name == "reliable":
+        else:  # "reliable" (checked against the table's choices)
             image_qos = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        else:
-            raise NodeStartupError(f"image_qos must be 'sensor_data' or 'reliable', got {p['image_qos']!r}")
         self.frame_id = str(p["frame_id"]) or "world"
         self.seed = int(p["seed"])
-        if self.seed < 0:
-            raise NodeStartupError(f"seed must be >= 0, got {self.seed}")
         backend_name = str(p["backend"]).strip().lower()
         params = dict(image_size=int(p["image_size"]), seed=self.seed, scene_types=list(p["scene_types"]))
         if backend_name == "mujoco":
@@ -156,7 +139,7 @@ class SimBridge(Node):
         from rls3_ros.sim.factory import make_backend
         from rls3_ros.sim.raster_threads import set_raster_threads
 
-        threads = set_raster_threads(int(self.get_parameter("render_threads").value))
+        threads = set_raster_threads(int(p["render_threads"]))
         if threads:
             self.get_logger().info(f"llvmpipe raster threads: {threads}")
 
@@ -290,6 +273,8 @@ class SimBridge(Node):
 
 
 def main(args: Optional[List[str]] = None) -> int:
+    if print_help_if_asked("sim_bridge", PARAMETERS, args):
+        return 0
     limit_malloc_arenas()  # before rclpy and the executor start their threads
     # one executor thread: both services share one mutually exclusive group (the backend is serial)
     return run_node(SimBridge, args, num_threads=1)

@@ -28,44 +28,20 @@ Services / actions
   loads adapters that record its own base). The goal carries no model spec or path: nothing in
   it selects code or files.
 
-Parameters (defaults)
-- ``model`` ("grounded:serving", read-only): model spec (the model ``spatial_query`` serves) (see ``rls3_ros.vlm.answers.load_model``). Read
-  once at start: a ``py:`` spec runs code, so only the operator's command line or params file
-  sets it (``set_parameters`` on it is refused, and every model instance the node builds later,
-  e.g. a fine-tune goal's training instance, uses the start-up spec).
-- ``adapter`` ("", read-only): adapter to start from ("" = base model); checked like every
-  adapter (``rls3_ros.vlm.adapter_trust``: inside ``adapter_roots``, regular files within the
-  caps, a plain LoRA config, safetensors weights, ``rls3_adapter.json`` with this base's
-  fingerprint); a refused one stops the node at start (one line, exit code 2).
-- ``adapter_dir`` ("runs/adapters"): where adapters are saved (made absolute).
-- ``announce`` ("promoted"): "promoted" announces an adapter only through ``~/promote`` (after the
-  promotion gate); "every" announces every saved adapter at once (unvalidated: the old behaviour).
-- ``adapter_roots`` (["runs"], read-only): directories adapters may be loaded from, besides
-  ``adapter_dir`` and the start-up ``adapter`` (which always are); relative ones resolved
-  against the working directory at start.
-- ``adapter_load_timeout`` (60.0), ``max_adapter_rank`` (256), ``max_adapter_mb`` (256), all
-  read-only: seconds an adapter's files may take to read, largest LoRA rank and weights file.
-- ``buffer_size`` (2000): max buffered samples.
-- ``default_steps`` (100): optimiser steps when a goal says 0; ``max_steps`` (100000).
-- ``batch_size`` (0), ``learning_rate`` (0.0): LoRA fine-tuning batch size and learning
-  rate (0 = the model's defaults; passed to the loader as ``lora`` options).
-- ``max_train_samples`` (0): train on at most this many samples, newest first (0 = all).
-- ``score_chunk`` (64): samples scored per model call; ``max_score_samples`` (4096).
-- ``train_instance`` ("reload"): the instance trained: "reload" (a new instance from the
-  spec with the served adapter), "copy" (a deep copy), "in_place" (the served model; scoring
-  then waits for training to finish, a cancelled run leaves its partial update).
-  ``train_on_copy`` (true, deprecated): false means ``train_instance`` "in_place".
-- ``torch_threads`` (0): torch intra-op threads (0 = torch default).
-- ``samples_topic`` ("samples"), ``metrics_topic`` ("training_metrics"),
-  ``adapter_topic`` ("adapter").
-- ``bag`` (""): a rosbag2 bag (directory or .mcap/.db3 file) of rls3_msgs/Sample ("" = none).
-  At start-up its valid, captioned samples are read (in bag-time order, with
-  :mod:`rls3_ros.bags.sample_reader`, the reader of ``rls3 finetune --bag``) into the sample
-  buffer (bounded by ``buffer_size``: the newest are kept, drops logged); a fine-tune goal with
-  ``use_buffer`` trains on them as on live samples, which keep arriving on ``samples_topic``.
-  A missing, truncated or corrupted bag, a bag without a Sample topic or without any valid
-  captioned sample stops the node at start (one line, exit code 2).
-- ``bag_topic`` (""): the Sample topic of ``bag`` to read ("" = every rls3_msgs/Sample topic).
+Parameters: the table ``PARAMETERS`` below (name, default, type, range, read-only, doc), declared
+from it (``rls3_ros.ros.node_params``); ``ros2 param describe``, ``--help`` and the table in
+``docs/vlm_nodes.md`` show the same. ``model`` is read once at start: a ``py:`` spec runs code, so
+only the operator's command line or params file sets it (``set_parameters`` on it is refused, and
+every model instance the node builds later, e.g. a fine-tune goal's training instance, uses the
+start-up spec). ``adapter`` is checked like every adapter (``rls3_ros.vlm.adapter_trust``: inside
+``adapter_roots``, regular files within the caps, a plain LoRA config, safetensors weights,
+``rls3_adapter.json`` with this base's fingerprint); a refused one stops the node at start (one
+line, exit code 2). ``bag``: its valid, captioned samples are read at start (in bag-time order,
+with :mod:`rls3_ros.bags.sample_reader`, the reader of ``rls3 finetune --bag``) into the sample
+buffer (bounded by ``buffer_size``: the newest are kept, drops logged); a fine-tune goal with
+``use_buffer`` trains on them as on live samples, which keep arriving on ``samples_topic``. A
+missing, truncated or corrupted bag, a bag without a Sample topic or without any valid captioned
+sample stops the node at start (one line, exit code 2).
 """
 
 from __future__ import annotations
@@ -78,7 +54,6 @@ import threading
 import time
 from typing import Deque, Dict, List, Optional
 
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.node import Node
@@ -90,6 +65,7 @@ from std_msgs.msg import Header
 
 from rls3_ros.ros.conversions import msg_to_sample
 from rls3_ros.ros.node_main import NodeStartupError, run_node
+from rls3_ros.ros.node_params import Param, declare_parameters, print_help_if_asked
 from rls3_ros.core.scene import Sample
 from rls3_ros.vlm.adapter_trust import (
     AdapterLimits,
@@ -104,6 +80,45 @@ from rls3_ros.vlm.adapter_trust import (
 from rls3_ros.vlm.answers import load_model
 from rls3_ros.vlm.interface import SpatialVLM
 from rls3_ros.ros.service_qos import SERVICE_QOS
+
+PARAMETERS = [
+    Param("model", "grounded:serving", "model spec: 'grounded:serving' (default, the model spatial_query serves), "
+                                       "'grounded', 'embedded', a model directory / HF id, or py:<module>:<fn>[:<arg>] "
+                                       "(rls3_ros.vlm.answers.load_model; set at start only)", read_only=True),
+    Param("adapter", "", "adapter to start from ('' = base model; checked like every adapter, a refused one stops "
+                         "the node at start)", read_only=True),
+    Param("adapter_dir", "runs/adapters", "directory for saved adapters (iter_XXXX; made absolute)", read_only=True),
+    Param("announce", "promoted", "promoted: announce adapters through ~/promote (after the promotion gate) | "
+                                  "every: announce every saved adapter at once (unvalidated)",
+          choices=("promoted", "every"), read_only=True),
+    Param("adapter_roots", ["runs"], "directories adapters may be loaded from, besides adapter_dir and adapter "
+                                     "(relative ones resolved against the working directory at start)",
+          read_only=True, dynamic_typing=True),
+    Param("adapter_load_timeout", 60.0, "seconds an adapter's files may take to read", low=0, low_open=True,
+          read_only=True),
+    Param("max_adapter_rank", 256, "largest LoRA rank accepted", low=1, read_only=True),
+    Param("max_adapter_mb", 256, "largest adapter weights file accepted [MiB]", low=1, read_only=True),
+    Param("buffer_size", 2000, "max buffered samples (oldest dropped first)", low=1),
+    Param("default_steps", 100, "optimiser steps when a goal asks for 0", low=1),
+    Param("batch_size", 0, "LoRA fine-tuning batch size (0 = the model's default)", low=0),
+    Param("learning_rate", 0.0, "LoRA learning rate (0 = the model's default)", low=0),
+    Param("max_steps", 100000, "largest accepted number of steps", low=1),
+    Param("max_train_samples", 0, "train on at most this many samples, newest first (0 = all)", low=0),
+    Param("score_chunk", 64, "samples per model.score call", low=1),
+    Param("max_score_samples", 4096, "largest accepted score request", low=1),
+    Param("train_instance", "reload", "model trained: reload (new instance from the spec + the served adapter) | "
+                                      "copy (deep copy) | in_place (the served model; scoring waits during training, "
+                                      "a cancelled run leaves its partial update)",
+          choices=("reload", "copy", "in_place")),
+    Param("train_on_copy", True, "deprecated: false = train_instance in_place"),
+    Param("samples_topic", "samples", "captioned samples to buffer"),
+    Param("metrics_topic", "training_metrics", "TrainingMetrics output"),
+    Param("adapter_topic", "adapter", "AdapterInfo announcements (transient local)"),
+    Param("torch_threads", 0, "torch intra-op threads (0 = torch default); 1 avoids stalls on a busy shared CPU"),
+    Param("bag", "", "rosbag2 bag (directory, .mcap or .db3) of rls3_msgs/Sample whose valid captioned samples "
+                     "fill the buffer at start ('' = none)"),
+    Param("bag_topic", "", "Sample topic of the bag ('' = every rls3_msgs/Sample topic)"),
+]
 
 ADAPTER_QOS = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
@@ -124,37 +139,8 @@ class VlmTrainer(Node):
 
     def __init__(self, node_name: str = "vlm_trainer", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        d = self._declare
-        d("model", "grounded:serving", "model spec: 'grounded:serving' (default, the served model), 'grounded', 'embedded', a model directory / HF id, or "
-                               "py:<module>:<fn>[:<arg>] (read-only: set at start only)", read_only=True)
-        d("adapter", "", "adapter to start from ('' = base model)", read_only=True)
-        d("adapter_dir", "runs/adapters", "directory for saved adapters (iter_XXXX)", read_only=True)
-        d("announce", "promoted", "promoted: announce adapters through ~/promote (after the promotion gate) | "
-                                  "every: announce every saved adapter (unvalidated)", read_only=True)
-        d("adapter_roots", ["runs"], "directories adapters may be loaded from (besides adapter_dir and adapter)",
-          read_only=True, dynamic_typing=True)
-        d("adapter_load_timeout", 60.0, "seconds an adapter's files may take to read", read_only=True)
-        d("max_adapter_rank", 256, "largest LoRA rank accepted", read_only=True)
-        d("max_adapter_mb", 256, "largest adapter weights file accepted [MiB]", read_only=True)
-        d("buffer_size", 2000, "max buffered samples (oldest dropped first)")
-        d("default_steps", 100, "optimiser steps when a goal asks for 0")
-        d("batch_size", 0, "fine-tuning batch size (0 = the model's default)")
-        d("learning_rate", 0.0, "LoRA learning rate (0 = the model's default)")
-        d("max_steps", 100000, "largest accepted number of steps")
-        d("max_train_samples", 0, "train on at most this many samples, newest first (0 = all)")
-        d("score_chunk", 64, "samples per model.score call")
-        d("max_score_samples", 4096, "largest accepted score request")
-        d("train_instance", "reload", "model trained: reload (new instance from the spec + current adapter) | "
-                                      "copy (deep copy) | in_place (scoring waits during training)")
-        d("train_on_copy", True, "deprecated: false = train_instance in_place")
-        d("samples_topic", "samples", "captioned samples to buffer")
-        d("metrics_topic", "training_metrics", "TrainingMetrics output")
-        d("adapter_topic", "adapter", "AdapterInfo announcements (transient local)")
-        d("torch_threads", 0, "torch intra-op threads (0 = torch default); 1 avoids stalls on a busy shared CPU")
-        d("bag", "", "rosbag2 bag of rls3_msgs/Sample whose captioned samples fill the buffer at start ('' = none)")
-        d("bag_topic", "", "Sample topic of the bag ('' = every rls3_msgs/Sample topic)")
+        declare_parameters(self, PARAMETERS, self._check_across)
         _set_torch_threads(self, int(self._p("torch_threads")))
-        self._validate_parameters()
         # the bag is read before the model is loaded: a bad bag fails the start at once
         self._buffer: Deque[Sample] = collections.deque(maxlen=int(self._p("buffer_size")))
         self._from_bag = self._load_bag()
@@ -216,10 +202,6 @@ class VlmTrainer(Node):
             f"default_steps={self._p('default_steps')} buffered={self.buffered()}"
         )
 
-    def _declare(self, name, default, description, read_only=False, dynamic_typing=False):
-        self.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=read_only,
-                                                                  dynamic_typing=dynamic_typing))
-
     def _make_adapter_policy(self) -> AdapterPolicy:
         """Where adapters may be loaded from: ``adapter_roots`` + ``adapter_dir`` + the start-up adapter."""
         try:
@@ -241,29 +223,15 @@ class VlmTrainer(Node):
     def _p(self, name):
         return self.get_parameter(name).value
 
-    def _validate_parameters(self) -> None:
-        errors = []
-        if not str(self._p("model")).strip():
-            errors.append("model must not be empty")
-        if not str(self._p("adapter_dir")).strip():
-            errors.append("adapter_dir must not be empty")
-        if float(self._p("learning_rate")) < 0:
-            errors.append(f"learning_rate must be >= 0 (got {self._p('learning_rate')})")
-        for name, lo in (("buffer_size", 1), ("default_steps", 1), ("batch_size", 0), ("max_steps", 1), ("score_chunk", 1),
-                         ("max_score_samples", 1), ("max_train_samples", 0), ("max_adapter_rank", 1),
-                         ("max_adapter_mb", 1)):
-            if int(self._p(name)) < lo:
-                errors.append(f"{name} must be >= {lo} (got {self._p(name)})")
-        if not float(self._p("adapter_load_timeout")) > 0:
-            errors.append(f"adapter_load_timeout must be > 0 (got {self._p('adapter_load_timeout')})")
-        if self._p("announce") not in ("promoted", "every"):
-            errors.append(f"announce must be promoted | every (got {self._p('announce')!r})")
-        if self._p("train_instance") not in ("reload", "copy", "in_place"):
-            errors.append(f"train_instance must be reload | copy | in_place (got {self._p('train_instance')!r})")
-        if str(self._p("bag_topic")).strip() and not str(self._p("bag")).strip():
+    @staticmethod
+    def _check_across(values: dict) -> dict:
+        """The checks a parameter's range cannot say (``ValueError``: one line per problem)."""
+        errors = [f"{name} must not be empty" for name in ("model", "adapter_dir") if not str(values[name]).strip()]
+        if str(values["bag_topic"]).strip() and not str(values["bag"]).strip():
             errors.append("bag_topic is set but bag is empty (give bag:=<path>)")
         if errors:
-            raise NodeStartupError("; ".join(errors))
+            raise ValueError("; ".join(errors))
+        return values
 
     def _load_bag(self) -> int:
         """Fill the buffer with the valid, captioned samples of parameter ``bag``; returns how
@@ -571,6 +539,8 @@ class VlmTrainer(Node):
 
 
 def main(args=None) -> int:
+    if print_help_if_asked("vlm_trainer", PARAMETERS, args):
+        return 0
     return run_node(VlmTrainer, args)
 
 
