@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from rls3_ros.captions import terms as T
+from rls3_ros.captions.negatives import relation_candidates
 from rls3_ros.core.scene import Sample
 from rls3_ros.vlm import grounded as G
 from rls3_ros.vlm.grounded_pretrain import _render, imbalance, pretrain_grounded
@@ -169,7 +170,7 @@ def test_committed_base_is_above_chance_on_new_renders(samples):
     def part(common: bool):
         sub = [Sample(sample_id=s.sample_id, image=s.image, scene=s.scene, relations=rels)
                for s in samples for rels in [[r for r in s.relations if is_common(r) == common]] if rels]
-        chance = np.mean([1.0 / len(G.relation_candidates(r)) for s in sub for r in s.relations])
+        chance = np.mean([1.0 / len(relation_candidates(r)) for s in sub for r in s.relations])
         return vlm.evaluate(sub).accuracy, chance
 
     acc_lr, chance_lr = part(True)

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from rls3_ros.captions import terms as T
+from rls3_ros.captions.negatives import relation_candidates
 from rls3_ros.vlm import grounded as G
 from rls3_ros.vlm.grounded_pretrain import _render
 
@@ -89,7 +90,7 @@ def test_score_equals_one_relation_at_a_time(setup):
     assert np.allclose([a.confidence for a in batched], [b.confidence for b in one], atol=1e-5)
     # and the definition itself: cross-entropy of the true caption among the candidates
     s, r = samples[0], samples[0].relations[0]
-    caps = G.relation_candidates(r)
+    caps = relation_candidates(r)
     lp = torch.stack([torch.log(torch.tensor(np.prod([vlm.axis_probs(s.image, [(p[0], p[2])])[0][c]
                                                         for c in G.term_indices(p[1])])))
                       for p in map(vlm.parse, caps)])

@@ -119,9 +119,10 @@ def renders():
 
 def test_grounded_base_points_at_the_described_objects_far_above_chance(renders):
     from rls3_ros.vlm import grounded
+    from rls3_ros.vlm.model_dirs import default_dirs
 
     torch.set_num_threads(1)
-    vlm = grounded.load(str(grounded.default_dirs()[1]))  # the committed base (models/grounded)
+    vlm = grounded.load(str(default_dirs("grounded")[1]))  # the committed base (models/grounded)
     hits, n, chance = 0, 0, []
     for s in renders:
         objs = [o for o in s.scene.objects if o.active and o.visible and o.bbox[2] > o.bbox[0]]

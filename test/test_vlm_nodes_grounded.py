@@ -51,7 +51,7 @@ def _snapshot_base(dest: Path) -> Path:
             dest.mkdir(parents=True)
             for f in MODEL_FILES:
                 shutil.copy2(COMMITTED / f, dest / f)
-            G.load_model(dest)  # a complete, loadable pair (not half of an old and a new base)
+            G.load_grounded_dir(dest)  # a complete, loadable pair (not half of an old and a new base)
             return dest
         except (OSError, ValueError, RuntimeError):
             return None

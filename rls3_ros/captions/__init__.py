@@ -6,7 +6,7 @@ Pure Python (no ROS). Main entry points::
     rels = CaptionOracle().caption_scene(scene)   # list[SpatialRelation]
 """
 
-from rls3_ros.captions.negatives import hard_negatives
+from rls3_ros.captions.negatives import hard_negatives, relation_candidates
 from rls3_ros.captions.oracle import CaptionError, CaptionOracle, OracleConfig
 from rls3_ros.captions.parse import CaptionParseError, extract_terms, parse_caption, try_parse_caption
 from rls3_ros.captions.terms import TERMS, make_caption
@@ -21,5 +21,6 @@ __all__ = [
     "hard_negatives",
     "make_caption",
     "parse_caption",
+    "relation_candidates",
     "try_parse_caption",
 ]

@@ -1,5 +1,8 @@
 """Hard-negative captions per relation (contrastive training, multiple-choice evaluation).
 
+``relation_candidates`` is the multiple-choice set every model scores a relation against: the
+true caption first, then the negatives.
+
 For a relation "The A is <terms> the B." the negatives are, in this order:
 1. subject/reference swapped with the same terms ("The B is <terms> the A.");
 2. each term flipped to its opposite, one at a time (``terms.FLIP``);
@@ -48,3 +51,10 @@ def negative_triples(subject: str, terms: Sequence[str], reference: str) -> List
 def hard_negatives(rel: SpatialRelation) -> List[str]:
     """Hard-negative captions of ``rel`` (see module docstring)."""
     return [T.make_caption(s, ts, r) for s, ts, r in negative_triples(rel.subject_description, rel.terms, rel.reference_description)]
+
+
+def relation_candidates(rel: SpatialRelation) -> List[str]:
+    """[true caption] + negatives (the oracle's hard negatives if the relation carries none)."""
+    caption = rel.caption or T.make_caption(rel.subject_description, rel.terms, rel.reference_description)
+    negs = list(rel.negatives) or hard_negatives(rel)
+    return [caption] + [n for n in negs if n != caption]

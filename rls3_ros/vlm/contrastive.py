@@ -26,22 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rls3_ros.captions.negatives import relation_candidates
 from rls3_ros.core.scene import Sample, SpatialRelation
 from rls3_ros.vlm import queries as Q
 from rls3_ros.vlm.interface import FineTuneResult, ProgressCallback, RelationScore, SpatialVLM
 from rls3_ros.vlm.lora import AdapterHost, HostedAdapter, LoraSettings
 from rls3_ros.vlm.pixels import normalized_pixels
-
-
-def relation_candidates(rel: SpatialRelation) -> List[str]:
-    """[true caption] + negatives (the oracle's hard negatives if the relation has none)."""
-    caption = rel.caption or Q.make_caption(rel.subject_description, rel.terms, rel.reference_description)
-    negs = list(rel.negatives)
-    if not negs:
-        from rls3_ros.captions.negatives import hard_negatives
-
-        negs = hard_negatives(rel)
-    return [caption] + [n for n in negs if n != caption]
 
 
 class ContrastiveVLM(HostedAdapter, SpatialVLM):

@@ -40,7 +40,7 @@ def _render(n: int, seed: int, image_size: int, backend: str, moves: int, desc: 
 
 def report(vlm, samples: Sequence[Sample]) -> Dict[str, object]:
     """Held-out accuracy overall and per term, with the multiple-choice chance level."""
-    from rls3_ros.vlm.grounded import relation_candidates
+    from rls3_ros.captions.negatives import relation_candidates
 
     ev = vlm.evaluate(samples)
     per: Dict[str, List[float]] = collections.defaultdict(list)
@@ -148,11 +148,11 @@ def pretrain_grounded(out_dir: Optional[Path] = None, minutes: float = 2.0, n_tr
 
 
 def cli_grounded_pretrain(argv: Sequence[str]) -> int:
-    from rls3_ros.vlm.grounded import default_dirs
+    from rls3_ros.vlm.model_dirs import default_dirs
 
     p = argparse.ArgumentParser(prog="rls3 pretrain-grounded", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", default=str(default_dirs()[0]), help="output model directory (default: %(default)s)")
+    p.add_argument("--out", default=str(default_dirs("grounded")[0]), help="output model directory (default: %(default)s)")
     p.add_argument("--minutes", type=float, default=2.0, help="training wall-clock budget (default: %(default)s)")
     p.add_argument("--steps", type=int, default=600,
                    help="optimiser steps, the schedule follows them (0 = train for --minutes of wall clock instead); a "

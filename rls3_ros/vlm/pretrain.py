@@ -102,7 +102,7 @@ def render_corpus(n_images: int, seed: int, image_size: int, backend: str = "muj
 
 def chance_per_term(samples: Sequence[Sample]) -> Tuple[float, Dict[str, float]]:
     """Multiple-choice chance: mean of 1 / (1 + #negatives), overall and per term."""
-    from rls3_ros.vlm.contrastive import relation_candidates
+    from rls3_ros.captions.negatives import relation_candidates
 
     per: Dict[str, List[float]] = collections.defaultdict(list)
     allc: List[float] = []

@@ -1,0 +1,40 @@
+"""The grounded model's configuration (``config.json`` beside the weights) and file names."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List
+
+from rls3_ros.vlm.vocabulary import default_vocabulary
+
+FAMILY = "grounded"
+WEIGHTS = "model.safetensors"
+CONFIG = "config.json"
+
+
+@dataclass
+class GroundedConfig:
+    image_size: int = 160
+    image_stage: str = "stride16"
+    feat_channels: int = 112
+    grid: int = 10
+    dim: int = 64  # attention / feature width
+    word_dim: int = 48
+    hidden: int = 128
+    hash_buckets: int = 64
+    vocabulary: List[str] = field(default_factory=default_vocabulary)
+
+    def __post_init__(self) -> None:
+        # the grid is what the frozen encoder gives at this image size ("same" padding): never free
+        stride = {"stride8": 8, "stride16": 16, "stride32": 32}.get(self.image_stage, 16)
+        self.grid = -(-int(self.image_size) // stride)
+
+    def to_json(self) -> str:
+        return json.dumps(dict(asdict(self), family=FAMILY), indent=1)
+
+    @staticmethod
+    def from_dict(d: Dict) -> "GroundedConfig":
+        d = {k: v for k, v in d.items() if k in GroundedConfig.__dataclass_fields__}
+        return GroundedConfig(**d)
+

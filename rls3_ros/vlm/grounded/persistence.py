@@ -1,0 +1,65 @@
+"""The grounded model on disk: ``config.json`` + ``model.safetensors``, saved atomically, loaded strictly,
+and the fingerprint of its weights that every adapter trained on it records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Dict, Optional
+
+from rls3_ros.vlm.grounded.config import CONFIG, FAMILY, WEIGHTS, GroundedConfig
+from rls3_ros.vlm.grounded.model import GroundedRelationModel
+
+
+def base_fingerprint(model: GroundedRelationModel) -> str:
+    """Short hash of the base weights: an adapter records the base it was trained on."""
+    h = hashlib.sha256()
+    for k, v in sorted(model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_model(model: GroundedRelationModel, directory: Path, extra: Optional[Dict] = None) -> Path:
+    """config.json + model.safetensors (+ pretrain_metrics.json), written atomically: a hidden temp
+    dir, every file fsynced, renamed into place (``rls3_ros.core.atomic_io.atomic_dir``); files of an
+    existing directory that are not ours (README.md) are copied into the new one first."""
+    from safetensors.torch import save_file
+
+    from rls3_ros.core.atomic_io import atomic_dir
+
+    directory = Path(directory).absolute()
+    with atomic_dir(str(directory)) as tmp_dir:
+        tmp = Path(tmp_dir)
+        (tmp / CONFIG).write_text(model.config.to_json())
+        save_file({k: v.detach().contiguous() for k, v in model.state_dict().items()}, str(tmp / WEIGHTS))
+        if extra is not None:
+            (tmp / "pretrain_metrics.json").write_text(json.dumps(extra, indent=1))
+        if directory.is_dir():  # keep files we do not own (README.md): the old directory stays whole until the swap
+            for f in directory.iterdir():
+                if f.name not in (CONFIG, WEIGHTS, "pretrain_metrics.json") and not (tmp / f.name).exists():
+                    if f.is_dir():
+                        shutil.copytree(f, tmp / f.name, symlinks=True)
+                    else:
+                        shutil.copy2(f, tmp / f.name, follow_symlinks=False)
+    return directory
+
+
+def load_grounded_dir(directory: Path) -> GroundedRelationModel:
+    """The grounded model saved in ``directory`` (``save_model``), in eval mode; FileNotFoundError
+    without one, ValueError if it holds another family's model."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    cfg_path = directory / CONFIG
+    if not cfg_path.is_file() or not (directory / WEIGHTS).is_file():
+        raise FileNotFoundError(f"no grounded model in {directory} (need {CONFIG} and {WEIGHTS}); "
+                                "build one with: python -m rls3_ros.vlm.grounded_pretrain")
+    d = json.loads(cfg_path.read_text())
+    if d.get("family", FAMILY) != FAMILY:
+        raise ValueError(f"{directory} holds a {d.get('family')!r} model, not {FAMILY!r}")
+    model = GroundedRelationModel(GroundedConfig.from_dict(d))
+    model.load_state_dict(load_file(str(directory / WEIGHTS)), strict=True)
+    return model.eval()
