@@ -126,13 +126,11 @@ def evaluate(recs: Sequence[Dict[str, Any]], grid: int, settings: G.LocatorSetti
 
 
 def sign_test_p(a: int, b: int) -> float:
-    """Exact two-sided sign test (binomial, p = 1/2) of a vs b discordant pairs."""
-    from math import comb
+    """Exact two-sided sign test (binomial, p = 1/2) of a vs b discordant pairs: twice the one-sided
+    p of the larger count (the promotion gate's test, ``rls3_ros.loop.promotion.sign_test_p``)."""
+    from rls3_ros.loop.promotion import sign_test_p as one_sided
 
-    n, k = a + b, min(a, b)
-    if n == 0:
-        return 1.0
-    return float(min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n))
+    return min(1.0, 2.0 * one_sided(max(a, b), min(a, b)))
 
 
 def main_job_adapter(cfg: Dict[str, Any], run_path: Path, grounding_weight: Optional[float] = None,

@@ -25,7 +25,7 @@ def sign_test_p(wins: int, losses: int) -> float:
     if n == 0:
         return 1.0
     tail = sum(math.comb(n, k) for k in range(int(wins), n + 1))
-    return min(1.0, tail / 2.0 ** n)
+    return min(1.0, tail / 2 ** n)  # integer division: exact for any n (2.0 ** n overflows past 1023)
 
 
 @dataclass
