@@ -18,15 +18,9 @@ chance (models/README.md). This model makes the binding explicit:
    vertical {none, above, below, on, under}, depth {none, in front, behind},
    lateral {none, left, right}. log p(term set | image, A, B) = sum of the axis log-probs.
 
-SpatialVLM semantics:
-- ``score``: every candidate caption (the true one + ``relation.negatives``, or the oracle's
-  hard negatives) is parsed into (subject, terms, reference) and scored with its own
-  subject/reference order, so the swapped negative is a real alternative. Loss = cross-entropy
-  of the true caption among the candidates (the RL reward J2), correct = strictly highest.
-- ``where`` = per-term marginals; ``check`` = product of the asked terms' axis probabilities;
-  ``what`` = candidates ranked by p(relation | candidate, reference).
-- LoRA (peft) on ``q_proj``, ``k_proj``, ``v_proj``, ``fc1``, ``fc2``; adapters saved atomically in
-  standard peft format (``PeftModel.from_pretrained(GroundedRelationModel(...), dir)`` loads them).
+SpatialVLM semantics (``score``, ``where``, ``check``, ``what``): see ``vlm.py``. LoRA (peft) on
+``q_proj``, ``k_proj``, ``v_proj``, ``fc1``, ``fc2``; adapters saved atomically in standard peft format
+(``PeftModel.from_pretrained(GroundedRelationModel(...), dir)`` loads them).
 
 Use: ``py:rls3_ros.vlm.grounded:load`` (optionally ``:<model dir>``), e.g.
 ``rls3 train --set run.vlm=py:rls3_ros.vlm.grounded:load``. Build the base with
