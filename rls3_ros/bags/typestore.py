@@ -12,9 +12,7 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
-import sys
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional
 
@@ -23,13 +21,14 @@ from rosbags.typesys import Stores, get_types_from_idl, get_types_from_msg, get_
 from rosbags.typesys.store import Typestore
 
 from rls3_ros.bags.checks import printable
+from rls3_ros.core.share_dir import SOURCE_ROOT, share_dirs
 
 log = logging.getLogger(__name__)
 
 RLS3_PACKAGE = "rls3_msgs"
 _PKG_NAME = re.compile(r"[a-z][a-z0-9_]{0,99}")
 _FILE_TYPE_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,99}")
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+_REPO_ROOT = SOURCE_ROOT
 
 
 def newest_ros2_store() -> Stores:
@@ -38,20 +37,6 @@ def newest_ros2_store() -> Stores:
         return Stores.ROS2_KILTED
     ros2 = [s for s in Stores if s.value.startswith("ros2_")]
     return ros2[-1] if ros2 else Stores.LATEST
-
-
-def share_dirs() -> List[Path]:
-    """Candidate ``share`` directories of installed ROS packages, most specific first."""
-    dirs: List[Path] = []
-    for prefix in os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep):
-        if prefix:
-            dirs.append(Path(prefix) / "share")
-    dirs.append(Path(sys.prefix) / "share")
-    out: List[Path] = []
-    for d in dirs:
-        if d.is_dir() and d not in out:
-            out.append(d)
-    return out
 
 
 def find_msg_file(msgtype: str) -> Optional[Path]:

@@ -35,9 +35,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from rls3_ros.core.share_dir import SOURCE_ROOT
 from rls3_ros.ros.isolation import isolated_ros_env
-
-SOURCE_ROOT = Path(__file__).resolve().parents[2]  # on the subprocesses' PYTHONPATH
 
 PY = sys.executable
 TICK = os.sysconf("SC_CLK_TCK")

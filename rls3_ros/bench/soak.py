@@ -33,6 +33,8 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from rls3_ros.core.share_dir import SOURCE_ROOT
+
 RESET = "/sim_bridge/reset_scene"
 APPLY = "/sim_bridge/apply_action"
 
@@ -80,8 +82,7 @@ def run_soak(ops: int = 1000, image_size: int = 64, reset_every: int = 4, trim: 
     root = Path(workdir or tmp_ctx.name)
     root.mkdir(parents=True, exist_ok=True)
     env = isolated_ros_env(root)
-    here = str(Path(__file__).resolve().parents[2])
-    env["PYTHONPATH"] = os.pathsep.join([p for p in (here, env.get("PYTHONPATH", "")) if p])
+    env["PYTHONPATH"] = os.pathsep.join([p for p in (str(SOURCE_ROOT), env.get("PYTHONPATH", "")) if p])
     args = [sys.executable, "-m", "rls3_ros.ros.nodes.sim_bridge", "--ros-args", "-p", f"image_size:={image_size}",
             "-p", "image_qos:=reliable"]
     if not trim:

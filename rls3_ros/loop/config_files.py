@@ -5,28 +5,17 @@ defaults (``rls3_ros.loop.config``). Used by ``rls3 train`` and the benchmarks (
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any, Dict, List
 
 import yaml
 
+from rls3_ros.core.share_dir import find_data
+
 
 def _config_file() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    for cand in (os.path.join(here, "..", "..", "config", "train.yaml"),):
-        if os.path.exists(cand):
-            return os.path.abspath(cand)
-    try:  # installed with colcon / pip data_files
-        from ament_index_python.packages import get_package_share_directory  # type: ignore
-
-        p = os.path.join(get_package_share_directory("rls3_ros"), "config", "train.yaml")
-        if os.path.exists(p):
-            return p
-    except Exception:
-        pass
-    p = os.path.join(sys.prefix, "share", "rls3_ros", "config", "train.yaml")
-    return p if os.path.exists(p) else ""
+    """The shipped config/train.yaml (source tree, else installed share dir), or "" when there is none."""
+    p = find_data("config", "train.yaml")
+    return str(p) if p else ""
 
 
 def _parse_value(v: str) -> Any:

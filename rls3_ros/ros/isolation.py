@@ -10,16 +10,13 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
-import sys
 from pathlib import Path
 from typing import Dict, Iterator, Optional
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-_PROFILE_NAME = "fastdds_localhost.xml"
+from rls3_ros.core.share_dir import data_path
+
 # the source tree's copy, else the one setup.py installs to <prefix>/share/rls3_ros/config/
-FASTDDS_PROFILE = next((p for p in (REPO_ROOT / "config" / _PROFILE_NAME,
-                                    Path(sys.prefix) / "share" / "rls3_ros" / "config" / _PROFILE_NAME) if p.is_file()),
-                       REPO_ROOT / "config" / _PROFILE_NAME)
+FASTDDS_PROFILE = data_path("config", "fastdds_localhost.xml")
 
 _counter = itertools.count()
 

@@ -49,20 +49,12 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
+from rls3_ros.core.share_dir import data_path
 from rls3_ros.ros.graph_spec import GRAPHS, NodeSpec, apply_sets, graph_nodes, parse_set  # noqa: F401 - re-exported
 
 
 def config_dir() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    cand = os.path.abspath(os.path.join(here, "..", "..", "config"))
-    if os.path.isdir(cand):
-        return cand
-    try:
-        from ament_index_python.packages import get_package_share_directory  # type: ignore
-
-        return os.path.join(get_package_share_directory("rls3_ros"), "config")
-    except Exception:
-        return os.path.join(sys.prefix, "share", "rls3_ros", "config")
+    return str(data_path("config"))
 
 
 def _param_text(value) -> str:

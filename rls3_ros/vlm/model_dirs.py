@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import List
 
-REPO_MODELS = Path(__file__).resolve().parents[2] / "models"
+from rls3_ros.core.share_dir import SOURCE_ROOT, package_roots
+
+REPO_MODELS = SOURCE_ROOT / "models"
 
 
 def model_dir() -> Path:
@@ -19,15 +20,9 @@ def model_dir() -> Path:
 def default_dirs(name: str) -> List[Path]:
     """Where model directory ``name`` may be, in order: ``model_dir()/<name>``; models/<name> of the
     source tree; then, for a non-editable install (pip / colcon, setup.py data_files),
-    <sys.prefix>/share/rls3_ros/models/<name> and <ament share of rls3_ros>/models/<name> when
-    ament_index_python is importable."""
-    dirs = [model_dir() / name, REPO_MODELS / name, Path(sys.prefix) / "share" / "rls3_ros" / "models" / name]
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        dirs.append(Path(get_package_share_directory("rls3_ros")) / "models" / name)
-    except Exception:  # not importable, no AMENT_PREFIX_PATH, or rls3_ros not in the ament index
-        pass
+    <share>/rls3_ros/models/<name> of each ``$AMENT_PREFIX_PATH`` prefix and of <sys.prefix>
+    (``rls3_ros.core.share_dir``)."""
+    dirs = [model_dir() / name] + [root / "models" / name for root in package_roots()]
     unique: List[Path] = []
     for d in dirs:
         if d not in unique:
