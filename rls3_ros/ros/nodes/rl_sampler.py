@@ -73,7 +73,7 @@ from rls3_msgs.srv import ApplyAction, CaptionScene, ResetScene, ScoreSamples, S
 
 from rls3_ros.ros.conversions import msg_to_relation, msg_to_scene, sample_to_msg, scene_to_msg
 from rls3_ros.core.image_codec import image_msg_to_rgb
-from rls3_ros.ros.node_main import NodeStartupError, run_node
+from rls3_ros.ros.node_main import run_node
 from rls3_ros.ros.node_params import config_table, declare_config_parameters, print_help_if_asked
 from rls3_ros.loop.config import config_from_params, needs_validation, to_dict
 from rls3_ros.loop.env import SimSource, SimStep, bounds_from_scene

@@ -15,14 +15,8 @@ Services
   ``success=false`` and a reason; the node lives on. Without a matching scene state, names
   with words the model never learnt are refused (``SpatialVLM.unknown_words``).
 - ``~/set_adapter`` (rls3_msgs/srv/SetAdapter): switch the LoRA adapter ("" = base). The path
-  is untrusted input (see "Adapters from the network" below); a refusal says why and keeps the
-  active adapter.
-
-Hot swap: a new adapter is loaded into a *new* model instance off the query path, then the
-model reference is replaced under a lock. Queries in flight finish on the old instance, later
-ones use the new one: no query fails during a swap. The swap callbacks (``~/set_adapter``,
-``adapter`` announcements) are coroutines that run the load on a worker thread and await it, so
-the executor keeps answering queries (on the old adapter) while an adapter loads.
+  is untrusted input; a refusal says why and keeps the active adapter. Loading, hot swap and the
+  checks of adapters from the network: ``rls3_ros.ros.served_model``.
 
 Bounded work per request (untrusted input: limits are checked before work, and a big request
 never holds up small ones):
@@ -36,41 +30,23 @@ never holds up small ones):
   characters, 256 candidates; a 'what' without candidates takes the scene state's objects, at most
   256 of them), the image size from the Image header or, for a compressed frame, from its PNG/JPEG
   header (``image_codec.check_image_msg``: ``max_image_side``, ``max_image_pixels``; a frame that
-  decodes to more is refused undecoded). Camera frames over the limits are not buffered: a
-  placeholder keeps their stamp and reason, and a query for them is answered with it.
-- Scene states with more than ``max_scene_objects`` objects are dropped on arrival (throttled
-  warning), on the object count read from the serialized message (``cdr_peek``): before rclpy
-  deserializes them (a 10,000-object message held the GIL 1.1 s in deserialization).
+  decodes to more is refused undecoded). Camera frames over the limits and scene states with more
+  than ``max_scene_objects`` objects are refused on arrival (``rls3_ros.ros.stamped_buffers``).
 - Each request has a deadline (``query_deadline`` s from its callback start): a request still
   waiting for the model then is answered ``success=false`` "deadline exceeded ..." instead of
   queueing on. Every limit is a read-only parameter (a remote ``set_parameters`` cannot raise it).
-
-Adapters from the network: a ROS 2 domain without SROS2 authenticates nobody, so a path from
-``~/set_adapter`` or an ``adapter`` announcement is checked before any work
-(``rls3_ros.vlm.adapter_trust``): it must resolve (symlinks, ``..``) to a directory inside
-``adapter_roots`` (a missing and a forbidden path get the same refusal, which never tells whether
-a path exists); ``rls3_adapter.json`` must record the served base's fingerprint (an adapter of
-another base, e.g. announced by a trainer of another model, is refused and the node serves on);
-files read must be regular files (a FIFO, device or symlink is refused without being opened for a
-blocking read) within size caps (``max_adapter_mb``); ``adapter_config.json`` must be a plain LoRA
-config (rank <= ``max_adapter_rank``, finite alpha, target modules of the served model, no
-option that selects code or heavy work); weights only as safetensors (never a pickle). The
-checked files are copied to a private directory and loaded from there, by a worker thread given
-``adapter_load_timeout`` s: a stuck read answers with a timeout reason while queries go on.
-``model``, ``adapter`` and the adapter limits are read-only after start (``set_parameters`` on
-them is refused): a ``py:`` model spec runs code and only comes from the operator's command
-line or params file.
+``model``, ``adapter`` and the adapter limits are read-only after start too: a ``py:`` model spec
+runs code and only comes from the operator's command line or params file.
 
 Topics
 - subscribes ``<image_topic>`` (sensor_msgs/Image, or sensor_msgs/CompressedImage with
-  ``image_transport`` "compressed"; QoS ``image_qos``; incompatible QoS is logged),
-  ``scene_state`` (rls3_msgs/SceneState: object names for validation, candidates
-  and annotation boxes), ``adapter`` (rls3_msgs/AdapterInfo, transient local; when
-  ``follow_adapter_topic``).
+  ``image_transport`` "compressed", decoded only when a query uses a frame; QoS ``image_qos``;
+  incompatible QoS is logged), ``scene_state`` (rls3_msgs/SceneState: object names for
+  validation, candidates and annotation boxes), ``adapter`` (rls3_msgs/AdapterInfo, transient
+  local; when ``follow_adapter_topic``).
 - publishes ``~/annotated`` (sensor_msgs/Image, when ``publish_annotated``): the image with
-  the boxes of the named objects (when the matching scene state knows them, solid), the
-  model's own predicted boxes and points (dashed, with their confidence), the answer text and
-  its confidence.
+  the boxes of the named objects, the model's own predicted boxes and points, the answer text and
+  its confidence (``rls3_ros.ros.query_response``).
 - subscribes ``camera_info_topic`` (sensor_msgs/CameraInfo) and, when ``depth_topic`` is set,
   a depth image (sensor_msgs/Image 32FC1 [m] / 16UC1 [mm], aligned with the colour image).
 
@@ -81,75 +57,19 @@ with ``found=false`` and says so in ``message`` (the query still succeeds). With
 depth, also a 3D point in the camera optical frame (``point_3d``, the image's header); where
 intrinsics and depth come from: ``rls3_ros.ros.grounding_msgs``.
 
-Parameters (defaults)
-- ``model`` ("grounded:serving", read-only): model spec for ``rls3_ros.vlm.answers.load_model``. The
-  default is the serving base trained on every relation (models/grounded_serving/README.md,
-  per-term accuracy there); "grounded" is the deliberately weak base the RLS3 loop starts from,
-  the one to serve together with the loop's adapters (an adapter only loads on its own base).
-- ``adapter`` ("", read-only): adapter directory to load at activation ("" = base model); it is
-  an adapter root itself and gets the same checks.
-- ``adapter_roots`` (["runs"], read-only): directories adapters may be loaded from (relative ones
-  resolved against the working directory at start; ``runs/`` holds the loop's and the training
-  graph's adapters, ``runs/adapters`` the trainer's default ``adapter_dir``). A list, or one
-  string with ``:``-separated paths.
-- ``adapter_load_timeout`` (60.0, read-only): seconds an adapter's files may take to read.
-- ``max_adapter_rank`` (256, read-only), ``max_adapter_mb`` (256, read-only): largest LoRA rank
-  and adapter weights file accepted.
-- ``autostart`` (true): configure + activate at start.
-- ``image_topic`` ("image_raw"), ``image_qos`` ("sensor_data" | "reliable" | "system_default").
-- ``image_transport`` ("raw"): "raw" subscribes ``image_topic`` as sensor_msgs/Image,
-  "compressed" as sensor_msgs/CompressedImage (jpeg/png, e.g. a camera's or a replayed bag's
-  ``.../image_raw/compressed``: give that topic as ``image_topic``). Compressed frames are
-  buffered as received and decoded (``rls3_ros.core.image_codec``, as the bag reader does) only when a
-  query uses one; headers are untouched. A frame that does not decode answers
-  ``success=false`` ("bad compressed image: ...") and the node stays up.
-- ``frame_buffer`` (30): camera frames kept, looked up by stamp.
-- ``frame_tolerance`` (0.1): max |stamp difference| [s] when a request names a stamp.
-- ``scene_topic`` ("scene_state"). A scene state whose camera info has no image size or focal
-  length (or NaN/inf numbers) is dropped on arrival with a throttled warning; it never reaches
-  a query.
-- ``scene_tolerance`` (0.1): max |stamp difference| [s] between the image a query uses (request
-  image or camera frame) and the scene state used for it (object names, 'what' candidates,
-  annotation boxes). Without a scene state that close, the query is answered from the image
-  alone (names not checked against a scene) and the answer's ``message`` says so.
-- ``follow_adapter_topic`` (true): switch to adapters announced on ``adapter_topic`` ("adapter").
-- ``publish_annotated`` (false).
-- ``load_retry_period`` (5.0): seconds between attempts while the model cannot be loaded.
-- ``swap_mode`` ("reload"): how a swap builds the new instance: "reload" (fresh model
-  from the spec) or "copy" (deep copy of the current one, falling back to reload).
-- ``locate_objects`` (true): fill the object locations of each answer.
-- ``camera_info_topic`` ("camera_info"): intrinsics for the 3D points (QoS ``image_qos``).
-- ``depth_topic`` (""): depth images for the 3D points ("" = none: depth from the request's
-  depth image or the scene state's object poses only).
-- ``torch_threads`` (0): torch intra-op threads (0 = torch default). On a CPU shared with
-  other busy processes, 1 avoids OpenMP stalls (measured: ~0.4 ms vs ~100 ms per query of a
-  tiny model at load average 6 on 2 cores).
-- ``query_threads`` (4, read-only): executor threads answering queries in parallel (topics and
-  swaps share them).
-- ``query_deadline`` (10.0, read-only): seconds a request may take until it holds the model;
-  later it is answered "deadline exceeded".
-- ``max_image_side`` (4096, read-only), ``max_image_pixels`` (2097152 = 2048 x 1024, a 1920x1080
-  frame fits; read-only): largest request image, camera frame (raw or compressed: its header
-  size), depth image and camera_info image size accepted. Requests of ~20 MB and more (e.g. a
-  2048x2048 image with a 32FC1 depth image) were measured to delay other clients' calls by ~2 s
-  on loopback DDS whether the node accepts them or not (lost fragments are repaired late), hence
-  the default.
-- ``max_scene_objects`` (256, read-only): scene states with more objects are dropped.
+Parameters: the table ``PARAMETERS`` below (name, default, type, range, read-only, doc), declared
+from it (``rls3_ros.ros.node_params``); ``ros2 param describe``, ``--help`` and the table in
+``docs/vlm_nodes.md`` show the same. Out-of-range values fail the *configure* transition ("bad
+parameter: ..." logged, the node stays unconfigured and can be reconfigured); a wrongly typed value
+stops the node at start.
 """
 
 from __future__ import annotations
 
-import collections
-import copy
-import gc
-import os
-import threading
+import math
 import time
-from dataclasses import dataclass, field
-from typing import Deque, Optional, Tuple
 
 import numpy as np
-from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
@@ -161,50 +81,22 @@ from rclpy.qos import (
     qos_profile_sensor_data,
     qos_profile_system_default,
 )
-from rclpy.serialization import deserialize_message
-from rclpy.task import Future
 from rls3_msgs.msg import AdapterInfo, SceneState as SceneStateMsg
 from rls3_msgs.srv import SetAdapter, SpatialQuery
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from std_msgs.msg import Header
 
-from rls3_ros.ros.annotate import draw_annotation, find_object, scene_object_names
-from rls3_ros.ros.cdr_peek import scene_state_prefix
-from rls3_ros.ros.conversions import msg_to_scene, stamp_to_ns
+from rls3_ros.core.image_codec import ImageConversionError, ImageLimits, check_image_msg, image_msg_to_rgb
+from rls3_ros.ros.annotate import find_object, scene_object_names
+from rls3_ros.ros.conversions import stamp_to_ns
 from rls3_ros.ros.grounding_msgs import GroundingInputs, labelled_locations, locate, set_locations
-from rls3_ros.core.image_codec import (
-    ImageConversionError,
-    ImageLimits,
-    check_image_msg,
-    image_msg_to_rgb,
-    numpy_to_image_msg,
-)
 from rls3_ros.ros.node_main import run_node
-from rls3_ros.core.scene import SceneState
-from rls3_ros.vlm.adapter_trust import (
-    AdapterLimits,
-    AdapterPolicy,
-    AdapterRefused,
-    BaseIdentity,
-    StagedAdapter,
-    base_identity,
-    load_staged,
-    parse_roots,
-    refusal_reason,
-    stage_adapter_bounded,
-)
-from rls3_ros.vlm.answers import (
-    QueryAnswer,
-    QueryError,
-    QueryRequest,
-    answer_query,
-    check_limits,
-    check_query,
-    load_model,
-    prepare_image,
-)
-from rls3_ros.vlm.interface import SpatialVLM
+from rls3_ros.ros.node_params import Param, attach_ranges, check, declare, print_help_if_asked
+from rls3_ros.ros.query_response import annotated_image, fill_answer, located_subject
+from rls3_ros.ros.served_model import ServedModel, await_off_executor, shown
 from rls3_ros.ros.service_qos import SERVICE_QOS
+from rls3_ros.ros.stamped_buffers import RefusedFrame, StampedBuffers
+from rls3_ros.vlm.answers import QueryAnswer, QueryError, QueryRequest, answer_query, check_limits, check_query
+from rls3_ros.vlm.answers import prepare_image
 
 IMAGE_QOS = {
     "sensor_data": qos_profile_sensor_data,
@@ -216,37 +108,59 @@ ADAPTER_QOS = QoSProfile(
     depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
     history=HistoryPolicy.KEEP_LAST,
 )
-
-
-@dataclass
-class LoadedModel:
-    """A model instance with its own inference lock (queries on one instance are serialised)."""
-
-    model: SpatialVLM
-    adapter: str
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-@dataclass
-class RefusedFrame:
-    """A camera frame over the image limits, kept in the frame buffer instead of its pixels: its
-    header (for lookups by stamp) and why it cannot be used."""
-
-    header: Header
-    reason: str
-
-
 MAX_QUERY_THREADS = 64
 
-
-def _is_empty_image(msg: Image) -> bool:
-    return msg.width == 0 and msg.height == 0 and len(msg.data) == 0
-
-
-def _shown(path: str) -> str:
-    """A requested path for messages and logs (repr, cut at 200 characters)."""
-    path = str(path)
-    return repr(path) if len(path) <= 200 else repr(path[:200]) + "..."
+PARAMETERS = [
+    Param("model", "grounded:serving", "model spec (rls3_ros.vlm.answers.load_model): 'grounded:serving' (default: "
+                                       "trained on every relation, models/grounded_serving/README.md), 'grounded' (the "
+                                       "weak base of the RLS3 loop, to serve with the loop's adapters), 'embedded', a "
+                                       "model directory / HF id, or py:<module>:<fn>[:<arg>]; set at start only",
+          read_only=True),
+    Param("adapter", "", "adapter directory loaded at activation ('' = base model); an adapter root itself, "
+                         "checked like every adapter", read_only=True),
+    Param("adapter_roots", ["runs"], "directories set_adapter and announcements may load adapters from (a list, or "
+                                     "one ':'-separated string; relative ones resolved against the working directory "
+                                     "at start)", read_only=True, dynamic_typing=True),
+    Param("adapter_load_timeout", 60.0, "seconds an adapter's files may take to read", low=0, low_open=True,
+          read_only=True),
+    Param("max_adapter_rank", 256, "largest LoRA rank accepted", low=1, high=4096, read_only=True),
+    Param("max_adapter_mb", 256, "largest adapter weights file accepted [MiB]", low=1, high=65536, read_only=True),
+    Param("autostart", True, "configure and activate at start (no lifecycle manager needed)"),
+    Param("image_topic", "image_raw", "camera topic used when a request has no image"),
+    Param("image_qos", "sensor_data", "QoS of the camera (and camera_info, depth) subscriptions",
+          choices=tuple(IMAGE_QOS)),
+    Param("image_transport", "raw", "camera message type: raw (sensor_msgs/Image) | compressed "
+                                    "(sensor_msgs/CompressedImage, jpeg/png, decoded only when a query uses it)",
+          choices=tuple(IMAGE_TRANSPORTS)),
+    Param("frame_buffer", 30, "camera frames (and scene states) kept for lookup by stamp", low=1),
+    Param("frame_tolerance", 0.1, "max |stamp difference| [s] between a requested stamp and a buffered frame", low=0),
+    Param("scene_topic", "scene_state", "scene states (object names, 'what' candidates, boxes)"),
+    Param("scene_tolerance", 0.1, "max |stamp difference| [s] between a query's image and the scene state used for "
+                                  "it (none that close: answered from the image alone, message says so)", low=0),
+    Param("follow_adapter_topic", True, "switch to adapters announced by the trainer"),
+    Param("adapter_topic", "adapter", "topic of the trainer's adapter announcements"),
+    Param("publish_annotated", False, "publish ~/annotated images of each answer"),
+    Param("load_retry_period", 5.0, "seconds between model load attempts while it cannot be loaded", low=0,
+          low_open=True),
+    Param("swap_mode", "reload", "how a swap builds the new instance: reload (fresh from the spec) | copy (deep "
+                                 "copy of the current one, falling back to reload)", choices=("reload", "copy")),
+    Param("torch_threads", 0, "torch intra-op threads (0 = torch default); 1 avoids OpenMP stalls on a busy shared "
+                              "CPU (~0.4 ms vs ~100 ms per query of a tiny model at load 6 on 2 cores)"),
+    Param("locate_objects", True, "answer with the subject's and reference's locations (2D box/point, 3D point)"),
+    Param("camera_info_topic", "camera_info", "camera intrinsics for the 3D points of the object locations"),
+    Param("depth_topic", "", "depth images (32FC1 m / 16UC1 mm) for the 3D points ('' = none: the request's depth "
+                             "image or the scene state's poses only)"),
+    Param("query_threads", 4, "executor threads answering queries in parallel (topics and swaps share them)", low=1,
+          high=MAX_QUERY_THREADS, read_only=True),
+    Param("query_deadline", 10.0, "seconds a request may take until it holds the model; then 'deadline exceeded'",
+          low=0, high=math.inf, low_open=True, high_open=True, read_only=True),
+    Param("max_image_side", 4096, "largest image side [px] accepted (request, camera frame, depth, camera_info; "
+                                  ">= 16: the smallest image answered is 16x16 px)", low=16, read_only=True),
+    Param("max_image_pixels", 2048 * 1024, "largest image width x height [px] accepted (2048 x 1024: a 1920x1080 "
+                                           "frame fits; ~20 MB requests delay other clients ~2 s on loopback DDS)",
+          low=256, read_only=True),
+    Param("max_scene_objects", 256, "scene states with more objects are dropped on arrival", low=1, read_only=True),
+]
 
 
 def _set_torch_threads(node, n: int) -> None:
@@ -262,61 +176,13 @@ class SpatialQueryNode(LifecycleNode):
 
     def __init__(self, node_name: str = "spatial_query", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
-        d = self._declare
-        d("model", "grounded:serving", "model spec: 'grounded:serving' (default: trained on every relation), 'grounded' "
-                                       "(the weak base of the RLS3 loop), 'embedded', a model directory / HF id, or "
-                                       "py:<module>:<fn>[:<arg>] (read-only: set at start only)", read_only=True)
-        d("adapter", "", "LoRA adapter directory loaded at activation ('' = base model)", read_only=True)
-        d("adapter_roots", ["runs"], "directories adapters may be loaded from (set_adapter, announcements)",
-          read_only=True, dynamic_typing=True)
-        d("adapter_load_timeout", 60.0, "seconds an adapter's files may take to read", read_only=True)
-        d("max_adapter_rank", 256, "largest LoRA rank accepted", read_only=True)
-        d("max_adapter_mb", 256, "largest adapter weights file accepted [MiB]", read_only=True)
-        d("autostart", True, "configure and activate at start (no lifecycle manager needed)")
-        d("image_topic", "image_raw", "camera topic used when a request has no image")
-        d("image_qos", "sensor_data", "QoS of the camera subscription: sensor_data | reliable | system_default")
-        d("image_transport", "raw", "camera message type: raw (sensor_msgs/Image) | compressed (sensor_msgs/CompressedImage)")
-        d("frame_buffer", 30, "camera frames kept for lookup by stamp")
-        d("frame_tolerance", 0.1, "max |stamp difference| [s] between a requested stamp and a buffered frame")
-        d("scene_topic", "scene_state", "scene states (object names, boxes)")
-        d("scene_tolerance", 0.1, "max |stamp difference| [s] between a query's image and the scene state used for it")
-        d("follow_adapter_topic", True, "switch to adapters announced by the trainer")
-        d("adapter_topic", "adapter", "topic of the trainer's adapter announcements")
-        d("publish_annotated", False, "publish ~/annotated images of each answer")
-        d("load_retry_period", 5.0, "seconds between model load attempts while it cannot be loaded")
-        d("swap_mode", "reload", "reload (fresh instance from the spec) | copy (deep copy, fallback reload)")
-        d("torch_threads", 0, "torch intra-op threads (0 = torch default); 1 avoids stalls on a busy shared CPU")
-        d("locate_objects", True, "answer with the subject's and reference's locations (2D box/point, 3D point)")
-        d("camera_info_topic", "camera_info", "camera intrinsics for the 3D points of the object locations")
-        d("depth_topic", "", "depth images (32FC1 m / 16UC1 mm) for the 3D points ('' = none)")
-        d("query_threads", 4, "executor threads answering queries in parallel", read_only=True)
-        d("query_deadline", 10.0, "seconds a request may take until it holds the model; then 'deadline exceeded'",
-          read_only=True)
-        d("max_image_side", 4096, "largest image side [px] accepted (request, camera frame, depth, camera_info)",
-          read_only=True)
-        d("max_image_pixels", 2048 * 1024, "largest image width x height [px] accepted", read_only=True)
-        d("max_scene_objects", 256, "scene states with more objects are dropped", read_only=True)
+        declare(self, PARAMETERS)  # checked on configure
         _set_torch_threads(self, int(self._p("torch_threads")))
         # read once: the model spec (py: runs code) is the operator's, never a later parameter change
-        self._model_spec = str(self._p("model"))
-        self._start_cwd = os.getcwd()
-        self._adapter_policy: Optional[AdapterPolicy] = None  # built on configure
-        self._base: Optional[BaseIdentity] = None  # the served base (adapters must record it)
-
-        self._model_lock = threading.Lock()  # guards self._loaded (the reference swap)
-        self._loaded: Optional[LoadedModel] = None
-        self._wanted_adapter = ""  # adapter to load with the model (activation, announcements before ready)
-        self._active = False
-        self._load_status = "not loaded (node not active)"
-        self._load_stop = threading.Event()
-        self._load_thread: Optional[threading.Thread] = None
-        self._frames: Deque = collections.deque(maxlen=30)  # Image or CompressedImage (image_transport)
-        self._scenes: Deque[Tuple[int, SceneState]] = collections.deque(maxlen=30)  # (stamp ns, valid scene)
-        self._n_bad_scenes = 0
-        self._n_refused_frames = 0
+        self._served = ServedModel(str(self._p("model")), self._p, self.get_logger())
+        self._buffers = StampedBuffers(self.get_logger())
         self._limits = ImageLimits()  # from max_image_side / max_image_pixels on configure
         self._grounding = GroundingInputs()
-        self._buf_lock = threading.Lock()
         self._subs = []
         self._annotated_pub = None
         self._n_queries = 0
@@ -325,16 +191,14 @@ class SpatialQueryNode(LifecycleNode):
         self._query_group = ReentrantCallbackGroup()
         self._swap_group = MutuallyExclusiveCallbackGroup()
         self._topic_group = MutuallyExclusiveCallbackGroup()
-        self.create_service(SpatialQuery, "~/query", self._on_query, callback_group=self._query_group, qos_profile=SERVICE_QOS)
-        self.create_service(SetAdapter, "~/set_adapter", self._on_set_adapter, callback_group=self._swap_group, qos_profile=SERVICE_QOS)
+        self.create_service(SpatialQuery, "~/query", self._on_query, callback_group=self._query_group,
+                            qos_profile=SERVICE_QOS)
+        self.create_service(SetAdapter, "~/set_adapter", self._on_set_adapter, callback_group=self._swap_group,
+                            qos_profile=SERVICE_QOS)
 
         if self.get_parameter("autostart").value:
             if self.trigger_configure() == TransitionCallbackReturn.SUCCESS:
                 self.trigger_activate()
-
-    def _declare(self, name, default, description, read_only=False, dynamic_typing=False):
-        self.declare_parameter(name, default, ParameterDescriptor(description=description, read_only=read_only,
-                                                                  dynamic_typing=dynamic_typing))
 
     def _p(self, name):
         return self.get_parameter(name).value
@@ -343,71 +207,42 @@ class SpatialQueryNode(LifecycleNode):
         """Executor threads for ``run_node`` (``query_threads``, clamped to 1 .. 64)."""
         return max(1, min(MAX_QUERY_THREADS, int(self._p("query_threads"))))
 
-    def _limit_settings(self) -> list:
-        """Errors of the limit parameters; sets the image limits when they are valid."""
-        errors = []
-        if not 1 <= int(self._p("query_threads")) <= MAX_QUERY_THREADS:
-            errors.append(f"query_threads must be 1 .. {MAX_QUERY_THREADS}")
-        deadline = float(self._p("query_deadline"))
-        if not (deadline > 0 and deadline < float("inf")):
-            errors.append("query_deadline must be a finite number of seconds > 0")
-        side, pixels = int(self._p("max_image_side")), int(self._p("max_image_pixels"))
-        if side < 16:
-            errors.append("max_image_side must be >= 16 (the smallest image answered is 16x16 px)")
-        if pixels < 256:
-            errors.append("max_image_pixels must be >= 256 (16x16 px)")
-        if int(self._p("max_scene_objects")) < 1:
-            errors.append("max_scene_objects must be >= 1")
-        if not errors:
-            self._limits = ImageLimits(side, pixels)
-            self._grounding.limits = self._limits
-        return errors
-
     # -- lifecycle transitions -------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Validate parameters; create the camera, scene-state and adapter subscriptions and
-        the annotated publisher. No model is loaded yet."""
-        errors = []
-        if not str(self._p("model")).strip():
-            errors.append("model must not be empty (e.g. 'embedded')")
-        if self._p("image_qos") not in IMAGE_QOS:
-            errors.append(f"image_qos {self._p('image_qos')!r} unknown; use one of {', '.join(IMAGE_QOS)}")
-        if self._p("image_transport") not in IMAGE_TRANSPORTS:
-            errors.append(f"image_transport {self._p('image_transport')!r} unknown; use one of {', '.join(IMAGE_TRANSPORTS)}")
-        if int(self._p("frame_buffer")) < 1:
-            errors.append("frame_buffer must be >= 1")
-        if float(self._p("frame_tolerance")) < 0:
-            errors.append("frame_tolerance must be >= 0")
-        if float(self._p("scene_tolerance")) < 0:
-            errors.append("scene_tolerance must be >= 0")
-        if float(self._p("load_retry_period")) <= 0:
-            errors.append("load_retry_period must be > 0")
-        if self._p("swap_mode") not in ("reload", "copy"):
-            errors.append("swap_mode must be 'reload' or 'copy'")
-        errors += self._limit_settings()
-        errors += self._adapter_settings()
+        """Check the parameters (table ranges, then the adapter roots); create the camera,
+        scene-state and adapter subscriptions and the annotated publisher. No model is loaded yet."""
+        errors = [] if str(self._p("model")).strip() else ["model must not be empty (e.g. 'embedded')"]
+        errors += check(self, PARAMETERS)
+        if not errors:
+            errors += self._served.configure(self._p("adapter_roots"), str(self._p("adapter")),
+                                             self._p("max_adapter_rank"), self._p("max_adapter_mb"))
         if errors:
             for e in errors:
                 self.get_logger().error(f"bad parameter: {e}")
             return TransitionCallbackReturn.FAILURE
-        with self._buf_lock:
-            self._frames = collections.deque(maxlen=int(self._p("frame_buffer")))
-            self._scenes = collections.deque(maxlen=int(self._p("frame_buffer")))
+        attach_ranges(self, PARAMETERS)
+        self._limits = ImageLimits(int(self._p("max_image_side")), int(self._p("max_image_pixels")))
+        self._grounding.limits = self._limits
+        self._buffers.resize(int(self._p("frame_buffer")))
         image_topic = self._p("image_topic")
         events = SubscriptionEventCallbacks(incompatible_qos=lambda ev: self._incompatible_qos(image_topic, ev))
         self._subs = [
             self.create_subscription(
-                IMAGE_TRANSPORTS[self._p("image_transport")], image_topic, self._on_image, IMAGE_QOS[self._p("image_qos")],
+                IMAGE_TRANSPORTS[self._p("image_transport")], image_topic,
+                lambda msg: self._buffers.add_frame(msg, self._limits), IMAGE_QOS[self._p("image_qos")],
                 callback_group=self._topic_group, event_callbacks=events,
             ),
-            self.create_subscription(SceneStateMsg, self._p("scene_topic"), self._on_scene_raw, 10,
-                                     callback_group=self._topic_group, raw=True),  # object count read before deserializing
+            self.create_subscription(  # raw: the object count is read before deserializing
+                SceneStateMsg, self._p("scene_topic"),
+                lambda data: self._buffers.add_scene_raw(data, int(self._p("max_scene_objects"))), 10,
+                callback_group=self._topic_group, raw=True),
         ]
         self._grounding.resize(int(self._p("frame_buffer")))
         if self._p("locate_objects"):
             qos = IMAGE_QOS[self._p("image_qos")]
-            self._subs.append(self.create_subscription(CameraInfo, self._p("camera_info_topic"), self._grounding.on_camera_info,
-                                                       qos, callback_group=self._topic_group))
+            self._subs.append(self.create_subscription(CameraInfo, self._p("camera_info_topic"),
+                                                       self._grounding.on_camera_info, qos,
+                                                       callback_group=self._topic_group))
             if str(self._p("depth_topic")).strip():
                 self._subs.append(self.create_subscription(Image, self._p("depth_topic"), self._grounding.on_depth, qos,
                                                            callback_group=self._topic_group))
@@ -427,17 +262,12 @@ class SpatialQueryNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Start loading base model + adapter on a background thread (retried every
         ``load_retry_period`` s until it works); queries answer "not ready" meanwhile."""
-        self._active = True
-        with self._model_lock:
-            self._wanted_adapter = str(self._p("adapter")).strip()
-        self._start_loader()
+        self._served.start(str(self._p("adapter")))
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Stop loading, free the model; queries answer "not active" until reactivated."""
-        self._active = False
-        self._stop_loader()
-        self._free_model()
+        self._served.free()
         self.get_logger().info("deactivated: model freed")
         return super().on_deactivate(state)
 
@@ -448,17 +278,13 @@ class SpatialQueryNode(LifecycleNode):
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Free everything (from any state)."""
-        self._active = False
-        self._stop_loader()
-        self._free_model()
+        self._served.free()
         self._destroy_entities()
         return super().on_shutdown(state)
 
     def close(self) -> None:
         """Called by ``run_node`` on exit."""
-        self._active = False
-        self._stop_loader()
-        self._free_model()
+        self._served.free()
 
     def _destroy_entities(self) -> None:
         for s in self._subs:
@@ -467,151 +293,8 @@ class SpatialQueryNode(LifecycleNode):
         if self._annotated_pub is not None:
             self.destroy_lifecycle_publisher(self._annotated_pub)
             self._annotated_pub = None
-        with self._buf_lock:
-            self._frames.clear()
-            self._scenes.clear()
+        self._buffers.clear()
         self._grounding.clear()
-
-    def _adapter_settings(self) -> list:
-        """Errors of the adapter parameters; builds the adapter policy (roots resolved against the
-        working directory at start, plus the start-up ``adapter`` itself)."""
-        try:
-            roots = list(parse_roots(self._p("adapter_roots")))
-            startup = str(self._p("adapter")).strip()
-            if startup:
-                roots.append(os.path.join(self._start_cwd, startup))
-            rank, mb, timeout = self._p("max_adapter_rank"), self._p("max_adapter_mb"), self._p("adapter_load_timeout")
-            if not 1 <= int(rank) <= 4096:
-                return [f"max_adapter_rank must be in 1..4096 (got {rank})"]
-            if not 1 <= int(mb) <= 65536:
-                return [f"max_adapter_mb must be in 1..65536 (got {mb})"]
-            if not float(timeout) > 0:
-                return [f"adapter_load_timeout must be > 0 (got {timeout})"]
-            limits = AdapterLimits(max_rank=int(rank), max_weights_bytes=int(mb) << 20)
-            self._adapter_policy = AdapterPolicy.for_roots(roots, base_dir=self._start_cwd, limits=limits)
-        except (ValueError, TypeError) as e:
-            return [str(e)]
-        return []
-
-    def _stage(self, path: str) -> StagedAdapter:
-        """The checked, staged copy of adapter ``path`` (AdapterRefused with a reason otherwise)."""
-        if self._adapter_policy is None:
-            raise AdapterRefused("node not configured: no adapter roots")
-        return stage_adapter_bounded(path, self._adapter_policy, self._base, float(self._p("adapter_load_timeout")))
-
-    # -- model loading -----------------------------------------------------------------------
-    def _start_loader(self) -> None:
-        self._stop_loader()
-        self._load_stop = threading.Event()
-        self._load_thread = threading.Thread(target=self._load_loop, args=(self._load_stop,), daemon=True, name="vlm-loader")
-        self._load_thread.start()
-
-    def _stop_loader(self) -> None:
-        self._load_stop.set()
-        t = self._load_thread
-        if t is not None and t is not threading.current_thread():
-            t.join(timeout=30.0)
-        self._load_thread = None
-
-    def _free_model(self) -> None:
-        with self._model_lock:
-            self._loaded = None
-        self._load_status = "not loaded (node not active)"
-        gc.collect()
-
-    def _load_loop(self, stop: threading.Event) -> None:
-        spec = self._model_spec
-        period = float(self._p("load_retry_period"))
-        attempt = 0
-        while not stop.is_set():
-            attempt += 1
-            self._load_status = f"loading model {spec!r} (attempt {attempt})"
-            t0 = time.monotonic()
-            try:
-                model = load_model(spec)
-                self._base = base_identity(model)  # before any adapter: what announced adapters must fit
-            except Exception as e:  # noqa: BLE001 - any failure: report and retry
-                self._load_status = (f"model {spec!r} not available (attempt {attempt}: {type(e).__name__}: {e}); "
-                                     f"retrying every {period:.1f} s")
-                self.get_logger().warning(self._load_status)
-                stop.wait(period)
-                continue
-            while not stop.is_set():
-                with self._model_lock:
-                    want = self._wanted_adapter
-                active = ""
-                if want:
-                    try:
-                        with self._stage(want) as staged:
-                            active = load_staged(model, staged)
-                    except Exception as e:  # noqa: BLE001
-                        model.reset_adapter()
-                        self.get_logger().error(f"adapter {_shown(want)} not loaded ({refusal_reason(e)}); "
-                                                "serving the base model")
-                with self._model_lock:
-                    if self._wanted_adapter != want:  # an announcement arrived meanwhile
-                        continue
-                    if stop.is_set():
-                        return
-                    self._loaded = LoadedModel(model, active)
-                self._load_status = "ready"
-                self.get_logger().info(
-                    f"model ready: model={spec!r} adapter={active!r} ({time.monotonic() - t0:.2f} s, attempt {attempt})"
-                )
-                return
-
-    def _current(self) -> Optional[LoadedModel]:
-        with self._model_lock:
-            return self._loaded
-
-    def _build_swapped(self, current: LoadedModel, staged: Optional[StagedAdapter]) -> SpatialVLM:
-        """A new model instance with the checked adapter ``staged`` (None = base), built off the query path."""
-        if self._p("swap_mode") == "copy":
-            try:
-                with current.lock:
-                    new = copy.deepcopy(current.model)
-                new.reset_adapter()
-                if staged is not None:
-                    load_staged(new, staged)
-                return new
-            except AdapterRefused:
-                raise
-            except Exception as e:  # noqa: BLE001 - fall back to a fresh instance
-                self.get_logger().warning(f"swap by copy failed ({type(e).__name__}: {e}); reloading the model")
-        new = load_model(self._model_spec)
-        if staged is not None:
-            load_staged(new, staged)
-        return new
-
-    def _swap_adapter(self, path: str) -> Tuple[bool, str, str]:
-        """(success, message, active adapter) of switching to ``path``; the old model stays on failure."""
-        current = self._current()
-        if not self._active:
-            return False, "node is not active", ""
-        if current is None:
-            return False, f"model not ready: {self._load_status}", ""
-        path = path.strip()
-        t0 = time.monotonic()
-        staged = None
-        try:
-            if path:  # every check (roots, files, limits, base) before any work, the read bounded in time
-                staged = self._stage(path)
-            new = self._build_swapped(current, staged)
-        except AdapterRefused as e:
-            return False, f"adapter {_shown(path)} refused: {e}; kept adapter {current.adapter!r}", current.adapter
-        except Exception as e:  # noqa: BLE001
-            return (False, f"cannot load adapter {_shown(path)}: {refusal_reason(e)}; kept adapter {current.adapter!r}",
-                    current.adapter)
-        finally:
-            if staged is not None:
-                staged.cleanup()
-        active = staged.source if staged is not None else ""
-        with self._model_lock:
-            if not self._active:
-                return False, "node was deactivated during the swap", ""
-            self._loaded = LoadedModel(new, active)
-        self.get_logger().info(f"adapter switched: {current.adapter!r} -> {active!r} ({time.monotonic() - t0:.2f} s)")
-        return True, f"adapter {active!r} active", active
 
     # -- callbacks ---------------------------------------------------------------------------
     def _incompatible_qos(self, topic, event) -> None:
@@ -621,95 +304,15 @@ class SpatialQueryNode(LifecycleNode):
             "Set image_qos to match the camera (e.g. 'reliable' or 'sensor_data')."
         )
 
-    def _on_image(self, msg) -> None:  # Image or CompressedImage
-        """Buffer a camera frame; one over the image limits (Image header size, compressed stream
-        header size) is kept as a ``RefusedFrame`` (stamp + reason, no pixels)."""
-        try:
-            check_image_msg(msg, self._limits)
-        except ImageConversionError as e:
-            self._n_refused_frames += 1
-            kind = "compressed image" if isinstance(msg, CompressedImage) else "image"
-            msg = RefusedFrame(msg.header, f"bad {kind}: {e}")
-            self.get_logger().warning(f"camera frame refused: {msg.reason} ({self._n_refused_frames} so far)",
-                                      throttle_duration_sec=5.0)
-        with self._buf_lock:
-            self._frames.append(msg)
-
-    def _drop_scene(self, stamp_ns: int, scene_id: str, n_objects: int, limit: int) -> None:
-        self._n_bad_scenes += 1
-        self.get_logger().warning(
-            f"dropped scene_state (stamp {stamp_ns / 1e9:.3f}, scene {scene_id[:80]!r}): {n_objects} objects > "
-            f"max_scene_objects {limit} ({self._n_bad_scenes} dropped so far)", throttle_duration_sec=5.0)
-
-    def _on_scene_raw(self, data: bytes) -> None:
-        """A serialized scene state: one with more than ``max_scene_objects`` objects is dropped on
-        its CDR object count, before deserialization (rclpy would hold the GIL ~0.1 ms per object)."""
-        limit = int(self._p("max_scene_objects"))
-        prefix = scene_state_prefix(data)
-        if prefix is not None and prefix.n_objects > limit:
-            self._drop_scene(prefix.sec * 10**9 + prefix.nanosec, prefix.scene_id, prefix.n_objects, limit)
-            return
-        try:
-            msg = deserialize_message(data, SceneStateMsg)
-        except Exception as e:  # noqa: BLE001 - malformed bytes: drop them
-            self._n_bad_scenes += 1
-            self.get_logger().warning(f"dropped scene_state: cannot deserialize ({type(e).__name__}) "
-                                      f"({self._n_bad_scenes} dropped so far)", throttle_duration_sec=5.0)
-            return
-        self._on_scene(msg)
-
-    def _on_scene(self, msg: SceneStateMsg) -> None:
-        """Keep a scene state only if it converts (usable camera info, finite numbers) and has at
-        most ``max_scene_objects`` objects (counted before conversion): a bad one is dropped here,
-        so it can never fail or stall a later query."""
-        limit = int(self._p("max_scene_objects"))
-        if len(msg.objects) > limit:
-            self._drop_scene(stamp_to_ns(msg.header.stamp), msg.scene_id, len(msg.objects), limit)
-            return
-        try:
-            scene = msg_to_scene(msg)
-        except Exception as e:  # noqa: BLE001 - MessageConversionError and anything else: drop it
-            self._n_bad_scenes += 1
-            self.get_logger().warning(
-                f"dropped scene_state (stamp {stamp_to_ns(msg.header.stamp) / 1e9:.3f}, scene {msg.scene_id[:80]!r}): "
-                f"{' '.join(str(e).split())[:300]} ({self._n_bad_scenes} dropped so far)", throttle_duration_sec=5.0)
-            return
-        with self._buf_lock:
-            self._scenes.append((stamp_to_ns(msg.header.stamp), scene))
-
-    async def _off_executor(self, fn, *args):
-        """``fn(*args)`` on a worker thread, awaited: the executor serves other callbacks
-        (queries) while this coroutine is suspended. The worker wakes the executor when done
-        (an awaited rclpy Future is only polled when the executor wakes up)."""
-        done: Future = Future()
-        executor = self.executor
-
-        def work() -> None:
-            try:
-                done.set_result(fn(*args))
-            except BaseException as e:  # noqa: BLE001 - re-raised in the awaiting coroutine
-                done.set_exception(e)
-            if executor is not None:
-                try:
-                    executor.wake()
-                except Exception:  # noqa: BLE001 - executor shut down meanwhile
-                    pass
-
-        threading.Thread(target=work, daemon=True, name="adapter-swap").start()
-        return await done
-
     async def _on_adapter_announced(self, msg: AdapterInfo) -> None:
-        with self._model_lock:
-            cur = self._loaded
-            if cur is None:  # not loaded yet: the loader picks this adapter up
-                self._wanted_adapter = msg.path
-        if cur is None:
-            self.get_logger().info(f"announced adapter {_shown(msg.path)} (iteration {msg.iteration}) will be loaded "
+        if self._served.want_if_loading(msg.path):  # not loaded yet: the loader picks this adapter up
+            self.get_logger().info(f"announced adapter {shown(msg.path)} (iteration {msg.iteration}) will be loaded "
                                    "with the model")
             return
-        if cur.adapter == msg.path:
+        cur = self._served.current()
+        if cur is not None and cur.adapter == msg.path:
             return
-        ok, message, _ = await self._off_executor(self._swap_adapter, msg.path)
+        ok, message, _ = await await_off_executor(self, self._served.swap, msg.path)
         # one logging call site per severity: rclpy refuses a call site whose severity changes
         if ok:
             self.get_logger().info(f"announced adapter (iteration {msg.iteration}): {message}")
@@ -718,45 +321,21 @@ class SpatialQueryNode(LifecycleNode):
 
     async def _on_set_adapter(self, req: SetAdapter.Request, resp: SetAdapter.Response) -> SetAdapter.Response:
         try:
-            resp.success, resp.message, resp.active_adapter = await self._off_executor(self._swap_adapter, req.path)
+            resp.success, resp.message, resp.active_adapter = await await_off_executor(self, self._served.swap,
+                                                                                       req.path)
         except Exception as e:  # noqa: BLE001 - never raise out of a callback
             resp.success, resp.message = False, f"internal error: {type(e).__name__}: {e}"
         if not resp.success:
-            self.get_logger().warning(f"set_adapter {_shown(req.path)} failed: {resp.message}")
+            self.get_logger().warning(f"set_adapter {shown(req.path)} failed: {resp.message}")
         return resp
 
-    def _frame_for(self, stamp_ns: int) -> Tuple[Optional[object], str]:
-        topic = self.resolve_topic_name(str(self._p("image_topic")))
-        with self._buf_lock:
-            frames = list(self._frames)
-        if not frames:
-            return None, (f"request has no image and no frame was received on {topic!r} "
-                          f"(QoS {self._p('image_qos')}); send an image or check the camera topic")
-        if stamp_ns == 0:
-            return frames[-1], ""
-        best = min(frames, key=lambda f: abs(stamp_to_ns(f.header.stamp) - stamp_ns))
-        dt = abs(stamp_to_ns(best.header.stamp) - stamp_ns) / 1e9
-        if dt > float(self._p("frame_tolerance")):
-            lo = min(stamp_to_ns(f.header.stamp) for f in frames) / 1e9
-            hi = max(stamp_to_ns(f.header.stamp) for f in frames) / 1e9
-            return None, (f"no frame on {topic!r} within {float(self._p('frame_tolerance')):.3f} s of stamp "
-                          f"{stamp_ns / 1e9:.3f} (buffer holds {len(frames)} frames, {lo:.3f}..{hi:.3f})")
-        return best, ""
+    def _frame_for(self, stamp_ns: int):
+        return self._buffers.frame_for(stamp_ns, float(self._p("frame_tolerance")),
+                                       self.resolve_topic_name(str(self._p("image_topic"))), self._p("image_qos"))
 
-    def _scene_for(self, stamp_ns: int) -> Tuple[Optional[SceneState], str]:
-        """(the scene state nearest ``stamp_ns`` within ``scene_tolerance``, or None and why not)."""
-        with self._buf_lock:
-            scenes = list(self._scenes)
-        topic = self.resolve_topic_name(str(self._p("scene_topic")))
-        if not scenes:
-            return None, f"no scene_state received on {topic!r}"
-        tol = float(self._p("scene_tolerance"))
-        best_ns, best = min(scenes, key=lambda s: abs(s[0] - stamp_ns))
-        dt = abs(best_ns - stamp_ns) / 1e9
-        if dt <= tol:
-            return best, ""
-        return None, (f"no scene_state on {topic!r} within {tol:.3f} s of the image stamp {stamp_ns / 1e9:.3f} "
-                      f"(nearest {dt:.3f} s away)")
+    def _scene_for(self, stamp_ns: int):
+        return self._buffers.scene_for(stamp_ns, float(self._p("scene_tolerance")),
+                                       self.resolve_topic_name(str(self._p("scene_topic"))))
 
     def _on_query(self, req: SpatialQuery.Request, resp: SpatialQuery.Response) -> SpatialQuery.Response:
         t0 = time.monotonic()
@@ -768,7 +347,7 @@ class SpatialQueryNode(LifecycleNode):
         self._n_queries += 1
         if not resp.success:
             self._n_failed += 1
-            if self._loaded is None or not self._active:  # a client polling a loading node: keep the log short
+            if self._served.current() is None or not self._served.active:  # a client polling a loading node
                 self.get_logger().info(f"query rejected: {resp.message}", throttle_duration_sec=2.0)
             else:
                 self.get_logger().info(f"query {req.query_type[:40]!r} rejected: {resp.message}")
@@ -781,14 +360,14 @@ class SpatialQueryNode(LifecycleNode):
         the conversion and the lock-free image work, then the model under its lock (waited for
         until ``deadline``, time.monotonic()), then the 3D points and the annotation."""
         resp.header = req.header
-        if not self._active:
+        if not self._served.active:
             state = self._state_machine.current_state[1] if hasattr(self, "_state_machine") else "?"
             resp.success, resp.message = False, (f"node is not active (lifecycle state {state!r}); "
                                                  "configure and activate it or start it with autostart:=true")
             return
-        loaded = self._current()
+        loaded = self._served.current()
         if loaded is None:
-            resp.success, resp.message = False, f"model not ready: {self._load_status}"
+            resp.success, resp.message = False, f"model not ready: {self._served.status}"
             return
         resp.adapter = loaded.adapter
         q = QueryRequest(req.query_type, req.subject, req.reference, req.relation, list(req.candidates))
@@ -797,7 +376,7 @@ class SpatialQueryNode(LifecycleNode):
         except QueryError as e:
             resp.success, resp.message = False, str(e)
             return
-        if _is_empty_image(req.image):
+        if req.image.width == 0 and req.image.height == 0 and len(req.image.data) == 0:  # no image: a camera frame
             frame, why = self._frame_for(stamp_to_ns(req.header.stamp))
             if frame is None:
                 resp.success, resp.message = False, why
@@ -843,7 +422,7 @@ class SpatialQueryNode(LifecycleNode):
         try:  # the model's own passes only: the answer and the grounding of its two objects
             ans = answer_query(loaded.model, image, q, checked=checked)
             if ans.success and locate_wanted:
-                names2 = [self._located_subject(req, ans), req.reference.strip()]
+                names2 = [located_subject(req, ans), req.reference.strip()]
                 located = (names2, *locate(loaded.model, image, names2))
         finally:
             loaded.lock.release()
@@ -853,23 +432,12 @@ class SpatialQueryNode(LifecycleNode):
         resp.adapter = loaded.adapter
         if not ans.success:
             return
-        resp.terms = list(ans.terms)
-        resp.confidence = float(ans.confidence)
-        resp.term_names = list(ans.term_probabilities)
-        resp.term_probabilities = [float(v) for v in ans.term_probabilities.values()]
-        resp.holds = bool(ans.holds)
-        resp.ranked_candidates = [c for c, _ in ans.ranked]
-        resp.candidate_scores = [float(s) for _, s in ans.ranked]
+        fill_answer(resp, ans)
         if located is not None:
             self._set_locations(req, resp, image, scene, *located)
         if self._annotated_pub is not None:
             self._publish_annotated(image, resp.header, scene, req, ans.answer, ans.confidence, ans.ranked,
                                     labelled_locations([resp.subject_location, resp.reference_location]))
-
-    @staticmethod
-    def _located_subject(req, ans) -> str:
-        """The subject whose location an answer carries ('what': the best candidate)."""
-        return ans.ranked[0][0] if req.query_type.strip().lower() == "what" and ans.ranked else req.subject.strip()
 
     def _set_locations(self, req, resp, image: np.ndarray, scene, names, locs, notes) -> None:
         """Fill the subject's and reference's locations (3D points from intrinsics and depth, outside
@@ -879,23 +447,16 @@ class SpatialQueryNode(LifecycleNode):
         if notes:
             resp.message = f"{resp.message}; " + "; ".join(notes)
 
-    def _publish_annotated(self, image: np.ndarray, header: Header, scene, req, text, confidence, ranked,
-                           located=()) -> None:
-        names = [req.subject, req.reference] if req.query_type.strip().lower() != "what" else [
-            ranked[0][0] if ranked else "", req.reference]
-        boxes = []
-        for n in names:
-            o = find_object(scene, n)
-            if o is not None:
-                boxes.append((n, tuple(int(v) for v in o.bbox)))
+    def _publish_annotated(self, image: np.ndarray, header, scene, req, text, confidence, ranked, located=()) -> None:
         try:
-            self._annotated_pub.publish(numpy_to_image_msg(draw_annotation(image, boxes, text, confidence, located),
-                                                           "rgb8", header))
+            self._annotated_pub.publish(annotated_image(image, header, scene, req, text, confidence, ranked, located))
         except Exception as e:  # noqa: BLE001 - annotation is best effort
             self.get_logger().warning(f"annotated image not published: {e}")
 
 
 def main(args=None) -> int:
+    if print_help_if_asked("spatial_query", PARAMETERS, args):
+        return 0
     # queries in parallel on query_threads executor threads (the model lock serialises only model passes)
     return run_node(SpatialQueryNode, args, num_threads=lambda node: node.query_threads())
 
