@@ -263,7 +263,7 @@ def markdown_table(table: Sequence[Param]) -> str:
         accepts = p.allowed() or ""
         if p.read_only:
             accepts = f"{accepts}; read-only" if accepts else "read-only"
-        doc = p.doc.replace("|", "\\|")
+        doc = p.doc.replace("|", "\\|").replace("<", "\\<")
         accepts = accepts.replace("|", "\\|")
         lines.append(f"| `{p.name}` | {_TYPE_NAMES.get(p.kind, p.kind)} | `{_shown_default(p.default)}` | "
                      f"{accepts} | {doc} |")
