@@ -28,29 +28,16 @@ flattened, one parameter per key (``python -m rls3_ros.loop.config`` lists them 
 ranges and docs; ``ros2 param describe`` shows the same description and range). They are the
 ``loop``/``env``/``agent``/``eval`` keys of ``rls3 train`` (``agent.k`` is ``miner_k``; ``seed``
 seeds both the run and the scheduler; keys unset by default keep the sampler's own default),
-plus the node's ``graph`` section:
-- ``dataset_key`` ("ros-mujoco-160"): names the cached fixed sets (change it with the bridges'
-  backend or image size); the sets are generated through the graph from fixed seeds and cached
-  (``RLS3_CACHE`` or ~/.cache/rls3_ros).
-- ``bridge_namespaces`` ([""]): one sim_bridge per namespace, e.g. ["sim0", "sim1"]; relative
-  names resolve in this node's namespace (a graph pushed into a namespace keeps working), a
-  leading "/" makes one absolute.
-- ``reset_service``, ``apply_service`` (relative to each bridge namespace), ``caption_service``,
-  ``score_service``, ``fine_tune_action``: the stages' names (relative: resolved in the node's
-  namespace).
-- ``placement_bounds`` ([]): [x0, y0, z0, x1, y1, z1] world box for place targets
-  ([] = from the scene's objects).
-- ``run_dir`` (""): run directory ("" = runs/<timestamp>); ``resume`` (false): continue the
-  run in ``run_dir`` from its last checkpoint (the vlm_trainer must be started on that
-  checkpoint's adapter, its ``adapter`` parameter).
-- ``bridge_lost`` ("fail"): what a sim_bridge that stops answering (died, killed) does to the run:
-  "fail" = the run stops with the reason (exit 1); "wait" = the sampler logs it, waits up to
-  ``bridge_wait`` (300.0 s) for the bridge to come back (restarted by ``rls3 launch
-  --respawn-bridges``, a launch file's respawn, or an operator), rebuilds the episode's scene
-  on it, counts the lost move as invalid ("bridge_lost") and goes on.
-- ``service_timeout`` (60.0 s per call), ``fine_tune_timeout`` (1800.0 s),
-  ``wait_for_services`` (60.0 s at start), ``score_chunk`` (32 samples per ScoreSamples call).
-- ``exit_when_done`` (true): shut down when the loop ends.
+plus the node's ``graph`` section (stage names, run directory, timeouts; declared through
+``rls3_ros.ros.node_params.declare_config_parameters``). How the graph keys behave: the fixed
+sets named by ``dataset_key`` are generated through the graph from fixed seeds and cached
+(``RLS3_CACHE`` or ~/.cache/rls3_ros); relative stage names and ``bridge_namespaces`` resolve in
+this node's namespace (a graph pushed into a namespace keeps working; a leading "/" makes one
+absolute); ``resume`` needs the vlm_trainer started on the checkpoint's adapter (its ``adapter``
+parameter); with ``bridge_lost`` "wait" a bridge that stops answering (died, killed) is waited for
+up to ``bridge_wait`` s (restarted by ``rls3 launch --respawn-bridges``, a launch file's respawn
+or an operator), the episode's scene is rebuilt on it and the lost move counts as invalid
+("bridge_lost"); with "fail" the run stops with the reason (exit 1).
 """
 
 from __future__ import annotations
