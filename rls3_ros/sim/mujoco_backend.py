@@ -18,15 +18,17 @@ paper). Moves are checked with real physics and rendering:
 An invalid move restores the previous state exactly (qpos/qvel snapshot). MuJoCo's
 renderer is bound to the thread that created its GL context, so the backend owns one
 worker thread and runs every MuJoCo call on it; public methods are thread-safe.
+
+This module builds scenes and applies moves; beside it: ``mujoco_bodies`` (movable objects as
+free bodies), ``mujoco_renderer`` (the GL renderer kept across resets), ``mujoco_segmentation``
+(segmentation, visible fractions, full renders) and ``mujoco_validity`` (the checks above).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from rls3_ros.sim.gl_env import set_offscreen_gl_default  # noqa: E402
@@ -36,72 +38,14 @@ set_offscreen_gl_default()  # already done by ``import rls3_ros``; kept here for
 import numpy as np  # noqa: E402
 
 from rls3_ros.core.scene import CameraModel, ObjectState, SceneState  # noqa: E402
-from rls3_ros.sim.backend import (  # noqa: E402
-    BAD_REQUEST,
-    FLOATING,
-    OCCLUDED,
-    OUT_OF_VIEW,
-    OVERLAP,
-    SWAP,
-    TELEPORT,
-    UNSTABLE,
-    MoveAction,
-    MoveResult,
-    Render,
-    SimulatorBackend,
-    move_request_problem,
-)
-from rls3_ros.sim.objects import CATEGORIES, ObjectSpec  # noqa: E402
+from rls3_ros.sim.backend import BAD_REQUEST, SWAP, TELEPORT, MoveAction, MoveResult, Render  # noqa: E402
+from rls3_ros.sim.backend import SimulatorBackend, move_request_problem  # noqa: E402
+from rls3_ros.sim.mujoco_bodies import MovableBody, movable_bodies, quat_wxyz_to_mat, yaw_quat_wxyz  # noqa: E402
+from rls3_ros.sim.mujoco_renderer import make_renderer  # noqa: E402
+from rls3_ros.sim.mujoco_segmentation import SegmentationRendering  # noqa: E402
+from rls3_ros.sim.mujoco_validity import MoveChecks  # noqa: E402
+from rls3_ros.sim.objects import CATEGORIES  # noqa: E402
 from rls3_ros.sim.rooms import SCENE_TYPES, Receptacle, RoomSpec, build_room  # noqa: E402
-
-_SOLO_GROUP = 5
-_RENDERER_CLASS = None
-# Geoms the visual scene holds: the loop's rooms have ~45-70 (furniture, three active objects, the
-# container). ``mujoco.Renderer``'s default (10000) costs ~43 ms to allocate on every reset, against
-# ~4 ms for 1000; a model with more geoms gets room for all of them (``scene_max_geom``).
-MAX_SCENE_GEOMS = 1000
-
-
-def scene_max_geom(model) -> int:
-    """The visual scene's geom capacity for ``model``: every model geom fits, with room for decor."""
-    return max(MAX_SCENE_GEOMS, 4 * int(model.ngeom))
-
-
-def _reusable_renderer_class():
-    """``mujoco.Renderer`` that keeps its GL context when the scene's model changes.
-
-    Every reset compiles a new model; a new ``mujoco.Renderer`` per model creates a new GL
-    context, and the first ``MjrContext`` in a fresh context costs ~50 ms of driver set-up
-    (measured with EGL and OSMesa here) against ~9 ms in a warm one. ``rebind`` frees the old
-    model's ``MjrContext`` and scene and makes new ones in the same context (the same steps as
-    ``Renderer.__init__``; mujoco is pinned, and a test compares against a fresh renderer).
-    """
-    global _RENDERER_CLASS
-    if _RENDERER_CLASS is None:
-        import mujoco
-
-        class ReusableRenderer(mujoco.Renderer):
-            def rebind(self, model) -> None:
-                if self._gl_context:
-                    self._gl_context.make_current()
-                if self._mjr_context is not None:
-                    self._mjr_context.free()
-                self._model = model
-                self._scene = mujoco.MjvScene(model=model, maxgeom=scene_max_geom(model))
-                self._scene_option = mujoco.MjvOption()
-                self._mjr_context = mujoco.MjrContext(model, mujoco.mjtFontScale.mjFONTSCALE_150.value)
-                mujoco.mjr_setBuffer(mujoco.mjtFramebuffer.mjFB_OFFSCREEN.value, self._mjr_context)
-                self._mjr_context.readDepthMap = mujoco.mjtDepthMap.mjDEPTH_ZEROFAR
-                self._depth_rendering = False
-                self._segmentation_rendering = False
-
-        _RENDERER_CLASS = ReusableRenderer
-    return _RENDERER_CLASS
-
-
-def _yaw_quat_wxyz(yaw: float) -> np.ndarray:
-    return np.array([np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)])
-
 
 # Bump when a change of contact physics or of the validity checks makes the same seeds and actions
 # give other scenes: cached renders (fixed evaluation sets) are keyed on it. 2: rolling friction for
@@ -119,57 +63,7 @@ def physics_revision(freeze_parked: bool = True) -> int:
     return PHYSICS_REVISION if freeze_parked else UNFROZEN_PHYSICS_REVISION
 
 
-def _quat_wxyz_to_mat(q: np.ndarray) -> np.ndarray:
-    w, x, y, z = q / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
-
-
-@dataclass
-class _Obj:
-    spec: ObjectSpec
-    body: int
-    qadr: int  # qpos address of the free joint
-    dadr: int  # qvel address
-    geoms: np.ndarray  # geom ids
-    points: np.ndarray  # (N, 3) body-frame sample points of its geoms (for world boxes)
-    parking: Tuple[float, float]
-
-
-def _geom_points(model, g: int) -> np.ndarray:
-    """Sample points (geom frame) on geom ``g`` for tight world-box computation."""
-    import mujoco
-
-    t = model.geom_type[g]
-    s = model.geom_size[g]
-    if t == mujoco.mjtGeom.mjGEOM_MESH:
-        mid = model.geom_dataid[g]
-        adr, num = model.mesh_vertadr[mid], model.mesh_vertnum[mid]
-        v = np.asarray(model.mesh_vert[adr:adr + num], dtype=float)
-        if len(v) > 400:
-            v = v[:: int(np.ceil(len(v) / 400))]
-        return v
-    ang = np.linspace(0, 2 * np.pi, 16, endpoint=False)
-    circ = np.stack([np.cos(ang), np.sin(ang)], 1)
-    if t == mujoco.mjtGeom.mjGEOM_BOX:
-        return np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]) * s[:3]
-    if t == mujoco.mjtGeom.mjGEOM_SPHERE or t == mujoco.mjtGeom.mjGEOM_ELLIPSOID:
-        r = s[:3] if t == mujoco.mjtGeom.mjGEOM_ELLIPSOID else np.array([s[0]] * 3)
-        pts = [np.c_[circ * np.cos(el), np.full(16, np.sin(el))] for el in np.radians([-90, -60, -30, 0, 30, 60, 90])]
-        return np.concatenate(pts) * r
-    if t == mujoco.mjtGeom.mjGEOM_CYLINDER:
-        return np.concatenate([np.c_[circ * s[0], np.full(16, z)] for z in (-s[1], s[1])])
-    if t == mujoco.mjtGeom.mjGEOM_CAPSULE:
-        return np.concatenate([np.c_[circ * s[0], np.full(16, z)] for z in (-s[1], s[1])]
-                              + [np.array([[0, 0, -s[1] - s[0]], [0, 0, s[1] + s[0]]])])
-    c, h = model.geom_aabb[g][:3], model.geom_aabb[g][3:]
-    return np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]) * h + c
-
-
-class MuJoCoBackend(SimulatorBackend):
+class MuJoCoBackend(MoveChecks, SegmentationRendering, SimulatorBackend):
     """Procedural indoor scenes in MuJoCo with physics-checked moves (see module docstring).
 
     Parameters (all keyword, with defaults):
@@ -256,12 +150,6 @@ class MuJoCoBackend(SimulatorBackend):
         t0 = time.perf_counter()
         mujoco.mj_step(self._model, self._data, nstep=int(nstep))
         self._work["physics"] += time.perf_counter() - t0
-
-    def _gl_pass(self, renderer) -> np.ndarray:
-        t0 = time.perf_counter()
-        out = renderer.render()
-        self._work["render"] += time.perf_counter() - t0
-        return out
 
     def work_seconds(self) -> Dict[str, float]:
         """Seconds spent so far in physics steps ("physics": move settles, placement checks at
@@ -369,25 +257,6 @@ class MuJoCoBackend(SimulatorBackend):
             self._renderer.close()
             self._renderer = None
 
-    def _make_renderer(self, model):
-        import mujoco
-
-        try:
-            return _reusable_renderer_class()(model, self.image_size, self.image_size, max_geom=scene_max_geom(model))
-        except Exception as first:  # EGL unavailable: fall back to OSMesa once
-            try:
-                from mujoco import osmesa
-                from mujoco.rendering.classic import gl_context
-
-                gl_context.GLContext = osmesa.GLContext
-                return _reusable_renderer_class()(model, self.image_size, self.image_size,
-                                                  max_geom=scene_max_geom(model))
-            except Exception as second:
-                raise RuntimeError(
-                    f"MuJoCo offscreen rendering failed with MUJOCO_GL={os.environ.get('MUJOCO_GL')!r} ({first}) "
-                    f"and with OSMesa ({second}); install libegl1 libegl-mesa0 libgl1-mesa-dri or libosmesa6"
-                ) from second
-
     def _reset(self, seed: int, scene_type: Optional[str]) -> SceneState:
         import mujoco
 
@@ -412,7 +281,7 @@ class MuJoCoBackend(SimulatorBackend):
             self._renderer.rebind(model)  # same GL context: a new one costs ~50 ms per reset
         else:
             self._close_renderer()
-            self._renderer = self._make_renderer(model)
+            self._renderer = make_renderer(model, self.image_size)
         self._work["gl_setup"] += time.perf_counter() - t_gl
         self._model, self._data, self._room = model, data, room
         self._cam_id = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_CAMERA, "view")
@@ -426,18 +295,7 @@ class MuJoCoBackend(SimulatorBackend):
                 self._geom_owner.append(nm.split(":")[1])
             else:
                 self._geom_owner.append(mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_BODY, model.geom_bodyid[g]) or "")
-        self._objs: Dict[str, _Obj] = {}
-        for s in room.active + room.container:
-            b = mujoco.mj_name2id(model, mujoco.mjtObj.mjOBJ_BODY, s.id)
-            j = model.body_jntadr[b]
-            geoms = np.nonzero(model.geom_bodyid == b)[0]
-            pts = []
-            for g in geoms:
-                gp = _geom_points(model, g)
-                R = _quat_wxyz_to_mat(model.geom_quat[g])
-                pts.append(gp @ R.T + model.geom_pos[g])
-            self._objs[s.id] = _Obj(s, b, int(model.jnt_qposadr[j]), int(model.jnt_dofadr[j]), geoms,
-                                    np.concatenate(pts), room.parking[s.id])
+        self._objs: Dict[str, MovableBody] = movable_bodies(model, room)
         self._geom_obj = np.full(model.ngeom, "", dtype=object)
         for o in self._objs.values():
             self._geom_obj[o.geoms] = o.spec.id
@@ -533,16 +391,16 @@ class MuJoCoBackend(SimulatorBackend):
     def _put_on(self, oid: str, x: float, y: float, top_z: float, yaw: float) -> None:
         """Rest ``oid`` upright with yaw, its footprint centred at (x, y), bottom at ``top_z``."""
         o = self._objs[oid]
-        q = _yaw_quat_wxyz(yaw)
-        pts = o.points @ _quat_wxyz_to_mat(q).T
+        q = yaw_quat_wxyz(yaw)
+        pts = o.points @ quat_wxyz_to_mat(q).T
         lo, hi = pts.min(0), pts.max(0)
         c = (lo + hi) / 2
         self._set_pose(oid, (x - c[0], y - c[1], top_z - lo[2] + 0.002), q)
 
     def _teleport(self, oid: str, centre, yaw: float) -> None:
         o = self._objs[oid]
-        q = _yaw_quat_wxyz(yaw)
-        pts = o.points @ _quat_wxyz_to_mat(q).T
+        q = yaw_quat_wxyz(yaw)
+        pts = o.points @ quat_wxyz_to_mat(q).T
         c = (pts.min(0) + pts.max(0)) / 2
         self._set_pose(oid, np.asarray(centre, float) - c, q)
 
@@ -561,167 +419,6 @@ class MuJoCoBackend(SimulatorBackend):
         d.time = snap[4]
         self._last_render = snap[5]
         mujoco.mj_forward(self._model, d)
-
-    # ------------------------------------------------------------------ validity
-    def _contacts_of(self, oid: str):
-        d = self._data
-        geoms = set(self._objs[oid].geoms.tolist())
-        out = []
-        for i in range(d.ncon):
-            c = d.contact[i]
-            g1, g2 = int(c.geom1), int(c.geom2)
-            if g1 in geoms and g2 not in geoms:
-                out.append((g2, float(c.dist), c.pos.copy()))
-            elif g2 in geoms and g1 not in geoms:
-                out.append((g1, float(c.dist), c.pos.copy()))
-        return out
-
-    def _still_moving(self, oid: str) -> bool:
-        """Linear speed above ``rest_speed`` m/s or angular speed above ``rest_spin`` rad/s."""
-        v = self._data.qvel[self._objs[oid].dadr:self._objs[oid].dadr + 6]
-        return bool(np.linalg.norm(v[:3]) > self.rest_speed or np.linalg.norm(v[3:]) > self.rest_spin)
-
-    def _check_move(self, oid: str, snap, check_others: bool = True) -> str:
-        """Settle the scene after moving ``oid`` and return "" if valid, else the reason."""
-        import mujoco
-
-        m, d = self._model, self._data
-        mujoco.mj_forward(m, d)
-        for _, dist, _ in self._contacts_of(oid):
-            if dist < -self.penetration_tol:
-                return OVERLAP
-        before = {a: (d.xpos[self._objs[a].body].copy(), d.xmat[self._objs[a].body].reshape(3, 3)[:, 2].copy())
-                  for a in self._active}
-        d.qvel[:] = 0.0
-        self._physics(self.settle_steps)
-        if self._still_moving(oid):
-            # rocking or rolling after the short settle: give it longer before judging, so an object
-            # that is on its way off its support is seen leaving it (a zeroed velocity would freeze it
-            # mid-roll and the scene would change under the caption later)
-            self._physics(self.extra_settle_steps)
-            if self._still_moving(oid):
-                return UNSTABLE
-        # moved object
-        p0, z0 = before[oid]
-        p1 = d.xpos[self._objs[oid].body]
-        z1 = d.xmat[self._objs[oid].body].reshape(3, 3)[:, 2]
-        tilt = float(np.arccos(np.clip(np.dot(z0, z1), -1.0, 1.0)))
-        if not self._contacts_of(oid) or (p0[2] - p1[2] > self.drop_tol and tilt < self.tilt_tol):
-            return FLOATING
-        if tilt > self.tilt_tol or np.linalg.norm(p1[:2] - p0[:2]) > self.slide_tol:
-            return UNSTABLE
-        for a in self._active:
-            if a == oid:
-                continue
-            q0, _ = before[a]
-            if np.linalg.norm(d.xpos[self._objs[a].body] - q0) > self.slide_tol:
-                return UNSTABLE
-        d.qvel[:] = 0.0
-        mujoco.mj_forward(m, d)
-        checked = [(slot, a) for slot, a in enumerate(self._active) if check_others or a == oid]
-        # out of the camera's view from geometry alone: no render needed to refuse it
-        if any(self._in_view_fraction(a) < self.min_in_view_fraction for _, a in checked):
-            return OUT_OF_VIEW
-        # visibility and occlusion from segmentation
-        seg = self._render_seg()
-        counts = self._slot_counts(seg)
-        for slot, a in checked:
-            solo = self._solo_pixels(a)
-            if solo == 0:
-                return OUT_OF_VIEW
-            if counts[slot] / solo < self.min_visible_fraction:
-                return OCCLUDED
-        self._pending_seg = seg
-        return ""
-
-    def _in_view_fraction(self, oid: str) -> float:
-        lo, hi = self._world_aabb(oid)
-        corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-        uv = self.camera_model.project(corners)
-        if not np.all(np.isfinite(uv)):
-            return 0.0
-        u0, v0 = uv.min(0)
-        u1, v1 = uv.max(0)
-        area = max((u1 - u0) * (v1 - v0), 1e-9)
-        s = self.image_size
-        iu = max(0.0, min(u1, s) - max(u0, 0.0))
-        iv = max(0.0, min(v1, s) - max(v0, 0.0))
-        return float(iu * iv / area)
-
-    # ------------------------------------------------------------------ rendering
-    def _render_seg(self) -> np.ndarray:
-        """Instance segmentation: (H, W) int32 slot of the active object, -1 elsewhere."""
-        import mujoco
-
-        r = self._renderer
-        r.update_scene(self._data, self._cam_id)
-        r.enable_segmentation_rendering()
-        raw = self._gl_pass(r)
-        r.disable_segmentation_rendering()
-        lut = np.full(self._model.ngeom + 1, -1, dtype=np.int32)
-        for slot, a in enumerate(self._active):
-            lut[self._objs[a].geoms] = slot
-        ids = raw[..., 0]
-        is_geom = raw[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM)
-        return np.where(is_geom, lut[np.where(is_geom, ids, self._model.ngeom)], -1).astype(np.int32)
-
-    def _slot_counts(self, seg: np.ndarray) -> np.ndarray:
-        return np.bincount(seg.ravel() + 1, minlength=len(self._active) + 1)[1:]
-
-    def _solo_pixels(self, oid: str) -> int:
-        """Pixels of ``oid`` rendered alone (no occluders), cached per pose."""
-        import mujoco
-
-        d = self._data
-        o = self._objs[oid]
-        key = np.round(np.r_[d.xpos[o.body], d.xquat[o.body]], 4).tobytes()
-        hit = self._solo_cache.get(oid)
-        if hit is not None and hit[0] == key:
-            return hit[1]
-        m = self._model
-        opt = mujoco.MjvOption()
-        opt.geomgroup[:] = 0
-        opt.geomgroup[_SOLO_GROUP] = 1
-        m.geom_group[o.geoms] = _SOLO_GROUP
-        try:
-            r = self._renderer
-            r.update_scene(d, self._cam_id, scene_option=opt)
-            r.enable_segmentation_rendering()
-            raw = self._gl_pass(r)
-            r.disable_segmentation_rendering()
-        finally:
-            m.geom_group[:] = self._default_group
-        n = int(np.count_nonzero(raw[..., 1] == int(mujoco.mjtObj.mjOBJ_GEOM)))
-        self._solo_cache[oid] = (key, n)
-        return n
-
-    def _render_full(self, seg: Optional[np.ndarray] = None) -> Render:
-        r = self._renderer
-        if seg is None:
-            seg = self._render_seg()
-        r.update_scene(self._data, self._cam_id)
-        rgb = self._gl_pass(r).copy()
-        if self.render_depth:
-            r.enable_depth_rendering()
-            depth = self._gl_pass(r).astype(np.float32)
-            r.disable_depth_rendering()
-        else:
-            depth = np.zeros(seg.shape, np.float32)
-        boxes = {}
-        vis = {}
-        counts = self._slot_counts(seg)
-        for slot, a in enumerate(self._active):
-            if counts[slot] == 0:
-                boxes[a] = (0, 0, 0, 0)
-            else:
-                ys, xs = np.nonzero(seg == slot)
-                boxes[a] = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
-            solo = self._solo_pixels(a)
-            vis[a] = (int(counts[slot]), float(min(1.0, counts[slot] / solo)) if solo else 0.0)
-        self._vis = vis
-        out = Render(rgb=rgb, segmentation=seg, depth=depth, boxes=boxes)
-        self._last_render = out
-        return out
 
     # ------------------------------------------------------------------ state
     def _object_state(self, oid: str, active: bool) -> ObjectState:
