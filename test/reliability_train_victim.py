@@ -53,6 +53,7 @@ def main() -> int:
     from rls3_ros.captions.oracle import CaptionOracle
     from rls3_ros.loop import run_dir as run_dir_mod
     from rls3_ros.loop.datasets import generate_samples
+    from rls3_ros.loop.config import EnvConfig
     from rls3_ros.loop.env import BackendSource, RLS3Env
     from rls3_ros.loop.runner import DEFAULT_CONFIG, InProcessEvaluator, InProcessTrainer, LoopRunner, LockedScorer, merge_config
     from rls3_ros.loop.run_dir import RunDir, write_yaml
@@ -119,7 +120,8 @@ def main() -> int:
         write_yaml(run.config_path, cfg)
     vlm = vlm_test_model.load()
     lock = threading.RLock()
-    env = RLS3Env(src, oracle.caption_scene, LockedScorer(vlm, lock), T=LOOP["T"], T0=LOOP["T0"], seed=0)
+    env = RLS3Env.from_config(EnvConfig(max_relations=0, j2_clip=5.0), src, oracle.caption_scene, LockedScorer(vlm, lock), T=LOOP["T"],
+                              T0=LOOP["T0"], seed=0)
     trainer = InProcessTrainer(vlm, run, lock, progress=progress)
     runner = LoopRunner(cfg, run, [env], trainer, InProcessEvaluator(vlm, {"test": test}, lock), [],
                         adapter_loader=vlm.load_adapter, progress=False, log=lambda m: None)

@@ -9,6 +9,7 @@ import threading
 
 import pytest
 
+from rls3_ros.loop.config import EnvConfig
 from rls3_ros.loop.env import RLS3Env
 from rls3_ros.loop.runner import InProcessEvaluator, InProcessTrainer, LockedScorer
 from rls3_ros.loop.run_dir import RunDir
@@ -74,8 +75,8 @@ def scheduler(parts, tmp_path, trainer_wrap, background=True, **loop):  # noqa: 
     sched = Scheduler(cfg, trainer, InProcessEvaluator(train_vlm, {"test": parts["test"]}, train_lock),
                       background=background, on_adapter=vlm.load_adapter)
     ref.append(sched)
-    env = RLS3Env(parts["src"], parts["oracle"].caption_scene, LockedScorer(vlm, lock), T=4, T0=3, seed=5,
-                  episode_hook=sched.on_episode)
+    env = RLS3Env.from_config(EnvConfig(max_relations=0, j2_clip=5.0), parts["src"], parts["oracle"].caption_scene, LockedScorer(vlm, lock),
+                              T=4, T0=3, seed=5, episode_hook=sched.on_episode)
     return sched, trainer, env, vlm
 
 

@@ -61,6 +61,7 @@ def test_loop_serves_only_adapters_that_passed_the_gate(parts, tmp_path):  # noq
     """A real loop with the gate (alpha 0.5, so both outcomes occur): every promotion won its paired
     test, served.json names the last promoted adapter, every other adapter stays on disk unnamed, and
     the served model's validation accuracy never went down."""
+    from rls3_ros.loop.config import EnvConfig
     from rls3_ros.loop.env import RLS3Env
     from rls3_ros.loop.run_dir import RunDir, write_yaml
     from rls3_ros.loop.runner import (DEFAULT_CONFIG, InProcessEvaluator, InProcessTrainer, LockedScorer, LoopRunner,
@@ -75,7 +76,8 @@ def test_loop_serves_only_adapters_that_passed_the_gate(parts, tmp_path):  # noq
     write_yaml(run.config_path, cfg)
     vlm = parts["load"]()
     lock = parts["lock"]
-    env = RLS3Env(parts["src"], parts["oracle"].caption_scene, LockedScorer(vlm, lock), T=4, T0=2, seed=0)
+    env = RLS3Env.from_config(EnvConfig(max_relations=0, j2_clip=5.0), parts["src"], parts["oracle"].caption_scene, LockedScorer(vlm, lock),
+                              T=4, T0=2, seed=0)
     logs = []
     runner = LoopRunner(cfg, run, [env], InProcessTrainer(vlm, run, lock),
                         InProcessEvaluator(vlm, {"test": parts["test"], "val": parts["replay"]}, lock), parts["replay"],

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from rls3_ros.captions.oracle import CaptionOracle
+from rls3_ros.loop.config import EnvConfig
 from rls3_ros.loop.env import (ACTION_DIM, BackendSource, RLS3Env, j2_from_scores, per_sample_loss)
 from rls3_ros.sim.backend import PLACE, SWAP
 from rls3_ros.vlm.interface import RelationScore
@@ -35,7 +36,7 @@ def vlm():
 def test_check_env_passes(source, vlm):
     from stable_baselines3.common.env_checker import check_env
 
-    env = RLS3Env(source, CaptionOracle().caption_scene, vlm.score, T=4, T0=3)
+    env = RLS3Env.from_config(EnvConfig(max_relations=0, j2_clip=5.0), source, CaptionOracle().caption_scene, vlm.score, T=4, T0=3)
     check_env(env, warn=True, skip_render_check=True)
     assert env.action_space.shape == (ACTION_DIM,)
     obs, _ = env.reset()
@@ -47,8 +48,9 @@ def test_check_env_passes(source, vlm):
 
 def test_rewards_signs_and_episode_end(source, vlm):
     records = []
-    env = RLS3Env(source, CaptionOracle().caption_scene, vlm.score, T=10, T0=10, seed=3,
-                  reward_valid=0.25, reward_invalid=-0.5, j2_weight=2.0, episode_hook=records.append)
+    env = RLS3Env.from_config(EnvConfig(max_relations=0, j2_clip=5.0, reward_valid=0.25, reward_invalid=-0.5, j2_weight=2.0),
+                              source, CaptionOracle().caption_scene, vlm.score, T=10, T0=10, seed=3,
+                              episode_hook=records.append)
     rng = np.random.default_rng(0)
     seen = {"valid": 0, "invalid": 0}
     for _ in range(4):
@@ -84,7 +86,7 @@ def test_rewards_signs_and_episode_end(source, vlm):
 
 
 def test_episode_ends_at_T0_valid_samples(source):
-    env = RLS3Env(source, CaptionOracle().caption_scene, None, T=30, T0=2, seed=1)
+    env = RLS3Env.from_config(EnvConfig(max_relations=0), source, CaptionOracle().caption_scene, None, T=30, T0=2, seed=1)
     env.reset()
     rng = np.random.default_rng(1)
     for _ in range(30):
@@ -107,7 +109,7 @@ def test_worse_vlm_gives_higher_j2():
 
 
 def test_action_decoding_reaches_every_move_kind(source):
-    env = RLS3Env(source, CaptionOracle().caption_scene, None, T=4)
+    env = RLS3Env.from_config(EnvConfig(max_relations=0), source, CaptionOracle().caption_scene, None, T=4)
     env.reset()
     active = [o.id for o in env._scene.active_objects()]
     swap = env.decode_action([-1, -1, 0, 0, 0, 0])
@@ -125,16 +127,17 @@ def test_action_decoding_reaches_every_move_kind(source):
 def test_bad_parameters_are_refused(source):
     cap = CaptionOracle().caption_scene
     with pytest.raises(ValueError):
-        RLS3Env(source, cap, T=4, T0=5)
+        RLS3Env.from_config(EnvConfig(), source, cap, T=4, T0=5)
     with pytest.raises(ValueError):
-        RLS3Env(source, cap, reward_valid=-1)
+        RLS3Env.from_config(EnvConfig(reward_valid=-1), source, cap, T=8)
     with pytest.raises(ValueError):
-        RLS3Env(source, cap, j2_metric="score")
+        RLS3Env.from_config(EnvConfig(j2_metric="score"), source, cap, T=8)
 
 
 def test_j2_per_step_option_rewards_each_valid_sample(source, vlm):
-    env = RLS3Env(source, CaptionOracle().caption_scene, vlm.score, T=6, T0=6, seed=5, j2_per_step=True,
-                  reward_valid=0.1, reward_invalid=-0.1)
+    env = RLS3Env.from_config(EnvConfig(max_relations=0, j2_clip=5.0, j2_per_step=True, reward_valid=0.1,
+                                        reward_invalid=-0.1), source, CaptionOracle().caption_scene, vlm.score,
+                              T=6, T0=6, seed=5)
     env.reset()
     rng = np.random.default_rng(5)
     done, got_valid = False, False
@@ -164,7 +167,7 @@ def test_a_seed_the_simulator_cannot_build_is_skipped(source):
             return super().reset(seed, scene_type)
 
     flaky = Flaky(source)
-    env = RLS3Env(flaky, CaptionOracle().caption_scene, None, T=2, seed=2)
+    env = RLS3Env.from_config(EnvConfig(max_relations=0), flaky, CaptionOracle().caption_scene, None, T=2, seed=2)
     _, info = env.reset()
     assert flaky.refused == [env.scene_seed(0)] and info["scene_seed"] != flaky.refused[0]
     assert env._scene is not None and env._scene.seed == info["scene_seed"]

@@ -9,6 +9,7 @@ import pytest
 
 from rls3_ros.bench.paired import auc, mean_ci, paired, renders_to_reach, value_at
 from rls3_ros.captions.oracle import CaptionOracle
+from rls3_ros.loop.config import EnvConfig
 from rls3_ros.loop.env import BackendSource, RLS3Env
 from rls3_ros.loop.mode_samplers import TeacherSampler, UpperBoundSampler
 from rls3_ros.loop.modes import MODES, UNIFORM_SHARE, mode_action, mode_of
@@ -28,7 +29,7 @@ def source():
 
 def test_every_mode_action_decodes_to_its_mode_and_its_move_kind(source):
     rng = np.random.default_rng(0)
-    env = RLS3Env(source, CaptionOracle().caption_scene, None, T=4)
+    env = RLS3Env.from_config(EnvConfig(max_relations=0), source, CaptionOracle().caption_scene, None, T=4)
     env.reset()
     for m in MODES:
         for _ in range(50):
@@ -121,7 +122,7 @@ def _feed(sampler, episodes):
 
 
 def test_teacher_moves_renders_to_the_mode_whose_relations_the_vlm_learns(source):
-    env = RLS3Env(source, CaptionOracle().caption_scene, None, T=4)
+    env = RLS3Env.from_config(EnvConfig(max_relations=0), source, CaptionOracle().caption_scene, None, T=4)
     t = TeacherSampler([env], seed=0, epsilon=0.1)
     assert np.allclose(t.probs, 1 / len(MODES))
     t.update(0, _val({"on": 2.0, "left": 1.0}))
@@ -137,7 +138,7 @@ def test_teacher_moves_renders_to_the_mode_whose_relations_the_vlm_learns(source
 
 
 def test_upper_bound_follows_yield_times_error(source):
-    env = RLS3Env(source, CaptionOracle().caption_scene, None, T=4)
+    env = RLS3Env.from_config(EnvConfig(max_relations=0), source, CaptionOracle().caption_scene, None, T=4)
     u = UpperBoundSampler([env], seed=0, epsilon=0.1)
     _feed(u, [({"stack": 4, "swap": 4, "place_low": 4}, [("stack", _S("a", ["on", "on"])), ("swap", _S("b", ["left"])),
                                                           ("place_low", _S("c", ["left"]))])])

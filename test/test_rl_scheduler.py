@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rls3_ros.captions.oracle import CaptionOracle
+from rls3_ros.loop.config import EnvConfig
 from rls3_ros.loop.env import BackendSource, RLS3Env
 from rls3_ros.loop.runner import (DEFAULT_CONFIG, InProcessEvaluator, InProcessTrainer, LoopRunner, LockedScorer,
                               merge_config)
@@ -57,8 +58,8 @@ def make_runner(parts, tmp_path, loop, agent="random", seed=0, name="run"):
     write_yaml(run.config_path, cfg)
     vlm = parts["load"]()
     lock = parts["lock"]
-    env = RLS3Env(parts["src"], parts["oracle"].caption_scene, LockedScorer(vlm, lock), T=loop["T"], T0=loop["T0"],
-                  seed=seed)
+    env = RLS3Env.from_config(EnvConfig(max_relations=0, j2_clip=5.0), parts["src"], parts["oracle"].caption_scene, LockedScorer(vlm, lock),
+                              T=loop["T"], T0=loop["T0"], seed=seed)
     trainer = CountingTrainer(InProcessTrainer(vlm, run, lock))
     runner = LoopRunner(cfg, run, [env], trainer, InProcessEvaluator(vlm, {"test": parts["test"]}, lock),
                         parts["replay"], adapter_loader=vlm.load_adapter, progress=False, log=lambda m: None)
@@ -148,7 +149,7 @@ def test_fine_tune_steps_per_generated_sample(parts, tmp_path):
         # steps follow the generated samples of the batch (replay not counted), not fine_tune_steps
         assert call["steps"] == max(1, round(1.5 * info.batch_samples)) != 50
     with pytest.raises(ValueError, match="fine_tune_steps_per_sample"):
-        SchedulerConfig(fine_tune_steps_per_sample=-1.0).validate()
+        SchedulerConfig(fine_tune_steps_per_sample=-1.0)
 
 
 def test_early_stopping_and_config_validation():
@@ -174,7 +175,7 @@ def test_early_stopping_and_config_validation():
     assert s.stop_reason == "early_stopping" and s.iteration == 2 and s.best_iteration == 0
     for bad in ({"T0": 9}, {"E": 0}, {"eta": 0.0}, {"eta": 1.5}, {"replay_fraction": 1.0}, {"budget_renders": -1}):
         with pytest.raises(ValueError):
-            SchedulerConfig(**bad).validate()
+            SchedulerConfig(**bad)
 
 
 def test_balanced_split(parts):

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from rls3_ros.captions.oracle import CaptionOracle
+from rls3_ros.loop.config import EnvConfig
 from rls3_ros.loop.env import BackendSource, RLS3Env
 from rls3_ros.loop.runner import backend_params, make_source
 from rls3_ros.loop.sim_worker import PrefetchSource
@@ -22,7 +23,7 @@ def episodes(source, n_episodes, seed=3, skip_at=None):
     """Random-action episodes on ``source``: per episode the samples (id, image hash, captions),
     the invalid reasons and the renders. ``skip_at``: jump the episode counter there (the
     prefetched scene is then the wrong one, as after a resume)."""
-    env = RLS3Env(source, CaptionOracle().caption_scene, None, T=6, T0=4, seed=seed)
+    env = RLS3Env.from_config(EnvConfig(max_relations=0), source, CaptionOracle().caption_scene, None, T=6, T0=4, seed=seed)
     rng = np.random.default_rng([seed, 1])
     out = []
     for ep in range(n_episodes):
@@ -84,7 +85,7 @@ def test_a_dead_worker_is_an_error_not_a_hang():
         w = src._workers[src._active]
         w.proc.kill()
         w.proc.wait(timeout=10)
-        env = RLS3Env(src, CaptionOracle().caption_scene, None, T=2, T0=2)
+        env = RLS3Env.from_config(EnvConfig(max_relations=0), src, CaptionOracle().caption_scene, None, T=2, T0=2)
         env._scene = step.scene
         with pytest.raises(RuntimeError, match="simulator worker"):
             src.apply(env.decode_action(np.zeros(6, np.float32)))
@@ -159,7 +160,7 @@ def test_features_are_computed_while_the_worker_simulates_and_scores_do_not_chan
     warm = feature_warmer(cache, threading.RLock())
     src.while_waiting = spy
     try:
-        env = RLS3Env(src, CaptionOracle().caption_scene, vlm.score, T=8, T0=8, seed=4)
+        env = RLS3Env.from_config(EnvConfig(max_relations=0, j2_clip=5.0), src, CaptionOracle().caption_scene, vlm.score, T=8, T0=8, seed=4)
         rng = np.random.default_rng(2)
         cache._cache.clear()
         env.reset()

@@ -9,6 +9,7 @@ import numpy as np
 
 from rls3_ros.captions.oracle import CaptionOracle
 from rls3_ros.loop.agents import SACAgent
+from rls3_ros.loop.config import EnvConfig
 from rls3_ros.loop.env import RLS3Env
 from rls3_ros.loop.runner import make_source
 
@@ -19,7 +20,7 @@ GRAD = 2
 
 
 def sac_run(source, overlap: bool, steps: int = STEPS, train_freq: int = 1):
-    env = RLS3Env(source, CaptionOracle().caption_scene, None, T=6, T0=4, seed=1)
+    env = RLS3Env.from_config(EnvConfig(max_relations=0), source, CaptionOracle().caption_scene, None, T=6, T0=4, seed=1)
     agent = SACAgent([env], seed=0, learning_starts=STARTS, gradient_steps=GRAD, batch_size=8, train_freq=train_freq)
     in_wait = []
     if overlap:
@@ -96,7 +97,7 @@ def test_training_every_second_step_overlaps_the_same_updates():
 def test_sac_trains_at_once_without_a_worker():
     src = make_source({**RC, "sim_worker": False}, 0)
     try:
-        env = RLS3Env(src, CaptionOracle().caption_scene, None, T=6, T0=4, seed=1)
+        env = RLS3Env.from_config(EnvConfig(max_relations=0), src, CaptionOracle().caption_scene, None, T=6, T0=4, seed=1)
         agent = SACAgent([env], seed=0, learning_starts=STARTS, gradient_steps=GRAD, batch_size=8, train_freq=1)
         agent.run(should_stop=lambda: agent.model.num_timesteps >= 10)
         agent.model.train(gradient_steps=GRAD, batch_size=8)
@@ -111,7 +112,7 @@ def test_checkpoint_keeps_the_replay_buffer_written_up_to_its_fill(tmp_path):
     a buffer of the allocated size (training continues where it stopped)."""
     src = make_source({**RC, "sim_worker": False}, 0)
     try:
-        env = RLS3Env(src, CaptionOracle().caption_scene, None, T=6, T0=4, seed=1)
+        env = RLS3Env.from_config(EnvConfig(max_relations=0), src, CaptionOracle().caption_scene, None, T=6, T0=4, seed=1)
         agent = SACAgent([env], seed=0, learning_starts=STARTS, gradient_steps=1, batch_size=8, buffer_size=5000)
         agent.run(should_stop=lambda: agent.model.num_timesteps >= 9)
         rb = agent.model.replay_buffer

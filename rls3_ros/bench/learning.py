@@ -109,7 +109,11 @@ def bench_config(sampler: str, seed: int, budget: int, quick: bool, overrides: S
 
     ``regime``: "scratch" = the weak base and its recipe (``SCRATCH_REGIME``, what results/learning.json
     was measured with); "served" = the served model with the main job's recipe for it
-    (config/train.yaml: cumulative fine-tuning, 80 % replay of its own distribution, LoRA 1e-3)."""
+    (config/train.yaml: cumulative fine-tuning, 80 % replay of its own distribution, LoRA 1e-3).
+
+    Built through the schema: the edits below and ``overrides`` are validated at the end (a bad value or
+    an unknown key raises ``ValueError`` naming it); the dict returned is the validated configuration."""
+    from rls3_ros.loop.config import to_dict, validate_config
     from rls3_ros.loop.config_files import apply_sets, load_train_config
 
     if sampler not in VARIANTS:
@@ -135,7 +139,7 @@ def bench_config(sampler: str, seed: int, budget: int, quick: bool, overrides: S
     cfg["eval"].update(QUICK_EVAL if quick else BENCH_EVAL)
     cfg["env"].update(v.get("env", {}))
     cfg["agent"].update(v.get("agent_section", {}))
-    return apply_sets(cfg, list(overrides))
+    return to_dict(validate_config(apply_sets(cfg, list(overrides))))
 
 
 def run_curve(summary: Dict[str, Any], split: str) -> List[List[float]]:

@@ -9,8 +9,9 @@
 Defaults come from the schema ``rls3_ros.loop.config`` (``python -m rls3_ros.loop.config`` lists every
 key), then ``config/train.yaml`` (shipped next to the package; ``--config`` overrides any subset),
 ``--quick`` applies its ``quick:`` section on top, then ``--set``; the result is validated against
-the schema (a bad value names the key, the value and the allowed range; unknown keys are refused). The configuration actually
-used is written to ``runs/<ts>/config.yaml``; ``--resume`` reads it back from there.
+the schema (a bad value names the key, the value and the allowed range; unknown keys are refused), and
+that validated ``TrainConfig`` is what the loop receives. The configuration actually used is written
+to ``runs/<ts>/config.yaml``; ``--resume`` reads it back from there (and validates it again).
 """
 
 from __future__ import annotations
@@ -62,9 +63,9 @@ def cli_train(argv: List[str]) -> int:
         from rls3_ros.loop.run_dir import CheckpointError
 
         try:  # before building anything: ours, current format, one checkpoint verifies (run_dir docstring)
-            cfg = read_yaml(run.config_path)
+            cfg = validate_config(read_yaml(run.config_path))
             resumable = run.check_resumable()
-        except (OSError, yaml.YAMLError, CheckpointError) as e:
+        except (OSError, ValueError, yaml.YAMLError, CheckpointError) as e:
             print(f"rls3 train: {_one_line(e)}", file=sys.stderr)
             return 2
         if not resumable:
@@ -77,8 +78,7 @@ def cli_train(argv: List[str]) -> int:
                 sets.append(f"run.agent={args.agent}")
             if args.seed is not None:
                 sets.append(f"run.seed={args.seed}")
-            cfg = load_train_config(args.config, args.quick, sets)
-            validate_config(cfg)
+            cfg = validate_config(load_train_config(args.config, args.quick, sets))
         except (OSError, ValueError, yaml.YAMLError) as e:
             print(f"rls3 train: {e}", file=sys.stderr)
             return 2

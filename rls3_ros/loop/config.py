@@ -2,10 +2,13 @@
 
 Everything that configures the loop comes from here:
 
-- ``rls3 train`` (``rls3_ros.loop.runner``): :data:`DEFAULT_CONFIG` (the nested dict the loop reads)
-  is :class:`TrainConfig`'s defaults, :func:`validate_config` checks ``config/train.yaml`` +
+- ``rls3 train`` (``rls3_ros.cli.train``): :data:`DEFAULT_CONFIG` (the nested dict the files are
+  merged onto) is :class:`TrainConfig`'s defaults, :func:`validate_config` checks ``config/train.yaml`` +
   ``--config`` + ``--set`` against it (a bad value names the key, the value and the allowed
-  range; an unknown key is refused with the known ones);
+  range; an unknown key is refused with the known ones) and the validated :class:`TrainConfig` is
+  what flows down: ``run`` to the builders of ``rls3_ros.loop.runner``, ``env`` to
+  ``RLS3Env.from_config``, ``loop`` to the ``Scheduler`` (a field added to a section reaches its
+  consumer with no other edit);
 - the ``rl_sampler`` node (``rls3_ros.ros.nodes.rl_sampler``): its ROS parameters are the fields of
   :class:`GraphRunConfig` flattened (:data:`NODE_PARAMS`: name, default, description from the
   field's doc, range from the field's constraints); a field added here becomes a node parameter
@@ -29,7 +32,7 @@ from __future__ import annotations
 import copy
 import sys
 import typing
-from typing import Any, Dict, List, Literal, Optional, Tuple, Union
+from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -77,7 +80,8 @@ class RunConfig(_Section):
 
 
 class LoopConfig(_Section):
-    """The loop section: ``rls3_ros.loop.scheduler.SchedulerConfig`` is this model (its only definition)."""
+    """The loop section: what :class:`rls3_ros.loop.scheduler.Scheduler` takes (``SchedulerConfig`` is
+    this model under its old name)."""
 
     T: int = _f(8, "agent steps per episode", ge=1)
     T0: int = _f(6, "valid samples per episode (ends the episode early), <= T", ge=1)
@@ -105,9 +109,20 @@ class LoopConfig(_Section):
             raise ValueError(f"T0 must be in [1, T] (got T0={self.T0}, T={self.T})")
         return self
 
+    def steps_for(self, n_generated: int) -> int:
+        """Optimiser steps of a fine-tune whose batch holds ``n_generated`` generated samples."""
+        if self.fine_tune_steps_per_sample > 0:
+            return max(1, int(round(self.fine_tune_steps_per_sample * n_generated)))
+        return self.fine_tune_steps
+
+    @property
+    def batch_target(self) -> int:
+        """Nominal fine-tuning batch size E * eta * T0."""
+        return int(round(self.E * self.eta * self.T0))
+
 
 class EnvConfig(_Section):
-    """``rls3_ros.loop.env.RLS3Env``'s rewards and observation."""
+    """``rls3_ros.loop.env.RLS3Env``'s rewards and observation (``RLS3Env.from_config``)."""
 
     reward_valid: float = _f(0.1, "intrinsic reward of a valid sample", gt=0.0)
     reward_invalid: float = _f(-0.1, "intrinsic reward of an invalid move", lt=0.0)
@@ -335,11 +350,25 @@ def validate_config(cfg: Dict[str, Any], model_cls=TrainConfig) -> BaseModel:
         raise ValueError("bad configuration: " + format_errors(e, model_cls)) from None
 
 
-def needs_validation(cfg: Dict[str, Any]) -> bool:
-    """Whether a run needs the validation set (early stopping, a sampler or observation that reads
-    the validation error, or an extra ``val`` split)."""
-    return bool(int(cfg["loop"].get("patience", 0)) or cfg["loop"].get("gate") or cfg["run"]["agent"] in ("upper", "teacher")
-                or cfg["env"].get("observe_vlm") or "val" in (cfg["eval"].get("extra_splits") or ()))
+def as_train_config(cfg: Union[TrainConfig, Mapping[str, Any]]) -> TrainConfig:
+    """The run configuration as the model the loop reads: a :class:`TrainConfig` as it is, a nested dict
+    (a run's ``config.yaml``, a test's or a benchmark's dict) validated once here. The rl_sampler node's
+    dict names the ROS graph in its ``run`` section (``graph: true``; backend and image size are the
+    bridges'): of that section only the sampler and the seed configure the loop."""
+    if isinstance(cfg, TrainConfig):
+        return cfg
+    if (cfg.get("run") or {}).get("graph"):
+        cfg = {**cfg, "run": {k: cfg["run"][k] for k in ("agent", "seed")}}
+        cfg.pop("graph", None)
+    return validate_config(dict(cfg))
+
+
+def needs_validation(cfg: Union[TrainConfig, Mapping[str, Any]]) -> bool:
+    """Whether a run needs the validation set (early stopping, the promotion gate, a sampler or
+    observation that reads the validation error, or an extra ``val`` split)."""
+    c = as_train_config(cfg)
+    return bool(c.loop.patience or c.loop.gate or c.run.agent in ("upper", "teacher") or c.env.observe_vlm
+                or "val" in c.eval.extra_splits)
 
 
 # ---------------------------------------------------------------------- samplers
@@ -349,9 +378,12 @@ AGENT_KEYS: Dict[str, Tuple[str, ...]] = {  # which keys of the ``agent`` sectio
 AGENT_SECTION_KEYS = sorted(AgentConfig.model_fields)
 
 
-def agent_kwargs(cfg: Dict[str, Any]) -> Dict[str, Any]:
+def agent_kwargs(cfg: Union[TrainConfig, Mapping[str, Any]]) -> Dict[str, Any]:
     """The ``agent`` section's keys that the configured sampler takes (``sac_*``/``ppo_*`` prefixed
-    keys override the shared ones for that algorithm, so SAC's and PPO's entropy settings differ)."""
+    keys override the shared ones for that algorithm, so SAC's and PPO's entropy settings differ);
+    unset keys (``None``, or absent from a dict) are left to the sampler."""
+    if isinstance(cfg, TrainConfig):
+        cfg = to_dict(cfg)
     name = cfg["run"]["agent"]
     sec = {k: v for k, v in (cfg.get("agent") or {}).items() if v is not None}
     out = {k: v for k, v in sec.items() if k in AGENT_KEYS.get(name, ())}

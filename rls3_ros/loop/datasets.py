@@ -26,10 +26,15 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from rls3_ros.loop.env import RLS3Env, SimSource
+from rls3_ros.captions.imbalance import term_counts  # noqa: F401 - part of this module's API
 from rls3_ros.core.scene import Sample
+from rls3_ros.loop.config import EnvConfig
+from rls3_ros.loop.env import RLS3Env, SimSource
 
 SPLIT_SEEDS = {"test": 1_000_000_000, "val": 1_100_000_000, "replay": 1_200_000_000}
+# the generator's env: every relation the oracle gives is kept (rewards and the J2 settings play no part:
+# no scorer, random moves)
+GENERATOR_ENV = EnvConfig(max_relations=0)
 
 
 def default_cache_dir() -> str:
@@ -47,8 +52,8 @@ def generate_samples(
 ) -> List[Sample]:
     """Valid captioned samples from ``n_scenes`` scenes with fixed seeds for ``split``."""
     base = SPLIT_SEEDS[split] + seed_offset
-    env = RLS3Env(source, captioner, scorer=None, T=moves_per_scene, T0=moves_per_scene,
-                  scene_types=scene_types, run_id=split)
+    env = RLS3Env.from_config(GENERATOR_ENV, source, captioner, None, T=moves_per_scene, T0=moves_per_scene,
+                              scene_types=scene_types, run_id=split)
     env.scene_seed = lambda ep: base + ep  # type: ignore[assignment]
     rng = np.random.default_rng([base, 11])
     out: List[Sample] = []
@@ -96,15 +101,6 @@ def balance_relations(samples: Sequence[Sample], per_term: int) -> List[Sample]:
         out.append(Sample(sample_id=s.sample_id, image=s.image, scene=s.scene, relations=rels, valid=True,
                           episode=s.episode, step=s.step))
     return out
-
-
-def term_counts(samples: Sequence[Sample]) -> Dict[str, int]:
-    c: Dict[str, int] = {}
-    for s in samples:
-        for r in s.relations:
-            for t in r.terms:
-                c[t] = c.get(t, 0) + 1
-    return dict(sorted(c.items()))
 
 
 def _atomic_pickle(obj, path: str) -> None:

@@ -54,11 +54,13 @@ import numpy as np
 
 from rls3_ros.core.scene import Sample, SceneState, SpatialRelation
 from rls3_ros.sim.backend import PLACE, SWAP, MoveAction
+from rls3_ros.loop.config import EnvConfig
 from rls3_ros.loop.modes import ACTION_DIM, mode_of
 from rls3_ros.loop.reward import AdapterBaseline, j2_from_scores, per_sample_loss  # noqa: F401 - part of the env API
 from rls3_ros.vlm.interface import RelationScore
 
 N_SLOTS = 3
+N_CATEGORIES = 16  # category one-hot bins (EnvConfig.n_categories unset)
 N_SCENE_TYPES = 8
 SLOT_FEATURES_BASE = 8  # position(3) + size(3) + visible_fraction + stacked flag
 OBS_TERMS = ("left", "right", "in front", "behind", "above", "below", "on", "under")
@@ -235,40 +237,29 @@ class RLS3Env(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(
-        self,
-        source: SimSource,
-        captioner: Captioner,
-        scorer: Optional[Scorer] = None,
-        T: int = 8,
-        T0: Optional[int] = None,
-        seed: int = 0,
-        scene_types: Optional[Sequence[str]] = None,
-        reward_valid: float = 0.1,
-        reward_invalid: float = -0.1,
-        reward_no_relation: float = 0.0,
-        j2_metric: str = "loss",
-        j2_weight: float = 1.0,
-        j2_clip: float = 5.0,
-        n_categories: int = 16,
-        episode_hook: Optional[Callable[[EpisodeRecord], None]] = None,
-        run_id: str = "rls3",
-        max_relations: int = 0,
-        j2_per_step: bool = False,
-        j2_baseline: str = "none",
-        observe_vlm: bool = False,
-        vlm_state: Optional[Callable[[], Tuple[int, Dict[str, float]]]] = None,
-    ):
+    @classmethod
+    def from_config(cls, config: EnvConfig, source: SimSource, captioner: Captioner,
+                    scorer: Optional[Scorer] = None, **kwargs) -> "RLS3Env":
+        """The env with the run configuration's ``env`` section (validated: :class:`EnvConfig`);
+        ``kwargs``: ``T``, ``T0`` (the loop section's), ``seed``, ``scene_types``, ``run_id``, hooks."""
+        return cls(source, captioner, scorer, **config.model_dump(), **kwargs)
+
+    def __init__(self, source: SimSource, captioner: Captioner, scorer: Optional[Scorer] = None, *,
+                 T: int, T0: Optional[int] = None, seed: int = 0, scene_types: Optional[Sequence[str]] = None,
+                 reward_valid: float, reward_invalid: float, reward_no_relation: float, j2_metric: str,
+                 j2_weight: float, j2_clip: float, max_relations: int, j2_per_step: bool, j2_baseline: str,
+                 observe_vlm: bool, n_categories: Optional[int] = None,
+                 episode_hook: Optional[Callable[[EpisodeRecord], None]] = None, run_id: str = "rls3",
+                 vlm_state: Optional[Callable[[], Tuple[int, Dict[str, float]]]] = None):
+        """The reward and observation settings are :class:`EnvConfig`'s fields (its ranges and docs;
+        build from a validated section with :meth:`from_config`); ``n_categories`` None: the env's
+        ``N_CATEGORIES``. ``T0`` None: ``T``."""
         super().__init__()
         if T < 1:
             raise ValueError(f"T must be >= 1 (got {T})")
         T0 = T if T0 is None else int(T0)
         if not 1 <= T0 <= T:
             raise ValueError(f"T0 must be in [1, T={T}] (got {T0})")
-        if reward_valid <= 0 or reward_invalid >= 0:
-            raise ValueError("reward_valid must be > 0 and reward_invalid < 0")
-        if j2_metric not in ("loss", "error"):
-            raise ValueError(f"unknown j2_metric {j2_metric!r} (loss | error)")
         self.source = source
         self.captioner = captioner
         self.scorer = scorer
@@ -279,14 +270,12 @@ class RLS3Env(gym.Env):
         self.reward_valid, self.reward_invalid = float(reward_valid), float(reward_invalid)
         self.reward_no_relation = float(reward_no_relation)
         self.j2_metric, self.j2_weight, self.j2_clip = j2_metric, float(j2_weight), float(j2_clip)
-        self.n_categories = int(n_categories)
+        self.n_categories = N_CATEGORIES if n_categories is None else int(n_categories)
         self.categories = list(source.categories)
         self.episode_hook = episode_hook
         self.run_id = run_id
         self.max_relations = int(max_relations)
         self.j2_per_step = bool(j2_per_step)
-        if j2_baseline not in ("none", "iteration"):
-            raise ValueError(f"j2_baseline must be none | iteration (got {j2_baseline!r})")
         self.j2_baseline = j2_baseline
         self.observe_vlm = bool(observe_vlm)
         # () -> (fine-tunes so far, per-term validation error of the current adapter); set by the runner

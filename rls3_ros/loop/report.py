@@ -122,7 +122,7 @@ def write_report(run: RunDir, extra: Optional[Dict[str, Any]] = None) -> str:
         f"- agent: **{rc.get('agent', '?')}**, VLM: {rc.get('vlm', '?')}, backend: {rc.get('backend', '?')} "
         f"({rc.get('image_size', '?')} px), seed {rc.get('seed', '?')}",
         f"- loop: T={lc.get('T')}, T0={lc.get('T0')}, E={lc.get('E')}, eta={lc.get('eta')}, "
-        f"fine-tune steps={lc.get('fine_tune_steps')} (per generated sample: {lc.get('fine_tune_steps_per_sample', 0)}), replay fraction={lc.get('replay_fraction')}, "
+        f"fine-tune steps={lc.get('fine_tune_steps')} (per generated sample: {lc.get('fine_tune_steps_per_sample')}), replay fraction={lc.get('replay_fraction')}, "
         f"patience={lc.get('patience')}",
         f"- budget: {lc.get('budget_valid_samples') or '∞'} valid samples / {lc.get('budget_renders') or '∞'} renders",
     ]

@@ -4,10 +4,13 @@ This is what ``rls3 train`` runs (and what the learning benchmark can call per s
 The ROS graph (``rls3_ros.ros.nodes.rl_sampler``) reuses :class:`LoopRunner` with ROS-backed
 stages; only :func:`build_inprocess` is specific to the in-process run.
 
-Configuration: a nested dict whose schema, defaults and validation are ``rls3_ros.loop.config``
-(``config/train.yaml`` holds the main job's values): ``run`` (agent, seed, backend, image size,
-VLM, envs), ``loop`` (SchedulerConfig fields), ``env`` (RLS3Env rewards), ``agent`` (agent kwargs),
-``eval`` (test/val/replay set sizes).
+Configuration: the validated :class:`~rls3_ros.loop.config.TrainConfig` (``rls3 train`` validates
+``config/train.yaml`` + ``--config`` + ``--set`` once and passes the model down; a nested dict given
+instead is validated once on the way in, :func:`~rls3_ros.loop.config.as_train_config`). Its sections
+go to their consumers as typed objects: ``run`` to the builders below (simulators, VLM, torch),
+``loop`` to the :class:`~rls3_ros.loop.scheduler.Scheduler`, ``env`` to
+:meth:`RLS3Env.from_config <rls3_ros.loop.env.RLS3Env.from_config>`, ``agent`` to the sampler,
+``eval`` to the fixed sets. Nothing here restates a default of the schema.
 """
 
 from __future__ import annotations
@@ -15,45 +18,46 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from rls3_ros.loop.config import (AGENT_KEYS, AGENT_SECTION_KEYS, DEFAULT_CONFIG, agent_kwargs,  # noqa: F401 - re-exported
-                                merge_config, needs_validation, validate_config)
-from rls3_ros.loop.samplers import make_agent
+from rls3_ros.core.scene import Sample
+from rls3_ros.loop.config import (AGENT_KEYS, AGENT_SECTION_KEYS, DEFAULT_CONFIG,  # noqa: F401 - re-exported
+                                  RunConfig, TrainConfig, agent_kwargs, as_train_config, merge_config,
+                                  needs_validation, to_dict, validate_config)
 from rls3_ros.loop.datasets import cached_split, cached_tail, replay_pool, term_counts
-from rls3_ros.loop.env import BackendSource, RLS3Env, SimSource
+from rls3_ros.loop.env import BackendSource, RLS3Env, SimSource  # noqa: F401 - SimSource re-exported
 from rls3_ros.loop.report import plot_accuracy, write_report
 from rls3_ros.loop.run_dir import MetricsCallback, RunDir, read_loop_state, write_loop_state, write_yaml
-from rls3_ros.loop.scheduler import (Evaluator, IterationInfo, Scheduler, SchedulerCallbacks, SchedulerConfig,
-                                   Trainer, TrainOutcome)
-from rls3_ros.core.scene import Sample
+from rls3_ros.loop.samplers import make_agent
+from rls3_ros.loop.scheduler import (Evaluator, IterationInfo, Scheduler, SchedulerCallbacks,  # noqa: F401
+                                     Trainer, TrainOutcome)
 
 LOOP_FEATURE_CACHE = 12_000  # images whose VLM features the loop keeps (eval sets + recent renders)
 TAIL_PER_COMBO = 80  # relations kept per term combination in the tail test split
 VAL_TAIL_PER_COMBO = 25
 
 
-def scheduler_config(cfg: Dict[str, Any]) -> SchedulerConfig:
-    names = set(SchedulerConfig.model_fields)
-    loop = cfg.get("loop", {})
-    unknown = set(loop) - names
-    if unknown:
-        raise ValueError(f"unknown loop parameter(s): {sorted(unknown)} (known: {sorted(names)})")
-    return SchedulerConfig(**loop).validate()
+RunSection = Union[RunConfig, Mapping[str, Any]]
 
 
-def split_source_key(run: Dict[str, Any]) -> str:
+def run_section(rc: RunSection) -> RunConfig:
+    """The ``run`` section as the model; a dict (e.g. a test's few keys) is validated, the keys it
+    leaves out take the schema's defaults."""
+    return rc if isinstance(rc, RunConfig) else RunConfig.model_validate(dict(rc))
+
+
+def split_source_key(run: RunSection) -> str:
     """Names the renders behind the cached fixed sets: backend, image size and the renderer's look
     (a change of textures or lighting must not reuse sets rendered the old way) and its physics revision
     (a change of validity checks or contact physics changes which scenes a seed gives)."""
     from rls3_ros.sim.mujoco_backend import physics_revision
     from rls3_ros.sim.objects import TEXTURE_MAX_PX
 
-    rev = physics_revision(bool(run.get("freeze_parked", True)))
-    look = f"-tex{TEXTURE_MAX_PX}-phys{rev}" if run["backend"] == "mujoco" else ""
-    return f"{run['backend']}-{run['image_size']}{look}"
+    rc = run_section(run)
+    look = f"-tex{TEXTURE_MAX_PX}-phys{physics_revision(rc.freeze_parked)}" if rc.backend == "mujoco" else ""
+    return f"{rc.backend}-{rc.image_size}{look}"
 
 
 def sim_work_split(before: Dict[str, float], after: Dict[str, float]) -> Dict[str, float]:
@@ -108,29 +112,30 @@ class LoopRunner:
     """Runs envs + agent + scheduler, checkpoints after every fine-tune, resumes.
 
     Stages (in-process or ROS) come in through the constructor; the runner owns the run
-    directory, the checkpoint protocol and the progress bar.
+    directory, the checkpoint protocol and the progress bar. ``cfg``: the run configuration
+    (:class:`TrainConfig`; a dict is validated once, :func:`~rls3_ros.loop.config.as_train_config`).
     """
 
-    def __init__(self, cfg: Dict[str, Any], run: RunDir, envs: Sequence[RLS3Env], trainer: Trainer,
+    def __init__(self, cfg: Union[TrainConfig, Mapping[str, Any]], run: RunDir, envs: Sequence[RLS3Env],
+                 trainer: Trainer,
                  evaluator: Optional[Evaluator], replay_pool: Sequence[Sample] = (),
                  adapter_loader: Optional[Callable[[str], None]] = None,
                  callbacks: Sequence[SchedulerCallbacks] = (), progress: bool = True,
                  log: Callable[[str], None] = print, background_fine_tune: bool = False,
                  on_adapter: Optional[Callable[[str], None]] = None):
-        self.cfg, self.run, self.envs = cfg, run, list(envs)
+        self.config = c = as_train_config(cfg)
+        self.run, self.envs = run, list(envs)
         self.log = log
         self.adapter_loader = adapter_loader
         self.metrics = MetricsCallback(run)
-        rc = cfg["run"]
-        mode_agent = rc["agent"] in ("upper", "teacher")
-        self.sched = Scheduler(scheduler_config(cfg), trainer, evaluator, replay_pool,
-                               [self.metrics, *callbacks], extra_splits=tuple(cfg["eval"].get("extra_splits") or ()),
-                               always_validate=mode_agent or bool(cfg["env"].get("observe_vlm")),
+        mode_agent = c.run.agent in ("upper", "teacher")
+        self.sched = Scheduler(c.loop, trainer, evaluator, replay_pool, [self.metrics, *callbacks],
+                               extra_splits=tuple(c.eval.extra_splits), always_validate=mode_agent or c.env.observe_vlm,
                                background=background_fine_tune, on_adapter=on_adapter)
         for e in self.envs:
             e.episode_hook = self.sched.on_episode
             e.vlm_state = self.vlm_state
-        self.agent = make_agent(rc["agent"], self.envs, seed=int(rc["seed"]), **agent_kwargs(cfg))
+        self.agent = make_agent(c.run.agent, self.envs, seed=c.run.seed, **agent_kwargs(c))
         if isinstance(self.agent, SchedulerCallbacks):  # mode samplers learn from episodes and evaluations
             self.sched.callbacks.append(self.agent)
         self._progress = progress
@@ -160,7 +165,7 @@ class LoopRunner:
     def fine_tune_progress(self, step: int, total: int, loss: float) -> None:
         """Trainer progress callback: shows the fine-tune's step and loss on the progress bar."""
         if self._bar is not None:
-            self._bar.set_description(f"rls3 {self.cfg['run']['agent']} (fine-tune {self.sched.iteration + 1}: "
+            self._bar.set_description(f"rls3 {self.config.run.agent} (fine-tune {self.sched.iteration + 1}: "
                                       f"step {step}/{total}, loss {loss:.3f})")
             self._bar.refresh()
 
@@ -284,7 +289,7 @@ class LoopRunner:
             total, unit, get = c.budget_renders, "render", (lambda: self.sched.renders)
         else:
             total, unit, get = (c.max_iterations * c.E or None), "episode", (lambda: self.sched.episodes)
-        bar = tqdm(total=total, unit=unit, desc=f"rls3 {self.cfg['run']['agent']}", dynamic_ncols=True,
+        bar = tqdm(total=total, unit=unit, desc=f"rls3 {self.config.run.agent}", dynamic_ncols=True,
                    initial=min(get(), total or get()))
         self._bar = bar
         runner = self
@@ -298,11 +303,11 @@ class LoopRunner:
                 bar.refresh()
 
             def on_fine_tune_start(self, sch, it, n):
-                bar.set_description(f"rls3 {runner.cfg['run']['agent']} (fine-tune {it}: {n} samples)")
+                bar.set_description(f"rls3 {runner.config.run.agent} (fine-tune {it}: {n} samples)")
                 bar.refresh()
 
             def on_iteration(self, sch, info):
-                bar.set_description(f"rls3 {runner.cfg['run']['agent']}")
+                bar.set_description(f"rls3 {runner.config.run.agent}")
 
         self.sched.callbacks.append(_Bar())
 
@@ -311,7 +316,7 @@ class LoopRunner:
 
 
 # ---------------------------------------------------------------------- in-process assembly
-def ensure_pretrained(vlm_name: str, log: Callable[[str], None] = print) -> None:
+def ensure_pretrained(log: Callable[[str], None] = print) -> None:
     """Build and cache the embedded base VLM unless it exists (the VLM layer's ``rls3 pretrain``)."""
     from rls3_ros.vlm.factory import embedded_base_dir
 
@@ -319,55 +324,39 @@ def ensure_pretrained(vlm_name: str, log: Callable[[str], None] = print) -> None
         log(f"embedded base VLM: {embedded_base_dir()}")
         return
     log("no pretrained embedded VLM yet: running `rls3 pretrain` once (cached afterwards)")
-    from rls3_ros.vlm import pretrain as P
+    from rls3_ros.vlm.pretrain import cli_pretrain_embedded
 
-    for fn_name in ("ensure_pretrained", "ensure_base", "pretrain_if_needed"):
-        fn = getattr(P, fn_name, None)
-        if fn is not None:
-            fn(vlm_name) if _takes_arg(fn) else fn()
-            break
-    else:
-        code = P.cli_pretrain_embedded([])
-        if code:
-            raise RuntimeError(f"rls3 pretrain failed (exit {code})")
+    code = cli_pretrain_embedded([])
+    if code:
+        raise RuntimeError(f"rls3 pretrain failed (exit {code})")
     if not (embedded_base_dir() / "config.json").is_file():
         raise RuntimeError(f"rls3 pretrain left no model in {embedded_base_dir()}")
 
 
-def _takes_arg(fn) -> bool:
-    import inspect
-
-    try:
-        ps = [p for p in inspect.signature(fn).parameters.values()
-              if p.default is inspect.Parameter.empty and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-        return len(ps) >= 1
-    except (TypeError, ValueError):
-        return False
-
-
-def vlm_options(rc: Dict[str, Any]) -> Dict[str, Any]:
+def vlm_options(rc: RunSection) -> Dict[str, Any]:
     """Loader options of the run's VLM: the LoRA learning rate when ``run.lora_learning_rate`` is set."""
-    lr = rc.get("lora_learning_rate")
+    lr = run_section(rc).lora_learning_rate
     return {"lora": {"learning_rate": float(lr)}} if lr is not None else {}
 
 
-def backend_params(rc: Dict[str, Any], seed: int) -> Dict[str, Any]:
+def backend_params(rc: RunSection, seed: int) -> Dict[str, Any]:
     """Constructor parameters of the loop's simulator backend (the loop uses RGB only: no depth pass)."""
-    params: Dict[str, Any] = {"image_size": int(rc["image_size"]), "seed": int(seed)}
-    if str(rc["backend"]).strip().lower() == "mujoco":
+    rc = run_section(rc)
+    params: Dict[str, Any] = {"image_size": rc.image_size, "seed": int(seed)}
+    if rc.backend.strip().lower() == "mujoco":
         params["render_depth"] = False
-        params["freeze_parked"] = bool(rc.get("freeze_parked", True))
+        params["freeze_parked"] = rc.freeze_parked
     return params
 
 
-def loop_torch_threads(rc: Dict[str, Any]) -> int:
+def loop_torch_threads(rc: RunSection) -> int:
     """Torch threads of the loop's process: ``run.torch_threads``, but with the simulator in worker
     processes no more than the cores minus one (they simulate while torch works; two torch threads
     sharing a core with a busy worker spin in OpenMP barriers: measured 5-10x slower steps)."""
-    threads = max(1, int(rc.get("torch_threads", 2)))
-    if rc.get("sim_worker", False):
-        threads = min(threads, max(1, (os.cpu_count() or 1) - 1))
-    return threads
+    rc = run_section(rc)
+    if rc.sim_worker:
+        return min(rc.torch_threads, max(1, (os.cpu_count() or 1) - 1))
+    return rc.torch_threads
 
 
 def feature_warmer(features, lock) -> Callable:
@@ -387,105 +376,139 @@ def feature_warmer(features, lock) -> Callable:
     return warm
 
 
-def make_source(rc: Dict[str, Any], seed: int):
+def make_source(rc: RunSection, seed: int):
     """The loop's simulator: a :class:`~rls3_ros.loop.sim_worker.PrefetchSource` (backends in worker
     processes, the next scene built ahead) when ``run.sim_worker``, else a backend in this process."""
-    if rc.get("sim_worker", False):
+    rc = run_section(rc)
+    if rc.sim_worker:
         from rls3_ros.loop.sim_worker import PrefetchSource
 
-        return PrefetchSource(rc["backend"], **backend_params(rc, seed))
+        return PrefetchSource(rc.backend, **backend_params(rc, seed))
     from rls3_ros.sim.factory import make_backend
 
-    return BackendSource(make_backend(rc["backend"], **backend_params(rc, seed)))
+    return BackendSource(make_backend(rc.backend, **backend_params(rc, seed)))
 
 
-def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log: Callable[[str], None] = print,
-                    vlm=None, pretrain: bool = True) -> LoopRunner:
-    """Real MuJoCo backend(s) + caption oracle + embedded VLM, wired into a :class:`LoopRunner`."""
+def prepare_torch(rc: RunConfig, log: Callable[[str], None]) -> None:
+    """Torch's threads (:func:`loop_torch_threads`) and global seed (the VLM's and agent's initial weights)."""
     import torch
 
-    from rls3_ros.captions.oracle import CaptionOracle
-
-    rc = cfg["run"]
     threads = loop_torch_threads(rc)
-    if threads != int(rc.get("torch_threads", 2)):
-        log(f"torch threads: {threads} (run.torch_threads={rc.get('torch_threads')}; the simulator workers use a core "
+    if threads != rc.torch_threads:
+        log(f"torch threads: {threads} (run.torch_threads={rc.torch_threads}; the simulator workers use a core "
             f"of {os.cpu_count()})")
     torch.set_num_threads(threads)
-    torch.manual_seed(int(rc["seed"]))
-    if vlm is None:
-        from rls3_ros.vlm.answers import load_model
+    torch.manual_seed(rc.seed)
 
-        if pretrain and rc["vlm"] == "embedded":
-            ensure_pretrained(rc["vlm"], log)
-        t0 = time.monotonic()
-        vlm = load_model(rc["vlm"], options=vlm_options(rc))  # "grounded:serving", "embedded", a model directory, ...
-        log(f"VLM {rc['vlm']!r} loaded in {time.monotonic() - t0:.1f} s")
+
+def load_vlm(rc: RunConfig, log: Callable[[str], None], pretrain: bool = True):
+    """The run's VLM (``run.vlm``: "grounded:serving", "embedded", a model directory, ...); the embedded
+    base is built first when missing and ``pretrain``."""
+    from rls3_ros.vlm.answers import load_model
+
+    if pretrain and rc.vlm == "embedded":
+        ensure_pretrained(log)
+    t0 = time.monotonic()
+    vlm = load_model(rc.vlm, options=vlm_options(rc))
+    log(f"VLM {rc.vlm!r} loaded in {time.monotonic() - t0:.1f} s")
+    return vlm
+
+
+def training_copy(rc: RunConfig, vlm, lock) -> Tuple[Any, Any]:
+    """(VLM, lock) the trainer fine-tunes and evaluates: with ``run.overlap_fine_tune`` a second copy of
+    the VLM (same features cache) with its own lock, tuned in a background thread; else the scoring one."""
+    if not rc.overlap_fine_tune:
+        return vlm, lock
+    from rls3_ros.vlm.answers import load_model
+
+    train_vlm = load_model(rc.vlm, options=vlm_options(rc))
+    train_vlm.ensure_adapter()  # here, not in the thread: building layers draws from torch's global
+    # generator, which the agent draws from meanwhile
+    return train_vlm, threading.RLock()
+
+
+def run_captioner(seed: int) -> Callable:
+    """The run's caption oracle: its own RNG stream from the run seed, one caller at a time."""
+    from rls3_ros.captions.oracle import CaptionOracle
+
+    oracle, rng, lock = CaptionOracle(), np.random.default_rng([seed, 3]), threading.Lock()
+
+    def captioner(scene):
+        with lock:
+            return oracle.caption_scene(scene, rng=rng)
+
+    return captioner
+
+
+def fixed_sets(cfg: TrainConfig, source: SimSource, scene_types: Sequence[str],
+               log: Callable[[str], None]) -> Tuple[Dict[str, List[Sample]], List[Sample]]:
+    """(evaluation splits, replay pool) of the ``eval`` section, generated once and cached: test, val
+    (when the run needs it, :func:`needs_validation`, extended by the tail generator's scenes), tail; the
+    replay pool when ``loop.replay_fraction`` > 0. Captioned without the run's RNG (the sets must not
+    depend on it)."""
+    from rls3_ros.captions.oracle import CaptionOracle
+
+    ev, key, oracle = cfg.eval, split_source_key(cfg.run), CaptionOracle()
+
+    def captioner(scene):
+        return oracle.caption_scene(scene)
+
+    needs_val = needs_validation(cfg)
+    splits = {
+        "test": cached_split(source, captioner, "test", ev.test_scenes, key, ev.moves_per_scene, ev.test_per_term,
+                             scene_types, log=log),
+        "val": cached_split(source, captioner, "val", ev.val_scenes, key, ev.moves_per_scene, ev.val_per_term,
+                            scene_types, log=log) if needs_val else [],
+    }
+    if ev.tail_scenes:
+        splits["tail"] = cached_tail(source, captioner, "tail", ev.tail_scenes, key, per_combo=TAIL_PER_COMBO,
+                                     scene_types=scene_types, log=log)
+    if needs_val and ev.val_tail_scenes:  # validation mirrors both test splits
+        splits["val"] = list(splits["val"]) + cached_tail(source, captioner, "val_tail", ev.val_tail_scenes, key,
+                                                          per_combo=VAL_TAIL_PER_COMBO, scene_types=scene_types,
+                                                          log=log)
+    replay = replay_pool(source, captioner, ev.replay_scenes, key, ev.moves_per_scene, ev.replay_rare_keep,
+                         scene_types, log=log) if cfg.loop.replay_fraction > 0 else []
+    for name in ("test", "tail", "val"):
+        if splits.get(name):
+            log(f"{name} set: {sum(len(s.relations) for s in splits[name])} relations {term_counts(splits[name])}")
+    return splits, replay
+
+
+def make_envs(cfg: TrainConfig, sources: Sequence[SimSource], captioner: Callable, scorer: Callable,
+              scene_types: Sequence[str]) -> List[RLS3Env]:
+    """One env per simulator: the ``env`` section, the loop's ``T``/``T0``, seeds from the run seed."""
+    seed = cfg.run.seed
+    return [RLS3Env.from_config(cfg.env, src, captioner, scorer, T=cfg.loop.T, T0=cfg.loop.T0, seed=seed * 1000 + i,
+                                scene_types=scene_types, run_id=f"s{seed}e{i}") for i, src in enumerate(sources)]
+
+
+def build_inprocess(cfg: Union[TrainConfig, Mapping[str, Any]], run: RunDir, progress: bool = True,
+                    log: Callable[[str], None] = print, vlm=None, pretrain: bool = True) -> LoopRunner:
+    """Real simulator(s) + caption oracle + VLM, wired into a :class:`LoopRunner` (``cfg``: the validated
+    :class:`TrainConfig`; a dict is validated once here)."""
+    from rls3_ros.loop.serving import ServedAdapterFile
     from rls3_ros.vlm.feature_cache import FeatureCache
 
+    cfg = as_train_config(cfg)
+    rc = cfg.run
+    prepare_torch(rc, log)
+    if vlm is None:
+        vlm = load_vlm(rc, log, pretrain)
     feats = getattr(vlm, "features", None)
     if feats is not None and hasattr(feats, "capacity"):
         feats.capacity = max(int(feats.capacity), LOOP_FEATURE_CACHE)
     lock = threading.RLock()
-    seed = int(rc["seed"])
-    oracle = CaptionOracle()
-    cap_rng = np.random.default_rng([seed, 3])
-    cap_lock = threading.Lock()
-
-    def captioner(scene):
-        with cap_lock:
-            return oracle.caption_scene(scene, rng=cap_rng)
-
-    n_envs = max(1, int(rc.get("n_envs", 1)))
-    sources = [make_source(rc, seed + i) for i in range(n_envs)]
-    scene_types = rc.get("scene_types") or list(sources[0].scene_types)
-    ev = cfg["eval"]
-    key = split_source_key(rc)
-    det_oracle = CaptionOracle()
-
-    def det_captioner(scene):  # the eval sets must not depend on the run's caption RNG
-        return det_oracle.caption_scene(scene)
-
-    needs_val = needs_validation(cfg)
-    splits = {
-        "test": cached_split(sources[0], det_captioner, "test", int(ev["test_scenes"]), key,
-                             int(ev["moves_per_scene"]), int(ev["test_per_term"]), scene_types, log=log),
-        "val": cached_split(sources[0], det_captioner, "val", int(ev["val_scenes"]), key,
-                            int(ev["moves_per_scene"]), int(ev["val_per_term"]), scene_types, log=log)
-        if needs_val else [],
-    }
-    if int(ev.get("tail_scenes", 0)):
-        splits["tail"] = cached_tail(sources[0], det_captioner, "tail", int(ev["tail_scenes"]), key,
-                                     per_combo=TAIL_PER_COMBO, scene_types=scene_types, log=log)
-    if needs_val and int(ev.get("val_tail_scenes", 0)):  # validation mirrors both test splits
-        splits["val"] = list(splits["val"]) + cached_tail(sources[0], det_captioner, "val_tail",
-                                                          int(ev["val_tail_scenes"]), key, per_combo=VAL_TAIL_PER_COMBO,
-                                                          scene_types=scene_types, log=log)
-    replay = replay_pool(sources[0], det_captioner, int(ev["replay_scenes"]), key, int(ev["moves_per_scene"]),
-                         float(ev.get("replay_rare_keep", 0.0)), scene_types,
-                         log=log) if float(cfg["loop"].get("replay_fraction", 0)) > 0 else []
-    for name in ("test", "tail", "val"):
-        if splits.get(name):
-            log(f"{name} set: {sum(len(s.relations) for s in splits[name])} relations {term_counts(splits[name])}")
+    captioner = run_captioner(rc.seed)
+    sources = [make_source(rc, rc.seed + i) for i in range(rc.n_envs)]
+    scene_types = rc.scene_types or list(sources[0].scene_types)
+    splits, replay = fixed_sets(cfg, sources[0], scene_types, log)
     for s in sources:
         s.renders = 0
         if hasattr(s, "while_waiting") and isinstance(feats, FeatureCache):
             s.while_waiting = feature_warmer(feats, lock)
-    envc = cfg["env"]
-    scorer = LockedScorer(vlm, lock)
-    envs = [RLS3Env(src, captioner, scorer, T=int(cfg["loop"]["T"]), T0=int(cfg["loop"]["T0"]), seed=seed * 1000 + i,
-                    scene_types=scene_types, run_id=f"s{seed}e{i}", **envc) for i, src in enumerate(sources)]
-    background = bool(rc.get("overlap_fine_tune", False))
-    if background:  # the trainer's own copy of the VLM, fine-tuned and evaluated in a thread (same features cache)
-        from rls3_ros.vlm.answers import load_model
-
-        train_vlm, train_lock = load_model(rc["vlm"], options=vlm_options(rc)), threading.RLock()
-        train_vlm.ensure_adapter()  # here, not in the thread: building layers draws from torch's global
-        # generator, which the agent draws from meanwhile
-    else:
-        train_vlm, train_lock = vlm, lock
-    trainer = InProcessTrainer(train_vlm, run, train_lock)
-    evaluator = InProcessEvaluator(train_vlm, splits, train_lock)
+    envs = make_envs(cfg, sources, captioner, LockedScorer(vlm, lock), scene_types)
+    train_vlm, train_lock = training_copy(rc, vlm, lock)
 
     def load_adapter(path: str) -> None:  # the scoring copy (and on resume the trainer's) take an adapter
         with lock:
@@ -498,11 +521,11 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
         with lock:
             vlm.load_adapter(path)
 
-    from rls3_ros.loop.serving import ServedAdapterFile
-
-    runner = LoopRunner(cfg, run, envs, trainer, evaluator, replay, adapter_loader=load_adapter,
-                        progress=progress, log=log, background_fine_tune=background,
-                        on_adapter=land_adapter if background else None,
+    trainer = InProcessTrainer(train_vlm, run, train_lock)
+    runner = LoopRunner(cfg, run, envs, trainer, InProcessEvaluator(train_vlm, splits, train_lock), replay,
+                        adapter_loader=load_adapter, progress=progress, log=log,
+                        background_fine_tune=rc.overlap_fine_tune,
+                        on_adapter=land_adapter if rc.overlap_fine_tune else None,
                         callbacks=[ServedAdapterFile(run.path, log=log)])
     trainer.progress = runner.fine_tune_progress
     job = runner.agent.overlap_job() if all(hasattr(s, "idle_jobs") for s in sources) else None
@@ -516,14 +539,17 @@ def build_inprocess(cfg: Dict[str, Any], run: RunDir, progress: bool = True, log
     return runner
 
 
-def run_inprocess(cfg: Dict[str, Any], run_path: Optional[str] = None, resume: bool = False, progress: bool = True,
-                  log: Callable[[str], None] = print, vlm=None, pretrain: bool = True) -> Dict[str, Any]:
-    """Run (or resume) the loop in one process; returns the summary dict."""
+def run_inprocess(cfg: Union[TrainConfig, Mapping[str, Any]], run_path: Optional[str] = None, resume: bool = False,
+                  progress: bool = True, log: Callable[[str], None] = print, vlm=None,
+                  pretrain: bool = True) -> Dict[str, Any]:
+    """Run (or resume) the loop in one process; returns the summary dict. ``cfg``: the validated
+    :class:`TrainConfig` (a dict is validated once here); a new run writes it to ``config.yaml``."""
     from rls3_ros.loop.run_dir import new_run_dir
 
+    cfg = as_train_config(cfg)
     run = RunDir(run_path or new_run_dir())
     if not resume:
-        write_yaml(run.config_path, cfg)
+        write_yaml(run.config_path, to_dict(cfg))
     runner = build_inprocess(cfg, run, progress=progress, log=log, vlm=vlm, pretrain=pretrain)
     try:
         if resume:

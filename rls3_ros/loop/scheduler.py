@@ -37,6 +37,12 @@ scores which episode, and so the whole run, does not depend on thread timing); `
 loads its adapter into the scoring copy, then it is recorded exactly as a synchronous one. Batches, replay draws and fine-tunes are the same as in
 the synchronous loop; only the adapter that scores the episodes in between is one iteration older.
 
+Its configuration is the run configuration's ``loop`` section as validated
+(:class:`rls3_ros.loop.config.LoopConfig`; ``SchedulerConfig`` is that model's old name here): a field
+added there reaches ``Scheduler.config`` with no other edit. The counters and statistics are
+:class:`rls3_ros.loop.loop_counters.LoopCounters`, the background thread
+:class:`rls3_ros.loop.background.BackgroundFineTunes`; this module schedules.
+
 Stages are injected, so the same scheduler runs in-process and inside the ``rl_sampler`` ROS
 node: the sample source is whatever env/agent calls :meth:`Scheduler.on_episode` (the env's
 ``episode_hook``); the trainer (:class:`Trainer`) and the evaluator (:class:`Evaluator`) are
@@ -51,38 +57,20 @@ from __future__ import annotations
 import math
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from rls3_ros.core.scene import Sample
+from rls3_ros.loop.background import BackgroundFineTunes
 from rls3_ros.loop.config import LoopConfig
 from rls3_ros.loop.env import EpisodeRecord
+from rls3_ros.loop.loop_counters import IterationInfo, LoopCounters, split_record  # noqa: F401 - part of this API
 from rls3_ros.loop.promotion import GateDecision, decide
-from rls3_ros.core.scene import Sample
-from rls3_ros.vlm.interface import Evaluation, FineTuneResult, combo_key
+from rls3_ros.vlm.interface import Evaluation, FineTuneResult
 
-
-class SchedulerConfig(LoopConfig):
-    """Scheduler parameters: the run-configuration schema's ``loop`` section
-    (:class:`rls3_ros.loop.config.LoopConfig` holds every field, its default, range and doc, so a new
-    loop parameter is added there and nowhere else). Values are checked on construction (a bad one
-    raises ``ValueError`` naming the field and its range)."""
-
-    def validate(self) -> "SchedulerConfig":  # type: ignore[override]
-        """Kept for callers that validate explicitly: construction already did."""
-        return self
-
-    def steps_for(self, n_generated: int) -> int:
-        """Optimiser steps of a fine-tune whose batch holds ``n_generated`` generated samples."""
-        if self.fine_tune_steps_per_sample > 0:
-            return max(1, int(round(self.fine_tune_steps_per_sample * n_generated)))
-        return self.fine_tune_steps
-
-    @property
-    def batch_target(self) -> int:
-        """Nominal fine-tuning batch size E * eta * T0."""
-        return int(round(self.E * self.eta * self.T0))
+SchedulerConfig = LoopConfig  # the scheduler's configuration is the loop section, as validated
 
 
 @dataclass
@@ -105,56 +93,6 @@ class Evaluator:
         raise NotImplementedError
 
 
-@dataclass
-class IterationInfo:
-    """One fine-tuning iteration (iteration 0 = the base model, evaluated before any tuning)."""
-
-    iteration: int
-    episodes: int
-    steps: int
-    renders: int
-    valid_samples: int  # cumulative valid samples generated
-    batch_samples: int  # generated samples in this fine-tuning set
-    replay_samples: int  # base samples mixed in
-    trained_samples: int  # cumulative generated samples used for fine-tuning
-    fine_tune_loss: float
-    fine_tune_s: float
-    test_accuracy: float
-    test_per_term: Dict[str, float]
-    test_counts: Dict[str, int]
-    test_loss: float
-    val_accuracy: float
-    adapter_path: str
-    best_iteration: int
-    wall_s: float
-    batch_terms: Dict[str, int] = field(default_factory=dict)
-    eval_s: float = 0.0  # time of this evaluation (test + val)
-    total_fine_tune_s: float = 0.0  # cumulative time in fine-tuning
-    total_eval_s: float = 0.0  # cumulative time in evaluation
-    # every evaluated split (test, val, tail, ...): accuracy, per term / combination accuracy and loss
-    splits: Dict[str, Dict[str, Any]] = field(default_factory=dict)
-    earlier_samples: int = 0  # cumulative: samples of earlier batches trained on again
-    gate: Dict[str, Any] = field(default_factory=dict)  # the promotion gate's decision (GateDecision.to_dict)
-    served_iteration: int = 0  # what is served after this iteration (0 = the base)
-
-    def to_dict(self) -> Dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class _InFlight:
-    """A background fine-tune: its inputs, and its result once the thread is done."""
-
-    iteration: int
-    batch: List[Sample]
-    replay: List[Sample]
-    counts: Dict[str, int] = field(default_factory=dict)  # episodes, steps, renders, valid samples at its start
-    earlier: List[Sample] = field(default_factory=list)  # cumulative: earlier batches, trained on again
-    thread: Optional[threading.Thread] = None
-    result: Optional[tuple] = None
-    error: Optional[BaseException] = None
-
-
 class SchedulerCallbacks:
     """Override what you need; every method is called with the scheduler's lock held."""
 
@@ -174,25 +112,16 @@ class SchedulerCallbacks:
         """An adapter passed the promotion gate and is now the served one."""
 
 
-def split_record(ev: Evaluation) -> Dict[str, Any]:
-    """What the history keeps of one split's evaluation (JSON-ready)."""
-    return {"accuracy": float(ev.accuracy), "loss": float(ev.mean_loss), "n": int(ev.n),
-            "correct": "".join("1" if c else "0" for c in ev.correct),  # per relation: paired comparisons
-            "per_term": dict(ev.per_term), "per_term_loss": dict(ev.per_term_loss), "counts": dict(ev.counts),
-            "per_combo": dict(ev.per_combo), "per_combo_loss": dict(ev.per_combo_loss),
-            "combo_counts": dict(ev.combo_counts)}
-
-
 def _nan_if_none(x):
     return float("nan") if x is None else float(x)
 
 
-class Scheduler:
+class Scheduler(LoopCounters, BackgroundFineTunes):
     """Synchronises episodes, the fine-tuning batch, fine-tunes and evaluation (thread-safe)."""
 
     def __init__(
         self,
-        config: SchedulerConfig,
+        config: LoopConfig,
         trainer: Trainer,
         evaluator: Optional[Evaluator] = None,
         replay_pool: Sequence[Sample] = (),
@@ -202,7 +131,7 @@ class Scheduler:
         background: bool = False,
         on_adapter: Optional[Callable[[str], None]] = None,
     ):
-        self.config = config.validate()
+        self.config = config
         self.background = bool(background)
         self.on_adapter = on_adapter  # background: the scoring copy loads a landed iteration's adapter
         # background: a fine-tune lands this many episodes after it started (waiting for it if it has not
@@ -211,9 +140,8 @@ class Scheduler:
         # accuracy); E - 1 waits less (random: 17.3 vs 15.8 samples/s) but its staler rewards cost SAC
         # one seed 12 points (0.549 mean)
         self.land_after = max(1, int(config.E) // 2)
-        self._inflight: Optional[_InFlight] = None
-        self.wait_s = 0.0  # background: time the loop waited for a fine-tune to land
-        self.foreground_eval_s = 0.0  # background: evaluations on the loop's thread (the base model's)
+        self._inflight = None
+        self._init_counters()
         # splits evaluated after every fine-tune besides "test" (e.g. the tail split), and whether
         # "val" is evaluated without early stopping (samplers that read the VLM's validation error)
         self.extra_splits = tuple(extra_splits)
@@ -230,11 +158,6 @@ class Scheduler:
         self.served_adapter = ""  # "" = the base model
         self.served_val_correct: Optional[List[bool]] = None
         self.gate_decisions: List[Dict[str, Any]] = []
-        self.episodes = 0
-        self.steps = 0
-        self.renders = 0
-        self.valid_samples = 0
-        self.trained_samples = 0
         self.iteration = 0
         self.episodes_since_fine_tune = 0
         self.best_val = -math.inf
@@ -242,59 +165,10 @@ class Scheduler:
         self.bad_rounds = 0
         self.stop_reason = ""
         self.history: List[IterationInfo] = []
-        self.generated_terms: Dict[str, int] = {}
-        self.generated_combos: Dict[str, int] = {}
-        self.mode_counts: Dict[str, int] = {}
-        self.stage_s: Dict[str, float] = {}  # env stages (sim, caption, score) -> seconds
-        self.invalid: Dict[str, int] = {}
-        self.move_kinds: Dict[str, int] = {}
-        self.j2_sum = 0.0
-        self.j2_n = 0
         self.checkpoint_pending = False
-        self.total_fine_tune_s = 0.0
-        self.total_eval_s = 0.0
-        self.wall_offset = 0.0  # wall time of earlier sessions (resume)
-        self._t0 = time.monotonic()
         self._extra_stop = threading.Event()
 
     # ------------------------------------------------------------------ status
-    @property
-    def wall_s(self) -> float:
-        return self.wall_offset + time.monotonic() - self._t0
-
-    def stage_totals(self) -> Dict[str, float]:
-        """Cumulative seconds per stage on the loop's own thread (take one before a session, pass it
-        to :meth:`time_split`). With background fine-tuning, "fine_tune" is the time the loop waited
-        for a fine-tune (and its evaluation) to finish, "eval" only the base model's evaluation;
-        what the background thread spent is :meth:`background_totals`."""
-        out = {k: float(self.stage_s.get(k, 0.0)) for k in ("sim", "caption", "features", "score", "agent_update")}
-        if self.background:
-            out["fine_tune"] = float(self.wait_s)
-            out["eval"] = float(self.foreground_eval_s)
-        else:
-            out["fine_tune"] = float(self.total_fine_tune_s)
-            out["eval"] = float(self.total_eval_s)
-        return out
-
-    def background_totals(self) -> Dict[str, float]:
-        """Seconds the background thread fine-tuned and evaluated (zeros in the synchronous loop)."""
-        if not self.background:
-            return {"fine_tune": 0.0, "eval": 0.0}
-        return {"fine_tune": round(float(self.total_fine_tune_s), 3),
-                "eval": round(float(self.total_eval_s - self.foreground_eval_s), 3)}
-
-    def time_split(self, loop_s: float, since: Optional[Dict[str, float]] = None) -> Dict[str, float]:
-        """Seconds per stage of a loop session that ran ``loop_s`` (stage totals minus ``since``):
-        sim (resets, moves, renders, validity), caption, features (the VLM's image features of
-        renders, computed while a simulator worker moves), score (J2 scoring, with any features not
-        computed before), agent_update (the agent's gradient steps run while a simulator worker
-        moves), fine_tune, eval; "agent" is the rest (policy, updates run at other times,
-        bookkeeping). They add up to ``loop_s``."""
-        now, since = self.stage_totals(), since or {}
-        out = {k: round(max(0.0, v - since.get(k, 0.0)), 3) for k, v in now.items()}
-        out["agent"] = round(max(0.0, loop_s - sum(out.values())), 3)
-        return out
-
     def budget_exhausted(self) -> bool:
         c = self.config
         return bool(
@@ -326,28 +200,8 @@ class Scheduler:
             if self.done():
                 return
             c = self.config
-            self.episodes += 1
+            self.count_episode(record)
             self.episodes_since_fine_tune += 1
-            self.steps += record.steps
-            self.renders += record.renders
-            self.valid_samples += len(record.samples)
-            for s in record.samples:
-                for r in s.relations:
-                    for t in r.terms:
-                        self.generated_terms[t] = self.generated_terms.get(t, 0) + 1
-                    ck = combo_key(r.terms)
-                    self.generated_combos[ck] = self.generated_combos.get(ck, 0) + 1
-            for k, v in record.mode_counts.items():
-                self.mode_counts[k] = self.mode_counts.get(k, 0) + v
-            for k, v in record.timing.items():
-                self.stage_s[k] = self.stage_s.get(k, 0.0) + v
-            for k, v in record.invalid.items():
-                self.invalid[k] = self.invalid.get(k, 0) + v
-            for k, v in record.move_kinds.items():
-                self.move_kinds[k] = self.move_kinds.get(k, 0) + v
-            if not math.isnan(record.j2):
-                self.j2_sum += record.j2
-                self.j2_n += 1
             n_take = int(round(c.eta * len(record.samples)))
             if n_take:
                 idx = self.rng.choice(len(record.samples), n_take, replace=False)
@@ -399,28 +253,6 @@ class Scheduler:
                                           *self._train_and_evaluate(iteration, batch, replay, earlier),
                                           earlier=len(earlier))
 
-    def land(self, wait: bool = True) -> Optional[IterationInfo]:
-        """Record the background fine-tune if it has finished (``wait``: wait for it first)."""
-        with self.lock:
-            job = self._inflight
-            if job is None or (not wait and job.thread.is_alive()):
-                return None
-            t0 = time.monotonic()
-            job.thread.join()
-            self.wait_s += time.monotonic() - t0
-            self._inflight = None
-            if job.error is not None:
-                raise RuntimeError(f"background fine-tune {job.iteration} failed: {job.error}") from job.error
-            out = job.result[0]
-            if self.on_adapter is not None and out.adapter_path:
-                self.on_adapter(out.adapter_path)
-            return self._record_fine_tune(job.iteration, job.batch, job.replay, *job.result, counts=job.counts,
-                                          earlier=len(job.earlier))
-
-    def finish(self) -> None:
-        """Land a fine-tune still in flight (call when the agent stops)."""
-        self.land(wait=True)
-
     def restart_inflight(self) -> None:
         """After :meth:`load_state_dict`: start again the fine-tune a checkpoint caught in flight."""
         pending = getattr(self, "_saved_inflight", None)
@@ -435,24 +267,6 @@ class Scheduler:
                                        counts=counts, earlier=len(earlier))
 
     # ------------------------------------------------------------------ internals
-    def _counts(self) -> Dict[str, int]:
-        return {"episodes": self.episodes, "steps": self.steps, "renders": self.renders,
-                "valid_samples": self.valid_samples}
-
-    def _start_background(self, iteration: int, batch: List[Sample], replay: List[Sample],
-                          counts: Optional[Dict[str, int]] = None, earlier: Sequence[Sample] = ()) -> None:
-        job = _InFlight(iteration, batch, replay, dict(counts or self._counts()), list(earlier))
-
-        def work():
-            try:
-                job.result = self._train_and_evaluate(iteration, batch, replay, job.earlier)
-            except BaseException as e:  # noqa: BLE001 - re-raised when it lands
-                job.error = e
-
-        job.thread = threading.Thread(target=work, name=f"rls3-fine-tune-{iteration}", daemon=True)
-        self._inflight = job
-        job.thread.start()
-
     def _train_and_evaluate(self, iteration: int, batch: List[Sample], replay: List[Sample],
                             earlier: Sequence[Sample] = ()):
         """The fine-tune and the evaluation of its adapter (no scheduler state touched: may run in a thread).
@@ -593,11 +407,6 @@ class Scheduler:
                 "served_adapter": self.served_adapter,
                 "served_val_correct": self.served_val_correct,
                 "gate_decisions": list(self.gate_decisions),
-                "episodes": self.episodes,
-                "steps": self.steps,
-                "renders": self.renders,
-                "valid_samples": self.valid_samples,
-                "trained_samples": self.trained_samples,
                 "iteration": self.iteration,
                 "episodes_since_fine_tune": self.episodes_since_fine_tune,
                 "best_val": self.best_val,
@@ -605,22 +414,8 @@ class Scheduler:
                 "bad_rounds": self.bad_rounds,
                 "stop_reason": self.stop_reason,
                 "history": [h.to_dict() for h in self.history],
-                "generated_terms": dict(self.generated_terms),
-                "generated_combos": dict(self.generated_combos),
-                "mode_counts": dict(self.mode_counts),
-                "stage_s": dict(self.stage_s),
-                "invalid": dict(self.invalid),
-                "move_kinds": dict(self.move_kinds),
-                "j2_sum": self.j2_sum,
-                "j2_n": self.j2_n,
-                "wall_s": self.wall_s,
-                "inflight": ((self._inflight.iteration, list(self._inflight.batch), list(self._inflight.replay),
-                              dict(self._inflight.counts), list(self._inflight.earlier))
-                             if self._inflight is not None else None),
-                "total_fine_tune_s": self.total_fine_tune_s,
-                "total_eval_s": self.total_eval_s,
-                "wait_s": self.wait_s,
-                "foreground_eval_s": self.foreground_eval_s,
+                "inflight": self._inflight.state() if self._inflight is not None else None,
+                **self.counters_state(),
             }
 
     def load_state_dict(self, d: Dict[str, Any]) -> None:
@@ -633,23 +428,11 @@ class Scheduler:
             svc = d.get("served_val_correct")
             self.served_val_correct = [bool(x) for x in svc] if svc is not None else None
             self.gate_decisions = list(d.get("gate_decisions", []))
-            for k in ("episodes", "steps", "renders", "valid_samples", "trained_samples", "iteration",
-                      "episodes_since_fine_tune", "best_val", "best_iteration", "bad_rounds", "j2_sum", "j2_n"):
+            self.load_counters_state(d)
+            for k in ("iteration", "episodes_since_fine_tune", "best_val", "best_iteration", "bad_rounds"):
                 setattr(self, k, d[k])
             self.previous_stop_reason = d.get("stop_reason", "")
             self.stop_reason = ""  # a resumed run continues; the owner decides if it was already finished
             self.history = [IterationInfo(**h) for h in d["history"]]
-            self.generated_terms = dict(d["generated_terms"])
-            self.generated_combos = dict(d.get("generated_combos", {}))
-            self.mode_counts = dict(d.get("mode_counts", {}))
-            self.stage_s = dict(d.get("stage_s", {}))
-            self.invalid = dict(d["invalid"])
-            self.move_kinds = dict(d["move_kinds"])
-            self.wall_offset = float(d.get("wall_s", 0.0))
-            self.total_fine_tune_s = float(d.get("total_fine_tune_s", 0.0))
-            self.total_eval_s = float(d.get("total_eval_s", 0.0))
-            self.wait_s = float(d.get("wait_s", 0.0))
-            self.foreground_eval_s = float(d.get("foreground_eval_s", 0.0))
             self._saved_inflight = d.get("inflight")  # restarted by restart_inflight() once the adapter is loaded
-            self._t0 = time.monotonic()
             self.checkpoint_pending = False
