@@ -150,7 +150,7 @@ def _requests(draw):
     from rls3_msgs.srv import SpatialQuery
     from std_msgs.msg import Header
 
-    from rls3_ros.vlm.answers import MAX_TEXT_CHARS, QueryError, parse_relation
+    from rls3_ros.vlm.answers import MAX_TEXT_CHARS, QueryError, check_relation
 
     def named(x):  # a usable object name: not blank, not oversize (refused with a reason)
         return x.strip() != "" and len(x.strip()) <= MAX_TEXT_CHARS
@@ -192,7 +192,7 @@ def _requests(draw):
         ok = ok and named(subj) and subj.strip().lower() != ref.strip().lower()
     if q in ("check", "what"):
         try:
-            parse_relation(rel)
+            check_relation(rel)
         except QueryError:
             ok = False
     if q == "what":  # a candidate that is the reference is not ranked

@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from rls3_ros.captions.parse import parse_caption
+from rls3_ros.captions.terms import make_caption
 from rls3_ros.vlm import queries as Q
 from rls3_ros.vlm.factory import ModelNotFoundError, load_vlm
 from rls3_ros.vlm.standin import make_samples
@@ -283,5 +285,5 @@ def test_parse_relation_and_candidates():
     assert ("above", "behind", "left") in sets and ("on",) in sets
     assert Q.parse_relation("above and to the left of") == ["above", "left"]
     assert Q.parse_relation("in front") == ["in front"]
-    subj, terms, ref = Q.parse_caption(Q.make_caption("red mug", ["below", "in front", "right"], "lamp"))
+    subj, terms, ref = parse_caption(make_caption("red mug", ["below", "in front", "right"], "lamp"))
     assert (subj, terms, ref) == ("red mug", ["below", "in front", "right"], "lamp")

@@ -18,6 +18,7 @@ import numpy as np
 
 from rls3_ros.captions import terms as T
 from rls3_ros.vlm.interface import SpatialVLM
+from rls3_ros.vlm.queries import parse_relation
 
 QUERY_TYPES = ("where", "check", "what")
 # longest object name / relation / query type accepted: descriptions are a few words ("small red mug"); each
@@ -97,26 +98,19 @@ class QueryAnswer:
     adapter: str = ""
 
 
-def parse_relation(relation: str) -> List[str]:
-    """Canonical terms of a relation phrase ("left", "to the left of", "above and behind")."""
+def check_relation(relation: str) -> List[str]:
+    """Canonical terms of a query's relation phrase ("left", "to the left of", "above and behind"),
+    parsed by ``queries.parse_relation``; QueryError with the reason if it is empty, too long or
+    not a relation."""
     rel = (relation or "").strip()
     if not rel:
         raise QueryError(f"relation is empty; use one of: {', '.join(T.TERMS)}")
     if len(rel) > MAX_TEXT_CHARS:
         raise QueryError(f"relation is too long ({len(rel)} characters > {MAX_TEXT_CHARS})")
     try:
-        from rls3_ros.vlm.queries import parse_relation as _parse  # the model layer's parser
-
-        return list(_parse(rel))
-    except ImportError:
-        pass
+        return list(parse_relation(rel))
     except ValueError as e:
         raise QueryError(str(e)) from None
-    words = [w.strip() for w in rel.lower().replace(",", " and ").split(" and ") if w.strip()]
-    try:
-        return T.canonical_terms(words)
-    except ValueError as e:
-        raise QueryError(f"cannot parse relation {relation!r}: {e}") from None
 
 
 def predicted_terms(probs: Dict[str, float]) -> List[str]:
@@ -261,7 +255,7 @@ def _check(model, image, req, known, default_candidates, object_key=None) -> Che
 
     if qt == "where":
         return CheckedQuery(qt, img, reference, subject_of())
-    terms = parse_relation(req.relation)
+    terms = check_relation(req.relation)
     if qt == "check":
         return CheckedQuery(qt, img, reference, subject_of(), terms)
     cands = [c.strip() for c in req.candidates if c.strip()]

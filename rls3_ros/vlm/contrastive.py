@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from rls3_ros.captions import terms as T
 from rls3_ros.captions.negatives import relation_candidates
 from rls3_ros.core.scene import Sample, SpatialRelation
 from rls3_ros.vlm import queries as Q
@@ -126,7 +127,7 @@ class ContrastiveVLM(HostedAdapter, SpatialVLM):
         """Most probable full answer: (caption, terms, probability)."""
         sets, p = self.relation_distribution(image, subject, reference)
         k = int(np.argmax(p))
-        return Q.make_caption(subject, sets[k], reference), list(sets[k]), float(p[k])
+        return T.make_caption(subject, sets[k], reference), list(sets[k]), float(p[k])
 
     def check(self, image: np.ndarray, subject: str, relation: str, reference: str) -> Tuple[bool, float]:
         asked = Q.parse_relation(relation)
@@ -140,7 +141,7 @@ class ContrastiveVLM(HostedAdapter, SpatialVLM):
         if not cands:
             return []
         sets = Q.candidate_term_sets()
-        groups = [(0, [Q.make_caption(c, ts, reference) for ts in sets]) for c in cands]
+        groups = [(0, [T.make_caption(c, ts, reference) for ts in sets]) for c in cands]
         res = []
         for c, lg in zip(cands, self._candidate_logits([image], groups)):
             res.append((c, Q.holds_probability(sets, torch.softmax(lg, 0).numpy(), asked)))

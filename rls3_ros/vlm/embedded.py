@@ -327,7 +327,8 @@ class FrozenEncoders:
     @staticmethod
     def segments(caption: str) -> List[Tuple[str, int]]:
         """[(text, segment id)]: template captions split into subject / relation / reference."""
-        from rls3_ros.vlm.queries import parse_caption, relation_phrase_of
+        from rls3_ros.captions.parse import parse_caption
+        from rls3_ros.vlm.queries import relation_phrase_of
 
         try:
             subj, terms, ref = parse_caption(caption)

@@ -25,7 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from rls3_ros.core.scene import Sample, SpatialRelation
+from rls3_ros.captions import terms as T
+from rls3_ros.captions.parse import parse_caption
+from rls3_ros.core.scene import Sample
 from rls3_ros.vlm import queries as Q
 from rls3_ros.vlm.interface import FineTuneResult, ProgressCallback, RelationScore, SpatialVLM
 from rls3_ros.vlm.lora import AdapterHost, HostedAdapter, LoraSettings
@@ -127,14 +129,14 @@ class PaliGemmaVLM(HostedAdapter, SpatialVLM):
                 continue
             px = self._pixels([s.image])
             pre = [self._prefix(r.subject_description, r.reference_description) for r in s.relations]
-            ans = [self._ids(r.caption or Q.make_caption(r.subject_description, r.terms, r.reference_description))
+            ans = [self._ids(r.caption or T.make_caption(r.subject_description, r.terms, r.reference_description))
                    for r in s.relations]
             with self.host.lock, torch.inference_mode():
                 nll, cnt = self._answer_nll(px.expand(len(pre), -1, -1, -1), self._batch(pre, ans))
             for r, n, c in zip(s.relations, nll, cnt):
                 text = self.generate_answer(s.image, r.subject_description, r.reference_description)
                 try:
-                    subj, terms, ref = Q.parse_caption(text)
+                    subj, terms, ref = parse_caption(text)
                     exact = (_norm(subj) == _norm(r.subject_description) and _norm(ref) == _norm(r.reference_description)
                              and set(terms) == set(r.terms))
                     inter = len(set(terms) & set(r.terms))
@@ -190,7 +192,7 @@ class PaliGemmaVLM(HostedAdapter, SpatialVLM):
             batch = [items[j] for j in self._rng.integers(0, len(items), min(bs, len(items)))]
             px = self._pixels([im for im, _ in batch])
             pre = [self._prefix(r.subject_description, r.reference_description) for _, r in batch]
-            ans = [self._ids(r.caption or Q.make_caption(r.subject_description, r.terms, r.reference_description))
+            ans = [self._ids(r.caption or T.make_caption(r.subject_description, r.terms, r.reference_description))
                    for _, r in batch]
             with self.host.lock:
                 nll, cnt = self._answer_nll(px, self._batch(pre, ans))

@@ -3,7 +3,9 @@
 Uses the caption oracle's vocabulary (``rls3_ros.captions.terms``): the candidate term sets
 are every relation the oracle can state (8 horizontal sectors x {level, above, below}, the
 vertical-only "above"/"below", and the support terms "on"/"under"), captions are made with
-the oracle's own template, so a contrastive model is asked exactly what it was trained on.
+the oracle's own template (``terms.make_caption``), so a contrastive model is asked exactly what
+it was trained on. ``parse_relation`` is the one parser of a relation phrase; captions are parsed
+by ``rls3_ros.captions.parse.parse_caption``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import re
 from typing import Dict, List, Sequence, Tuple
 
 from rls3_ros.captions import terms as T
-from rls3_ros.core.scene import SpatialRelation
 
 
 def candidate_term_sets(include_support: bool = True) -> List[Tuple[str, ...]]:
@@ -28,10 +29,6 @@ def candidate_term_sets(include_support: bool = True) -> List[Tuple[str, ...]]:
     return list(dict.fromkeys(out))
 
 
-def make_caption(subject: str, terms: Sequence[str], reference: str) -> str:
-    return T.make_caption(subject, terms, reference)
-
-
 def relation_phrase_of(terms: Sequence[str]) -> str:
     """Surface phrase of a term set ("above and to the left of")."""
     return T.relation_phrase(terms)
@@ -39,7 +36,7 @@ def relation_phrase_of(terms: Sequence[str]) -> str:
 
 def candidate_captions(subject: str, reference: str, include_support: bool = True) -> Tuple[List[Tuple[str, ...]], List[str]]:
     sets = candidate_term_sets(include_support)
-    return sets, [make_caption(subject, ts, reference) for ts in sets]
+    return sets, [T.make_caption(subject, ts, reference) for ts in sets]
 
 
 def term_marginals(term_sets: Sequence[Sequence[str]], probs: Sequence[float]) -> Dict[str, float]:
@@ -88,28 +85,3 @@ def parse_relation(relation: str) -> List[str]:
             "(combined with 'and')" + (f"; unknown words: {' '.join(leftover)}" if leftover else "")
         )
     return T.canonical_terms(found)
-
-
-def parse_caption(caption: str) -> Tuple[str, List[str], str]:
-    """(subject, terms, reference) of a caption in the oracle template "The A is <terms> the B."
-
-    Uses ``rls3_ros.captions.parse`` when it exists; otherwise a local parser of the same
-    template. Raises ValueError when the text does not follow the template.
-    """
-    try:  # the caption helper's parser, once present
-        from rls3_ros.captions import parse as _p  # type: ignore
-
-        fn = getattr(_p, "parse_caption", None)
-        if fn is not None:
-            r = fn(caption)
-            if isinstance(r, SpatialRelation):
-                return r.subject_description, list(r.terms), r.reference_description
-            if isinstance(r, tuple) and len(r) == 3:
-                return str(r[0]), list(r[1]), str(r[2])
-    except ImportError:
-        pass
-    text = " ".join(caption.strip().split())
-    m = re.match(r"^(?:the )?(.+?) is (.+) the (.+?)\.?$", text, flags=re.IGNORECASE)
-    if not m:
-        raise ValueError(f"caption {caption!r} does not follow 'The A is <relation> the B.'")
-    return m.group(1).strip(), parse_relation(m.group(2)), m.group(3).strip()
