@@ -20,7 +20,6 @@ Output: ``config.json``, ``model.safetensors``, ``pretrain_metrics.json`` in ``-
 from __future__ import annotations
 
 import argparse
-import collections
 import sys
 import time
 from pathlib import Path
@@ -30,38 +29,11 @@ import numpy as np
 
 from rls3_ros.captions.imbalance import imbalance, term_counts
 from rls3_ros.core.scene import Sample
+from rls3_ros.vlm.pretrain import evaluation_report, format_report, render_corpus
 
 
 def _render(n: int, seed: int, image_size: int, backend: str, moves: int, desc: str) -> List[Sample]:
-    from rls3_ros.vlm.pretrain import render_corpus
-
     return render_corpus(n, seed, image_size, backend, moves_per_scene=moves, desc=desc)
-
-
-def report(vlm, samples: Sequence[Sample]) -> Dict[str, object]:
-    """Held-out accuracy overall and per term, with the multiple-choice chance level."""
-    from rls3_ros.captions.negatives import relation_candidates
-
-    ev = vlm.evaluate(samples)
-    per: Dict[str, List[float]] = collections.defaultdict(list)
-    allc: List[float] = []
-    for s in samples:
-        for r in s.relations:
-            c = 1.0 / len(relation_candidates(r))
-            allc.append(c)
-            for t in r.terms:
-                per[t].append(c)
-    return {"accuracy": ev.accuracy, "chance": float(np.mean(allc)) if allc else float("nan"), "n": ev.n,
-            "mean_loss": ev.mean_loss,
-            "per_term": {t: {"accuracy": ev.per_term[t], "chance": float(np.mean(per[t])), "n": ev.counts[t]}
-                         for t in sorted(ev.per_term, key=lambda t: -ev.counts[t])}}
-
-
-def format_report(rep: Dict[str, object]) -> str:
-    lines = [f"accuracy {rep['accuracy']:.3f} (chance {rep['chance']:.3f}, n={rep['n']}, loss {rep['mean_loss']:.3f})"]
-    for t, d in rep["per_term"].items():  # type: ignore[union-attr]
-        lines.append(f"  {t:9s} {d['accuracy']:.3f}  chance {d['chance']:.3f}  n={d['n']}")
-    return "\n".join(lines)
 
 
 def pretrain_grounded(out_dir: Optional[Path] = None, minutes: float = 2.0, n_train: int = 1200, n_test: int = 300,
@@ -124,10 +96,10 @@ def pretrain_grounded(out_dir: Optional[Path] = None, minutes: float = 2.0, n_tr
         f"loss {np.mean(res.losses[:20]):.3f} -> {res.final_loss:.3f}")
 
     t0 = time.monotonic()
-    rep_test = report(vlm, test)
-    rep_train = report(vlm, train[: min(len(train), 200)])
+    rep_test = evaluation_report(vlm, test)
+    rep_train = evaluation_report(vlm, train[: min(len(train), 200)])
     t_eval = time.monotonic() - t0
-    log("held-out (other scene seeds, every relation): " + format_report(rep_test))
+    log("held-out (other scene seeds, every relation): " + format_report(rep_test, with_loss=True))
     log(f"training-set accuracy (first 200 images): {rep_train['accuracy']:.3f}")
     metrics = {
         "command": " ".join(sys.argv), "seed": seed, "minutes": minutes, "n_train_rendered": len(full),

@@ -125,8 +125,10 @@ def evaluation_report(vlm, samples: Sequence[Sample]) -> Dict[str, object]:
     }
 
 
-def format_report(rep: Dict[str, object]) -> str:
-    lines = [f"accuracy {rep['accuracy']:.3f} (chance {rep['chance']:.3f}, n={rep['n']})"]
+def format_report(rep: Dict[str, object], with_loss: bool = False) -> str:
+    """An ``evaluation_report`` as text: overall line (with the mean loss if ``with_loss``), then one line per term."""
+    loss = f", loss {rep['mean_loss']:.3f}" if with_loss else ""
+    lines = [f"accuracy {rep['accuracy']:.3f} (chance {rep['chance']:.3f}, n={rep['n']}{loss})"]
     for t, d in rep["per_term"].items():  # type: ignore[union-attr]
         lines.append(f"  {t:9s} {d['accuracy']:.3f}  chance {d['chance']:.3f}  n={d['n']}")
     return "\n".join(lines)
