@@ -16,7 +16,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         # YAML parameters and the Fast DDS localhost profile (rls3_ros.ros.isolation finds it there)
         (f"share/{PACKAGE}/config", sorted(glob("config/*.yaml") + glob("config/*.xml"))),
-        # the default grounded base model, found by rls3_ros.vlm.grounded.default_dirs()
+        # the default grounded base model, found by rls3_ros.vlm.model_dirs.default_dirs()
         # after a non-editable install (pip install . / colcon build)
         (f"share/{PACKAGE}/models/grounded", sorted(f for f in glob("models/grounded/*") if os.path.isfile(f))),
         # the query server's default (model: grounded:serving), found the same way
