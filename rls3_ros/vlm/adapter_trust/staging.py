@@ -174,7 +174,6 @@ def load_checked(model, path: str, policy: AdapterPolicy, base: Optional[BaseIde
         return load_staged(model, staged)
 
 
-
 def refusal_reason(e: BaseException) -> str:
     """One line for a refusal (AdapterRefused as is; anything else with its type)."""
     msg = " ".join(str(e).split())

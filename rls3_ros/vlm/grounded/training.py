@@ -40,7 +40,6 @@ def default_lora(**overrides) -> LoraSettings:
     return LoraSettings(**d)
 
 
-
 def box_target(bbox, width: int, height: int, grid: int) -> Optional[np.ndarray]:
     """Uniform distribution over the grid cells whose centres fall in ``bbox`` (pixels); None if no box."""
     x0, y0, x1, y1 = (float(v) for v in bbox)
@@ -57,7 +56,6 @@ def box_target(bbox, width: int, height: int, grid: int) -> Optional[np.ndarray]
     return (m / m.sum()).reshape(-1)
 
 
-
 class TrainItem:
     """One relation prepared for training: image index, candidate (subj, terms, ref) list, the axis
     columns of the true term set (``true_cols``), of its inverse (``inv_cols``) and of every candidate
@@ -70,7 +68,6 @@ class TrainItem:
         self.tgt_s, self.tgt_r = tgt_s, tgt_r
         self.inv_cols = term_indices(T.inverse_terms([t for t in map(term_of_column, true_cols) if t]))
         self.cand_cols = np.array([term_indices(c[1]) for c in cands], dtype=np.int64).reshape(-1, 3)
-
 
 
 class GroundedTraining:
