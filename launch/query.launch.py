@@ -22,7 +22,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 
-from rls3_ros.ros.graph_spec import apply_sets, bool_arg, launch_actions, parse_set, query_graph
+from rls3_ros.ros.graph_spec import apply_node_sets, bool_arg, launch_actions, parse_set, query_graph
 
 
 def _nodes(context, *args, **kwargs):
@@ -32,7 +32,7 @@ def _nodes(context, *args, **kwargs):
     try:
         specs = query_graph(with_sim=bool_arg(arg("with_sim")), namespace=arg("namespace"), adapter=arg("adapter"),
                             image_topic=arg("image_topic"), scene_topic=arg("scene_topic"))
-        apply_sets(specs, [parse_set(item) for item in arg("set").split()])
+        apply_node_sets(specs, [parse_set(item) for item in arg("set").split()])
     except ValueError as e:
         raise RuntimeError(str(e)) from None
     return launch_actions(specs, [arg("params_file")])

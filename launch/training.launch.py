@@ -29,7 +29,7 @@ from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration
 
-from rls3_ros.ros.graph_spec import apply_sets, bool_arg, launch_actions, parse_set, training_graph
+from rls3_ros.ros.graph_spec import apply_node_sets, bool_arg, launch_actions, parse_set, training_graph
 
 
 def _nodes(context, *args, **kwargs):
@@ -48,7 +48,7 @@ def _nodes(context, *args, **kwargs):
         specs = training_graph(bridges=int(arg("bridges")), namespace=arg("namespace"), image_topic=arg("image_topic"),
                                agent=arg("agent"), run_dir=arg("run_dir"), resume=resumed,
                                respawn_bridges=bool_arg(arg("respawn_bridges")))
-        apply_sets(specs, [parse_set(item) for item in arg("set").split()])
+        apply_node_sets(specs, [parse_set(item) for item in arg("set").split()])
     except ValueError as e:
         raise RuntimeError(str(e)) from None
     return launch_actions(specs, [arg("params_file")])

@@ -79,7 +79,7 @@ def test_launch_files_build_every_node_from_the_spec():
     for name, builder in (("training.launch.py", "training_graph"), ("query.launch.py", "query_graph")):
         tree = ast.parse((ROOT / "launch" / name).read_text())
         names = [getattr(c.func, "id", getattr(c.func, "attr", "")) for c in ast.walk(tree) if isinstance(c, ast.Call)]
-        assert builder in names and "apply_sets" in names and "launch_actions" in names, name
+        assert builder in names and "apply_node_sets" in names and "launch_actions" in names, name
         assert "Node" not in names and "PushRosNamespace" not in names, name  # nodes and namespace: the spec's
         imports = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module == "rls3_ros.ros.graph_spec"]
         assert imports, name
@@ -105,7 +105,7 @@ def test_the_launch_file_nodes_are_the_processes_rls3_launch_starts(variant, tmp
     if variant.get("resume"):
         variant["resume"] = _resumable(tmp_path)
     specs = G.graph_nodes(graph, **variant)
-    G.apply_sets(specs, sets)
+    G.apply_node_sets(specs, sets)
     files = ["/cfg/base.yaml", "/cfg/extra.yaml"]
     mods = set(_entry_points().values())
     for spec in specs:

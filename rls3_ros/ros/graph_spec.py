@@ -121,7 +121,7 @@ def parse_set(item: str) -> Tuple[str, str, Any]:
     return node, param, val if value is None else value
 
 
-def apply_sets(specs: Sequence[NodeSpec], sets: Sequence[Tuple[str, str, Any]]) -> None:
+def apply_node_sets(specs: Sequence[NodeSpec], sets: Sequence[Tuple[str, str, Any]]) -> None:
     """Override parameters by node name or label (``sim0/sim_bridge``, with or without the graph's
     namespace); an unknown node is refused."""
     for node, param, value in sets:

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 from rls3_ros.core.share_dir import data_path
-from rls3_ros.ros.graph_spec import GRAPHS, NodeSpec, apply_sets, graph_nodes, parse_set  # noqa: F401 - re-exported
+from rls3_ros.ros.graph_spec import GRAPHS, NodeSpec, apply_node_sets, graph_nodes, parse_set  # noqa: F401 - re-exported
 
 
 def config_dir() -> str:
@@ -329,7 +329,7 @@ def cli_launch(argv: List[str]) -> int:
                   scene_topic=args.scene_topic)
     try:
         sets = [parse_set(item) for item in args.set]
-        apply_sets(graph_nodes(args.graph, **kw), sets)  # refused before a run directory is made
+        apply_node_sets(graph_nodes(args.graph, **kw), sets)  # refused before a run directory is made
         if args.graph == "training":
             if not run_dir:  # created only once the arguments are known good
                 from rls3_ros.loop.run_dir import new_run_dir
@@ -337,7 +337,7 @@ def cli_launch(argv: List[str]) -> int:
                 run_dir = new_run_dir()
             kw["run_dir"] = os.path.abspath(run_dir)
         specs = graph_nodes(args.graph, **kw)
-        apply_sets(specs, sets)
+        apply_node_sets(specs, sets)
     except ValueError as e:
         print(f"rls3 launch: {e}", file=sys.stderr)
         return 2

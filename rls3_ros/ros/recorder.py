@@ -292,7 +292,7 @@ def _make_node(opts: RecordOptions, queue: ByteBoundedQueue, store, store_lock, 
             infos = self.get_publishers_info_by_topic(topic)
             profiles = [i.qos_profile for i in infos]
             qos = rosutil.subscription_qos_for(profiles, opts.qos_depth)
-            pub_desc = ", ".join(sorted({rosutil.describe(p).rsplit(" history", 1)[0] for p in profiles})) or "none seen"
+            pub_desc = ", ".join(sorted({rosutil.describe_qos(p).rsplit(" history", 1)[0] for p in profiles})) or "none seen"
             mixed = len({(int(p.reliability), int(p.durability)) for p in profiles}) > 1
             offered = [rosutil.profile_to_rosbags(p) for p in profiles]
             queue.put(("topic", topic, msgtype, offered), 0, force=True)
@@ -324,7 +324,7 @@ def _make_node(opts: RecordOptions, queue: ByteBoundedQueue, store, store_lock, 
             self.subscribed[topic] = msgtype
             self.sub_qos[topic] = qos
             self.checked_publishers.update((topic, bytes(i.endpoint_gid)) for i in infos)
-            text = (f"recording {topic} [{msgtype}] with QoS {rosutil.describe(qos)} "
+            text = (f"recording {topic} [{msgtype}] with QoS {rosutil.describe_qos(qos)} "
                     f"(publishers: {len(profiles)}, offered {pub_desc}{'; MIXED QoS' if mixed else ''})")
             # one call site per severity: rclpy refuses a call site whose severity changes
             # (ValueError: Logger severity cannot be changed between calls)

@@ -224,7 +224,7 @@ def replay(opts: ReplayOptions, ros_args: Optional[List[str]] = None, stop=None,
                     published[name] = 0
                     logger.info(
                         f"publishing {printable(c.topic)}{' as ' + printable(name) if name != c.topic else ''} [{msgtype}] "
-                        f"with QoS {rosutil.describe(qos)} ({c.msgcount} messages in the bag)"
+                        f"with QoS {rosutil.describe_qos(qos)} ({c.msgcount} messages in the bag)"
                     )
                 pubs[c.id] = by_topic[name]
             clock_pub = None

@@ -72,7 +72,7 @@ def profile_to_rosbags(p: QoSProfile) -> Qos:
     )
 
 
-def describe(p: QoSProfile) -> str:
+def describe_qos(p: QoSProfile) -> str:
     return (
         f"reliability={ReliabilityPolicy(p.reliability).name.lower()} "
         f"durability={DurabilityPolicy(p.durability).name.lower()} "

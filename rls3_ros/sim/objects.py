@@ -361,7 +361,7 @@ class ObjectSpec:
     description: str
 
 
-def describe(category: str, color: str) -> str:
+def object_description(category: str, color: str) -> str:
     cat = CATEGORIES[category]
     noun = cat.noun or cat.name
     return f"{color} {noun}" if color else noun
@@ -380,15 +380,15 @@ def choose_objects(rng: np.random.Generator, scene_type: str, n: int) -> List[Ob
         i += 1
         cat = CATEGORIES[cat_name]
         if cat.colors:
-            free = [c for c in cat.colors if describe(cat_name, c) not in used_desc]
+            free = [c for c in cat.colors if object_description(cat_name, c) not in used_desc]
             if not free:
                 continue
             color = str(free[int(rng.integers(len(free)))])
         else:
             color = ""
-            if describe(cat_name, color) in used_desc:
+            if object_description(cat_name, color) in used_desc:
                 continue
-        desc = describe(cat_name, color)
+        desc = object_description(cat_name, color)
         used_desc.add(desc)
         k = counts.get(cat_name, 0)
         counts[cat_name] = k + 1
