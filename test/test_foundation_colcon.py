@@ -8,15 +8,17 @@ the node start are the README's ``colcon-venv`` block, extracted from README.md 
 with ``WS`` and ``VENV`` set and nothing else inherited that could point at the source tree
 (no PYTHONPATH, no LD_LIBRARY_PATH, a fresh ROS wheel bootstrap).
 
-Known limit, not asserted: the rosidl type-support dispatcher ``dlopen``s
-``librls3_msgs__rosidl_typesupport_*`` by searching ``LD_LIBRARY_PATH``, which the PyPI ROS wheels
-rebuild in random order, so those two libraries may come from the venv's own rls3_msgs (built by
-``make setup`` from the same sources) instead of the install. Everything linked (the Python
-extension and the libraries it needs, found through rls3_msgs' RPATH) must come from the install.
+Which ``rls3_msgs`` the node runs, read from ``/proc/<pid>/maps``: every ``rls3_msgs`` library it maps
+is the install's, including the type-support implementations (``..._typesupport_fastrtps_c``,
+``..._introspection_c``) that the rosidl dispatcher ``dlopen``s by bare file name. The PyPI ROS wheels
+rebuild ``LD_LIBRARY_PATH`` in a random order at interpreter start, and the venv holds its own
+``rls3_msgs`` (``make setup`` builds it there), so a second process in the same shell puts the venv's
+``lib/`` first on purpose and must map the install's libraries all the same.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -34,6 +36,51 @@ from rls3_ros.ros.isolation import isolated_ros_env
 pytestmark = pytest.mark.timeout(900)
 REPO = Path(__file__).resolve().parent.parent
 VENV = Path(sys.prefix)
+
+
+# Run in the README's shell after ``source install/setup.bash``: re-executes itself once with the
+# venv's lib/ first on LD_LIBRARY_PATH (the order that used to pick the venv's type-support
+# libraries), uses an rls3_msgs message, service and action, and prints what it imported and mapped.
+PROBE = r"""
+import json, os, sys
+venv_lib = os.path.join(sys.prefix, "lib")
+if not os.environ.get("RLS3_PROBE_VENV_LIB_FIRST"):
+    rest = [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p and p != venv_lib]
+    os.execve(sys.executable, sys.orig_argv, dict(os.environ, RLS3_PROBE_VENV_LIB_FIRST="1",
+                                                  LD_LIBRARY_PATH=os.pathsep.join([venv_lib] + rest)))
+import rclpy
+from rclpy.action import ActionClient
+import rls3_msgs, rls3_ros, rls3_ros.vlm.grounded as g
+from rls3_msgs.action import FineTune
+from rls3_msgs.msg import SceneState
+from rls3_msgs.srv import SpatialQuery
+rclpy.init()
+node = rclpy.create_node("colcon_probe")
+node.create_publisher(SceneState, "colcon_probe_scene", 1)
+node.create_client(SpatialQuery, "colcon_probe_query")
+ActionClient(node, FineTune, "colcon_probe_fine_tune")
+maps = sorted({l.split()[-1] for l in open("/proc/self/maps") if "rls3_msgs" in l.split()[-1]})
+print("PROBE " + json.dumps({"ld_first": os.environ["LD_LIBRARY_PATH"].split(os.pathsep)[0], "maps": maps,
+                             "rls3_ros": rls3_ros.__file__, "rls3_msgs": rls3_msgs.__file__,
+                             "model": str(g.load().base_spec)}))
+node.destroy_node()
+rclpy.shutdown()
+"""
+
+
+def rls3_msgs_mapped(maps_text: str) -> list:
+    """The files named ``*rls3_msgs*`` (libraries, Python extensions) mapped in a process."""
+    return sorted({l.split()[-1] for l in maps_text.splitlines() if "rls3_msgs" in l.split()[-1]})
+
+
+def assert_all_from(loaded: list, prefix: Path, what: str) -> None:
+    """Every rls3_msgs file ``loaded`` lies under ``prefix``, and the type-support dispatch ran there."""
+    assert loaded and all(l.startswith(str(prefix) + "/") for l in loaded), f"{what}: {loaded}"
+    names = {Path(l).name for l in loaded}
+    for lib in ("rosidl_generator_c", "rosidl_typesupport_c", "rosidl_typesupport_fastrtps_c",
+                "rosidl_typesupport_introspection_c"):
+        assert f"librls3_msgs__{lib}.so" in names, f"{what}: no librls3_msgs__{lib}.so in {loaded}"
+    assert any("site-packages/rls3_msgs/" in l for l in loaded), f"{what}: no rls3_msgs Python extension: {loaded}"
 
 
 def readme_block(name: str) -> str:
@@ -123,23 +170,22 @@ def test_readme_colcon_build_installs_a_node_that_answers(tmp_path):
         assert pypath[:2] == [str(ws / "install" / p / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
                                   / "site-packages") for p in ("rls3_ros", "rls3_msgs")], pypath
         assert not any(str(REPO) in p for p in pypath), pypath
-        maps = Path(f"/proc/{node_pid}/maps").read_text()
-        loaded = sorted({l.split()[-1] for l in maps.splitlines() if "rls3_msgs" in l.split()[-1]})
-        ext = [l for l in loaded if "site-packages/rls3_msgs/" in l]
-        assert ext and all(l.startswith(str(ws / "install" / "rls3_msgs")) for l in ext), loaded
-        linked = [l for l in loaded if "rosidl_generator_" in l or l.endswith("rosidl_typesupport_c.so")]
-        assert linked and all(l.startswith(str(ws / "install" / "rls3_msgs" / "lib")) for l in linked), loaded
-        # the same shell resolves the Python packages into the install
-        probe = subprocess.run(["bash", "-c", "source install/setup.bash && python -c "
-                                "'import rls3_ros, rls3_msgs, rls3_ros.vlm.grounded as g; print(rls3_ros.__file__); "
-                                "print(rls3_msgs.__file__); print(g.load().base_spec)'"],
+        install_msgs = ws / "install" / "rls3_msgs"
+        # the same shell, with the venv's lib/ first on LD_LIBRARY_PATH: still the install's rls3_msgs
+        (tmp_path / "colcon_probe.py").write_text(PROBE)
+        probe = subprocess.run(["bash", "-c", f"source install/setup.bash && python {tmp_path / 'colcon_probe.py'}"],
                                cwd=ws, env={**env, "PATH": f"{VENV}/bin:/usr/bin:/bin"}, capture_output=True,
                                text=True, timeout=120)
-        assert probe.returncode == 0, probe.stderr
-        files = probe.stdout.split()
-        assert files[0].startswith(str(ws / "install" / "rls3_ros")), probe.stdout
-        assert files[1].startswith(str(ws / "install" / "rls3_msgs")), probe.stdout
-        assert str(ws / "install" / "rls3_ros" / "share" / "rls3_ros" / "models" / "grounded") in files[2], probe.stdout
+        assert probe.returncode == 0, probe.stderr[-4000:]
+        found = [l for l in probe.stdout.splitlines() if l.startswith("PROBE ")]
+        assert found, probe.stdout[-4000:] + probe.stderr[-4000:]
+        seen = json.loads(found[-1][len("PROBE "):])
+        assert seen["ld_first"] == str(VENV / "lib"), seen
+        assert_all_from(seen["maps"], install_msgs, f"probe with {seen['ld_first']} first on LD_LIBRARY_PATH")
+        assert seen["rls3_ros"].startswith(str(ws / "install" / "rls3_ros")), seen
+        assert seen["rls3_msgs"] == str(install_msgs / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+                                        / "site-packages" / "rls3_msgs" / "__init__.py"), seen
+        assert str(ws / "install" / "rls3_ros" / "share" / "rls3_ros" / "models" / "grounded") in seen["model"], seen
 
         # a plain rclpy client in this (test) process asks the installed node
         for k, v in env.items():
@@ -162,7 +208,13 @@ def test_readme_colcon_build_installs_a_node_that_answers(tmp_path):
             assert r.subject_location.box.width > 0 and 0 <= r.subject_location.pixel.x < 160
         finally:
             spinner.close()
-        print(f"colcon build of the README block: {build_s:.0f} s")
+        # what the node mapped after answering (the type-support dispatch has run), whatever order
+        # the wheels' start-up hook gave its LD_LIBRARY_PATH
+        node_order = [p for p in penv.get("LD_LIBRARY_PATH", "").split(os.pathsep)  # the dirs holding an rls3_msgs
+                      if p and (Path(p) / "librls3_msgs__rosidl_typesupport_c.so").is_file()]
+        assert_all_from(rls3_msgs_mapped(Path(f"/proc/{node_pid}/maps").read_text()), install_msgs,
+                        f"the installed node (LD_LIBRARY_PATH order {node_order})")
+        print(f"colcon build of the README block: {build_s:.0f} s; node LD_LIBRARY_PATH order {node_order}")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
