@@ -200,7 +200,8 @@ class MinerAgent(_LoopAgent):
 
     name = "miner"
 
-    def __init__(self, envs, seed=0, k: int = 4, **kwargs):
+    def __init__(self, envs, seed=0, *, k: int, **kwargs):
+        """``k``: the schema's ``agent.k`` (rls3_ros.loop.config)."""
         super().__init__(envs, seed)
         if k < 1:
             raise ValueError(f"miner k must be >= 1 (got {k})")
@@ -338,13 +339,12 @@ class SACAgent(_SB3Agent):
         from stable_baselines3 import SAC
 
         k = self.kwargs
-        T = self.envs[0].T
         model = SAC(
             "MlpPolicy",
             self.vec,
             learning_rate=float(k.get("learning_rate", 1e-3)),
             buffer_size=int(k.get("buffer_size", 20_000)),
-            learning_starts=int(k.get("learning_starts", 2 * T)),
+            learning_starts=int(k["learning_starts"]),  # the schema's agent.learning_starts (always set)
             batch_size=int(k.get("batch_size", SAC_BATCH_SIZE)),
             gamma=float(k.get("gamma", 0.95)),
             train_freq=int(k.get("train_freq", SAC_TRAIN_FREQ)),
@@ -438,7 +438,6 @@ class PPOAgent(_SB3Agent):
         from stable_baselines3 import PPO
 
         k = self.kwargs
-        T = self.envs[0].T
         n_steps = int(k.get("n_steps", 64))
         return PPO(
             "MlpPolicy",
