@@ -27,6 +27,15 @@ import yaml
 from rls3_ros.loop.config_files import apply_sets, load_train_config  # noqa: F401 - part of this module's API
 
 
+def train_config(config: str = "", quick: bool = False, sets: List[str] = ()):
+    """The validated run configuration (``rls3_ros.loop.config.TrainConfig``) of ``rls3 train``: the
+    schema's defaults, ``config/train.yaml``, ``--config``, ``--quick``, ``--set``; ``ValueError``
+    naming every bad or unknown key."""
+    from rls3_ros.loop.config import validate_config
+
+    return validate_config(load_train_config(config, quick, list(sets)))
+
+
 def cli_train(argv: List[str]) -> int:
     ap = argparse.ArgumentParser(prog="rls3 train", description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -78,7 +87,7 @@ def cli_train(argv: List[str]) -> int:
                 sets.append(f"run.agent={args.agent}")
             if args.seed is not None:
                 sets.append(f"run.seed={args.seed}")
-            cfg = validate_config(load_train_config(args.config, args.quick, sets))
+            cfg = train_config(args.config, args.quick, sets)
         except (OSError, ValueError, yaml.YAMLError) as e:
             print(f"rls3 train: {e}", file=sys.stderr)
             return 2

@@ -342,8 +342,10 @@ def format_errors(err: ValidationError, model_cls=TrainConfig, key_name=None) ->
     return "; ".join(out)
 
 
-def validate_config(cfg: Dict[str, Any], model_cls=TrainConfig) -> BaseModel:
-    """The config as a model; ``ValueError("bad configuration: ...")`` naming every bad or unknown key."""
+def validate_config(cfg: Dict[str, Any], model_cls=None) -> BaseModel:
+    """The config as a model (``model_cls``, default :class:`TrainConfig`); ``ValueError("bad configuration:
+    ...")`` naming every bad or unknown key."""
+    model_cls = model_cls or TrainConfig
     try:
         return model_cls.model_validate(cfg)
     except ValidationError as e:
@@ -463,8 +465,10 @@ def config_from_params(values: Dict[str, Any]) -> GraphRunConfig:
         raise ValueError(format_errors(e, GraphRunConfig, lambda s, k: names.get((s, k), k))) from None
 
 
-def describe(model_cls=GraphRunConfig) -> str:
-    """Every key with its default, what it accepts and its doc (``python -m rls3_ros.loop.config``)."""
+def describe(model_cls=None) -> str:
+    """Every key of ``model_cls`` (default :class:`GraphRunConfig`) with its default, what it accepts and
+    its doc (``python -m rls3_ros.loop.config``)."""
+    model_cls = model_cls or GraphRunConfig
     lines = []
     for sec_name, sec_field in model_cls.model_fields.items():
         lines.append(f"{sec_name}:")
