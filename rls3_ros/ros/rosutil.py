@@ -171,11 +171,26 @@ class SpinSafeActionClient(ActionClient):
     creates its lock, so an executor spinning in another thread can call
     ``get_num_entities`` on a half-built client, raise ``AttributeError: _lock`` and die
     (seen on a loaded machine: every later goal on that node timed out). Here the lock is
-    made first and kept."""
+    made first and kept, and ``destroy`` does not free the handle under a spinning executor."""
 
     def __init__(self, *args, **kwargs) -> None:
         object.__setattr__(self, "_lock", threading.Lock())
+        self._removed = False
         super().__init__(*args, **kwargs)
+
+    def destroy(self) -> None:
+        """Take the client off its node; its handle is freed with this object.
+
+        rclpy's ``destroy`` frees the handle at once, while an executor spinning in another thread
+        may hold it in the wait set it is building or waiting on ("action client pointer is
+        invalid", then that executor's spin ends). Removed from the node, the client is in no later
+        wait set, and the handle goes when the last reference (the caller's, or an executor
+        iteration's) does."""
+        with self._lock:
+            if self._removed:
+                return
+            self._removed = True
+        self._node.remove_waitable(self)
 
     def __setattr__(self, name, value) -> None:
         if name == "_lock" and "_lock" in self.__dict__:
