@@ -18,3 +18,9 @@ def test_ros_nodes_holds_only_nodes_each_an_entry_point():
         text = (PACKAGE / "ros" / "nodes" / f"{name}.py").read_text()
         assert re.search(r"^def main\(", text, re.M), f"{name}: no main()"
         assert re.search(r"class \w+\((Node|LifecycleNode)\)", text), f"{name}: no node class"
+
+
+def test_no_module_of_the_package_is_over_600_lines():
+    long = {str(p.relative_to(ROOT)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text().splitlines())) > 600}
+    assert not long, f"split these by idea: {long}"

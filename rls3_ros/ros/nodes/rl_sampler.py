@@ -62,7 +62,7 @@ from rls3_ros.ros.conversions import msg_to_relation, msg_to_scene, sample_to_ms
 from rls3_ros.core.image_codec import image_msg_to_rgb
 from rls3_ros.ros.node_main import run_node
 from rls3_ros.ros.node_params import config_table, declare_config_parameters, print_help_if_asked
-from rls3_ros.loop.config import config_from_params, needs_validation, to_dict
+from rls3_ros.loop.config import as_train_config, config_from_params, needs_validation, to_dict
 from rls3_ros.loop.env import SimSource, SimStep, bounds_from_scene
 from rls3_ros.loop.scheduler import Evaluator, SchedulerCallbacks, Trainer, TrainOutcome
 from rls3_ros.loop.serving import ServedAdapterFile
@@ -352,7 +352,8 @@ class RlSampler(Node):
         key = str(p["dataset_key"])
         log = self.get_logger().info
         src0 = self.sources[0]
-        needs_val = needs_validation(cfg)
+        config = as_train_config(cfg)  # the typed run configuration the loop reads
+        needs_val = needs_validation(config)
         splits = {"test": cached_split(src0, self.captioner, "test", int(ev["test_scenes"]), key,
                                        int(ev["moves_per_scene"]), int(ev["test_per_term"]), log=log),
                   "val": cached_split(src0, self.captioner, "val", int(ev["val_scenes"]), key,
@@ -373,8 +374,9 @@ class RlSampler(Node):
         for s in self.sources:
             s.renders = 0
         scorer = RosScorer(self.caller, self.score_client, int(p["score_chunk"]))
-        envs = [RLS3Env(src, self.captioner, scorer, T=int(p["T"]), T0=int(p["T0"]), seed=int(p["seed"]) * 1000 + i,
-                        run_id=f"ros{p['seed']}e{i}", **cfg["env"]) for i, src in enumerate(self.sources)]
+        envs = [RLS3Env.from_config(config.env, src, self.captioner, scorer, T=config.loop.T, T0=config.loop.T0,
+                                    seed=config.run.seed * 1000 + i, run_id=f"ros{config.run.seed}e{i}")
+                for i, src in enumerate(self.sources)]
         node = self
 
         class _Publish(SchedulerCallbacks):
@@ -387,7 +389,7 @@ class RlSampler(Node):
             def on_promotion(self, sch, decision):
                 node._promote(decision.candidate)
 
-        runner = LoopRunner(cfg, run, envs, RosTrainer(self, self.caller, self.fine_tune_client,
+        runner = LoopRunner(config, run, envs, RosTrainer(self, self.caller, self.fine_tune_client,
                                                        float(p["fine_tune_timeout"])),
                             RosEvaluator(scorer, splits), replay,
                             callbacks=[_Publish(), ServedAdapterFile(run.path, log=log)], progress=False, log=log)
