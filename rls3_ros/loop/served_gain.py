@@ -57,6 +57,13 @@ def served_gain(history: Sequence[Any], served_iteration: int, vlm=None, test_sa
         if name == "val" or other is None or not rec.get("correct") or len(rec["correct"]) != len(other.get("correct", "")):
             continue  # validation chose the served adapter: its gain there is not an unbiased estimate
         out["splits"][name] = paired_difference(_bits(rec["correct"]), _bits(other["correct"]))
+    last = history[-1]
+    if len(history) > 1 and last is not served:
+        # what the gate held back: the last fine-tune against the base on every split (validation included)
+        out["last"] = {"iteration": int(last.iteration), "adapter": last.adapter_path, "splits": {
+            name: paired_difference(_bits(rec["correct"]), _bits(last.splits[name]["correct"]))
+            for name, rec in base.splits.items()
+            if rec.get("correct") and len(rec["correct"]) == len(last.splits.get(name, {}).get("correct", ""))}}
     if vlm is not None and test_samples and load_adapter is not None:
         load_adapter("")
         b = where_exact_answers(vlm, test_samples)
@@ -77,6 +84,11 @@ def format_gain(g: Dict[str, Any]) -> List[str]:
     for name, d in rows:
         lines.append(f"  {name:11s} {d['base']:.3f} -> {d['tuned']:.3f}  gain {100 * d['gain']:+.1f} pt "
                      f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] (95 % paired bootstrap, n={d['n']})")
+    if g.get("last"):
+        lines.append(f"last fine-tune (iteration {g['last']['iteration']}, not served) against the base:")
+        for name, d in g["last"]["splits"].items():
+            lines.append(f"  {name:11s} {d['base']:.3f} -> {d['tuned']:.3f}  gain {100 * d['gain']:+.1f} pt "
+                         f"[{100 * d['low']:+.1f}, {100 * d['high']:+.1f}] (n={d['n']})")
     return lines
 
 
