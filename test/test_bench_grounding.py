@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from rls3_ros.bench import grounding as B
+from rls3_ros.loop.promotion import two_sided_sign_test_p
 from rls3_ros.vlm import grounding as G
 
 GRID, W, H = 10, 160, 160
@@ -41,10 +42,10 @@ def test_metrics_fit_and_report_on_a_known_answer(tmp_path):
     assert m["box_iou_mean"] > 0.5 * m["pointing_accuracy"]
     assert m["baselines"]["random_point"] == pytest.approx(20 * 22 / (W * H))
     assert set(m["per_category_pointing"]) == {"mug", "vase"}
-    assert B.sign_test_p(10, 10) == 1.0 and B.sign_test_p(0, 10) == pytest.approx(2 / 1024)
+    assert two_sided_sign_test_p(10, 10) == 1.0 and two_sided_sign_test_p(0, 10) == pytest.approx(2 / 1024)
     doc = {"models": {"base": m, "tuned": m}, "calibration": settings.to_dict(), "n_test_samples": 300, "n_objects": 300,
            "n_val_objects": 200, "image_size": W, "tuned_from": "test", "wall_s": 1.0, "host": {"cpus": 2},
-           "paired": {"n": 300, "base_only": 3, "tuned_only": 5, "sign_test_p": B.sign_test_p(3, 5)}}
+           "paired": {"n": 300, "base_only": 3, "tuned_only": 5, "sign_test_p": two_sided_sign_test_p(3, 5)}}
     B.write_markdown(doc, tmp_path / "g.md")
     text = (tmp_path / "g.md").read_text()
     assert f"| pointing accuracy (point inside the true box) | {m['pointing_accuracy']:.3f} | {m['pointing_accuracy']:.3f} |" in text

@@ -37,6 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from rls3_ros.loop.promotion import two_sided_sign_test_p
 from rls3_ros.vlm import grounding as G
 
 
@@ -124,13 +125,6 @@ def evaluate(recs: Sequence[Dict[str, Any]], grid: int, settings: G.LocatorSetti
         "per_category_pointing": {c: {"accuracy": float(np.mean(v)), "n": len(v)} for c, v in sorted(per_cat.items())},
     }
 
-
-def sign_test_p(a: int, b: int) -> float:
-    """Exact two-sided sign test (binomial, p = 1/2) of a vs b discordant pairs: twice the one-sided
-    p of the larger count (the promotion gate's test, ``rls3_ros.loop.promotion.sign_test_p``)."""
-    from rls3_ros.loop.promotion import sign_test_p as one_sided
-
-    return min(1.0, 2.0 * one_sided(max(a, b), min(a, b)))
 
 
 def main_job_adapter(cfg: Dict[str, Any], run_path: Path, grounding_weight: Optional[float] = None,
@@ -259,7 +253,7 @@ def run_benchmark(out_dir: Path, quick: bool = False, adapter: str = "", groundi
     models["base"]["validation_pointing_accuracy"] = evaluate(base_val, grid, settings)["pointing_accuracy"]
     hb, ht = models["base"].pop("hits"), models["tuned"].pop("hits")
     b_only, t_only = sum(x and not y for x, y in zip(hb, ht)), sum(y and not x for x, y in zip(hb, ht))
-    paired = {"n": len(hb), "base_only": b_only, "tuned_only": t_only, "sign_test_p": sign_test_p(b_only, t_only)}
+    paired = {"n": len(hb), "base_only": b_only, "tuned_only": t_only, "sign_test_p": two_sided_sign_test_p(b_only, t_only)}
     doc = {
         "quick": quick, "vlm": cfg["run"]["vlm"], "image_size": int(cfg["run"]["image_size"]),
         "n_test_samples": len(test), "n_objects": len(test_objs), "n_val_objects": len(val_objs),

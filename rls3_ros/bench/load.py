@@ -54,8 +54,9 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from rls3_ros.bench.load_big import big_client_main, run_big_request_load
+from rls3_ros.bench.proc_cpu import rss_mb
 from rls3_ros.bench.load_harness import (OTHER, QUERY_SERVICE, REFERENCE, SUBJECT, bench_root, latency_stats,
-                                         query_client, resolve_model, rss_mb, spun_node, start_query_node, stop_all,
+                                         query_client, resolve_model, spun_node, start_query_node, stop_all,
                                          wait_for_model_ready)
 from rls3_ros.ros.service_qos import SERVICE_QOS
 

@@ -34,15 +34,6 @@ def latency_stats(lat_s: List[float]) -> Dict[str, float]:
             "mean_ms": round(float(a.mean()), 2), "max_ms": round(float(a.max()), 2)}
 
 
-def rss_mb(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return float("nan")
 
 
 def resolve_model(spec: str) -> str:

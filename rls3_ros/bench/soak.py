@@ -33,19 +33,13 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from rls3_ros.bench.proc_cpu import rss_mb
 from rls3_ros.core.share_dir import SOURCE_ROOT
 
 RESET = "/sim_bridge/reset_scene"
 APPLY = "/sim_bridge/apply_action"
 
 
-def rss_mb(pid: int) -> float:
-    """VmRSS of ``pid`` [MB]."""
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
 def summarise(series: List[List[float]], warmup_op: int) -> Dict[str, float]:

@@ -28,6 +28,11 @@ def sign_test_p(wins: int, losses: int) -> float:
     return min(1.0, tail / 2 ** n)  # integer division: exact for any n (2.0 ** n overflows past 1023)
 
 
+def two_sided_sign_test_p(a: int, b: int) -> float:
+    """Exact two-sided sign test of ``a`` vs ``b`` discordant pairs: twice the one-sided p of the larger count."""
+    return min(1.0, 2.0 * sign_test_p(max(a, b), min(a, b)))
+
+
 @dataclass
 class GateDecision:
     """One gate decision, as the run report and the metrics file list it."""

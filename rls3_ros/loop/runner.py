@@ -401,7 +401,7 @@ def prepare_torch(rc: RunConfig, log: Callable[[str], None]) -> None:
     torch.manual_seed(rc.seed)
 
 
-def load_vlm(rc: RunConfig, log: Callable[[str], None], pretrain: bool = True):
+def build_vlm(rc: RunConfig, log: Callable[[str], None], pretrain: bool = True):
     """The run's VLM (``run.vlm``: "grounded:serving", "embedded", a model directory, ...); the embedded
     base is built first when missing and ``pretrain``."""
     from rls3_ros.vlm.answers import load_model
@@ -494,7 +494,7 @@ def build_inprocess(cfg: Union[TrainConfig, Mapping[str, Any]], run: RunDir, pro
     rc = cfg.run
     prepare_torch(rc, log)
     if vlm is None:
-        vlm = load_vlm(rc, log, pretrain)
+        vlm = build_vlm(rc, log, pretrain)
     feats = getattr(vlm, "features", None)
     if feats is not None and hasattr(feats, "capacity"):
         feats.capacity = max(int(feats.capacity), LOOP_FEATURE_CACHE)
