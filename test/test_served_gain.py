@@ -3,6 +3,7 @@ fine-tune the gate held back, computed from the per-relation answers the history
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -40,3 +41,18 @@ def test_served_last_iteration_has_no_separate_last_entry():
     g = served_gain(history, 1)
     assert g["adapter"] == "a1" and g["splits"]["test"]["gain"] == pytest.approx(0.5)
     assert "last" not in g
+
+
+def test_the_run_plot_draws_what_was_served(tmp_path):
+    from rls3_ros.loop.report import plot_accuracy, served_curve
+    from rls3_ros.loop.run_dir import RunDir
+
+    its = [{"type": "iteration", "iteration": i, "valid_samples": 10 * i, "test_accuracy": a, "val_accuracy": a,
+            "test_per_term": {"left": a}, "served_iteration": s}
+           for i, (a, s) in enumerate([(0.8, 0), (0.7, 0), (0.9, 2), (0.85, 2)])]
+    assert served_curve(its) == [0.8, 0.8, 0.9, 0.9]
+    run = RunDir(str(tmp_path / "run"))
+    for m in its:
+        run.append_metrics(m)
+    out = plot_accuracy(run)
+    assert os.path.getsize(out) > 10_000

@@ -22,6 +22,13 @@ def _num(x) -> float:
     return float("nan") if x is None else float(x)
 
 
+def served_curve(its: List[Dict[str, Any]]) -> List[float]:
+    """Per iteration record: the test accuracy of the model served after it (the iteration named by its
+    ``served_iteration``; 0 = the base)."""
+    by_it = {int(m["iteration"]): _num(m["test_accuracy"]) for m in its}
+    return [by_it.get(int(m.get("served_iteration") or 0), float("nan")) for m in its]
+
+
 def plot_accuracy(run: RunDir, path: Optional[str] = None) -> str:
     """Test accuracy vs generated (valid) samples: overall and per term -> PNG."""
     import matplotlib
@@ -36,7 +43,9 @@ def plot_accuracy(run: RunDir, path: Optional[str] = None) -> str:
     terms = sorted({t for m in its for t in (m.get("test_per_term") or {})})
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
     ax = axes[0]
-    ax.plot(xs, acc, "o-", color="black", lw=2, label="overall (test)")
+    ax.plot(xs, acc, "o-", color="black", lw=2, label="each fine-tune (test)")
+    if any("served_iteration" in m for m in its):  # runs with the promotion gate: what a robot is served
+        ax.step(xs, served_curve(its), where="post", color="tab:green", lw=2.5, alpha=0.8, label="served (test)")
     vals = [_num(m.get("val_accuracy")) for m in its]
     if any(not math.isnan(v) for v in vals):
         ax.plot(xs, vals, "s--", color="grey", lw=1, label="validation")
