@@ -13,14 +13,17 @@ from ros_harness import BackgroundSpinner, deadline
 CLIENTS = 300
 
 
-def _spin_survives(client_class) -> bool:
-    """Create ``CLIENTS`` action clients on a spinning node; then does the executor still run callbacks?"""
+def _spin_survives(client_class, destroy: bool = False) -> bool:
+    """Create (and with ``destroy`` at once destroy) ``CLIENTS`` action clients on a spinning node;
+    then does the executor still run callbacks?"""
     from rls3_msgs.action import FineTune
 
     spinner = BackgroundSpinner("action_client_race")
     try:
-        clients = [client_class(spinner.node, FineTune, f"/race/fine_tune_{i}") for i in range(CLIENTS)]
-        assert len(clients) == CLIENTS
+        clients = []
+        for i in range(CLIENTS):
+            client = client_class(spinner.node, FineTune, f"/race/fine_tune_{i}")
+            client.destroy() if destroy else clients.append(client)
         fired = threading.Event()
         timer = spinner.node.create_timer(0.01, fired.set)
         try:
@@ -53,25 +56,8 @@ def test_spin_safe_action_client_still_works_as_a_client(ros_env):
         spinner.close()
 
 
-def _spin_survives_destroy(client_class) -> bool:
-    """Create and destroy ``CLIENTS`` action clients on a spinning node; does the executor still run?"""
-    from rls3_msgs.action import FineTune
-
-    spinner = BackgroundSpinner("action_client_destroy_race")
-    try:
-        for i in range(CLIENTS):
-            client_class(spinner.node, FineTune, f"/race/fine_tune_{i}").destroy()
-        fired = threading.Event()
-        timer = spinner.node.create_timer(0.01, fired.set)
-        try:
-            return fired.wait(deadline(10.0))
-        finally:
-            spinner.node.destroy_timer(timer)
-    finally:
-        spinner.close()
-
 
 def test_destroying_a_spin_safe_action_client_keeps_the_executor_alive(ros_env):
     from rls3_ros.ros.rosutil import SpinSafeActionClient
 
-    assert _spin_survives_destroy(SpinSafeActionClient), "the executor stopped running callbacks"
+    assert _spin_survives(SpinSafeActionClient, destroy=True), "the executor stopped running callbacks"

@@ -14,7 +14,7 @@ caption itself nor its inverse "The B is <inverse terms> the A." (compared on pa
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 from rls3_ros.captions import terms as T
 from rls3_ros.core.scene import SpatialRelation
@@ -58,3 +58,20 @@ def relation_candidates(rel: SpatialRelation) -> List[str]:
     caption = rel.caption or T.make_caption(rel.subject_description, rel.terms, rel.reference_description)
     negs = list(rel.negatives) or hard_negatives(rel)
     return [caption] + [n for n in negs if n != caption]
+
+
+
+def candidate_groups(samples) -> Tuple[List[Any], List[Tuple[int, List[str]]], List[Tuple[str, SpatialRelation]]]:
+    """What a model scores for ``samples``: the images that have relations, one group per relation
+    (image index, :func:`relation_candidates`) and the (sample id, relation) each group belongs to."""
+    images: List[Any] = []
+    groups: List[Tuple[int, List[str]]] = []
+    rels: List[Tuple[str, SpatialRelation]] = []
+    for s in samples:
+        if not s.relations:
+            continue
+        images.append(s.image)
+        for r in s.relations:
+            groups.append((len(images) - 1, relation_candidates(r)))
+            rels.append((s.sample_id, r))
+    return images, groups, rels

@@ -32,7 +32,7 @@ from __future__ import annotations
 import copy
 import sys
 import typing
-from typing import Any, Dict, List, Literal, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Literal, Mapping, Optional, Tuple, Union
 
 from annotated_types import Ge, Gt, Le, Lt
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -293,17 +293,22 @@ def bounds(field) -> Tuple[Optional[float], bool, Optional[float], bool]:
     return lo, lo_inc, hi, hi_inc
 
 
+def interval_text(lo, lo_inc: bool, hi, hi_inc: bool, num: Callable[[Any], str] = str) -> str:
+    """A range as text: ``in [0, 1)``, ``>= 1``, ``< 5`` ("" when unbounded); ``num`` formats the bounds."""
+    if lo is not None and hi is not None:
+        return f"in {'[' if lo_inc else '('}{num(lo)}, {num(hi)}{']' if hi_inc else ')'}"
+    if lo is not None:
+        return f"{'>=' if lo_inc else '>'} {num(lo)}"
+    if hi is not None:
+        return f"{'<=' if hi_inc else '<'} {num(hi)}"
+    return ""
+
+
 def allowed_text(field) -> str:
     """What a field accepts, e.g. ``an integer >= 1``, ``a number in (0, 1]``, ``loss | error``."""
     base = _type_text(field.annotation)
-    lo, lo_inc, hi, hi_inc = bounds(field)
-    if lo is not None and hi is not None:
-        return f"{base} in {'[' if lo_inc else '('}{lo}, {hi}{']' if hi_inc else ')'}"
-    if lo is not None:
-        return f"{base} {'>=' if lo_inc else '>'} {lo}"
-    if hi is not None:
-        return f"{base} {'<=' if hi_inc else '<'} {hi}"
-    return base
+    text = interval_text(*bounds(field))
+    return f"{base} {text}" if text else base
 
 
 def _section_model(model_cls, section: str):

@@ -34,7 +34,7 @@ from rclpy.exceptions import InvalidParameterTypeException, ParameterUninitializ
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
-from rls3_ros.loop.config import NODE_PARAMS, config_from_params
+from rls3_ros.loop.config import NODE_PARAMS, config_from_params, interval_text
 from rls3_ros.ros.node_main import NodeStartupError
 
 _INT64 = (-(2 ** 63), 2 ** 63 - 1)
@@ -97,14 +97,7 @@ class Param:
         """What the parameter accepts, e.g. ``>= 1``, ``in (0, 45)``, ``one of raw | compressed``."""
         if self.choices:
             return "one of " + " | ".join(self.choices)
-        lo, hi = self.low, self.high
-        if lo is not None and hi is not None:
-            return f"in {'(' if self.low_open else '['}{_num(lo)}, {_num(hi)}{')' if self.high_open else ']'}"
-        if lo is not None:
-            return f"{'>' if self.low_open else '>='} {_num(lo)}"
-        if hi is not None:
-            return f"{'<' if self.high_open else '<='} {_num(hi)}"
-        return ""
+        return interval_text(self.low, not self.low_open, self.high, not self.high_open, _num)
 
     def error(self, value: Any) -> Optional[str]:
         """Why ``value`` is not accepted (one line naming parameter, value and range), or None."""

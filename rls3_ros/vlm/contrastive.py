@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from rls3_ros.captions import terms as T
-from rls3_ros.captions.negatives import relation_candidates
+from rls3_ros.captions.negatives import candidate_groups, relation_candidates
 from rls3_ros.core.scene import Sample, SpatialRelation
 from rls3_ros.vlm import queries as Q
 from rls3_ros.vlm.interface import FineTuneResult, ProgressCallback, RelationScore, SpatialVLM
@@ -95,12 +95,7 @@ class ContrastiveVLM(HostedAdapter, SpatialVLM):
         return res
 
     def score(self, samples: Sequence[Sample]) -> List[RelationScore]:
-        images, groups, rels = [], [], []
-        for s in samples:
-            images.append(s.image)
-            for r in s.relations:
-                groups.append((len(images) - 1, relation_candidates(r)))
-                rels.append((s.sample_id, r))
+        images, groups, rels = candidate_groups(samples)
         if not groups:
             return []
         out = []

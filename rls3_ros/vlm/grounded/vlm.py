@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from rls3_ros.captions import terms as T
-from rls3_ros.captions.negatives import relation_candidates
+from rls3_ros.captions.negatives import candidate_groups
 from rls3_ros.core.scene import Sample
 from rls3_ros.vlm.feature_cache import FeatureCache, image_key
 from rls3_ros.vlm.grounded.axes import AXIS_SLICES, N_OUT, TERM_AXIS, axis_log_probs, term_indices
@@ -145,14 +145,7 @@ class GroundedVLM(GroundedTraining, HostedAdapter, SpatialVLM):
 
     # -- SpatialVLM -----------------------------------------------------------------------------
     def score(self, samples: Sequence[Sample]) -> List[RelationScore]:
-        images, groups, rels = [], [], []
-        for s in samples:
-            if not s.relations:
-                continue
-            images.append(s.image)
-            for r in s.relations:
-                groups.append((len(images) - 1, relation_candidates(r)))
-                rels.append((s.sample_id, r))
+        images, groups, rels = candidate_groups(samples)
         if not groups:
             return []
         with self.lock:
