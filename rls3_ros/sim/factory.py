@@ -19,7 +19,7 @@ def _check_params(cls, params: dict) -> None:
 
 
 def make_backend(name: str = "mujoco", **params) -> SimulatorBackend:
-    """A simulator backend: ``"mujoco"`` (embedded default) or ``"ai2thor"``.
+    """A simulator backend: ``"mujoco"`` (built in, the default) or ``"ai2thor"``.
 
     ``params`` go to the backend's constructor (e.g. ``image_size=128, seed=3``); unknown
     names or bad values raise ``ValueError`` with the list of known parameters.

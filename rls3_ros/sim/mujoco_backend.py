@@ -1,4 +1,4 @@
-"""Embedded MuJoCo simulator backend (pure Python, no ROS).
+"""MuJoCo simulator backend (built in, the default) (pure Python, no ROS).
 
 Scenes are procedural indoor rooms (``rls3_ros.sim.rooms``) with three active movable
 objects and an object container (objects parked outside the room, swapped in as in the
