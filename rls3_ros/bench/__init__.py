@@ -21,6 +21,8 @@ BENCHMARKS = {
     "grounding": ("rls3_ros.bench.grounding", "cli_bench_grounding",
                   "object locations: pointing accuracy and box IoU vs the oracle's boxes, base vs tuned"),
     "where": ("rls3_ros.bench.where", "cli_bench_where", "open 'where' answers of the models vs the caption oracle"),
+    "served": ("rls3_ros.bench.served", "cli_bench_served",
+               "the served model as a robot uses it: where, boxes, 3-D points from depth, per image size vs issue 27's goals"),
     "sim": ("rls3_ros.bench.sim", "cli_bench_sim", "MuJoCo frames/s and moves/s, raw vs through sim_bridge"),
     "bags": ("rls3_ros.bench.bags", "cli_bench_bags", "bag record throughput and replay timing error"),
 }
