@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -48,42 +48,34 @@ def _caption_sample(oracle, scene, rgb, sid: str, rng: np.random.Generator) -> O
     return Sample(sample_id=sid, image=np.ascontiguousarray(rgb), scene=scene, relations=rels)
 
 
-def render_corpus(n_images: int, seed: int, image_size: int, backend: str = "mujoco", moves_per_scene: int = 8,
-                  desc: str = "corpus") -> List[Sample]:
-    """``n_images`` captioned samples (all relations kept) from ``backend`` ("mujoco" or "standin")."""
-    from tqdm import tqdm
-
+def captioned_renders(n_images: int, seed: int, image_size: int, backend: str = "mujoco", moves_per_scene: int = 8,
+                      render_depth: bool = False) -> Iterator[Tuple[Sample, Any]]:
+    """The corpus's renders, one (captioned sample, the backend's render) at a time until ``n_images``:
+    per scene seed a reset and ``moves_per_scene`` random ``place`` moves, each valid render captioned by
+    the oracle (all relations kept). ``render_depth``: the render carries the depth image too."""
     from rls3_ros.captions.oracle import CaptionOracle
-
-    rng = np.random.default_rng(seed)
-    out: List[Sample] = []
-    bar = tqdm(total=n_images, desc=desc, unit="img", file=sys.stderr, mininterval=2.0)
-    if backend == "standin":
-        from rls3_ros.vlm.standin import make_samples
-
-        out = make_samples(n_images, seed=seed, image_size=image_size, max_pairs=0)
-        bar.update(len(out))
-        bar.close()
-        return out
     from rls3_ros.sim.backend import PLACE, MoveAction
     from rls3_ros.sim.factory import make_backend
 
+    rng = np.random.default_rng(seed)
     oracle = CaptionOracle()
-    sim = make_backend(backend, image_size=image_size, seed=seed)
+    sim = make_backend(backend, image_size=image_size, seed=seed, **({"render_depth": True} if render_depth else {}))
+    made = 0
     try:
         scene_seed = seed * 100003
-        while len(out) < n_images:
+        while made < n_images:
             scene_seed += 1
             try:
                 scene = sim.reset(seed=scene_seed)
             except (RuntimeError, ValueError):  # the backend could not build this seed: take the next
                 continue
-            s = _caption_sample(oracle, scene, sim.render().rgb, f"{backend}-{scene_seed}-0", rng)
+            render = sim.render()
+            s = _caption_sample(oracle, scene, render.rgb, f"{backend}-{scene_seed}-0", rng)
             if s is not None:
-                out.append(s)
-                bar.update(1)
+                made += 1
+                yield s, render
             for k in range(moves_per_scene):
-                if len(out) >= n_images:
+                if made >= n_images:
                     break
                 act = scene.active_objects() or scene.objects
                 res = sim.apply(MoveAction(PLACE, act[int(rng.integers(len(act)))].id, yaw=float(rng.uniform(-3.14, 3.14))))
@@ -92,12 +84,32 @@ def render_corpus(n_images: int, seed: int, image_size: int, backend: str = "muj
                 scene = res.scene
                 s = _caption_sample(oracle, scene, res.render.rgb, f"{backend}-{scene_seed}-{k + 1}", rng)
                 if s is not None:
-                    out.append(s)
-                    bar.update(1)
+                    made += 1
+                    yield s, res.render
     finally:
         sim.close()
+
+
+def render_corpus(n_images: int, seed: int, image_size: int, backend: str = "mujoco", moves_per_scene: int = 8,
+                  desc: str = "corpus") -> List[Sample]:
+    """``n_images`` captioned samples (all relations kept) from ``backend`` ("mujoco" or "standin")."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=n_images, desc=desc, unit="img", file=sys.stderr, mininterval=2.0)
+    try:
+        if backend == "standin":
+            from rls3_ros.vlm.standin import make_samples
+
+            out = make_samples(n_images, seed=seed, image_size=image_size, max_pairs=0)
+            bar.update(len(out))
+            return out
+        out = []
+        for s, _ in captioned_renders(n_images, seed, image_size, backend, moves_per_scene):
+            out.append(s)
+            bar.update(1)
+        return out
+    finally:
         bar.close()
-    return out
 
 
 def chance_per_term(samples: Sequence[Sample]) -> Tuple[float, Dict[str, float]]:

@@ -41,42 +41,11 @@ class DepthSample(NamedTuple):
 
 def render_heldout(n_images: int, seed: int, image_size: int, moves_per_scene: int = 8) -> List[DepthSample]:
     """``render_corpus(n_images, seed, image_size, "mujoco", moves_per_scene)``'s samples with their
-    rendered depth (same scene seeds, random stream and caption calls, so the same images)."""
-    from rls3_ros.captions.oracle import CaptionOracle
-    from rls3_ros.sim.backend import PLACE, MoveAction
-    from rls3_ros.sim.factory import make_backend
-    from rls3_ros.vlm.pretrain import _caption_sample
+    rendered depth (the same generator: the same images)."""
+    from rls3_ros.vlm.pretrain import captioned_renders
 
-    rng = np.random.default_rng(seed)
-    oracle = CaptionOracle()
-    out: List[DepthSample] = []
-    sim = make_backend("mujoco", image_size=image_size, seed=seed, render_depth=True)
-    try:
-        scene_seed = seed * 100003
-        while len(out) < n_images:
-            scene_seed += 1
-            try:
-                scene = sim.reset(seed=scene_seed)
-            except (RuntimeError, ValueError):  # as render_corpus: take the next seed
-                continue
-            r = sim.render()
-            s = _caption_sample(oracle, scene, r.rgb, f"mujoco-{scene_seed}-0", rng)
-            if s is not None:
-                out.append(DepthSample(s, np.asarray(r.depth, np.float32)))
-            for k in range(moves_per_scene):
-                if len(out) >= n_images:
-                    break
-                act = scene.active_objects() or scene.objects
-                res = sim.apply(MoveAction(PLACE, act[int(rng.integers(len(act)))].id, yaw=float(rng.uniform(-3.14, 3.14))))
-                if not res.valid:
-                    continue
-                scene = res.scene
-                s = _caption_sample(oracle, scene, res.render.rgb, f"mujoco-{scene_seed}-{k + 1}", rng)
-                if s is not None:
-                    out.append(DepthSample(s, np.asarray(res.render.depth, np.float32)))
-    finally:
-        sim.close()
-    return out
+    return [DepthSample(s, np.asarray(r.depth, np.float32))
+            for s, r in captioned_renders(n_images, seed, image_size, "mujoco", moves_per_scene, render_depth=True)]
 
 
 def intrinsics(scene: SceneState) -> G.Intrinsics:
