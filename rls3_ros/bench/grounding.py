@@ -39,47 +39,7 @@ import numpy as np
 
 from rls3_ros.loop.promotion import two_sided_sign_test_p
 from rls3_ros.vlm import grounding as G
-
-
-def located_objects(samples) -> List[Tuple[int, Any]]:
-    """(sample index, object) of every object a relation names, once per sample, with a box."""
-    out = []
-    for i, s in enumerate(samples):
-        named = {r.subject_id for r in s.relations} | {r.reference_id for r in s.relations}
-        for o in s.scene.objects:
-            x0, y0, x1, y1 = o.bbox
-            if o.id in named and x1 > x0 and y1 > y0:
-                out.append((i, o))
-    return out
-
-
-def attention_records(vlm, samples, objects) -> List[Dict[str, Any]]:
-    """Per object: its attention map and image size (computed once per model)."""
-    by_sample: Dict[int, List[Any]] = {}
-    for i, o in objects:
-        by_sample.setdefault(i, []).append(o)
-    recs = []
-    for i, objs in by_sample.items():
-        s = samples[i]
-        maps = vlm.attention_maps(s.image, [o.description for o in objs])
-        h, w = np.asarray(s.image).shape[:2]
-        for o, a in zip(objs, maps):
-            recs.append({"attention": a, "box": tuple(float(v) for v in o.bbox), "width": w, "height": h,
-                         "category": o.category, "scene_type": s.scene.scene_type})
-    return recs
-
-
-def fit_calibration(recs: Sequence[Dict[str, Any]], grid: int) -> G.LocatorSettings:
-    """Box size and confidence logistic fitted on ``recs`` (the validation split)."""
-    base = G.DEFAULT_SETTINGS
-    peaks = [G.attention_peak(r["attention"], grid, base.window) for r in recs]
-    w, h = recs[0]["width"], recs[0]["height"]
-    centres = np.array([(cx * r["width"], cy * r["height"]) for (cx, cy, _), r in zip(peaks, recs)])
-    boxes = np.array([r["box"] for r in recs])
-    fw, fh, _ = G.fit_box_size(centres, boxes, w, h)
-    hits = [G.point_in_box(c, b) for c, b in zip(centres, boxes)]
-    a, b = G.fit_confidence([m for _, _, m in peaks], hits)
-    return replace(base, box_width=round(fw, 4), box_height=round(fh, 4), conf_slope=round(a, 3), conf_bias=round(b, 3))
+from rls3_ros.vlm.locator_fit import attention_records, fit_calibration, located_objects  # noqa: F401 - also the bench's API
 
 
 def evaluate(recs: Sequence[Dict[str, Any]], grid: int, settings: G.LocatorSettings) -> Dict[str, Any]:

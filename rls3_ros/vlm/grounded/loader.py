@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from rls3_ros.vlm.grounded.config import CONFIG
-from rls3_ros.vlm.grounded.persistence import load_grounded_dir
+from rls3_ros.vlm.grounded.persistence import load_grounded_dir, load_locator_settings
 from rls3_ros.vlm.grounded.training import default_lora
 from rls3_ros.vlm.grounded.vlm import GroundedVLM
 from rls3_ros.vlm.model_dirs import default_dirs
@@ -44,4 +44,5 @@ def load(arg: str = "", lora: Optional[Dict] = None, **options) -> GroundedVLM:
     model = load_grounded_dir(directory)
     known = {k: options[k] for k in ("grounding_weight", "candidate_weight", "seed") if k in options}
     lo = default_lora(**(lora or {}))
-    return GroundedVLM(model, lora=lo, base_spec=f"py:rls3_ros.vlm.grounded:load:{directory}", **known)
+    return GroundedVLM(model, lora=lo, base_spec=f"py:rls3_ros.vlm.grounded:load:{directory}",
+                       locator_settings=load_locator_settings(directory), **known)

@@ -12,6 +12,8 @@ from typing import Dict, Optional
 from rls3_ros.vlm.grounded.config import CONFIG, FAMILY, WEIGHTS, GroundedConfig
 from rls3_ros.vlm.grounded.model import GroundedRelationModel
 
+LOCATOR = "locator.json"  # the model's own locator calibration (rls3_ros.vlm.locator_fit), optional
+
 
 def base_fingerprint(model: GroundedRelationModel) -> str:
     """Short hash of the base weights: an adapter records the base it was trained on."""
@@ -25,7 +27,8 @@ def base_fingerprint(model: GroundedRelationModel) -> str:
 def save_model(model: GroundedRelationModel, directory: Path, extra: Optional[Dict] = None) -> Path:
     """config.json + model.safetensors (+ pretrain_metrics.json), written atomically: a hidden temp
     dir, every file fsynced, renamed into place (``rls3_ros.core.atomic_io.atomic_dir``); files of an
-    existing directory that are not ours (README.md) are copied into the new one first."""
+    existing directory that are not ours (README.md) are copied into the new one first; a ``locator.json``
+    fitted for the old weights is not."""
     from safetensors.torch import save_file
 
     from rls3_ros.core.atomic_io import atomic_dir
@@ -39,7 +42,8 @@ def save_model(model: GroundedRelationModel, directory: Path, extra: Optional[Di
             (tmp / "pretrain_metrics.json").write_text(json.dumps(extra, indent=1))
         if directory.is_dir():  # keep files we do not own (README.md): the old directory stays whole until the swap
             for f in directory.iterdir():
-                if f.name not in (CONFIG, WEIGHTS, "pretrain_metrics.json") and not (tmp / f.name).exists():
+                # a locator fit belongs to the old weights: dropped with them
+                if f.name not in (CONFIG, WEIGHTS, "pretrain_metrics.json", LOCATOR) and not (tmp / f.name).exists():
                     if f.is_dir():
                         shutil.copytree(f, tmp / f.name, symlinks=True)
                     else:
@@ -63,3 +67,34 @@ def load_grounded_dir(directory: Path) -> GroundedRelationModel:
     model = GroundedRelationModel(GroundedConfig.from_dict(d))
     model.load_state_dict(load_file(str(directory / WEIGHTS)), strict=True)
     return model.eval()
+
+
+def load_locator_settings(directory: Path):
+    """The ``LocatorSettings`` fitted for the model in ``directory`` (``locator.json``), or None without
+    one; ValueError naming the file when it holds anything but finite settings in range."""
+    import math
+
+    from rls3_ros.vlm.grounding import LocatorSettings
+
+    path = Path(directory) / LOCATOR
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())["settings"]
+        s = LocatorSettings(window=int(d["window"]), box_width=float(d["box_width"]), box_height=float(d["box_height"]),
+                            conf_slope=float(d["conf_slope"]), conf_bias=float(d["conf_bias"]))
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{path}: not a locator calibration ({e})") from None
+    if not (0 <= s.window <= 4 and 0 < s.box_width <= 1 and 0 < s.box_height <= 1
+            and math.isfinite(s.conf_slope) and math.isfinite(s.conf_bias)):
+        raise ValueError(f"{path}: locator settings out of range: {s}")
+    return s
+
+
+def save_locator_settings(settings, directory: Path, fitted_on: Dict) -> Path:
+    """Write ``locator.json`` (the settings and what they were fitted on) atomically."""
+    from rls3_ros.core.atomic_io import atomic_write_json
+
+    path = Path(directory) / LOCATOR
+    atomic_write_json(str(path), {"settings": settings.to_dict(), "fitted_on": fitted_on}, indent=1)
+    return path

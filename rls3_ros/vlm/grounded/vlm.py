@@ -45,8 +45,10 @@ class GroundedVLM(GroundedTraining, HostedAdapter, SpatialVLM):
     family = FAMILY
 
     def __init__(self, model: GroundedRelationModel, lora: Optional[LoraSettings] = None, base_spec: str = "",
-                 grounding_weight: float = 0.5, candidate_weight: float = 1.0, seed: int = 0):
+                 grounding_weight: float = 0.5, candidate_weight: float = 1.0, seed: int = 0, locator_settings=None):
         model.eval()
+        # this model's LocatorSettings (locator.json of its directory), or None: the defaults
+        self.locator_settings = locator_settings
         self.host = AdapterHost(model, lora or default_lora(), self.family, base_spec,
                                 base_fingerprint=base_fingerprint(model), refit_hint=REFIT_HINT)
         self.config = model.config
@@ -230,7 +232,7 @@ class GroundedVLM(GroundedTraining, HostedAdapter, SpatialVLM):
         from rls3_ros.vlm import grounding as Gr
 
         h, w = np.asarray(image).shape[:2]
-        settings = getattr(self, "locator_settings", None) or Gr.DEFAULT_SETTINGS
+        settings = self.locator_settings or Gr.DEFAULT_SETTINGS
         return [Gr.locate_in_attention(a, self.config.grid, w, h, settings)
                 for a in self.attention_maps(image, list(descriptions))]
 
