@@ -3,7 +3,8 @@
     .venv/bin/python tools/model_card.py
 
 Reads ``models/grounded_serving/pretrain_metrics.json`` and ``models/grounded/pretrain_metrics.json``
-(written by ``rls3 pretrain``) and ``results/where_accuracy.json`` (written by ``rls3 bench where``);
+(written by ``rls3 pretrain``), ``models/grounded_serving/locator.json`` (``python -m
+rls3_ros.vlm.locator_fit``) and ``results/where_accuracy.json`` (written by ``rls3 bench where``);
 every figure in the card comes from them, so the card is regenerated, never hand-edited.
 """
 
@@ -25,7 +26,7 @@ def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def card(serving: dict, weak: dict, where: dict) -> str:
+def card(serving: dict, weak: dict, where: dict, locator: str = "") -> str:
     s_ho, w_ho = serving["held_out"], weak["held_out"]
     ws, ww = where["models"][SERVING], where["models"][WEAK]
     t = serving["times_s"]
@@ -92,7 +93,7 @@ truth holds the term that were answered with it:
 | --- | --- | --- | --- |
 {chr(10).join(wr)}
 
-An open answer must get all three axes right at once, so it is well below the multiple-choice
+{locator}An open answer must get all three axes right at once, so it is well below the multiple-choice
 figure. `test/test_vlm_serving_model.py` checks, through `rls3 launch query` and a plain rclpy
 client on further held-out relations, that the node serves exactly this model and lands near the
 exact rate above. The model is data-limited (docs/results.md, "Served model"): the same
@@ -100,12 +101,24 @@ architecture on 1,200 / 4,800 / 9,600 renders gave where-exact 0.44 / 0.57 / 0.6
 """
 
 
+def locator_text(path: Path) -> str:
+    """The card's paragraph on the model's own locator calibration (``locator.json``), if it has one."""
+    if not path.is_file():
+        return ""
+    d = _load(path)
+    s, f = d["settings"], d["fitted_on"]
+    return (f"Locator calibration (`locator.json`, `{f['command']}`): boxes {s['box_width']:g} x {s['box_height']:g} "
+            f"of the image around the attention peak, confidence = sigmoid({s['conf_slope']:g} x peak mass "
+            f"{s['conf_bias']:+g}), fitted on {f['objects']} objects in {f['images']} renders of seed {f['seed']} "
+            "(no training or evaluation set uses it); `rls3 bench served` measures the result.\n\n")
+
+
 def main() -> int:
     serving = _load(ROOT / "models/grounded_serving/pretrain_metrics.json")
     weak = _load(ROOT / "models/grounded/pretrain_metrics.json")
     where = _load(ROOT / "results/where_accuracy.json")
     out = ROOT / "models/grounded_serving/README.md"
-    out.write_text(card(serving, weak, where))
+    out.write_text(card(serving, weak, where, locator_text(ROOT / "models/grounded_serving/locator.json")))
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
 
