@@ -10,6 +10,8 @@ import importlib
 import sys
 from typing import Dict, List, Optional, Tuple
 
+from rls3_ros.bench import BENCHMARKS  # the names only: each benchmark module loads when run
+
 # name -> (module, function, one-line help)
 COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "launch": ("rls3_ros.ros.launcher", "cli_launch", "start the node graph: rls3 launch training|query"),
@@ -22,7 +24,7 @@ COMMANDS: Dict[str, Tuple[str, str, str]] = {
     "record": ("rls3_ros.ros.recorder", "cli_record", "record topics to a rosbag2 (MCAP/sqlite3)"),
     "replay": ("rls3_ros.ros.replayer", "cli_replay", "replay a rosbag2 with its original timing"),
     "bag": ("rls3_ros.cli.bag", "cli_bag", "bag tools: rls3 bag info|export|samples"),
-    "bench": ("rls3_ros.bench", "cli_bench", "benchmarks: rls3 bench learning|behaviour|speed|load|query|soak|grounding|where|sim|bags"),
+    "bench": ("rls3_ros.bench", "cli_bench", "benchmarks: rls3 bench " + "|".join(BENCHMARKS)),
 }
 
 
