@@ -19,9 +19,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import tempfile
 import threading
-import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -297,9 +297,10 @@ def load(arg: str = "", lora: Optional[dict] = None) -> TinySpatialVLM:
 
 
 class GatedAdapterVLM(TinySpatialVLM):
-    """TinySpatialVLM whose ``load_adapter`` lasts as long as a test wants: it creates
-    ``<gate>/loading``, then waits until ``<gate>/open`` exists (an hour at most). What happens
-    during an adapter load is then tested by events, not by how much fits into a fixed delay."""
+    """TinySpatialVLM whose ``load_adapter`` lasts as long as a test wants: it listens on the Unix
+    socket ``<gate>/open.sock``, creates ``<gate>/loading`` and blocks in ``accept`` until the test
+    calls :func:`open_gate` (an hour at most). What happens during an adapter load is then tested by
+    events, not by how much fits into a fixed delay."""
 
     def __init__(self, gate: str, **kw) -> None:
         super().__init__(**kw)
@@ -307,14 +308,34 @@ class GatedAdapterVLM(TinySpatialVLM):
 
     def load_adapter(self, directory: str) -> None:
         os.makedirs(self.gate, exist_ok=True)
-        with open(os.path.join(self.gate, "loading"), "w"):
-            pass
-        end = time.monotonic() + 3600.0
-        while not os.path.exists(os.path.join(self.gate, "open")):
-            if time.monotonic() > end:
-                raise RuntimeError(f"the test never opened {self.gate}/open")
-            time.sleep(0.02)
+        path = os.path.join(self.gate, GATE_SOCKET)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            listener.bind(path)
+            listener.listen(1)
+            listener.settimeout(3600.0)
+            with open(os.path.join(self.gate, "loading"), "w"):
+                pass
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                raise RuntimeError(f"the test never opened {path}") from None
+            finally:
+                os.unlink(path)
+            conn.close()
         super().load_adapter(directory)
+
+
+GATE_SOCKET = "open.sock"
+
+
+def open_gate(gate) -> bool:
+    """Let a held ``GatedAdapterVLM.load_adapter`` go on; False when no load is waiting at ``gate``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        try:
+            s.connect(os.path.join(str(gate), GATE_SOCKET))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return False
+    return True
 
 
 def load_gated_adapter(arg: str, lora: Optional[dict] = None) -> GatedAdapterVLM:
