@@ -81,6 +81,10 @@ class CameraModel:
         p = np.atleast_2d(np.asarray(points, dtype=float)) - np.asarray(self.position, dtype=float)
         return p @ self.rotation()
 
+    def camera_to_world(self, points: np.ndarray) -> np.ndarray:
+        """Optical-frame points (N, 3) -> world points (N, 3) (the inverse of :meth:`world_to_camera`)."""
+        return np.atleast_2d(np.asarray(points, dtype=float)) @ self.rotation().T + np.asarray(self.position, dtype=float)
+
     def project(self, points: np.ndarray) -> np.ndarray:
         """World points (N, 3) -> pixel coordinates (N, 2) (u right, v down); NaN behind the camera."""
         c = self.world_to_camera(points)

@@ -224,9 +224,7 @@ def _add_points_3d(msgs: List[ObjectLocation], image: np.ndarray, header: Header
             k = intrinsics_from_camera_info(info, max_side)
             frame = info.header.frame_id or frame
         if k is None and scene is not None and scene.camera is not None:  # the matched scene's own camera
-            c = scene.camera
-            k = G.check_intrinsics(G.Intrinsics(c.fx, c.fy, c.cx, c.cy, int(c.width), int(c.height)), max_side,
-                                   "scene_state camera")
+            k = G.check_intrinsics(G.Intrinsics.of_camera(scene.camera), max_side, "scene_state camera")
         if k is None and inputs is not None:  # intrinsics rarely change: the latest camera_info
             info = inputs.latest_camera_info()
             k = intrinsics_from_camera_info(info, max_side)

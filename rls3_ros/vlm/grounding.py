@@ -191,6 +191,11 @@ class Intrinsics:
     width: int
     height: int
 
+    @classmethod
+    def of_camera(cls, camera) -> "Intrinsics":
+        """A ``CameraModel``'s pinhole intrinsics (what its ``camera_info`` carries), unchecked."""
+        return cls(camera.fx, camera.fy, camera.cx, camera.cy, int(camera.width), int(camera.height))
+
     def scaled_to(self, width: int, height: int) -> "Intrinsics":
         """The same camera for an image resized to ``width`` x ``height`` (same aspect ratio
         within 1 %, else ValueError)."""

@@ -50,8 +50,7 @@ def render_heldout(n_images: int, seed: int, image_size: int, moves_per_scene: i
 
 def intrinsics(scene: SceneState) -> G.Intrinsics:
     """The scene camera's pinhole intrinsics (what ``camera_info`` carries)."""
-    c = scene.camera
-    return G.check_intrinsics(G.Intrinsics(c.fx, c.fy, c.cx, c.cy, int(c.width), int(c.height)))
+    return G.check_intrinsics(G.Intrinsics.of_camera(scene.camera))
 
 
 def located_point(depth: np.ndarray, pixel: Sequence[float], k: G.Intrinsics) -> Optional[Point3]:
@@ -70,8 +69,7 @@ def object_centre(scene: SceneState, obj: ObjectState) -> Point3:
 
 def camera_to_world(scene: SceneState, p: Sequence[float]) -> Point3:
     """A camera optical frame point -> world, with the scene's camera pose (a robot's TF)."""
-    cam = scene.camera
-    w = np.asarray(cam.position, float) + cam.rotation() @ np.asarray(p, float)
+    w = scene.camera.camera_to_world(np.asarray([p], float))[0]
     return float(w[0]), float(w[1]), float(w[2])
 
 
