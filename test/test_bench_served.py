@@ -44,10 +44,22 @@ def test_heldout_is_the_where_benchs_set_with_its_rendered_depth(items):
         assert abs(z_img - z_state) < 0.3, (z_img, z_state)
 
 
-def test_point3d_error_is_the_back_projected_rendered_depth_against_the_true_centre(items, model):
+def test_point3d_error_is_the_depth_in_box_centre_against_the_true_centre(items, model):
+    from rls3_ros.vlm import depth_centre as D
+    from rls3_ros.vlm import grounding as G
+
     locs = S.locations(model, items)
     recs = S.object_records(items, locs)
     assert recs and all(r["error_m"] is not None for r in recs)
+    for r in recs:  # the node's 3-D point with a depth image: the centre from the depths in the located box
+        s, depth = items[r["sample"]]
+        loc = locs[(r["sample"], r["object"])]
+        k = G.Intrinsics.of_camera(s.scene.camera)
+        truth = SE.object_centre(s.scene, s.scene.object(r["object"]))
+        c = D.object_centre(depth, loc.box, loc.point, k)
+        assert r["error_m"] == pytest.approx(float(np.linalg.norm(np.subtract(c.point, truth))), abs=1e-9)
+        t = D.object_centre(depth, s.scene.object(r["object"]).bbox, loc.point, k)
+        assert r["error_m_true_box"] == pytest.approx(float(np.linalg.norm(np.subtract(t.point, truth))), abs=1e-9)
     r = recs[0]
     s, depth = items[r["sample"]]
     o = s.scene.object(r["object"])
@@ -61,7 +73,7 @@ def test_point3d_error_is_the_back_projected_rendered_depth_against_the_true_cen
     p = np.array([(u - c.cx) * z / c.fx, (v - c.cy) * z / c.fy, z])
     rot = c.rotation()
     truth = rot.T @ (np.asarray(o.position) - np.asarray(c.position))
-    assert r["error_m"] == pytest.approx(float(np.linalg.norm(p - truth)), abs=1e-6)
+    assert r["error_m_point_depth"] == pytest.approx(float(np.linalg.norm(p - truth)), abs=1e-6)
     # the camera -> world transform is the inverse of the scene's world -> camera
     assert np.allclose(SE.camera_to_world(s.scene, truth), o.position, atol=1e-9)
 
@@ -96,8 +108,24 @@ def test_evaluate_model_figures_agree_with_the_where_metric_and_the_records(item
     assert f["mc_accuracy"] == pytest.approx(model.evaluate(samples).accuracy)
     assert f["n"]["images"] == N and f["n"]["relations"] == sum(len(s.relations) for s in samples)
     assert f["n"]["objects"] == len(recs)
-    for k in ("where_exact_geometry", "ece", "iou_mean", "point3d_median_m_true_pixel"):
+    assert f["point3d_median_m_true_box"] == pytest.approx(np.median([r["error_m_true_box"] for r in recs]))
+    for k in ("where_exact_geometry", "ece", "iou_mean", "point3d_median_m_true_pixel", "point3d_median_m_point_depth",
+              "where_hybrid_share"):
         assert math.isfinite(f[k]), k
+    # the hybrid is the node's policy on the text head's terms and the two depth-in-box centres
+    from rls3_ros.vlm.where_geometry import hybrid_terms, points_terms
+
+    text = where_pairs(model, samples)
+    locs, want, j = S.locations(model, items), [], 0
+    for i, (s, depth) in enumerate(items):
+        k = SE.intrinsics(s.scene)
+        for r in s.relations:
+            pa, pb = (SE.centre_point(depth, locs[(i, o)], k) for o in (r.subject_id, r.reference_id))
+            want.append((list(r.terms), hybrid_terms(text[j][1], points_terms(s.scene.camera, pa, pb))[0]))
+            j += 1
+    hyb = score_answers(want)
+    assert f["where_exact_hybrid"] == hyb["exact"] and f["where_per_axis_hybrid"] == hyb["per_axis"]
+    assert f["where_per_term_hybrid"] == {t: d["accuracy"] for t, d in hyb["per_term"].items()}
 
 
 def test_goal_met_reads_the_issues_direction():
@@ -118,7 +146,8 @@ def test_cli_quick_writes_both_sizes_side_by_side(tmp_path):
         for role in ("base", "new"):
             f = per[role]
             for k in ("where_exact", "where_per_term", "where_per_axis", "mc_accuracy", "pointing", "iou_mean", "iou50",
-                      "ece", "point3d_median_m", "n", "where_exact_geometry", "goals_met"):
+                      "ece", "point3d_median_m", "n", "where_exact_geometry", "where_exact_hybrid",
+                      "where_per_term_hybrid", "point3d_median_m_true_box", "goals_met"):
                 assert k in f, (size, role, k)
         assert per["base"]["where_exact"] == per["new"]["where_exact"]  # the same model twice
     assert doc["machine"]["nproc"] >= 1 and len(doc["machine"]["loadavg_start"]) == 3

@@ -9,18 +9,26 @@ of other seeds than any training image, every relation the caption oracle states
 
 - ``where_exact`` / ``where_per_term`` / ``where_per_axis``: the open "where" answer of the
   ``spatial_query`` node (``where_metric.where_pairs`` + ``score_answers``) vs the oracle's terms;
-- ``where_exact_geometry`` (+ per term / axis): the answer taken instead from the caption oracle
-  applied to the two predicted 3-D points (moved to the world with the scene's camera pose, as a
-  robot with TF would); two points know no support contact, so this never says "on"/"under";
+- ``where_exact_hybrid`` (+ ``where_per_term_hybrid`` / ``where_per_axis_hybrid``): the answer of
+  the node with a depth image and the camera pose (``where_geometry.hybrid_terms``: "on"/"under"
+  from the text head, the axes its policy says from the two depth-in-box centres);
+  ``where_hybrid_share``: the share of answers that used the geometry (answer_source
+  "model+geometry");
+- ``where_exact_geometry`` (+ per term / axis): the answer taken from the caption oracle applied to
+  the two depth-in-box centres alone (moved to the world with the scene's camera pose, as a robot
+  with TF would); two points know no support contact, so this never says "on"/"under";
 - ``mc_accuracy``: multiple-choice accuracy (``SpatialVLM.evaluate``: true caption among its
   hard negatives);
 - ``pointing`` (predicted point inside the true box), ``iou_mean``, ``iou50`` (share of boxes with
   IoU >= 0.5), ``ece`` (calibration of "the point is on the object"), over every object a
   relation names (``bench.grounding.located_objects``), located by ``model.locate_many``;
-- ``point3d_median_m``: median distance between the back-projection of the predicted point with
-  the RENDERED depth there (``grounding.depth_at``) and the object's 3-D box centre (scene state,
-  camera optical frame); ``point3d_median_m_true_pixel``: the same from the true centre's own pixel
-  (what this way of taking depth gives with perfect pointing: the surface, not the centre).
+- ``point3d_median_m``: median distance between the node's 3-D point with a depth image, the
+  object's centre from the RENDERED depth inside the predicted box (``depth_centre.object_centre``),
+  and the object's 3-D box centre (scene state, camera optical frame);
+  ``point3d_median_m_true_box``: the same with the true box (the floor of the method);
+  ``point3d_median_m_point_depth``: the earlier way, the predicted point back-projected with the
+  depth there (``grounding.depth_at``: the surface, not the centre), and
+  ``point3d_median_m_true_pixel`` that from the true centre's own pixel.
 
 Goals of issue 27 are printed beside each figure. Writes results/served_model.json and .md
 (``--quick``: results/served_model_quick.*).
@@ -88,19 +96,22 @@ def object_records(items, locs: Dict[Tuple[int, str], Any]) -> List[Dict[str, An
         loc = locs[(i, o.id)]
         k = SE.intrinsics(s.scene)
         truth = SE.object_centre(s.scene, o)
-        pred = SE.located_point(depth, loc.point, k)
+        pred = SE.centre_point(depth, loc, k)
+        on_surface = SE.located_point(depth, loc.point, k)
+        true_box = SE.centre_point(depth, G.Location(o.bbox, loc.point, loc.confidence), k)
         uv = s.scene.camera.project(np.asarray([o.position], float))[0]
         at_truth = SE.located_point(depth, uv, k) if np.all(np.isfinite(uv)) else None
         dist = lambda p: None if p is None else float(np.linalg.norm(np.subtract(p, truth)))  # noqa: E731
         recs.append({"sample": i, "object": o.id, "box": tuple(float(v) for v in o.bbox), "point": loc.point,
                      "confidence": float(loc.confidence), "hit": G.point_in_box(loc.point, o.bbox),
                      "iou": G.box_iou(loc.box, o.bbox), "point_cam": pred, "truth_cam": truth,
-                     "error_m": dist(pred), "error_m_true_pixel": dist(at_truth)})
+                     "error_m": dist(pred), "error_m_true_box": dist(true_box),
+                     "error_m_point_depth": dist(on_surface), "error_m_true_pixel": dist(at_truth)})
     return recs
 
 
 def geometry_pairs(items, locs: Dict[Tuple[int, str], Any]) -> List[tuple]:
-    """(truth terms, terms of the oracle on the two predicted 3-D points) per relation, in
+    """(truth terms, terms of the oracle on the two depth-in-box centres) per relation, in
     ``where_pairs`` order."""
     from rls3_ros.captions.oracle import CaptionOracle
     from rls3_ros.vlm import served_eval as SE
@@ -111,10 +122,22 @@ def geometry_pairs(items, locs: Dict[Tuple[int, str], Any]) -> List[tuple]:
         k = SE.intrinsics(s.scene)
         for r in s.relations:
             a, b = s.scene.object(r.subject_id), s.scene.object(r.reference_id)
-            pa = SE.located_point(depth, locs[(i, a.id)].point, k)
-            pb = SE.located_point(depth, locs[(i, b.id)].point, k)
+            pa = SE.centre_point(depth, locs[(i, a.id)], k)
+            pb = SE.centre_point(depth, locs[(i, b.id)], k)
             out.append((list(r.terms), SE.geometry_terms(oracle, s.scene, a, b, pa, pb)))
     return out
+
+
+def hybrid_pairs(where: Sequence[tuple], items, locs: Dict[Tuple[int, str], Any]) -> Tuple[List[tuple], float]:
+    """((truth terms, the node's hybrid answer) per relation, share of answers that used the geometry)
+    from ``where``: ``where_pairs``' (truth, text head terms)."""
+    from rls3_ros.vlm import served_eval as SE
+    from rls3_ros.vlm.where_geometry import SOURCE_HYBRID
+
+    answers = SE.hybrid_answers([a for _, a in where], items, locs)
+    pairs = [(list(t), list(a)) for (t, _), (a, _) in zip(where, answers)]
+    share = float(np.mean([src == SOURCE_HYBRID for _, src in answers])) if answers else float("nan")
+    return pairs, share
 
 
 def _median(xs: Sequence[Optional[float]]) -> float:
@@ -127,12 +150,15 @@ def evaluate_model(model, items) -> Dict[str, Any]:
     samples = [it.sample for it in items]
     secs: Dict[str, float] = {}
     t = time.monotonic()
-    where = score_answers(where_pairs(model, samples))
+    text_pairs = where_pairs(model, samples)
+    where = score_answers(text_pairs)
     secs["where"] = time.monotonic() - t
     t = time.monotonic()
     locs = locations(model, items)
     recs = object_records(items, locs)
     geo = score_answers(geometry_pairs(items, locs))
+    hyb_pairs, hyb_share = hybrid_pairs(text_pairs, items, locs)
+    hyb = score_answers(hyb_pairs)
     secs["locate_3d_geometry"] = time.monotonic() - t
     t = time.monotonic()
     mc = model.evaluate(samples)
@@ -145,6 +171,10 @@ def evaluate_model(model, items) -> Dict[str, Any]:
         "where_per_term": {t: d["accuracy"] for t, d in where["per_term"].items()},
         "where_per_term_n": {t: d["n"] for t, d in where["per_term"].items()},
         "where_per_axis": where["per_axis"],
+        "where_exact_hybrid": hyb["exact"],
+        "where_per_term_hybrid": {t: d["accuracy"] for t, d in hyb["per_term"].items()},
+        "where_per_axis_hybrid": hyb["per_axis"],
+        "where_hybrid_share": hyb_share,
         "where_exact_geometry": geo["exact"],
         "where_per_term_geometry": {t: d["accuracy"] for t, d in geo["per_term"].items()},
         "where_per_axis_geometry": geo["per_axis"],
@@ -155,6 +185,8 @@ def evaluate_model(model, items) -> Dict[str, Any]:
         "ece": G.calibration_error([r["confidence"] for r in recs], hits),
         "point3d_median_m": _median(errs),
         "point3d_within_5cm": float(np.mean([e is not None and e <= 0.05 for e in errs])) if errs else float("nan"),
+        "point3d_median_m_true_box": _median([r["error_m_true_box"] for r in recs]),
+        "point3d_median_m_point_depth": _median([r["error_m_point_depth"] for r in recs]),
         "point3d_median_m_true_pixel": _median([r["error_m_true_pixel"] for r in recs]),
         "n": {"images": len(samples), "relations": where["n"], "mc_relations": int(mc.n), "objects": len(recs),
               "points_3d": sum(e is not None for e in errs)},
@@ -199,7 +231,7 @@ def run(n: int, sizes: Sequence[int], models: Sequence[Tuple[str, str]], log=pri
             doc["seconds"][f"{role}_{size}"] = round(time.monotonic() - t, 1)
             f = per[role]
             log(f"[{size} px] {role} ({doc['models'][role]['label']}): where-exact {f['where_exact']:.3f} "
-                f"(geometry {f['where_exact_geometry']:.3f}), mc {f['mc_accuracy']:.3f}, pointing {f['pointing']:.3f}, "
+                f"(hybrid {f['where_exact_hybrid']:.3f}, geometry {f['where_exact_geometry']:.3f}), mc {f['mc_accuracy']:.3f}, pointing {f['pointing']:.3f}, "
                 f"IoU {f['iou_mean']:.3f} (>=0.5: {f['iou50']:.3f}), ECE {f['ece']:.3f}, "
                 f"3-D median {f['point3d_median_m']:.3f} m, n={f['n']}")
         doc["sizes"][str(size)] = per
@@ -211,12 +243,17 @@ def run(n: int, sizes: Sequence[int], models: Sequence[Tuple[str, str]], log=pri
     return doc
 
 
-ROWS = [("where-exact (text head)", "where_exact"), ("where-exact from the two 3-D points (geometry)", "where_exact_geometry"),
+ROWS = [("where-exact (text head)", "where_exact"),
+        ("where-exact, text head + 3-D geometry (the node with depth: hybrid)", "where_exact_hybrid"),
+        ("answers that used the geometry (hybrid)", "where_hybrid_share"),
+        ("where-exact from the two 3-D points alone (geometry)", "where_exact_geometry"),
         ("multiple-choice accuracy", "mc_accuracy"), ("pointing (point in the true box)", "pointing"),
         ("box IoU, mean", "iou_mean"), ("boxes with IoU >= 0.5", "iou50"), ("calibration error (ECE)", "ece"),
-        ("3-D point median error [m], rendered depth", "point3d_median_m"),
+        ("3-D point median error [m], centre from the rendered depth in the predicted box", "point3d_median_m"),
         ("3-D points within 5 cm", "point3d_within_5cm"),
-        ("3-D median error [m] from the true centre's pixel (floor of the method)", "point3d_median_m_true_pixel")]
+        ("3-D median error [m], centre from the depth in the TRUE box (floor of the method)", "point3d_median_m_true_box"),
+        ("3-D median error [m], depth at the predicted point (the surface: earlier method)", "point3d_median_m_point_depth"),
+        ("3-D median error [m], depth at the TRUE centre's pixel (floor of the earlier method)", "point3d_median_m_true_pixel")]
 
 
 def _fmt(v: Any) -> str:
@@ -250,17 +287,22 @@ def write_markdown(doc: Dict[str, Any], path: Path) -> None:
             lines.append(f"| where, term '{t}' (n={new['where_per_term_n'][t]}) | {doc['goals']['where_per_term'].split(' (')[0]} | "
                          + " | ".join(_fmt(per[r]["where_per_term"].get(t)) for r in roles)
                          + f" | {_met(goal_met('where_per_term', new['where_per_term'][t]))} |")
+        for t in new["where_per_term_hybrid"]:
+            lines.append(f"| where hybrid, term '{t}' |  | "
+                         + " | ".join(_fmt(per[r]["where_per_term_hybrid"].get(t)) for r in roles) + " |  |")
         for t in new["where_per_term_geometry"]:
             lines.append(f"| where from geometry, term '{t}' |  | "
                          + " | ".join(_fmt(per[r]["where_per_term_geometry"].get(t)) for r in roles) + " |  |")
         for ax in new["where_per_axis"]:
-            lines.append(f"| where, {ax} axis right (text head / geometry) |  | "
-                         + " | ".join(f"{per[r]['where_per_axis'][ax]:.3f} / {per[r]['where_per_axis_geometry'][ax]:.3f}"
-                                      for r in roles) + " |  |")
-        better = "the geometry" if new["where_exact_geometry"] > new["where_exact"] else "the text head"
-        lines += ["", f"Which answers 'where' better at {size} px (new model): {better} "
-                  f"({new['where_exact_geometry']:.3f} from the 3-D points vs {new['where_exact']:.3f} from the text head). "
-                  "The geometry can never say 'on'/'under' (two points carry no contact).", ""]
+            lines.append(f"| where, {ax} axis right (text head / hybrid / geometry) |  | "
+                         + " | ".join(f"{per[r]['where_per_axis'][ax]:.3f} / {per[r]['where_per_axis_hybrid'][ax]:.3f}"
+                                      f" / {per[r]['where_per_axis_geometry'][ax]:.3f}" for r in roles) + " |  |")
+        ways = {"the text head": new["where_exact"], "the hybrid": new["where_exact_hybrid"],
+                "the geometry alone": new["where_exact_geometry"]}
+        best = max(ways, key=ways.get)
+        lines += ["", f"Which answers 'where' best at {size} px (new model): {best} ("
+                  + ", ".join(f"{k} {v:.3f}" for k, v in ways.items()) + "). The geometry alone can never say "
+                  "'on'/'under' (two points carry no contact); the hybrid takes those from the text head.", ""]
     path.write_text("\n".join(lines))
 
 

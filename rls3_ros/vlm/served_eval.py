@@ -11,6 +11,9 @@ their rendered depth, 3-D points from that depth, and "where" answers from two 3
   (``grounding.depth_at``: median of the valid depths within 2 px) and the scene's camera
   intrinsics, in the camera optical frame, as the ``spatial_query`` node computes it with a
   depth image.
+- ``centre_point``: the object's CENTRE from the depth image inside its located box
+  (``rls3_ros.vlm.depth_centre.object_centre``), as the ``spatial_query`` node computes its 3-D
+  point with a depth image.
 - ``object_centre``: the truth: an object's 3-D box centre from the scene state, in the camera
   optical frame.
 - ``geometry_terms``: the caption oracle applied to two 3-D points (camera frame, moved to the
@@ -59,6 +62,38 @@ def located_point(depth: np.ndarray, pixel: Sequence[float], k: G.Intrinsics) ->
     u, v = float(pixel[0]), float(pixel[1])
     z = G.depth_at(depth, u, v)
     return None if z is None else G.point_3d(u, v, z, k)
+
+
+def centre_point(depth: np.ndarray, loc, k: G.Intrinsics, settings=None) -> Optional[Point3]:
+    """3-D centre [m, camera optical frame] of the object located at ``loc`` (a Location: box and
+    point) from the depth image inside its box (``depth_centre.object_centre``); None without depth."""
+    from rls3_ros.vlm import depth_centre as D
+
+    c = D.object_centre(depth, loc.box, loc.point, k, settings or D.DEFAULT_CENTRE)
+    return None if c is None else c.point
+
+
+def hybrid_answers(model_terms: Sequence[Sequence[str]], items, locs, policy=None, settings=None
+                   ) -> List[Tuple[List[str], str]]:
+    """(terms, answer source) of the node's 'where' answer per relation of ``items`` (DepthSamples,
+    ``where_pairs`` order), from the text head's terms ``model_terms`` and the depth-in-box centres of
+    the located subject and reference (``locs``: (sample index, object id) -> Location) with the
+    scene's camera pose."""
+    from rls3_ros.captions.oracle import CaptionOracle
+    from rls3_ros.vlm import where_geometry as W
+
+    oracle, out, j = CaptionOracle(), [], 0
+    for i, (s, depth) in enumerate(items):
+        k = intrinsics(s.scene)
+        pts = {}
+        for r in s.relations:
+            for oid in (r.subject_id, r.reference_id):
+                if oid not in pts:
+                    pts[oid] = centre_point(depth, locs[(i, oid)], k, settings)
+            geo = W.points_terms(s.scene.camera, pts[r.subject_id], pts[r.reference_id], oracle)
+            out.append(W.hybrid_terms(model_terms[j], geo, policy or W.DEFAULT_POLICY))
+            j += 1
+    return out
 
 
 def object_centre(scene: SceneState, obj: ObjectState) -> Point3:
