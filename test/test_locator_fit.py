@@ -37,7 +37,15 @@ def test_fit_save_load_and_locate_with_the_models_own_settings(serving_copy):
     assert again.locator_settings == settings
     loc = again.locate(samples[0].image, samples[0].relations[0].subject_description)
     x0, y0, x1, y1 = loc.box
-    w = samples[0].image.shape[1]
+    w, h = samples[0].image.shape[1], samples[0].image.shape[0]
+    maps, boxes = again.grounding(samples[0].image, [samples[0].relations[0].subject_description])
+    # the confidence is the fitted logistic of the attention mass at the peak
+    assert loc.confidence == pytest.approx(G.locate_in_attention(maps[0], again.config.grid, w, h, settings).confidence)
+    if boxes is not None:  # a box head: its own box, not the fixed size
+        from rls3_ros.vlm.grounded.vlm import pixel_box
+
+        assert loc.box == pixel_box(boxes[0], w, h)
+        return
     # the box is the fitted size (clipped at the image border at most)
     assert (x1 - x0) <= round(settings.box_width * w) + 1
     if settings.box_width != G.DEFAULT_SETTINGS.box_width and 0 < x0 and x1 < w:

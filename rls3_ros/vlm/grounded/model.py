@@ -14,6 +14,7 @@ from rls3_ros.vlm.grounded.axes import N_OUT
 from rls3_ros.vlm.grounded.config import GroundedConfig
 
 DENSE_GROUND_MAX = 8192  # queries x images up to which grounding scores every query against every image
+BOX_PRIOR = 0.13  # box head: width/height (fraction of the image) of its output at initialisation
 
 
 class GroundedRelationModel(nn.Module):
@@ -37,6 +38,18 @@ class GroundedRelationModel(nn.Module):
         self.register_buffer("coords", torch.stack([xs.reshape(-1), ys.reshape(-1)], 1), persistent=False)
         nn.init.normal_(self.pos_emb, std=0.3)
         nn.init.normal_(self.word_emb.weight, std=1.0)
+        if config.box_hidden > 0:  # created last: a model without one draws the same initial weights as before
+            self.box_fc = nn.Linear(d + 7, config.box_hidden)
+            self.box_out = nn.Linear(config.box_hidden, 4)
+            nn.init.zeros_(self.box_out.weight)  # starts as a BOX_PRIOR box centred on the attention peak
+            nn.init.zeros_(self.box_out.bias)
+            cells = (torch.arange(g, dtype=torch.float32) + 0.5) / g
+            cy, cx = torch.meshgrid(cells, cells, indexing="ij")
+            self.register_buffer("cell_centres", torch.stack([cx.reshape(-1), cy.reshape(-1)], 1), persistent=False)
+
+    @property
+    def has_box_head(self) -> bool:
+        return self.config.box_hidden > 0
 
     # -- text -----------------------------------------------------------------------------
     @staticmethod
@@ -92,9 +105,34 @@ class GroundedRelationModel(nn.Module):
         spread = (a @ self.coords.pow(2) - pos.pow(2)).clamp_min(0).add(1e-4).sqrt()
         return logits, feat, torch.cat([pos, spread], 1)
 
-    def forward(self, feats: torch.Tensor, img: torch.Tensor, subj: Sequence[str], ref: Sequence[str]):
+    def local_peak(self, logits: torch.Tensor) -> torch.Tensor:
+        """(N, 3): soft-argmax (x, y in image fractions) of the attention in the 3 x 3 cells around its
+        peak, and the attention mass there (as ``grounding.attention_peak`` with window 1)."""
+        g = self.config.grid
+        a = torch.softmax(logits, -1)
+        peak = a.argmax(1)
+        pi, pj = peak // g, peak % g
+        idx = torch.arange(g * g, device=a.device)
+        near = ((idx[None] // g - pi[:, None]).abs() <= 1) & ((idx[None] % g - pj[:, None]).abs() <= 1)
+        w = a * near
+        mass = w.sum(1, keepdim=True)
+        return torch.cat([(w @ self.cell_centres) / mass.clamp_min(1e-8), mass], 1)
+
+    def boxes(self, logits: torch.Tensor, feat: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
+        """Box head: (N, 4) box (centre x, centre y, width, height; fractions of the image) of each
+        grounded description from its attended feature and attention statistics: the centre an offset
+        from the local attention peak (in cells), the size a factor on ``BOX_PRIOR``."""
+        peak = self.local_peak(logits)
+        raw = self.box_out(F.gelu(self.box_fc(torch.cat([feat, stats, peak], 1))))
+        centre = peak[:, :2] + raw[:, :2] / self.config.grid
+        size = BOX_PRIOR * torch.exp(raw[:, 2:].clamp(-3.0, 3.0))
+        return torch.cat([centre, size], 1)
+
+    def forward(self, feats: torch.Tensor, img: torch.Tensor, subj: Sequence[str], ref: Sequence[str],
+                with_boxes: bool = False):
         """Axis logits (N, 11) for subject ``subj[i]`` relative to ``ref[i]`` in image ``img[i]``,
-        plus the grounding attention logits of subjects and references (N, G*G) each."""
+        plus the grounding attention logits of subjects and references (N, G*G) each; ``with_boxes``
+        (a model with a box head): also the boxes of subjects and references (N, 4) each."""
         keys, values = self.keys_values(feats)
         text = self.describe(list(subj) + list(ref))
         n = len(subj)
@@ -104,5 +142,8 @@ class GroundedRelationModel(nn.Module):
         x = torch.cat([fa, fb, sa[:, :2], sb[:, :2], sb[:, :2] - sa[:, :2], sa[:, 2:], sb[:, 2:]], 1)
         h = F.gelu(self.fc1(x))
         h = F.gelu(self.fc2(h)) + h
+        if with_boxes and self.has_box_head:
+            box = self.boxes(att, feat, stats)
+            return self.out_proj(h), att[:n], att[n:], box[:n], box[n:]
         return self.out_proj(h), att[:n], att[n:]
 

@@ -91,10 +91,22 @@ def load_locator_settings(directory: Path):
     return s
 
 
-def save_locator_settings(settings, directory: Path, fitted_on: Dict) -> Path:
-    """Write ``locator.json`` (the settings and what they were fitted on) atomically."""
+def load_point_source(directory: Path) -> str:
+    """Where the model in ``directory`` takes a located point from (``locator.json``'s "point": "peak" of
+    the attention or centre of the "box" head's box); "peak" without one."""
+    path = Path(directory) / LOCATOR
+    if not path.is_file():
+        return "peak"
+    point = json.loads(path.read_text()).get("point", "peak")
+    if point not in ("peak", "box"):
+        raise ValueError(f"{path}: point must be 'peak' or 'box', got {point!r}")
+    return point
+
+
+def save_locator_settings(settings, directory: Path, fitted_on: Dict, point: str = "peak") -> Path:
+    """Write ``locator.json`` (the settings, the point source and what they were fitted on) atomically."""
     from rls3_ros.core.atomic_io import atomic_write_json
 
     path = Path(directory) / LOCATOR
-    atomic_write_json(str(path), {"settings": settings.to_dict(), "fitted_on": fitted_on}, indent=1)
+    atomic_write_json(str(path), {"settings": settings.to_dict(), "point": point, "fitted_on": fitted_on}, indent=1)
     return path

@@ -5,7 +5,8 @@
 ``_att_memo``). Loss = term cross-entropy for (A, B) and the inverse (B, A) + ``candidate_weight``
 x cross-entropy of the true caption among its candidates (the RL reward J2) +
 ``grounding_weight`` x cross-entropy of the attention against the object's box cells, when the
-simulator's 2D boxes are known.
+simulator's 2D boxes are known, + ``box_weight`` x (L1 of the normalised (cx, cy, w, h) + (1 - GIoU))
+of the box head's boxes against those boxes (a model with a box head only).
 """
 
 from __future__ import annotations
@@ -56,16 +57,41 @@ def box_target(bbox, width: int, height: int, grid: int) -> Optional[np.ndarray]
     return (m / m.sum()).reshape(-1)
 
 
+def box_cxcywh(bbox, width: int, height: int) -> Optional[np.ndarray]:
+    """(centre x, centre y, width, height) of ``bbox`` (pixels) as fractions of the image; None if no box."""
+    x0, y0, x1, y1 = (float(v) for v in bbox)
+    if x1 <= x0 or y1 <= y0 or width <= 0 or height <= 0:
+        return None
+    return np.array([(x0 + x1) / 2 / width, (y0 + y1) / 2 / height, (x1 - x0) / width, (y1 - y0) / height],
+                    dtype=np.float32)
+
+
+def box_loss(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Per box: L1 of (cx, cy, w, h) (fractions of the image) + 1 - generalised IoU."""
+    def corners(b):
+        return b[:, 0] - b[:, 2] / 2, b[:, 1] - b[:, 3] / 2, b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2
+
+    px0, py0, px1, py1 = corners(pred)
+    tx0, ty0, tx1, ty1 = corners(true)
+    inter = (torch.min(px1, tx1) - torch.max(px0, tx0)).clamp_min(0) * (torch.min(py1, ty1) - torch.max(py0, ty0)).clamp_min(0)
+    union = pred[:, 2] * pred[:, 3] + true[:, 2] * true[:, 3] - inter
+    hull = (torch.max(px1, tx1) - torch.min(px0, tx0)) * (torch.max(py1, ty1) - torch.min(py0, ty0))
+    giou = inter / union.clamp_min(1e-8) - (hull - union) / hull.clamp_min(1e-8)
+    return (pred - true).abs().sum(1) + 1 - giou
+
+
 class TrainItem:
     """One relation prepared for training: image index, candidate (subj, terms, ref) list, the axis
     columns of the true term set (``true_cols``), of its inverse (``inv_cols``) and of every candidate
-    (``cand_cols``, (K, 3)), box targets."""
+    (``cand_cols``, (K, 3)), attention targets over the grid cells and (cx, cy, w, h) box targets."""
 
-    __slots__ = ("img", "cands", "true_cols", "inv_cols", "cand_cols", "subj", "ref", "tgt_s", "tgt_r")
+    __slots__ = ("img", "cands", "true_cols", "inv_cols", "cand_cols", "subj", "ref", "tgt_s", "tgt_r",
+                 "box_s", "box_r")
 
-    def __init__(self, img, cands, true_cols, subj, ref, tgt_s, tgt_r):
+    def __init__(self, img, cands, true_cols, subj, ref, tgt_s, tgt_r, box_s=None, box_r=None):
         self.img, self.cands, self.true_cols, self.subj, self.ref = img, cands, true_cols, subj, ref
         self.tgt_s, self.tgt_r = tgt_s, tgt_r
+        self.box_s, self.box_r = box_s, box_r
         self.inv_cols = term_indices(T.inverse_terms([t for t in map(term_of_column, true_cols) if t]))
         self.cand_cols = np.array([term_indices(c[1]) for c in cands], dtype=np.int64).reshape(-1, 3)
 
@@ -96,9 +122,10 @@ class GroundedTraining:
                     cands.append(p)
                 if true is None:
                     continue
-                ts = box_target(boxes.get(r.subject_id, (0, 0, 0, 0)), w, h, g)
-                tr = box_target(boxes.get(r.reference_id, (0, 0, 0, 0)), w, h, g)
-                items.append(TrainItem(image_offset + si, cands, term_indices(true[1]), true[0], true[2], ts, tr))
+                bs, br = boxes.get(r.subject_id, (0, 0, 0, 0)), boxes.get(r.reference_id, (0, 0, 0, 0))
+                items.append(TrainItem(image_offset + si, cands, term_indices(true[1]), true[0], true[2],
+                                       box_target(bs, w, h, g), box_target(br, w, h, g),
+                                       box_cxcywh(bs, w, h), box_cxcywh(br, w, h)))
         return items
 
     def batch_loss(self, feats: torch.Tensor, batch: Sequence[TrainItem]) -> torch.Tensor:
@@ -124,7 +151,9 @@ class GroundedTraining:
                     row = pair_index[k] = len(subj)
                     subj.append(c[0]), ref.append(c[2]), img.append(local[it.img])
                 cand_rows.append(row)
-        logits, att_s, att_r = self.base(feats[torch.tensor(used)], torch.tensor(img, dtype=torch.long), subj, ref)
+        with_boxes = self.box_weight > 0 and self.config.box_hidden > 0
+        out = self.base(feats[torch.tensor(used)], torch.tensor(img, dtype=torch.long), subj, ref, with_boxes=with_boxes)
+        logits, att_s, att_r = out[:3]
         lp = axis_log_probs(logits)
         true_cols = torch.tensor([it.true_cols for it in batch], dtype=torch.long)
         inv_cols = torch.tensor([it.inv_cols for it in batch], dtype=torch.long)
@@ -142,6 +171,15 @@ class GroundedTraining:
                 att = torch.cat([att_s[:n], att_r[:n]])[torch.tensor(rows)]
                 g = -(torch.from_numpy(tgt) * torch.log_softmax(att, 1)).sum(1)
                 loss = loss + self.grounding_weight * g.mean()
+        if with_boxes:
+            box_s, box_r = out[3], out[4]
+            rows = [i for i, it in enumerate(batch) if it.box_s is not None]
+            rows += [n + i for i, it in enumerate(batch) if it.box_r is not None]
+            if rows:
+                tgt = np.stack([it.box_s for it in batch if it.box_s is not None]
+                               + [it.box_r for it in batch if it.box_r is not None])
+                pred = torch.cat([box_s[:n], box_r[:n]])[torch.tensor(rows)]
+                loss = loss + self.box_weight * box_loss(pred, torch.from_numpy(tgt)).mean()
         return loss
 
     def train_steps(self, feats: torch.Tensor, items: Sequence[TrainItem], steps: int, params: List[nn.Parameter],

@@ -32,8 +32,19 @@ from rls3_ros.vlm.interface import RelationScore, SpatialVLM
 from rls3_ros.vlm.lora import AdapterHost, HostedAdapter, LoraSettings
 
 UNPARSABLE = -1e4  # log-prob given to a candidate caption that does not parse
+POINT_SOURCES = ("peak", "box")
 REFIT_HINT = ("serve it with that base (e.g. the RLS3 loop's adapters with model 'grounded', not "
               "'grounded:serving')")
+
+
+def pixel_box(b: Sequence[float], width: int, height: int) -> Tuple[int, int, int, int]:
+    """A box head's (cx, cy, w, h) in image fractions -> (x0, y0, x1, y1) pixels, clipped, at least 1 px."""
+    cx, cy, bw, bh = (float(v) for v in b)
+    x0 = int(round(min(max((cx - bw / 2) * width, 0.0), width - 1)))
+    y0 = int(round(min(max((cy - bh / 2) * height, 0.0), height - 1)))
+    x1 = int(round(min(max((cx + bw / 2) * width, x0 + 1), width)))
+    y1 = int(round(min(max((cy + bh / 2) * height, y0 + 1), height)))
+    return x0, y0, x1, y1
 
 
 class GroundedVLM(GroundedTraining, HostedAdapter, SpatialVLM):
@@ -45,18 +56,26 @@ class GroundedVLM(GroundedTraining, HostedAdapter, SpatialVLM):
     family = FAMILY
 
     def __init__(self, model: GroundedRelationModel, lora: Optional[LoraSettings] = None, base_spec: str = "",
-                 grounding_weight: float = 0.5, candidate_weight: float = 1.0, seed: int = 0, locator_settings=None):
+                 grounding_weight: float = 0.5, candidate_weight: float = 1.0, seed: int = 0, locator_settings=None,
+                 box_weight: float = 1.0, point_source: str = "peak"):
         model.eval()
         # this model's LocatorSettings (locator.json of its directory), or None: the defaults
         self.locator_settings = locator_settings
+        # where a located point comes from with a box head: "peak" (attention) or "box" (the box's centre);
+        # locator.json says which one hit the object more often for this model (rls3_ros.vlm.locator_fit)
+        if point_source not in POINT_SOURCES:
+            raise ValueError(f"point_source must be one of {POINT_SOURCES}, got {point_source!r}")
+        self.point_source = point_source
+        self.box_weight = float(box_weight)
         self.host = AdapterHost(model, lora or default_lora(), self.family, base_spec,
                                 base_fingerprint=base_fingerprint(model), refit_hint=REFIT_HINT)
         self.config = model.config
         self.features = FeatureCache.shared(self.config.image_size, self.config.image_stage)
         self.grounding_weight = float(grounding_weight)
         self.candidate_weight = float(candidate_weight)
-        # (image key, descriptions, attention logits) of the last axis_probs pass (attention_maps reuses it)
-        self._att_memo: Optional[Tuple[str, List[str], torch.Tensor]] = None
+        # (image key, descriptions, attention logits, boxes or None) of the last axis_probs pass
+        # (attention_maps / grounding reuse it)
+        self._att_memo: Optional[Tuple[str, List[str], torch.Tensor, Optional[torch.Tensor]]] = None
         self._rng = np.random.default_rng(seed)
         self._parse_cache: Dict[str, Optional[Tuple[str, Tuple[str, ...], str]]] = {}
         self.replay: List[Sample] = []
@@ -171,9 +190,11 @@ class GroundedVLM(GroundedTraining, HostedAdapter, SpatialVLM):
         with self.lock, torch.no_grad():
             feats = self.features([image])
             if 0 < len(pairs) <= 2048:
-                lg, att_s, att_r = self.base(feats, torch.zeros(len(pairs), dtype=torch.long), subj, ref)
-                lp = axis_log_probs(lg)
-                self._att_memo = (image_key(image), subj + ref, torch.cat([att_s, att_r]))
+                out = self.base(feats, torch.zeros(len(pairs), dtype=torch.long), subj, ref,
+                                with_boxes=self.config.box_hidden > 0)
+                lp = axis_log_probs(out[0])
+                boxes = torch.cat([out[3], out[4]]) if len(out) > 3 else None
+                self._att_memo = (image_key(image), subj + ref, torch.cat([out[1], out[2]]), boxes)
             else:
                 lp = self._axis_logp(feats, [0] * len(pairs), subj, ref)
         return lp.exp().numpy()
@@ -213,28 +234,51 @@ class GroundedVLM(GroundedTraining, HostedAdapter, SpatialVLM):
         return sorted(((c, self._holds(pi, asked)) for c, pi in zip(cands, p)), key=lambda cp: -cp[1])
 
     # -- grounding ------------------------------------------------------------------------------
-    def attention_maps(self, image: np.ndarray, descriptions: Sequence[str]) -> np.ndarray:
+    def grounding(self, image: np.ndarray, descriptions: Sequence[str]) -> Tuple[np.ndarray, Optional[np.ndarray]]:
         """(N, G*G) grounding attention of each description over ``image``'s feature grid (row-major
-        y, x), with the active adapter: the same attention the relation head reads."""
+        y, x), with the active adapter (the same attention the relation head reads), and the box head's
+        (N, 4) boxes (centre x, centre y, width, height; fractions of the image), None without a box head."""
+        g = self.config.grid
         if not descriptions:
-            return np.zeros((0, self.config.grid ** 2), np.float32)
+            return np.zeros((0, g * g), np.float32), (np.zeros((0, 4), np.float32) if self.config.box_hidden else None)
         with self.lock, torch.no_grad():
             memo, self._att_memo = self._att_memo, None  # used once: the weights may change after
             if memo is not None and memo[1] == [d.lower() for d in descriptions] and memo[0] == image_key(image):
-                return torch.softmax(memo[2], -1).numpy()  # the same logits this pass would compute
+                # the same logits (and boxes) this pass would compute
+                return torch.softmax(memo[2], -1).numpy(), None if memo[3] is None else memo[3].numpy()
             feats = self.features([image]).float()
             keys, values = self.base.keys_values(feats)
             text = self.base.describe([d.lower() for d in descriptions])
-            logits, _, _ = self.base.ground(keys, values, torch.zeros(len(descriptions), dtype=torch.long), text)
-            return torch.softmax(logits, -1).numpy()
+            logits, feat, stats = self.base.ground(keys, values, torch.zeros(len(descriptions), dtype=torch.long), text)
+            boxes = self.base.boxes(logits, feat, stats).numpy() if self.config.box_hidden > 0 else None
+            return torch.softmax(logits, -1).numpy(), boxes
+
+    def attention_maps(self, image: np.ndarray, descriptions: Sequence[str]) -> np.ndarray:
+        """(N, G*G) grounding attention of each description (:meth:`grounding` without the boxes)."""
+        return self.grounding(image, descriptions)[0]
 
     def locate_many(self, image: np.ndarray, descriptions: Sequence[str]) -> List:
+        """Without a box head: ``grounding.locate_in_attention`` (fixed-size box around the attention peak).
+        With one: the head's box, the point from ``point_source`` and the locator's confidence
+        (logistic of the attention mass around the peak)."""
         from rls3_ros.vlm import grounding as Gr
 
         h, w = np.asarray(image).shape[:2]
         settings = self.locator_settings or Gr.DEFAULT_SETTINGS
-        return [Gr.locate_in_attention(a, self.config.grid, w, h, settings)
-                for a in self.attention_maps(image, list(descriptions))]
+        maps, boxes = self.grounding(image, list(descriptions))
+        if boxes is None:
+            return [Gr.locate_in_attention(a, self.config.grid, w, h, settings) for a in maps]
+        out = []
+        for a, b in zip(maps, boxes):
+            loc = Gr.locate_in_attention(a, self.config.grid, w, h, settings)
+            box = pixel_box(b, w, h)
+            if self.point_source == "box":
+                u, v = (box[0] + box[2]) / 2.0, (box[1] + box[3]) / 2.0
+                point = (float(min(max(u, 0.0), w - 1e-3)), float(min(max(v, 0.0), h - 1e-3)))
+            else:
+                point = loc.point
+            out.append(Gr.Location(box, point, loc.confidence))
+        return out
 
     def locate(self, image: np.ndarray, description: str):
         """Box, point and confidence of ``description`` from its attention map (``rls3_ros.vlm.grounding``)."""
