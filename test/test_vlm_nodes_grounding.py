@@ -129,6 +129,7 @@ def test_camera_frames_with_depth_topic_give_boxes_and_3d_points_in_the_optical_
     from sensor_msgs.msg import CameraInfo, Image
 
     from rls3_ros.core.image_codec import numpy_to_image_msg
+    from rls3_ros.vlm import depth_centre as DC
     from rls3_ros.vlm import grounding as Gr
 
     node = graph.node
@@ -159,9 +160,10 @@ def test_camera_frames_with_depth_topic_give_boxes_and_3d_points_in_the_optical_
             _check_location(m, o.description, e, 160, 160)
             assert m.has_point_3d and m.depth_source == "depth_image"
             assert m.point_3d.header.stamp == h.stamp and m.point_3d.header.frame_id == CAMERA_FRAME
-            z = Gr.depth_at(f.depth, m.pixel.x, m.pixel.y)
+            box = (m.box.x_offset, m.box.y_offset, m.box.x_offset + m.box.width, m.box.y_offset + m.box.height)
             p = (m.point_3d.point.x, m.point_3d.point.y, m.point_3d.point.z)
-            assert p == pytest.approx(Gr.back_project(m.pixel.x, m.pixel.y, z, kx), abs=1e-4)
+            # the object's centre from the depths inside its located box
+            assert p == pytest.approx(DC.object_centre(f.depth, box, (m.pixel.x, m.pixel.y), kx).point, abs=1e-4)
             checked += 1
             if Gr.point_in_box((m.pixel.x, m.pixel.y), o.bbox):
                 # pointed at the object: its 3D point lies on it (surface seen from the camera)
@@ -208,6 +210,7 @@ def test_plain_client_with_its_own_image_gets_3d_points_from_the_scene_state(gra
 
 def test_client_helper_sends_its_own_intrinsics_and_depth_and_what_locates_the_best_candidate(graph, frames):
     from rls3_ros.ros.client import SpatialQueryClient
+    from rls3_ros.vlm import depth_centre as DC
     from rls3_ros.vlm import grounding as Gr
 
     client = SpatialQueryClient(graph.node)
@@ -220,8 +223,8 @@ def test_client_helper_sends_its_own_intrinsics_and_depth_and_what_locates_the_b
     for loc, o in ((a.subject_location, f.active[0]), (a.reference_location, f.active[1])):
         assert loc.found and loc.description == o.description and loc.depth_source == "depth_image"
         assert loc.frame_id == "my_camera_optical" and loc.point_3d is not None
-        z = Gr.depth_at(np.round(f.depth * 1000) / 1000, *loc.point)
-        assert loc.point_3d[2] == pytest.approx(z, abs=2e-3)
+        c = DC.object_centre(np.round(f.depth * 1000) / 1000, loc.box, loc.point, Gr.Intrinsics.of_camera(f.scene.camera))
+        assert loc.point_3d == pytest.approx(c.point, abs=2e-3)
         x0, y0, x1, y1 = loc.box
         assert 0 <= x0 < x1 <= 160 and 0 <= y0 < y1 <= 160 and 0 <= loc.confidence <= 1
     w = client.what_is("left", f.active[0].description, [o.description for o in f.active[1:]], image=f.rgb, timeout=30)
@@ -282,3 +285,64 @@ def test_model_without_grounding_answers_with_empty_locations_and_says_so(tmp_pa
                 spinner.close()
     finally:
         mp.undo()
+
+
+def test_where_with_depth_and_a_camera_pose_answers_from_the_geometry_and_says_so(graph, frames):
+    """Image + depth + camera_info in the request and the scene state's camera pose: the 'where' terms
+    are the hybrid of the text head and the two depth-in-box centres (answer_source model+geometry);
+    without depth and scene state the text head's alone (model); an unusable depth still answers."""
+    from rls3_msgs.msg import SceneState
+    from rls3_msgs.srv import SpatialQuery
+
+    from rls3_ros.captions.terms import make_caption
+    from rls3_ros.core.image_codec import numpy_to_image_msg
+    from rls3_ros.ros.conversions import scene_to_msg
+    from rls3_ros.vlm import where_geometry as W
+    from rls3_ros.vlm.answers import QueryRequest, answer_query
+
+    node = graph.node
+    pub = node.create_publisher(SceneState, "scene_state", 10)
+    poll_until(lambda: pub.get_subscription_count() > 0, 20, "scene_state subscription")
+    hybrid = 0
+    for i, f in enumerate(frames):
+        h = _header(5000 + i)
+        pub.publish(scene_to_msg(f.scene, h))
+        subj, ref = f.active[0], f.active[1]
+        req = SpatialQuery.Request(query_type="where", subject=subj.description, reference=ref.description, header=h,
+                                   image=numpy_to_image_msg(f.rgb, "rgb8", h), camera_info=_camera_info(f.scene, h),
+                                   depth=numpy_to_image_msg(f.depth, "32FC1", h))
+        # the scene state may arrive after the first call: wait until the answer used it (no "image alone" note)
+        r = poll_until(lambda: (lambda x: x if x.success and "image alone" not in x.message else None)(
+            _plain_call(node, req)), 20, f"an answer with the scene state of frame {i}")
+        assert r.subject_location.depth_source == "depth_image" and r.reference_location.depth_source == "depth_image"
+        text = answer_query(graph.local, f.rgb, QueryRequest("where", subj.description, ref.description))
+        pts = [(m.point_3d.point.x, m.point_3d.point.y, m.point_3d.point.z)
+               for m in (r.subject_location, r.reference_location)]
+        terms, source = W.hybrid_terms(text.terms, W.points_terms(f.scene.camera, *pts))
+        assert (list(r.terms), r.answer_source) == (terms, source), (r.terms, r.answer_source, text.terms)
+        assert r.answer == make_caption(subj.description, terms, ref.description)
+        assert list(r.term_probabilities) == pytest.approx([text.term_probabilities[t] for t in r.term_names], abs=1e-5)
+        hybrid += source == W.SOURCE_HYBRID
+    assert hybrid >= 1, "no answer used the geometry: the hybrid path was never exercised"
+
+    f = frames[0]
+    subj, ref = f.active[0], f.active[1]
+    h = _header(6000)  # no scene state, no depth frame has this stamp
+    plain = SpatialQuery.Request(query_type="where", subject=subj.description, reference=ref.description, header=h,
+                                 image=numpy_to_image_msg(f.rgb, "rgb8", h), camera_info=_camera_info(f.scene, h))
+    r = _plain_call(node, plain)
+    assert r.success and r.answer_source == "model", (r.answer_source, r.message)
+    assert list(r.terms) == answer_query(graph.local, f.rgb, QueryRequest("where", subj.description, ref.description)).terms
+    # depth with no valid pixel, and depth in an encoding a depth image cannot have: answered, text head only
+    for bad in (numpy_to_image_msg(np.full(f.depth.shape, np.nan, np.float32), "32FC1", h),
+                numpy_to_image_msg(f.rgb, "rgb8", h)):
+        plain.depth = bad
+        r = _plain_call(node, plain)
+        assert r.success and r.answer_source == "model" and not r.subject_location.has_point_3d, r.message
+        assert "no 3D point for" in r.message or "depth image not used" in r.message, r.message
+    # with depth but no camera pose: points, and the message says why the terms are the text head's
+    plain.depth = numpy_to_image_msg(f.depth, "32FC1", h)
+    r = _plain_call(node, plain)
+    assert r.success and r.answer_source == "model" and r.subject_location.has_point_3d
+    assert "no camera pose" in r.message, r.message
+    node.destroy_publisher(pub)

@@ -9,8 +9,13 @@ Where the inputs of the 3D point come from, first that applies:
 - depth: the request's ``depth`` image, the ``depth_topic`` frame matching the image stamp
   (within ``frame_tolerance``), the camera-frame depth of the named object's pose in the matched
   scene state. A depth image must have the colour image's size (``32FC1`` metres or ``16UC1``
-  millimetres, 0 / NaN = no depth); the depth at the point is the median of the valid pixels
-  within 2 px.
+  millimetres, 0 / NaN = no depth).
+What the 3D point is: with a depth image, the object's CENTRE estimated from the depths inside its
+located box (``rls3_ros.vlm.depth_centre.object_centre``: the nearest coherent depth cluster in the
+box's inner part, back-projected at the box centre and moved from the visible surface to the centre
+along the ray; the depth at the point, median of the valid pixels within 2 px, when the box has no
+valid depth); with a scene state, the located pixel back-projected at the depth of the object's
+centre.
 The 3D point's header is the image's, with ``frame_id`` replaced by the camera_info's when that
 names a frame (the frame of the intrinsics is the optical frame; a simulator's image header may
 name the world).
@@ -40,6 +45,7 @@ from std_msgs.msg import Header
 
 from rls3_ros.core.image_codec import DEPTH_ENCODINGS, ImageConversionError, ImageLimits, image_msg_to_numpy
 from rls3_ros.ros.conversions import stamp_to_ns
+from rls3_ros.vlm import depth_centre as DC
 from rls3_ros.vlm import grounding as G
 
 
@@ -252,9 +258,12 @@ def _add_points_3d(msgs: List[ObjectLocation], image: np.ndarray, header: Header
     for m in msgs:
         if not m.found:
             continue
-        z, source, why = None, "", ""
-        if depth is not None:
-            z = G.depth_at(depth, m.pixel.x, m.pixel.y)  # pixels outside the depth range are no depth
+        z, source, why, p = None, "", "", None
+        if depth is not None:  # pixels outside the depth range are no depth
+            b = m.box
+            c = DC.object_centre(depth, (b.x_offset, b.y_offset, b.x_offset + b.width, b.y_offset + b.height),
+                                 (m.pixel.x, m.pixel.y), k)
+            z, p = (c.surface_depth, c.point) if c is not None else (None, None)
             source = "depth_image" if z is not None else ""
         if z is None and scene is not None:
             z = G.scene_depth(scene, m.description)
@@ -264,10 +273,10 @@ def _add_points_3d(msgs: List[ObjectLocation], image: np.ndarray, header: Header
                 z = None
         if z is None:
             notes.append(f"no 3D point for {m.description!r}: no depth within {G.MIN_DEPTH_M:g} .. {G.MAX_DEPTH_M:g} m "
-                         f"at its point{why}"
+                         f"in its box or at its point{why}"
                          + ("" if depth is not None or why else " (no depth image and not in the scene state)"))
             continue
-        p = G.point_3d(m.pixel.x, m.pixel.y, z, k)
+        p = p or G.point_3d(m.pixel.x, m.pixel.y, z, k)
         if p is None:
             notes.append(f"no 3D point for {m.description!r}: the intrinsics put it more than "
                          f"{G.MAX_POINT_RANGE_M:g} m from the camera")

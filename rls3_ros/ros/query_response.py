@@ -1,6 +1,8 @@
 """A ``SpatialQuery`` answer as a response and as an annotated image.
 
-``fill_answer`` copies a model's ``QueryAnswer`` into the service response; ``located_subject``
+``fill_answer`` copies a model's ``QueryAnswer`` into the service response (``answer_source``
+"model"); ``where_with_geometry`` replaces a 'where' answer's terms with the hybrid of the text head
+and the two located objects' 3D points (``rls3_ros.vlm.where_geometry``); ``located_subject``
 names the object whose location the answer carries; ``annotated_image`` draws the named objects'
 boxes (from the scene state, solid), the model's own predicted boxes and points (dashed, with
 their confidence), the answer text and its confidence (the ``~/annotated`` topic).
@@ -14,9 +16,11 @@ import numpy as np
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
+from rls3_ros.captions import terms as T
 from rls3_ros.core.image_codec import numpy_to_image_msg
 from rls3_ros.core.scene import SceneState
 from rls3_ros.ros.annotate import draw_annotation, find_object
+from rls3_ros.vlm import where_geometry as W
 from rls3_ros.vlm.answers import QueryAnswer
 
 
@@ -29,6 +33,30 @@ def fill_answer(resp, ans: QueryAnswer) -> None:
     resp.holds = bool(ans.holds)
     resp.ranked_candidates = [c for c, _ in ans.ranked]
     resp.candidate_scores = [float(s) for _, s in ans.ranked]
+    resp.answer_source = W.SOURCE_MODEL
+
+
+def where_with_geometry(resp, ans: QueryAnswer, camera, subject: str, reference: str,
+                        policy: W.HybridPolicy = W.DEFAULT_POLICY) -> Optional[str]:
+    """Answer a 'where' from the geometry where ``policy`` says (``where_geometry.hybrid_terms``) when
+    ``resp``'s subject and reference both have a 3D point and ``camera`` (a ``CameraModel`` of the
+    points' optical frame: its pose) is known: ``terms``, ``answer`` and ``answer_source``
+    ("model+geometry") change, ``confidence`` becomes the text head's probability of the least likely
+    answered term; ``term_names`` / ``term_probabilities`` stay the text head's. Returns a note for
+    the response message when the points are there but no camera pose is, else None."""
+    s, r = resp.subject_location, resp.reference_location
+    if not (s.has_point_3d and r.has_point_3d):
+        return None
+    if camera is None:
+        return "terms from the text head only: no camera pose (scene state) to place the 3D points in the world"
+    xyz = lambda m: (m.point_3d.point.x, m.point_3d.point.y, m.point_3d.point.z)  # noqa: E731
+    terms, source = W.hybrid_terms(ans.terms, W.points_terms(camera, xyz(s), xyz(r)), policy)
+    resp.answer_source = source
+    if source == W.SOURCE_HYBRID:
+        resp.terms = list(terms)
+        resp.answer = T.make_caption(subject, terms, reference)
+        resp.confidence = float(min(ans.term_probabilities.get(t, 0.0) for t in terms))
+    return None
 
 
 def is_what(req) -> bool:

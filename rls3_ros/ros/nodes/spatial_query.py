@@ -55,7 +55,9 @@ the subject is the best candidate): 2D box, point and confidence from the model'
 (``SpatialVLM.locate``; the grounded model's attention map). A model without grounding answers
 with ``found=false`` and says so in ``message`` (the query still succeeds). With intrinsics and a
 depth, also a 3D point in the camera optical frame (``point_3d``, the image's header); where
-intrinsics and depth come from: ``rls3_ros.ros.grounding_msgs``.
+intrinsics and depth come from: ``rls3_ros.ros.grounding_msgs``. With both objects' 3D points and
+the scene state's camera pose, a 'where' answer takes the axes the measured policy says from the
+geometry (``where_from_geometry``; ``answer_source`` "model+geometry", else "model").
 
 Parameters: the table ``PARAMETERS`` below (name, default, type, range, read-only, doc), declared
 from it (``rls3_ros.ros.node_params``); ``ros2 param describe``, ``--help`` and the table in
@@ -91,7 +93,7 @@ from rls3_ros.ros.conversions import stamp_to_ns
 from rls3_ros.ros.grounding_msgs import GroundingInputs, labelled_locations, locate, set_locations
 from rls3_ros.ros.node_main import run_node
 from rls3_ros.ros.node_params import Param, attach_ranges, check, declare, print_help_if_asked
-from rls3_ros.ros.query_response import annotated_image, fill_answer, located_subject
+from rls3_ros.ros.query_response import annotated_image, fill_answer, located_subject, where_with_geometry
 from rls3_ros.ros.served_model import ServedModel, await_off_executor, shown
 from rls3_ros.ros.service_qos import SERVICE_QOS
 from rls3_ros.ros.stamped_buffers import RefusedFrame, StampedBuffers
@@ -147,6 +149,10 @@ PARAMETERS = [
     Param("torch_threads", 0, "torch intra-op threads (0 = torch default); 1 avoids OpenMP stalls on a busy shared "
                               "CPU (~0.4 ms vs ~100 ms per query of a tiny model at load 6 on 2 cores)"),
     Param("locate_objects", True, "answer with the subject's and reference's locations (2D box/point, 3D point)"),
+    Param("where_from_geometry", True, "answer 'where' from the two located objects' 3D points where the measured "
+                                       "policy says (rls3_ros.vlm.where_geometry: on/under from the text head, the "
+                                       "other axes from the points with the scene state's camera pose; "
+                                       "answer_source tells); false: the text head only"),
     Param("camera_info_topic", "camera_info", "camera intrinsics for the 3D points of the object locations"),
     Param("depth_topic", "", "depth images (32FC1 m / 16UC1 mm) for the 3D points ('' = none: the request's depth "
                              "image or the scene state's poses only)"),
@@ -435,8 +441,12 @@ class SpatialQueryNode(LifecycleNode):
         fill_answer(resp, ans)
         if located is not None:
             self._set_locations(req, resp, image, scene, *located)
+            if checked.qt == "where" and self._p("where_from_geometry"):
+                note = where_with_geometry(resp, ans, scene.camera if scene is not None else None, checked.subject,
+                                           checked.reference)
+                resp.message = f"{resp.message}; {note}" if note else resp.message
         if self._annotated_pub is not None:
-            self._publish_annotated(image, resp.header, scene, req, ans.answer, ans.confidence, ans.ranked,
+            self._publish_annotated(image, resp.header, scene, req, resp.answer, resp.confidence, ans.ranked,
                                     labelled_locations([resp.subject_location, resp.reference_location]))
 
     def _set_locations(self, req, resp, image: np.ndarray, scene, names, locs, notes) -> None:
