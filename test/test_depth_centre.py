@@ -137,6 +137,8 @@ def test_hybrid_terms_keep_support_from_the_text_head_and_take_the_policys_axes(
     geo = ["above", "behind", "left"]
     assert W.hybrid_terms(["in front", "right"], geo) == (["above", "behind", "left"], W.SOURCE_HYBRID)
     assert W.hybrid_terms(["on"], geo) == (["on"], W.SOURCE_MODEL)  # contact: only the text head sees it
+    assert W.hybrid_terms(["under", "in front"], geo) == (["under"], W.SOURCE_MODEL)  # stated alone, as the oracle does
+    assert W.hybrid_terms(["under", "in front"], []) == (["under", "in front"], W.SOURCE_MODEL)  # no geometry: untouched
     assert W.hybrid_terms(["left"], []) == (["left"], W.SOURCE_MODEL)  # no geometry
     model_all = W.HybridPolicy(W.MODEL, W.MODEL, W.MODEL)
     assert W.hybrid_terms(["in front", "right"], geo, model_all) == (["in front", "right"], W.SOURCE_MODEL)

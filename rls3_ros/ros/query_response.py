@@ -40,8 +40,9 @@ def where_with_geometry(resp, ans: QueryAnswer, camera, subject: str, reference:
                         policy: W.HybridPolicy = W.DEFAULT_POLICY) -> Optional[str]:
     """Answer a 'where' from the geometry where ``policy`` says (``where_geometry.hybrid_terms``) when
     ``resp``'s subject and reference both have a 3D point and ``camera`` (a ``CameraModel`` of the
-    points' optical frame: its pose) is known: ``terms``, ``answer`` and ``answer_source``
-    ("model+geometry") change, ``confidence`` becomes the text head's probability of the least likely
+    points' optical frame: its pose) is known: ``answer_source`` says which (``model+geometry`` or
+    ``model``); when the terms change (also a text head's support term stated alone), ``terms`` and
+    ``answer`` follow and ``confidence`` becomes the text head's probability of the least likely
     answered term; ``term_names`` / ``term_probabilities`` stay the text head's. Returns a note for
     the response message when the points are there but no camera pose is, else None."""
     s, r = resp.subject_location, resp.reference_location
@@ -52,7 +53,7 @@ def where_with_geometry(resp, ans: QueryAnswer, camera, subject: str, reference:
     xyz = lambda m: (m.point_3d.point.x, m.point_3d.point.y, m.point_3d.point.z)  # noqa: E731
     terms, source = W.hybrid_terms(ans.terms, W.points_terms(camera, xyz(s), xyz(r)), policy)
     resp.answer_source = source
-    if source == W.SOURCE_HYBRID:
+    if list(terms) != list(ans.terms):
         resp.terms = list(terms)
         resp.answer = T.make_caption(subject, terms, reference)
         resp.confidence = float(min(ans.term_probabilities.get(t, 0.0) for t in terms))

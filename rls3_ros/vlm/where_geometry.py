@@ -9,8 +9,8 @@ points carry no support contact, so the oracle never says "on"/"under" from them
 "above"/"below" there).
 
 ``hybrid_terms`` combines both, per axis as a :class:`HybridPolicy` says: the support terms
-("on"/"under") always from the text head (when it says one, its answer is kept whole: the oracle
-states a support relation alone); each of the vertical (above/below), depth (in front/behind) and
+("on"/"under") always from the text head (when it says one, the answer is that term alone: the
+oracle states a support relation alone); each of the vertical (above/below), depth (in front/behind) and
 lateral (left/right) axes from the text head or from the geometry. The default policy is the one
 measured best per axis on calibration renders (``rls3 bench served`` reports the held-out figures):
 every axis from the geometry. The ``spatial_query`` node and ``rls3 bench served`` both call
@@ -80,13 +80,17 @@ def points_terms(camera, subject_cam: Optional[Sequence[float]], reference_cam: 
 def hybrid_terms(model_terms: Sequence[str], geometry_terms: Sequence[str],
                  policy: HybridPolicy = DEFAULT_POLICY) -> Tuple[List[str], str]:
     """(terms, answer source) of a 'where' answer from the text head's terms and the geometry's
-    (``points_terms``). The text head's answer (source ``model``) when the geometry has none, when
-    the text head says "on"/"under" (support, which only it can see) or when the policy takes every
-    axis from it; else per axis the policy's source (``model+geometry``)."""
+    (``points_terms``). The text head's answer (source ``model``) when the geometry has none or the
+    policy takes every axis from it; the text head's "on"/"under" alone (source ``model``) when it
+    says one (support, which only it can see; the oracle states it without other terms); else per
+    axis the policy's source (``model+geometry``)."""
     model_terms = T.canonical_terms(model_terms)
     geo = list(geometry_terms)
-    if not geo or any(t in SUPPORT_TERMS for t in model_terms) or all(getattr(policy, a) == MODEL for a in AXES):
+    if not geo or all(getattr(policy, a) == MODEL for a in AXES):
         return model_terms, SOURCE_MODEL
+    support = [t for t in model_terms if t in SUPPORT_TERMS]
+    if support:  # the oracle states a support relation alone: the text head's support term without the rest
+        return support[:1], SOURCE_MODEL
     out: List[str] = []
     for axis, terms in AXES.items():
         src = geo if getattr(policy, axis) == GEOMETRY else model_terms
