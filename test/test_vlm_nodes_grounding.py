@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from ros_harness import BackgroundSpinner, NodeProcess, poll_until, spin_until_future
+from ros_harness import BackgroundSpinner, NodeProcess, call_service, poll_until, spin_until_future
 from rls3_ros.ros.isolation import isolated_ros_env
 
 pytestmark = pytest.mark.timeout(240)
@@ -322,8 +322,24 @@ def test_where_with_depth_and_a_camera_pose_answers_from_the_geometry_and_says_s
         assert (list(r.terms), r.answer_source) == (terms, source), (r.terms, r.answer_source, text.terms)
         assert r.answer == make_caption(subj.description, terms, ref.description)
         assert list(r.term_probabilities) == pytest.approx([text.term_probabilities[t] for t in r.term_names], abs=1e-5)
-        hybrid += source == W.SOURCE_HYBRID
+        if source == W.SOURCE_HYBRID:
+            hybrid += 1
+            used = (req, text)
     assert hybrid >= 1, "no answer used the geometry: the hybrid path was never exercised"
+    # where_from_geometry:=false: the same request gets the text head's answer
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    off = SetParameters.Request(parameters=[Parameter(name="where_from_geometry", value=ParameterValue(
+        type=ParameterType.PARAMETER_BOOL, bool_value=False))])
+    assert call_service(node, SetParameters, "/spatial_query/set_parameters", off, timeout=20).results[0].successful
+    try:
+        r = _plain_call(node, used[0])
+        assert r.success and r.answer_source == "model" and list(r.terms) == used[1].terms, (r.terms, r.answer_source)
+        assert r.subject_location.has_point_3d and r.reference_location.has_point_3d
+    finally:
+        off.parameters[0].value.bool_value = True
+        call_service(node, SetParameters, "/spatial_query/set_parameters", off, timeout=20)
 
     f = frames[0]
     subj, ref = f.active[0], f.active[1]
