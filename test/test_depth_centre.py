@@ -146,3 +146,18 @@ def test_hybrid_terms_keep_support_from_the_text_head_and_take_the_policys_axes(
     assert W.hybrid_terms(["below", "right"], geo, lateral_model) == (["above", "behind", "right"], W.SOURCE_HYBRID)
     with pytest.raises(ValueError, match="vertical"):
         W.HybridPolicy(vertical="oracle")
+
+
+def test_the_fit_finds_the_offset_that_lowers_the_error_on_calibration_renders():
+    from dataclasses import replace
+
+    from rls3_ros.vlm import depth_centre_fit as F
+    from rls3_ros.vlm.served_eval import render_heldout
+
+    objs = F.calibration_objects([(it.sample, it.depth) for it in render_heldout(4, D.CALIBRATION_SEED, 160)])
+    assert len(objs) >= 4
+    no_offset = replace(D.DEFAULT_CENTRE, offset_m=0.0, offset_per_width=0.0)
+    fitted, err = F.fit_offset(objs, no_offset)
+    surface = np.median([np.linalg.norm(np.subtract(D.object_centre(d, b, _centre_of_box(b), k, no_offset).point, t))
+                         for d, k, b, t in objs])
+    assert fitted.offset_m > 0 and err < surface, (fitted, err, surface)  # the centre lies behind the surface
