@@ -326,6 +326,8 @@ def test_where_with_depth_and_a_camera_pose_answers_from_the_geometry_and_says_s
             hybrid += 1
             used = (req, text)
     assert hybrid >= 1, "no answer used the geometry: the hybrid path was never exercised"
+    from rls3_ros.ros.client import to_where  # what SpatialQueryClient.where_is returns: it says the source too
+    assert to_where(_plain_call(node, used[0])).source == W.SOURCE_HYBRID
     # where_from_geometry:=false: the same request gets the text head's answer
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters

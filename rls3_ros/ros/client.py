@@ -102,7 +102,8 @@ class _Base:
 @dataclass
 class WhereAnswer(_Base):
     terms: List[str] = field(default_factory=list)
-    probabilities: Dict[str, float] = field(default_factory=dict)
+    probabilities: Dict[str, float] = field(default_factory=dict)  # the text head's, per term
+    source: str = "model"  # model | model+geometry (axes from the two objects' 3-D points: docs/vlm_nodes.md)
 
 
 @dataclass
@@ -127,7 +128,8 @@ def _base(r: SpatialQuery.Response) -> dict:
 
 def to_where(r: SpatialQuery.Response) -> WhereAnswer:
     return WhereAnswer(**_base(r), terms=list(r.terms),
-                       probabilities={n: float(p) for n, p in zip(r.term_names, r.term_probabilities)})
+                       probabilities={n: float(p) for n, p in zip(r.term_names, r.term_probabilities)},
+                       source=r.answer_source or "model")
 
 
 def to_check(r: SpatialQuery.Response) -> CheckAnswer:
