@@ -130,3 +130,12 @@ def test_models_without_a_box_head_load_and_locate_as_before(samples):
     # three outputs without a box head even when boxes are asked for (callers unpack three)
     assert len(vlm.base(vlm.features([im]).float(), torch.zeros(1, dtype=torch.long), desc[:1], desc[:1],
                         with_boxes=True)) == 3
+
+
+def test_caption_parse_cache_stays_bounded_and_answers_past_its_bound():
+    """A corpus with more distinct captions than the parse cache holds (19,200 renders have): the
+    caption that overflows it is parsed and returned, not lost with the cleared entries."""
+    vlm = G.GroundedVLM(G.GroundedRelationModel(G.GroundedConfig()), seed=0)
+    vlm._parse_cache.update({f"caption {i}": None for i in range(50000)})
+    assert vlm.parse("The black small pot is in front of the white box.") == ("black small pot", ("in front",), "white box")
+    assert len(vlm._parse_cache) == 1

@@ -118,9 +118,9 @@ class GroundedVLM(GroundedTraining, HostedAdapter, SpatialVLM):
             from rls3_ros.captions.parse import try_parse_caption
 
             r = try_parse_caption(caption)
-            self._parse_cache[caption] = None if r is None else (r[0].lower(), tuple(r[1]), r[2].lower())
-            if len(self._parse_cache) > 50000:
+            if len(self._parse_cache) >= 50000:  # bounded: cleared before the new entry, which is returned
                 self._parse_cache.clear()
+            self._parse_cache[caption] = None if r is None else (r[0].lower(), tuple(r[1]), r[2].lower())
         return self._parse_cache[caption]
 
     def _axis_logp(self, feats: torch.Tensor, img: Sequence[int], subj: Sequence[str], ref: Sequence[str],
