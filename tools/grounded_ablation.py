@@ -104,20 +104,30 @@ def table(a) -> int:
     lines = ["| run | stage | box head | n train | steps | size | MC | where-exact | weakest term | pointing peak / box "
              "| IoU>=0.5 (fixed box) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in runs:
-        g = r["args"]
+        g = dict(r["args"])
+        g.setdefault("n_train", 2400)  # runs of the tool's first version recorded the corpus file instead
         for size in ("160", "224"):
-            d = r[size]
+            d = dict(r[size])
+            d.setdefault("mc", r["mc"])  # ... and the 160 px multiple choice only as the pretraining held-out figure
             worst = min(d["per_term"].items(), key=lambda kv: kv[1])
             pb = "–" if d["pointing_box"] is None else f"{d['pointing_box']:.3f}"
             lines.append(f"| {r['name']} | {g['stage']} | {g['box_hidden'] or '–'} | {g['n_train']} | {g['steps']} | {size} "
                          f"| {d['mc']:.3f} | {d['where_exact']:.3f} | {worst[0]} {worst[1]:.3f} | "
                          f"{d['pointing_peak']:.3f} / {pb} | {d['iou50']:.3f} ({d['iou50_fixed']:.3f}) |")
     n = runs[0]["160"]["n_objects"] if runs else 0
+    cmds = []
+    for r in runs:
+        g = r["args"]
+        opts = " ".join(f"--{k.replace('_', '-')} {g[k]}" for k in ("stage", "box_hidden", "dim", "hidden", "steps")
+                        if k in g)
+        first = " (the tool's first version: same training and measures, corpus read from a pickle)" if "train" in g else ""
+        cmds.append(f"- {r['name']}: `tools/grounded_ablation.py run {r['name']} {opts}`{first}")
     md = ("# Grounded model configurations at small scale (issue 27)\n\n<!-- Written by tools/grounded_ablation.py "
           "table: do not edit. -->\n\nSame seed, same corpus, same held-out set (300 images of seed 7919 at 160 and "
           f"224 px, {n} located objects); multiple choice and where-exact over every held-out relation; "
           "pointing = the located point inside the true box; IoU>=0.5 = share of located boxes (in brackets: the "
-          "fixed-size box around the attention peak, default locator settings).\n\n" + "\n".join(lines) + "\n")
+          "fixed-size box around the attention peak, default locator settings).\n\n" + "\n".join(lines) + "\n\n"
+          + "\n".join(cmds) + "\n")
     out = ROOT / "results" / "grounded_ablation"
     out.with_suffix(".json").write_text(json.dumps(runs, indent=1))
     out.with_suffix(".md").write_text(md)
