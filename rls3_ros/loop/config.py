@@ -67,6 +67,12 @@ class RunConfig(_Section):
                   "the benchmark's from-scratch regime) | embedded | clip:/dir | ... | py:mod:fn", node=False)
     lora_learning_rate: Optional[float] = _f(None, "LoRA learning rate of the loop's fine-tunes (unset = the model "
                                              "family's default; grounded: 3e-3)", node=False, gt=0.0)
+    lora_rank: Optional[int] = _f(None, "LoRA rank r of the loop's fine-tunes (unset = the model family's default; "
+                                  "grounded: 8). docs/learning.md, recipe search: r 128 on every linear layer of "
+                                  "grounded:serving is the servable form of a fine-tune of all its linear weights",
+                                  node=False, ge=1, le=256)
+    lora_alpha: Optional[int] = _f(None, "LoRA alpha (the update is scaled by alpha / r; unset = the model family's "
+                                   "default; grounded: 16)", node=False, ge=1)
     torch_threads: int = _f(2, "torch intra-op threads", node=False, ge=1)
     sim_worker: bool = _f(True, "in-process loop: simulators in worker processes, the next episode's scene built "
                           "ahead (rls3_ros.loop.sim_worker); torch then keeps a core free (at most cores - 1 threads)",

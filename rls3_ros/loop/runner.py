@@ -334,9 +334,12 @@ def ensure_pretrained(log: Callable[[str], None] = print) -> None:
 
 
 def vlm_options(rc: RunSection) -> Dict[str, Any]:
-    """Loader options of the run's VLM: the LoRA learning rate when ``run.lora_learning_rate`` is set."""
-    lr = run_section(rc).lora_learning_rate
-    return {"lora": {"learning_rate": float(lr)}} if lr is not None else {}
+    """Loader options of the run's VLM: the LoRA learning rate, rank and alpha of ``run.lora_learning_rate``,
+    ``run.lora_rank`` and ``run.lora_alpha``, those that are set (the others stay the family's)."""
+    rc = run_section(rc)
+    lora = {k: cast(v) for k, v, cast in (("learning_rate", rc.lora_learning_rate, float), ("r", rc.lora_rank, int),
+                                           ("alpha", rc.lora_alpha, int)) if v is not None}
+    return {"lora": lora} if lora else {}
 
 
 def backend_params(rc: RunSection, seed: int) -> Dict[str, Any]:
