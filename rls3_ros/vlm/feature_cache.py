@@ -49,7 +49,8 @@ ENCODER_BATCH = 4
 class FeatureCache:
     """Frozen EfficientNet-Lite0 grid features, cached by image content (bounded LRU, thread-safe).
 
-    4,000 entries (~20 KB each as float16 at 160 px) by default; the training loop raises it so
+    One cache per (image size, stage) (``shared``): a stage's features never answer for another's.
+    4,000 entries (float16 at 160 px: ~22 KB each at "stride16", ~120 KB at "stride8+16") by default; the training loop raises it so
     its fixed evaluation sets (~3,000 images) stay cached while the run's own renders pass."""
 
     _shared: Dict[Tuple[int, str], "FeatureCache"] = {}

@@ -17,8 +17,9 @@ from rls3_ros.vlm.model_dirs import default_dirs
 # "grounded" base is the deliberately weak one of the learning benchmark's from-scratch regime
 # (models/grounded/README.md).
 NAMED_MODELS = {"serving": "grounded_serving"}
-SERVING_BUILD = ("rls3 pretrain --out models/grounded_serving --seed 0 --n-train 4800 --n-test 300 "
-                 "--rare-keep 1.0 --steps 2000 --force")
+SERVING_BUILD = ("rls3 pretrain --out models/grounded_serving --seed 0 --n-train 19200 --n-test 300 --rare-keep 1.0 "
+                 "--steps 8000 --stage stride8+16 --box-hidden 64 --force; "
+                 "python -m rls3_ros.vlm.locator_fit models/grounded_serving --n 600")
 
 
 def load(arg: str = "", lora: Optional[Dict] = None, **options) -> GroundedVLM:
