@@ -108,6 +108,9 @@ class LoopConfig(_Section):
     patience: int = _f(0, "early stopping patience in fine-tunes (0 = off)", ge=0)
     min_delta: float = _f(0.0, "validation-accuracy gain that counts as an improvement")
     seed: int = _f(0, "seed of the batch sub-sampling and replay draws (the node: its seed)", param="seed")
+    adapter_scale: float = _f(1.0, "in-process loop: every fine-tuned adapter is averaged with the base before it is "
+                                   "saved, gated and trained on (base + adapter_scale x delta; 1 = as trained): "
+                                   "rls3_ros.loop.adapter_average", node=False, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _t0_within_t(self):

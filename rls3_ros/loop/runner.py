@@ -85,12 +85,22 @@ class LockedScorer:
 
 
 class InProcessTrainer(Trainer):
-    def __init__(self, vlm, run: RunDir, lock, progress: Optional[Callable[[int, int, float], None]] = None):
+    """Fine-tunes the VLM in this process and saves the adapter; ``adapter_scale`` < 1 first averages it with
+    the base (``loop.adapter_scale``, :mod:`rls3_ros.loop.adapter_average`): what is saved, evaluated, gated
+    and trained on next is ``base + adapter_scale * delta``."""
+
+    def __init__(self, vlm, run: RunDir, lock, progress: Optional[Callable[[int, int, float], None]] = None,
+                 adapter_scale: float = 1.0):
         self.vlm, self.run, self.lock, self.progress = vlm, run, lock, progress
+        self.adapter_scale = float(adapter_scale)
 
     def fine_tune(self, samples, steps, iteration) -> TrainOutcome:
         with self.lock:
             res = self.vlm.fine_tune(samples, steps, progress=self.progress)
+            if self.adapter_scale < 1.0:
+                from rls3_ros.loop.adapter_average import average_with_base
+
+                average_with_base(self.vlm, self.adapter_scale)
             path = self.vlm.save_adapter(self.run.adapter_path(iteration))
         return TrainOutcome(res, path)
 
@@ -524,7 +534,7 @@ def build_inprocess(cfg: Union[TrainConfig, Mapping[str, Any]], run: RunDir, pro
         with lock:
             vlm.load_adapter(path)
 
-    trainer = InProcessTrainer(train_vlm, run, train_lock)
+    trainer = InProcessTrainer(train_vlm, run, train_lock, adapter_scale=cfg.loop.adapter_scale)
     runner = LoopRunner(cfg, run, envs, trainer, InProcessEvaluator(train_vlm, splits, train_lock), replay,
                         adapter_loader=load_adapter, progress=progress, log=log,
                         background_fine_tune=rc.overlap_fine_tune,
