@@ -9,7 +9,7 @@ A generated block sits between ``<!-- figures:NAME -->`` and ``<!-- /figures:NAM
 | block | source |
 | --- | --- |
 | ``main_job`` | ``results/main_job.json`` (``record`` of a main-job run: its ``served_gain.json``, ``metrics.jsonl``) |
-| ``served`` | ``results/served_model.json`` (``rls3 bench served``) |
+| ``served`` | ``results/served_model.json`` (``rls3 bench served``), ``results/where_over_ros.json`` (``tools/ask_over_ros.py``) |
 | ``models`` | ``models/*/pretrain_metrics.json`` (``rls3 pretrain``) and ``results/where_accuracy.json`` (``rls3 bench where``) |
 
 Everything outside the blocks is prose the README's authors write; everything inside is this file's.
@@ -31,6 +31,7 @@ README = ROOT / "README.md"
 MAIN_JOB = ROOT / "results/main_job.json"
 SERVED = ROOT / "results/served_model.json"
 WHERE = ROOT / "results/where_accuracy.json"
+OVER_ROS = ROOT / "results/where_over_ros.json"
 SPLIT_NAMES = {"test": "balanced test", "tail": "tail", "val": "validation, the gate's split"}
 
 
@@ -142,11 +143,17 @@ def served_block(s: dict) -> str:
         vals = [s["sizes"][z]["new"]["where_per_term"].get(t) for z in sizes]
         goal = ">= 0.7"
         out.append(_row([f"where, term '{t}'", goal] + [f"{v:.3f} {_met(v, goal)}" for v in vals]))
-    n = s["sizes"][sizes[0]].get("n") or {}
+    n = s["sizes"][sizes[0]].get("n") or s["sizes"][sizes[0]]["new"].get("n") or {}
     out += ["", f"`{s['command']}`, {s['date_utc'][:10]}: {n.get('images', n)} held-out images per size "
             f"({n.get('relations', '?')} relations), "
             f"{s['held_out']}. Source: `results/served_model.json` (base and new side by side: "
             "`results/served_model.md`)."]
+    if OVER_ROS.is_file():
+        r = _load(OVER_ROS)
+        out += ["", f"Asked from outside (`tools/ask_over_ros.py`): a plain rclpy client sending the node {r['images']} "
+                f"`rls3 captions` images at {r['size']} px with the image only gets where-exact {r['exact']:.3f} "
+                f"(n={r['n']}), {r['node_vs_direct_disagreements']} answers different from the in-process model's. "
+                "Source: `results/where_over_ros.json`."]
     return "\n".join(out)
 
 
