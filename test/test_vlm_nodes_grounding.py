@@ -364,3 +364,45 @@ def test_where_with_depth_and_a_camera_pose_answers_from_the_geometry_and_says_s
     assert r.success and r.answer_source == "model" and r.subject_location.has_point_3d
     assert "no camera pose" in r.message, r.message
     node.destroy_publisher(pub)
+
+
+def test_where_with_depth_and_the_requests_camera_orientation_needs_no_scene_state(graph, frames):
+    """A robot has TF, not a scene state: the camera optical frame's orientation in the request
+    (gravity-aligned frame) places the two depth-in-box centres, and the 'where' terms are the
+    hybrid with that camera, as with the scene state's; an orientation that is not a unit
+    quaternion leaves the text head's answer and says why."""
+    from geometry_msgs.msg import Quaternion
+    from rls3_msgs.srv import SpatialQuery
+
+    from rls3_ros.core.image_codec import numpy_to_image_msg
+    from rls3_ros.vlm import where_geometry as W
+    from rls3_ros.vlm.answers import QueryRequest, answer_query
+
+    node = graph.node
+    hybrid = 0
+    for i, f in enumerate(frames):
+        h = _header(7000 + i)  # no scene state has this stamp
+        subj, ref = f.active[0], f.active[1]
+        qx, qy, qz, qw = f.scene.camera.orientation
+        req = SpatialQuery.Request(query_type="where", subject=subj.description, reference=ref.description, header=h,
+                                   image=numpy_to_image_msg(f.rgb, "rgb8", h), camera_info=_camera_info(f.scene, h),
+                                   depth=numpy_to_image_msg(f.depth, "32FC1", h),
+                                   camera_orientation=Quaternion(x=qx, y=qy, z=qz, w=qw))
+        from rls3_ros.ros.client import SpatialQueryClient  # the client builds the same request field
+        assert SpatialQueryClient.make_request("where", subj.description, ref.description, image=f.rgb,
+                                               camera_orientation=(qx, qy, qz, qw)).camera_orientation == \
+            req.camera_orientation
+        r = _plain_call(node, req)
+        assert r.success and r.subject_location.depth_source == "depth_image", r.message
+        text = answer_query(graph.local, f.rgb, QueryRequest("where", subj.description, ref.description))
+        pts = [(m.point_3d.point.x, m.point_3d.point.y, m.point_3d.point.z)
+               for m in (r.subject_location, r.reference_location)]
+        terms, source = W.hybrid_terms(text.terms, W.points_terms(f.scene.camera, *pts))
+        assert (list(r.terms), r.answer_source) == (terms, source), (r.terms, r.answer_source, r.message)
+        hybrid += int(source == W.SOURCE_HYBRID)
+        if i == 0:
+            req.camera_orientation = Quaternion(x=2.0 * qx, y=2.0 * qy, z=2.0 * qz, w=2.0 * qw)
+            bad = _plain_call(node, req)
+            assert bad.success and bad.answer_source == "model" and list(bad.terms) == text.terms
+            assert "not a unit quaternion" in bad.message, bad.message
+    assert hybrid >= 1, "no answer used the geometry: the orientation path was never exercised"

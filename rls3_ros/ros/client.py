@@ -161,12 +161,15 @@ class SpatialQueryClient:
     def make_request(query_type: str, subject: str = "", reference: str = "", relation: str = "",
                      candidates: Sequence[str] = (), image: ImageLike = None,
                      header: Optional[Header] = None, camera_info: Optional[CameraInfo] = None,
-                     depth: DepthLike = None) -> SpatialQuery.Request:
+                     depth: DepthLike = None,
+                     camera_orientation: Optional[Sequence[float]] = None) -> SpatialQuery.Request:
         """A request; ``image``: RGB uint8 array, an Image message, or None (camera topic frame
         at ``header.stamp``, latest if zero). For 3D points with an image of your own:
         ``camera_info`` (its intrinsics) and ``depth`` ((H, W) float32 metres / uint16 millimetres
         array, or a 32FC1 / 16UC1 Image); otherwise the node uses its camera_info / depth topics or
-        its scene state."""
+        its scene state. ``camera_orientation`` (x, y, z, w): the camera optical frame in a
+        gravity-aligned frame (from your TF), so a 'where' answer can use the 3-D points without a
+        scene state."""
         req = SpatialQuery.Request()
         req.query_type, req.subject, req.reference, req.relation = query_type, subject, reference, relation
         req.candidates = list(candidates)
@@ -183,6 +186,10 @@ class SpatialQueryClient:
         elif depth is not None:
             d = np.asarray(depth)
             req.depth = numpy_to_image_msg(d, "16UC1" if d.dtype == np.uint16 else "32FC1", header)
+        if camera_orientation is not None:
+            x, y, z, w = (float(v) for v in camera_orientation)
+            req.camera_orientation.x, req.camera_orientation.y, req.camera_orientation.z = x, y, z
+            req.camera_orientation.w = w
         return req
 
     def call_async(self, request: SpatialQuery.Request) -> Future:
@@ -230,11 +237,13 @@ class SpatialQueryClient:
     # -- the three questions -----------------------------------------------------------------
     def where_is(self, subject: str, reference: str, image: ImageLike = None, timeout: float = 5.0,
                  header: Optional[Header] = None, camera_info: Optional[CameraInfo] = None,
-                 depth: DepthLike = None) -> WhereAnswer:
+                 depth: DepthLike = None, camera_orientation: Optional[Sequence[float]] = None) -> WhereAnswer:
         """Where is ``subject`` relative to ``reference``? -> terms + per-term probabilities, and
-        where each of them is (``subject_location``, ``reference_location``)."""
+        where each of them is (``subject_location``, ``reference_location``); ``source`` says
+        whether the axes came from the 3-D geometry (depth + camera pose: ``make_request``)."""
         return to_where(self.call(self.make_request("where", subject, reference, image=image, header=header,
-                                                    camera_info=camera_info, depth=depth), timeout))
+                                                    camera_info=camera_info, depth=depth,
+                                                    camera_orientation=camera_orientation), timeout))
 
     def is_related(self, subject: str, relation: str, reference: str, image: ImageLike = None,
                    timeout: float = 5.0, header: Optional[Header] = None, camera_info: Optional[CameraInfo] = None,
@@ -253,9 +262,10 @@ class SpatialQueryClient:
 
     def where_is_async(self, subject: str, reference: str, image: ImageLike = None,
                        header: Optional[Header] = None, camera_info: Optional[CameraInfo] = None,
-                       depth: DepthLike = None) -> Future:
+                       depth: DepthLike = None, camera_orientation: Optional[Sequence[float]] = None) -> Future:
         return self._chain(self.make_request("where", subject, reference, image=image, header=header,
-                                             camera_info=camera_info, depth=depth), to_where)
+                                             camera_info=camera_info, depth=depth,
+                                             camera_orientation=camera_orientation), to_where)
 
     def is_related_async(self, subject: str, relation: str, reference: str, image: ImageLike = None,
                          header: Optional[Header] = None, camera_info: Optional[CameraInfo] = None,

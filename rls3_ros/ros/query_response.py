@@ -49,7 +49,8 @@ def where_with_geometry(resp, ans: QueryAnswer, camera, subject: str, reference:
     if not (s.has_point_3d and r.has_point_3d):
         return None
     if camera is None:
-        return "terms from the text head only: no camera pose (scene state) to place the 3D points in the world"
+        return ("terms from the text head only: no camera pose (request camera_orientation or scene state) to place "
+                "the 3D points in the world")
     xyz = lambda m: (m.point_3d.point.x, m.point_3d.point.y, m.point_3d.point.z)  # noqa: E731
     terms, source = W.hybrid_terms(ans.terms, W.points_terms(camera, xyz(s), xyz(r)), policy)
     resp.answer_source = source
@@ -58,6 +59,25 @@ def where_with_geometry(resp, ans: QueryAnswer, camera, subject: str, reference:
         resp.answer = T.make_caption(subject, terms, reference)
         resp.confidence = float(min(ans.term_probabilities.get(t, 0.0) for t in terms))
     return None
+
+
+def request_camera(req, scene_camera):
+    """The camera pose a 'where' answer places its 3-D points with: the request's
+    ``camera_orientation`` when set (a robot's TF: orientation in a gravity-aligned frame, the
+    position irrelevant to relative terms, so the origin; the message default, the identity, is
+    "not set": an optical frame looking straight up), else ``scene_camera`` (None = unknown).
+    Raises ValueError for an orientation that is not finite or not near unit length."""
+    from rls3_ros.core.scene import CameraModel
+
+    q = req.camera_orientation
+    xyzw = np.array([q.x, q.y, q.z, q.w], dtype=float)
+    if not np.any(xyzw[:3]):  # the message default (identity: an optical frame looking straight up) or all zero
+        return scene_camera
+    n = float(np.linalg.norm(xyzw)) if np.all(np.isfinite(xyzw)) else float("nan")
+    if not (0.9 <= n <= 1.1):
+        raise ValueError(f"camera_orientation is not a unit quaternion (norm {n:.3g})")
+    h, w = (req.image.height, req.image.width) if req.image.width else (1, 1)
+    return CameraModel((0.0, 0.0, 0.0), tuple(float(v) for v in xyzw / n), int(w), int(h), 1.0, 1.0, 0.0, 0.0)
 
 
 def is_what(req) -> bool:

@@ -56,7 +56,7 @@ the subject is the best candidate): 2D box, point and confidence from the model'
 with ``found=false`` and says so in ``message`` (the query still succeeds). With intrinsics and a
 depth, also a 3D point in the camera optical frame (``point_3d``, the image's header); where
 intrinsics and depth come from: ``rls3_ros.ros.grounding_msgs``. With both objects' 3D points and
-the scene state's camera pose, a 'where' answer takes the axes the measured policy says from the
+the camera pose (the request's ``camera_orientation``, else the scene state's camera), a 'where' answer takes the axes the measured policy says from the
 geometry (``where_from_geometry``; ``answer_source`` "model+geometry", else "model").
 
 Parameters: the table ``PARAMETERS`` below (name, default, type, range, read-only, doc), declared
@@ -93,7 +93,7 @@ from rls3_ros.ros.conversions import stamp_to_ns
 from rls3_ros.ros.grounding_msgs import GroundingInputs, labelled_locations, locate, set_locations
 from rls3_ros.ros.node_main import run_node
 from rls3_ros.ros.node_params import Param, attach_ranges, check, declare, print_help_if_asked
-from rls3_ros.ros.query_response import annotated_image, fill_answer, located_subject, where_with_geometry
+from rls3_ros.ros.query_response import annotated_image, fill_answer, located_subject, request_camera, where_with_geometry
 from rls3_ros.ros.served_model import ServedModel, await_off_executor, shown
 from rls3_ros.ros.service_qos import SERVICE_QOS
 from rls3_ros.ros.stamped_buffers import RefusedFrame, StampedBuffers
@@ -151,7 +151,8 @@ PARAMETERS = [
     Param("locate_objects", True, "answer with the subject's and reference's locations (2D box/point, 3D point)"),
     Param("where_from_geometry", True, "answer 'where' from the two located objects' 3D points where the measured "
                                        "policy says (rls3_ros.vlm.where_geometry: on/under from the text head, the "
-                                       "other axes from the points with the scene state's camera pose; "
+                                       "other axes from the points with the camera pose: request camera_orientation or "
+                                       "scene state; "
                                        "answer_source tells); false: the text head only"),
     Param("camera_info_topic", "camera_info", "camera intrinsics for the 3D points of the object locations"),
     Param("depth_topic", "", "depth images (32FC1 m / 16UC1 mm) for the 3D points ('' = none: the request's depth "
@@ -442,8 +443,11 @@ class SpatialQueryNode(LifecycleNode):
         if located is not None:
             self._set_locations(req, resp, image, scene, *located)
             if checked.qt == "where" and self._p("where_from_geometry"):
-                note = where_with_geometry(resp, ans, scene.camera if scene is not None else None, checked.subject,
-                                           checked.reference)
+                try:
+                    camera = request_camera(req, scene.camera if scene is not None else None)
+                    note = where_with_geometry(resp, ans, camera, checked.subject, checked.reference)
+                except ValueError as e:  # a malformed orientation: the text head's answer, and why
+                    note = f"terms from the text head only: {e}"
                 resp.message = f"{resp.message}; {note}" if note else resp.message
         if self._annotated_pub is not None:
             self._publish_annotated(image, resp.header, scene, req, resp.answer, resp.confidence, ans.ranked,
