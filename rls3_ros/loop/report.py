@@ -55,7 +55,7 @@ def plot_accuracy(run: RunDir, path: Optional[str] = None) -> str:
     ax.set_ylabel("accuracy")
     ax.set_title("Test accuracy vs generated samples")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    ax.legend(loc="best", fontsize=8, framealpha=0.85)  # "best": the curves may sit anywhere
     ax = axes[1]
     cmap = plt.get_cmap("tab10")
     for i, t in enumerate(terms):
