@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import torch
 
 from rls3_ros.captions.oracle import CaptionOracle
 from rls3_ros.vlm import depth_centre as D
@@ -21,25 +20,15 @@ pytestmark = pytest.mark.timeout(240)
 @pytest.fixture(scope="module")
 def frames():
     """(depth [m], intrinsics, scene, objects with a box and their true camera-frame centres)."""
-    from rls3_ros.sim.factory import make_backend
+    from depth_frames import render_depth_frames
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    backend = make_backend("mujoco", image_size=160, seed=78, render_depth=True)
     out = []
-    try:
-        for seed in range(5201, 5209):
-            backend.reset(seed)
-            r = backend.render()
-            scene = backend.state()
-            objs = [o for o in scene.objects if o.visible and o.bbox[2] > o.bbox[0] and o.bbox[3] > o.bbox[1]]
-            out.append(SimpleNamespace(depth=r.depth.astype(np.float32), scene=scene, objects=objs,
-                                       k=G.Intrinsics.of_camera(scene.camera),
-                                       truth={o.id: scene.camera.world_to_camera(np.asarray([o.position]))[0]
-                                              for o in objs}))
-    finally:
-        backend.close()
-        torch.set_num_threads(n)
+    for f in render_depth_frames(range(5201, 5209), backend_seed=78):
+        scene = f.scene
+        objs = [o for o in scene.objects if o.visible and o.bbox[2] > o.bbox[0] and o.bbox[3] > o.bbox[1]]
+        out.append(SimpleNamespace(depth=f.depth, scene=scene, objects=objs, k=G.Intrinsics.of_camera(scene.camera),
+                                   truth={o.id: scene.camera.world_to_camera(np.asarray([o.position]))[0]
+                                          for o in objs}))
     assert sum(len(f.objects) for f in out) >= 10
     return out
 

@@ -26,23 +26,11 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def frames():
     """(rgb, depth [m], scene) of a few MuJoCo scenes (seeds in no training or eval set)."""
-    from rls3_ros.sim.factory import make_backend
+    from depth_frames import render_depth_frames
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    backend = make_backend("mujoco", image_size=160, seed=77, render_depth=True)
-    out = []
-    try:
-        for seed in (5101, 5102, 5103):
-            backend.reset(seed)
-            r = backend.render()
-            scene = backend.state()
-            assert r.depth.shape == r.rgb.shape[:2] and float(np.nanmax(r.depth)) > 0
-            out.append(SimpleNamespace(rgb=r.rgb, depth=r.depth.astype(np.float32), scene=scene,
-                                       active=[o for o in scene.objects if o.active and o.visible and o.bbox[2] > o.bbox[0]]))
-    finally:
-        backend.close()
-        torch.set_num_threads(n)
+    out = render_depth_frames((5101, 5102, 5103), backend_seed=77)
+    for f in out:
+        f.active = [o for o in f.scene.objects if o.active and o.visible and o.bbox[2] > o.bbox[0]]
     assert all(len(f.active) >= 2 for f in out)
     return out
 

@@ -80,6 +80,18 @@ def box_loss(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
     return (pred - true).abs().sum(1) + 1 - giou
 
 
+def _object_targets(batch, subject_attr: str, reference_attr: str):
+    """Rows (subjects 0..n-1, then references n..2n-1) of the batch's items that carry a target in
+    ``subject_attr`` / ``reference_attr``, and those targets stacked (None when there are none)."""
+    n = len(batch)
+    rows = [i for i, it in enumerate(batch) if getattr(it, subject_attr) is not None]
+    rows += [n + i for i, it in enumerate(batch) if getattr(it, reference_attr) is not None]
+    if not rows:
+        return rows, None
+    return rows, np.stack([getattr(it, subject_attr) for it in batch if getattr(it, subject_attr) is not None]
+                          + [getattr(it, reference_attr) for it in batch if getattr(it, reference_attr) is not None])
+
+
 class TrainItem:
     """One relation prepared for training: image index, candidate (subj, terms, ref) list, the axis
     columns of the true term set (``true_cols``), of its inverse (``inv_cols``) and of every candidate
@@ -163,21 +175,15 @@ class GroundedTraining:
         loss = term_loss - self.candidate_weight * cand_logp[:, 0].mean()
         if self.grounding_weight > 0:
             # att_s/att_r rows n.. are the inverse order (same objects): grounding of rows < n suffices
-            rows = [i for i, it in enumerate(batch) if it.tgt_s is not None]
-            rows += [n + i for i, it in enumerate(batch) if it.tgt_r is not None]
+            rows, tgt = _object_targets(batch, "tgt_s", "tgt_r")
             if rows:
-                tgt = np.stack([it.tgt_s for it in batch if it.tgt_s is not None]
-                               + [it.tgt_r for it in batch if it.tgt_r is not None])
                 att = torch.cat([att_s[:n], att_r[:n]])[torch.tensor(rows)]
                 g = -(torch.from_numpy(tgt) * torch.log_softmax(att, 1)).sum(1)
                 loss = loss + self.grounding_weight * g.mean()
         if with_boxes:
             box_s, box_r = out[3], out[4]
-            rows = [i for i, it in enumerate(batch) if it.box_s is not None]
-            rows += [n + i for i, it in enumerate(batch) if it.box_r is not None]
+            rows, tgt = _object_targets(batch, "box_s", "box_r")
             if rows:
-                tgt = np.stack([it.box_s for it in batch if it.box_s is not None]
-                               + [it.box_r for it in batch if it.box_r is not None])
                 pred = torch.cat([box_s[:n], box_r[:n]])[torch.tensor(rows)]
                 loss = loss + self.box_weight * box_loss(pred, torch.from_numpy(tgt)).mean()
         return loss
