@@ -146,10 +146,9 @@ def served_block(s: dict) -> str:
         cells.append(f"{per[t]:.3f} ({t}) {_met(per[t], goal)}" if t else "–")
     out.append(_row(["where, weakest term (text head)", goal] + cells))
     n = s["sizes"][sizes[0]].get("n") or s["sizes"][sizes[0]]["new"].get("n") or {}
-    out += ["", f"`{s['command']}`, {s['date_utc'][:10]}: {n.get('images', n)} held-out images per size "
-            f"({n.get('relations', '?')} relations), "
-            f"{s['held_out']}. Source: `results/served_model.json` (base and new side by side: "
-            "`results/served_model.md`)."]
+    out += ["", f"{n.get('images', n)} held-out images per size ({n.get('relations', '?')} relations), "
+            f"{s['date_utc'][:10]}. Source: `results/served_model.json`; command, base model and every term: "
+            "`results/served_model.md`."]
     if OVER_ROS.is_file():
         r = _load(OVER_ROS)
         out += ["", f"Asked from outside (`tools/ask_over_ros.py`): a plain rclpy client sending the node {r['images']} "
