@@ -20,7 +20,7 @@ pytestmark = pytest.mark.timeout(240)
 @pytest.fixture(scope="module")
 def frames():
     """(depth [m], intrinsics, scene, objects with a box and their true camera-frame centres)."""
-    from depth_frames import render_depth_frames
+    from renders import render_depth_frames
 
     out = []
     for f in render_depth_frames(range(5201, 5209), backend_seed=78):

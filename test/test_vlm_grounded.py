@@ -17,17 +17,16 @@ from rls3_ros.captions import terms as T
 from rls3_ros.captions.negatives import relation_candidates
 from rls3_ros.core.scene import Sample
 from rls3_ros.vlm import grounded as G
-from rls3_ros.vlm.grounded_pretrain import _render, imbalance, pretrain_grounded
+from rls3_ros.vlm.grounded_pretrain import imbalance, pretrain_grounded
 
 REPO_MODEL = Path(__file__).resolve().parents[1] / "models" / "grounded"
 
 
 @pytest.fixture(scope="module")
 def samples():
-    torch.set_num_threads(1)
-    s = _render(10, seed=3, image_size=96, backend="mujoco", moves=4, desc="test renders")
-    assert len(s) == 10 and all(x.relations for x in s)
-    return s
+    from renders import captioned_renders
+
+    return captioned_renders(10, seed=3)
 
 
 def fresh_vlm(seed=0, **kw):

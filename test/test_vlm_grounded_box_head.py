@@ -14,7 +14,6 @@ import torch
 from rls3_ros.vlm import grounded as G
 from rls3_ros.vlm import grounding as Gr
 from rls3_ros.vlm.grounded.vlm import pixel_box
-from rls3_ros.vlm.grounded_pretrain import _render
 from rls3_ros.vlm.locator_fit import located_objects
 
 REPO_MODEL = Path(__file__).resolve().parents[1] / "models" / "grounded"
@@ -22,10 +21,9 @@ REPO_MODEL = Path(__file__).resolve().parents[1] / "models" / "grounded"
 
 @pytest.fixture(scope="module")
 def samples():
-    torch.set_num_threads(1)
-    s = _render(16, seed=5, image_size=96, backend="mujoco", moves=4, desc="test renders")
-    assert len(s) == 16 and all(x.relations for x in s)
-    return s
+    from renders import captioned_renders
+
+    return captioned_renders(16, seed=5)
 
 
 def mean_ious(vlm, samples):

@@ -26,7 +26,7 @@ TOL = 1e-4
 @pytest.fixture(scope="module")
 def frames():
     """(rgb, depth [m], scene) of a few MuJoCo scenes (seeds in no training or eval set)."""
-    from depth_frames import render_depth_frames
+    from renders import render_depth_frames
 
     out = render_depth_frames((5101, 5102, 5103), backend_seed=77)
     for f in out:

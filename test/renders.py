@@ -1,4 +1,4 @@
-"""Real MuJoCo renders with their depth image, for the tests of 3-D points and geometry answers."""
+"""Real MuJoCo renders for the tests: captioned samples (models) and frames with depth (3-D points)."""
 
 from __future__ import annotations
 
@@ -27,3 +27,13 @@ def render_depth_frames(seeds: Sequence[int], backend_seed: int, image_size: int
         backend.close()
         torch.set_num_threads(n)
     return out
+
+
+def captioned_renders(n: int, seed: int, image_size: int = 96):
+    """``n`` captioned MuJoCo samples (the pretraining corpus' renderer, 4 moves per scene), each with relations."""
+    from rls3_ros.vlm.grounded_pretrain import _render
+
+    torch.set_num_threads(1)
+    s = _render(n, seed=seed, image_size=image_size, backend="mujoco", moves=4, desc="test renders")
+    assert len(s) == n and all(x.relations for x in s)
+    return s
