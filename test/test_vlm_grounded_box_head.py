@@ -137,3 +137,26 @@ def test_caption_parse_cache_stays_bounded_and_answers_past_its_bound():
     vlm._parse_cache.update({f"caption {i}": None for i in range(50000)})
     assert vlm.parse("The black small pot is in front of the white box.") == ("black small pot", ("in front",), "white box")
     assert len(vlm._parse_cache) == 1
+
+
+@pytest.mark.parametrize("relation_boxes", [False, True])
+def test_relation_head_sees_the_predicted_boxes_only_when_configured(samples, tmp_path, relation_boxes):
+    """``relation_boxes``: the relation head's answer depends on the box head's output (moving the
+    box head moves the answer); without it the answer is the box head's business only; such a
+    model saves and loads to the same answers, and a config without a box head is refused."""
+    torch.manual_seed(0)
+    cfg = G.GroundedConfig(image_size=96, image_stage="stride8", box_hidden=16, relation_boxes=relation_boxes)
+    vlm = G.GroundedVLM(G.GroundedRelationModel(cfg), seed=0)
+    im, r = samples[3].image, samples[3].relations[0]
+    pair = [(r.subject_description, r.reference_description)]
+    before = vlm.axis_probs(im, pair)
+    with torch.no_grad():
+        vlm.base.box_out.bias.add_(torch.tensor([0.4, -0.3, 0.5, -0.5]))
+    after = vlm.axis_probs(im, pair)
+    assert (np.abs(after - before).max() > 1e-4) == relation_boxes
+    G.save_model(vlm.base, tmp_path / "m")
+    again = G.load(str(tmp_path / "m"))
+    assert again.config.relation_boxes == relation_boxes
+    assert np.allclose(again.axis_probs(im, pair), after, atol=1e-6)
+    with pytest.raises(ValueError, match="box head"):
+        G.GroundedRelationModel(G.GroundedConfig(image_size=96, image_stage="stride8", relation_boxes=True))

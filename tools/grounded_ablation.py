@@ -82,7 +82,8 @@ def run(a) -> int:
     t0 = time.monotonic()
     m = pretrain_grounded(None, minutes=0.0, n_train=len(train), n_test=len(test[160]), seed=0, rare_keep=1.0,
                           corpus=(train, test[160]), max_steps=a.steps, dim=a.dim, hidden=a.hidden, stage=a.stage,
-                          box_hidden=a.box_hidden, box_weight=a.box_weight, log=lambda *x: None)
+                          box_hidden=a.box_hidden, box_weight=a.box_weight,
+                          relation_boxes=a.relation_boxes, log=lambda *x: None)
     vlm = m.pop("vlm")
     res = {"name": a.name, "args": {k: v for k, v in vars(a).items() if k not in ("cache", "out", "func")},
            "mc": m["held_out"]["accuracy"], "times": m["times_s"], "params": m["parameters"]}
@@ -120,6 +121,8 @@ def table(a) -> int:
         g = r["args"]
         opts = " ".join(f"--{k.replace('_', '-')} {g[k]}" for k in ("stage", "box_hidden", "dim", "hidden", "steps")
                         if k in g)
+        if g.get("relation_boxes"):
+            opts += " --relation-boxes"
         first = " (the tool's first version: same training and measures, corpus read from a pickle)" if "train" in g else ""
         cmds.append(f"- {r['name']}: `tools/grounded_ablation.py run {r['name']} {opts}`{first}")
     md = ("# Grounded model configurations at small scale (issue 27)\n\n<!-- Written by tools/grounded_ablation.py "
@@ -143,6 +146,7 @@ def main(argv=None) -> int:
     r.add_argument("--stage", default="stride16", choices=["stride16", "stride8", "stride8+16"])
     r.add_argument("--box-hidden", type=int, default=0)
     r.add_argument("--box-weight", type=float, default=1.0)
+    r.add_argument("--relation-boxes", action="store_true")
     r.add_argument("--dim", type=int, default=64)
     r.add_argument("--hidden", type=int, default=128)
     r.add_argument("--n-train", type=int, default=2400)

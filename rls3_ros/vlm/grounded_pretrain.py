@@ -40,7 +40,7 @@ def pretrain_grounded(out_dir: Optional[Path] = None, minutes: float = 2.0, n_tr
                       image_size: int = 160, seed: int = 0, rare_keep: float = 0.07, backend: str = "mujoco",
                       moves_per_scene: int = 8, lr: float = 3e-3, batch_size: int = 32, dim: int = 64,
                       hidden: int = 128, grounding_weight: float = 0.5, threads: int = 1, stage: str = "stride16",
-                      box_hidden: int = 0, box_weight: float = 1.0,
+                      box_hidden: int = 0, box_weight: float = 1.0, relation_boxes: bool = False,
                       corpus: Optional[Tuple[List[Sample], List[Sample]]] = None, max_steps: int = 1_000_000,
                       log=print) -> Dict[str, object]:
     """Render (or take ``corpus`` = (full train, held-out)), train, evaluate, save to ``out_dir`` (if given)."""
@@ -62,7 +62,8 @@ def pretrain_grounded(out_dir: Optional[Path] = None, minutes: float = 2.0, n_tr
     log(f"train terms (imbalanced): {term_counts(train)}")
     log(f"held-out terms: {term_counts(test)}")
 
-    cfg = GroundedConfig(image_size=image_size, image_stage=stage, dim=dim, hidden=hidden, box_hidden=box_hidden)
+    cfg = GroundedConfig(image_size=image_size, image_stage=stage, dim=dim, hidden=hidden, box_hidden=box_hidden,
+                         relation_boxes=relation_boxes)
     model = GroundedRelationModel(cfg)
     vlm = GroundedVLM(model, base_spec="grounded:pretraining", grounding_weight=grounding_weight, seed=seed,
                       box_weight=box_weight)
@@ -108,7 +109,7 @@ def pretrain_grounded(out_dir: Optional[Path] = None, minutes: float = 2.0, n_tr
         "n_train_kept": len(train), "n_test": len(test), "rare_keep": rare_keep, "image_size": image_size,
         "lr": lr, "batch_size": batch_size, "grounding_weight": grounding_weight, "threads": threads,
         "stage": stage, "grid": cfg.grid, "dim": dim, "hidden": hidden, "box_hidden": box_hidden,
-        "box_weight": box_weight,
+        "box_weight": box_weight, "relation_boxes": relation_boxes,
         "train_terms": term_counts(train), "test_terms": term_counts(test),
         "steps": res.steps, "first_loss": float(np.mean(res.losses[:20])) if res.losses else None,
         "final_loss": res.final_loss, "times_s": {"render": t_render, "features": t_feat, "train": t_train,
@@ -152,6 +153,8 @@ def cli_grounded_pretrain(argv: Sequence[str]) -> int:
     p.add_argument("--box-hidden", type=int, default=0,
                    help="box head width; 0 = no box head (a fixed-size box around the attention peak) (default: %(default)s)")
     p.add_argument("--box-weight", type=float, default=1.0, help="box head loss weight (L1 + 1 - GIoU)")
+    p.add_argument("--relation-boxes", action="store_true",
+                   help="the relation head also sees both objects' predicted boxes (needs --box-hidden > 0)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     p.add_argument("--force", action="store_true", help="rebuild even if --out already holds a model")
     a = p.parse_args(list(argv))
@@ -166,13 +169,15 @@ def cli_grounded_pretrain(argv: Sequence[str]) -> int:
             p.error(f"{name} must be > 0")
     if not 0 <= a.rare_keep <= 1:
         p.error("--rare-keep must be in [0, 1]")
+    if a.relation_boxes and a.box_hidden <= 0:
+        p.error("--relation-boxes needs a box head (--box-hidden > 0)")
     # with --steps the learning-rate schedule follows the steps, not the clock
     pretrain_grounded(out, minutes=0.0 if a.steps > 0 else a.minutes, n_train=a.n_train, n_test=a.n_test,
                       image_size=a.image_size,
                       seed=a.seed, rare_keep=a.rare_keep, backend=a.backend, moves_per_scene=a.moves_per_scene,
                       lr=a.lr, batch_size=a.batch_size, grounding_weight=a.grounding_weight, threads=a.threads,
                       stage=a.stage, dim=a.dim, hidden=a.hidden, box_hidden=a.box_hidden, box_weight=a.box_weight,
-                      max_steps=a.steps if a.steps > 0 else 1_000_000)
+                      relation_boxes=a.relation_boxes, max_steps=a.steps if a.steps > 0 else 1_000_000)
     return 0
 
 

@@ -27,6 +27,9 @@ class GroundedConfig:
     # box head width (0 = no box head: the located box is the locator's fixed-size box around the
     # attention peak, as every model built before the box head)
     box_hidden: int = 0
+    # the relation head also sees both objects' predicted boxes (needs a box head; False = the head
+    # sees only the attention centroids and spreads, as every model built before it)
+    relation_boxes: bool = False
 
     def __post_init__(self) -> None:
         # grid and channels are what the frozen encoder gives at this stage and image size ("same"

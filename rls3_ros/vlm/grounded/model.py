@@ -15,6 +15,19 @@ from rls3_ros.vlm.grounded.config import GroundedConfig
 
 DENSE_GROUND_MAX = 8192  # queries x images up to which grounding scores every query against every image
 BOX_PRIOR = 0.13  # box head: width/height (fraction of the image) of its output at initialisation
+BOX_RELATION_DIMS = 20  # what the relation head sees of two predicted boxes (``box_relation_features``)
+
+
+def box_relation_features(box_a: torch.Tensor, box_b: torch.Tensor) -> torch.Tensor:
+    """(N, 20) monocular geometry of two boxes (cx, cy, w, h; image fractions): each box with its top
+    and bottom edge, B minus A, and the log size ratios (the depth cues a single image has: where an
+    object meets its support and how large it appears)."""
+    def edges(b):
+        return torch.cat([b, b[:, 1:2] - b[:, 3:4] / 2, b[:, 1:2] + b[:, 3:4] / 2], 1)
+
+    ea, eb = edges(box_a), edges(box_b)
+    ratio = torch.log(box_b[:, 2:].clamp_min(1e-3) / box_a[:, 2:].clamp_min(1e-3))
+    return torch.cat([ea, eb, eb - ea, ratio], 1)
 
 
 class GroundedRelationModel(nn.Module):
@@ -31,7 +44,9 @@ class GroundedRelationModel(nn.Module):
         self.q_proj = nn.Linear(config.word_dim, d)
         self.k_proj = nn.Linear(c, d)
         self.v_proj = nn.Linear(c, d)
-        self.fc1 = nn.Linear(2 * d + 10, config.hidden)
+        if config.relation_boxes and config.box_hidden <= 0:
+            raise ValueError("relation_boxes needs a box head (box_hidden > 0)")
+        self.fc1 = nn.Linear(2 * d + 10 + (BOX_RELATION_DIMS if config.relation_boxes else 0), config.hidden)
         self.fc2 = nn.Linear(config.hidden, config.hidden)
         self.out_proj = nn.Linear(config.hidden, N_OUT)
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, g), torch.linspace(-1, 1, g), indexing="ij")
@@ -139,11 +154,14 @@ class GroundedRelationModel(nn.Module):
         img2 = torch.cat([img, img])
         att, feat, stats = self.ground(keys, values, img2, text)
         fa, fb, sa, sb = feat[:n], feat[n:], stats[:n], stats[n:]
-        x = torch.cat([fa, fb, sa[:, :2], sb[:, :2], sb[:, :2] - sa[:, :2], sa[:, 2:], sb[:, 2:]], 1)
-        h = F.gelu(self.fc1(x))
+        x = [fa, fb, sa[:, :2], sb[:, :2], sb[:, :2] - sa[:, :2], sa[:, 2:], sb[:, 2:]]
+        box = self.boxes(att, feat, stats) if self.has_box_head and (with_boxes or self.config.relation_boxes) else None
+        if self.config.relation_boxes:
+            # the boxes as the box head gives them: the relation loss does not move the box head
+            x.append(box_relation_features(box[:n].detach(), box[n:].detach()))
+        h = F.gelu(self.fc1(torch.cat(x, 1)))
         h = F.gelu(self.fc2(h)) + h
-        if with_boxes and self.has_box_head:
-            box = self.boxes(att, feat, stats)
+        if with_boxes and box is not None:
             return self.out_proj(h), att[:n], att[n:], box[:n], box[n:]
         return self.out_proj(h), att[:n], att[n:]
 
