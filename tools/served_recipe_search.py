@@ -6,7 +6,8 @@ docs/learning.md, "Recipe search"). Scratch data and results under ``runs/h3/`` 
     # the dev split (500 balanced scenes, seeds from 1.15e9) and the pre-training corpus's first 4,800
     .venv/bin/python tools/served_recipe_search.py data sets|replay800|pool|dev|corpus
     # one recipe (JSON: name, n, seed, r, alpha, lr, spn, replay, schedule loop|once|control|corpus,
-    # batch, replay_scenes, steps, n_corpus, n_replay, lora_corpus, warmup, wd, scales): one line per
+    # batch, replay_scenes, steps, n_corpus, n_replay, lora_corpus, warmup, wd, scales, base = the model spec
+# to start from, default grounded:serving): one line per
     # adapter scale on stdout, the full record appended to runs/h3/results.jsonl
     .venv/bin/python tools/served_recipe_search.py run '{"name": "x", "n": 1000, "schedule": "once"}'
 
@@ -90,7 +91,8 @@ def run(spec):
     from rls3_ros.vlm.answers import load_model
 
     R = dict(name="x", n=300, seed=0, r=8, alpha=16, lr=1e-3, spn=2.0, replay=0.8, schedule="loop", batch=36,
-             pool="runs/h3/pool7.pkl", targets=None, replay_scenes=200, wd=0.01, warmup=5, dev=1)
+             pool="runs/h3/pool7.pkl", targets=None, replay_scenes=200, wd=0.01, warmup=5, dev=1,
+             base="grounded:serving")
     R.update(json.loads(spec))
     cfg = _cfg(R["replay_scenes"])
     src = _source(cfg)
@@ -104,7 +106,7 @@ def run(spec):
     lora = {"learning_rate": R["lr"], "r": R["r"], "alpha": R["alpha"]}
     if R["targets"]:
         lora["target_modules"] = R["targets"]
-    vlm = load_model("grounded:serving", options={"lora": lora, "seed": R["seed"]})
+    vlm = load_model(R["base"], options={"lora": lora, "seed": R["seed"]})
     vlm.features.capacity = 30000
     names = [k for k in ("val", "dev", "test", "tail") if splits.get(k)]
     base_ev = {k: vlm.evaluate(splits[k]) for k in names}
