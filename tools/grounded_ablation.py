@@ -77,11 +77,12 @@ def run(a) -> int:
     from rls3_ros.vlm.where_metric import score_answers, where_pairs
 
     torch.set_num_threads(1)
-    train = corpus(a.n_train, 0, 160, a.cache)
+    train = corpus(a.n_train, 0, a.image_size, a.cache)
     test = {size: corpus(300, 7919, size, a.cache) for size in (160, 224)}
     t0 = time.monotonic()
     m = pretrain_grounded(None, minutes=0.0, n_train=len(train), n_test=len(test[160]), seed=0, rare_keep=1.0,
-                          corpus=(train, test[160]), max_steps=a.steps, dim=a.dim, hidden=a.hidden, stage=a.stage,
+                          corpus=(train, test[a.image_size] if a.image_size in test else test[160]),
+                          image_size=a.image_size, max_steps=a.steps, dim=a.dim, hidden=a.hidden, stage=a.stage,
                           box_hidden=a.box_hidden, box_weight=a.box_weight,
                           relation_boxes=a.relation_boxes, log=lambda *x: None)
     vlm = m.pop("vlm")
@@ -123,6 +124,8 @@ def table(a) -> int:
                         if k in g)
         if g.get("relation_boxes"):
             opts += " --relation-boxes"
+        if g.get("image_size", 160) != 160:
+            opts += f" --image-size {g['image_size']}"
         first = " (the tool's first version: same training and measures, corpus read from a pickle)" if "train" in g else ""
         cmds.append(f"- {r['name']}: `tools/grounded_ablation.py run {r['name']} {opts}`{first}")
     md = ("# Grounded model configurations at small scale (issue 27)\n\n<!-- Written by tools/grounded_ablation.py "
@@ -147,6 +150,7 @@ def main(argv=None) -> int:
     r.add_argument("--box-hidden", type=int, default=0)
     r.add_argument("--box-weight", type=float, default=1.0)
     r.add_argument("--relation-boxes", action="store_true")
+    r.add_argument("--image-size", type=int, default=160, help="the model's input size; the corpus is rendered at it")
     r.add_argument("--dim", type=int, default=64)
     r.add_argument("--hidden", type=int, default=128)
     r.add_argument("--n-train", type=int, default=2400)
