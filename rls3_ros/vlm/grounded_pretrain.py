@@ -169,8 +169,13 @@ def cli_grounded_pretrain(argv: Sequence[str]) -> int:
             p.error(f"{name} must be > 0")
     if not 0 <= a.rare_keep <= 1:
         p.error("--rare-keep must be in [0, 1]")
-    if a.relation_boxes and a.box_hidden <= 0:
-        p.error("--relation-boxes needs a box head (--box-hidden > 0)")
+    from rls3_ros.vlm.grounded import GroundedConfig
+
+    try:  # the configuration's own checks, before minutes of rendering
+        GroundedConfig(image_size=a.image_size, image_stage=a.stage, box_hidden=a.box_hidden,
+                       relation_boxes=a.relation_boxes)
+    except ValueError as e:
+        p.error(str(e))
     # with --steps the learning-rate schedule follows the steps, not the clock
     pretrain_grounded(out, minutes=0.0 if a.steps > 0 else a.minutes, n_train=a.n_train, n_test=a.n_test,
                       image_size=a.image_size,

@@ -32,6 +32,8 @@ class GroundedConfig:
     relation_boxes: bool = False
 
     def __post_init__(self) -> None:
+        if self.relation_boxes and self.box_hidden <= 0:
+            raise ValueError("relation_boxes needs a box head (box_hidden > 0)")
         # grid and channels are what the frozen encoder gives at this stage and image size ("same"
         # padding): never free ("stride8+16": stride 8 with the stride-16 map upsampled beside it)
         from rls3_ros.vlm.efficientnet_lite import FEATURE_CHANNELS, STRIDES

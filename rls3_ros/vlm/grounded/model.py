@@ -44,8 +44,6 @@ class GroundedRelationModel(nn.Module):
         self.q_proj = nn.Linear(config.word_dim, d)
         self.k_proj = nn.Linear(c, d)
         self.v_proj = nn.Linear(c, d)
-        if config.relation_boxes and config.box_hidden <= 0:
-            raise ValueError("relation_boxes needs a box head (box_hidden > 0)")
         self.fc1 = nn.Linear(2 * d + 10 + (BOX_RELATION_DIMS if config.relation_boxes else 0), config.hidden)
         self.fc2 = nn.Linear(config.hidden, config.hidden)
         self.out_proj = nn.Linear(config.hidden, N_OUT)
